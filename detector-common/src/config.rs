@@ -1,0 +1,173 @@
+//! What userspace tells the programs about the running kernel.
+//!
+//! Rust cannot emit CO-RE relocations, so every struct field the programs
+//! read is located in userspace from the running kernel's BTF (vmlinux and
+//! module BTF) and handed over here, in the one-entry `CONFIG` array map.
+//! It is a map rather than a read-only global so that offsets inside modules
+//! (md_mod) can be filled in when the module loads after the programs did.
+
+/// Marks a field the running kernel does not have; programs skip reads of it.
+pub const NO_OFFSET: u32 = u32::MAX;
+
+/// Offsets into `struct task_struct`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TaskOffsets {
+    /// `task_struct.stack`: base (lowest address) of the task's kernel stack.
+    pub stack: u32,
+    /// `task_struct.thread.sp`: stack pointer saved at the last switch-out.
+    pub thread_sp: u32,
+    /// `task_struct.pid` (the thread id).
+    pub pid: u32,
+    /// `task_struct.comm`.
+    pub comm: u32,
+    /// Byte holding the `in_iowait` bitfield.
+    pub in_iowait_byte: u32,
+    /// Mask of `in_iowait` within that byte (0 when unknown).
+    pub in_iowait_mask: u32,
+}
+
+/// Offsets into `struct bio`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BioOffsets {
+    pub next: u32,
+    pub bdev: u32,
+    pub opf: u32,
+    /// `bi_flags`, an `unsigned short` on every kernel we support.
+    pub flags: u32,
+    /// `bi_status`, a one-byte `blk_status_t`.
+    pub status: u32,
+    /// `bi_iter.bi_sector` (offset of `bi_iter` plus the member's).
+    pub sector: u32,
+    /// `bi_iter.bi_size`.
+    pub size: u32,
+    /// `__bi_remaining`, the chain count (`atomic_t`).
+    pub remaining: u32,
+    pub end_io: u32,
+    pub private: u32,
+    /// Bit number of `BIO_CHAIN` in `bi_flags` (an enum value in BTF).
+    pub flag_chain_bit: u32,
+    pub _pad: u32,
+}
+
+/// Offsets into the block layer's device and request structs.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BlockOffsets {
+    /// `block_device.bd_dev`.
+    pub bdev_dev: u32,
+    /// `block_device.bd_disk`.
+    pub bdev_disk: u32,
+    /// `gendisk.major`.
+    pub disk_major: u32,
+    /// `gendisk.first_minor`.
+    pub disk_first_minor: u32,
+    /// `request.q`.
+    pub rq_q: u32,
+    /// `request.bio`.
+    pub rq_bio: u32,
+    /// `request.__sector`.
+    pub rq_sector: u32,
+    /// `request_queue.disk`.
+    pub q_disk: u32,
+}
+
+/// Offsets into md (module `md_mod`); all `NO_OFFSET` until it is loaded.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MdOffsets {
+    /// `mddev.pending_writes` (`atomic_t`): superblock writes in flight.
+    pub mddev_pending_writes: u32,
+    /// `md_rdev.mddev`.
+    pub rdev_mddev: u32,
+    /// `bitmap.mddev`.
+    pub bitmap_mddev: u32,
+    /// `mddev.kobj`, to get from the kobject back to its mddev.
+    pub mddev_kobj: u32,
+}
+
+/// Everything the programs need to know about the running kernel.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProbeConfig {
+    pub task: TaskOffsets,
+    pub bio: BioOffsets,
+    pub block: BlockOffsets,
+    pub md: MdOffsets,
+    /// `completion.done`.
+    pub completion_done: u32,
+    /// `completion.wait`: `__init_swait_queue_head` sees `&x->wait`, not `x`.
+    pub completion_wait: u32,
+    /// Size of a task's kernel stack (THREAD_SIZE); it is not in BTF.
+    pub thread_size: u32,
+    /// `pt_regs.orig_ax` (x86) / `pt_regs.syscallno` (arm64): the syscall nr.
+    pub pt_regs_syscall_nr: u32,
+    /// Address of `bio_chain_endio`, to follow chained bios (0 if unknown).
+    pub bio_chain_endio: u64,
+    /// Bytes of unread ring-buffer data past which a producer wakes the
+    /// reader. Below it events are submitted silently and the reader's drain
+    /// timer picks them up: a wakeup per event costs more than the I/O.
+    pub wakeup_threshold: u64,
+}
+
+const _: () = assert!(core::mem::size_of::<TaskOffsets>() == 24);
+const _: () = assert!(core::mem::size_of::<BioOffsets>() == 48);
+const _: () = assert!(core::mem::size_of::<BlockOffsets>() == 32);
+const _: () = assert!(core::mem::size_of::<MdOffsets>() == 16);
+const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 152);
+
+impl ProbeConfig {
+    /// A config with every offset unknown: programs read nothing.
+    pub const UNKNOWN: Self = Self {
+        task: TaskOffsets {
+            stack: NO_OFFSET,
+            thread_sp: NO_OFFSET,
+            pid: NO_OFFSET,
+            comm: NO_OFFSET,
+            in_iowait_byte: NO_OFFSET,
+            in_iowait_mask: 0,
+        },
+        bio: BioOffsets {
+            next: NO_OFFSET,
+            bdev: NO_OFFSET,
+            opf: NO_OFFSET,
+            flags: NO_OFFSET,
+            status: NO_OFFSET,
+            sector: NO_OFFSET,
+            size: NO_OFFSET,
+            remaining: NO_OFFSET,
+            end_io: NO_OFFSET,
+            private: NO_OFFSET,
+            flag_chain_bit: NO_OFFSET,
+            _pad: 0,
+        },
+        block: BlockOffsets {
+            bdev_dev: NO_OFFSET,
+            bdev_disk: NO_OFFSET,
+            disk_major: NO_OFFSET,
+            disk_first_minor: NO_OFFSET,
+            rq_q: NO_OFFSET,
+            rq_bio: NO_OFFSET,
+            rq_sector: NO_OFFSET,
+            q_disk: NO_OFFSET,
+        },
+        md: MdOffsets {
+            mddev_pending_writes: NO_OFFSET,
+            rdev_mddev: NO_OFFSET,
+            bitmap_mddev: NO_OFFSET,
+            mddev_kobj: NO_OFFSET,
+        },
+        completion_done: NO_OFFSET,
+        completion_wait: NO_OFFSET,
+        thread_size: 0,
+        pt_regs_syscall_nr: NO_OFFSET,
+        bio_chain_endio: 0,
+        wakeup_threshold: 0,
+    };
+}
+
+// SAFETY: plain-old-data, `#[repr(C)]`, integers only, no implicit padding
+// (the size assertions above pin the layout).
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for ProbeConfig {}

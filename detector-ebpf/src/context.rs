@@ -1,0 +1,153 @@
+//! One interface over the program contexts a handler can be reached from,
+//! so that each handler is written once for fentry, kprobe and tracepoints.
+
+use aya_ebpf::{
+    EbpfContext,
+    programs::{
+        BtfTracePointContext, FEntryContext, FExitContext, ProbeContext, RawTracePointContext,
+        RetProbeContext,
+    },
+};
+use detector_common::hook;
+
+use crate::{kernel::bump, maps::STACKS};
+
+pub trait Hooked: EbpfContext {
+    /// One of `detector_common::hook`.
+    const HOOK: u8;
+
+    /// The n-th argument of the hooked function or tracepoint, as a raw word.
+    fn arg_u64(&self, n: usize) -> u64;
+
+    /// An address on the stack the hook runs on, or 0 if unknown.
+    fn sp(&self) -> u64;
+
+    /// Id of the current kernel stack in `STACKS`, or a negative error.
+    fn stack_id(&self) -> i32;
+
+    /// The hooked function's return value, for return hooks of a function
+    /// taking `nargs` arguments; 0 elsewhere.
+    #[inline(always)]
+    fn ret_u64(&self, _nargs: usize) -> u64 {
+        0
+    }
+}
+
+macro_rules! stack_id_via_helper {
+    () => {
+        #[inline(always)]
+        fn stack_id(&self) -> i32 {
+            use aya_ebpf::programs::tracing::StackIdContext as _;
+            match self.get_stackid(&STACKS, 0) {
+                Ok(id) => id as i32,
+                Err(err) => {
+                    bump(detector_common::counter::STACK_ERRORS);
+                    err
+                }
+            }
+        }
+    };
+}
+
+// For BTF-typed and raw tracepoints, fentry and fexit the context is the
+// argument array the kernel built on the current stack (bpf_trace_run*, the
+// trampoline frame), so its address says how deep that stack is.
+macro_rules! args_on_stack {
+    ($ty:ty, $hook:expr) => {
+        impl Hooked for $ty {
+            const HOOK: u8 = $hook;
+
+            #[inline(always)]
+            fn arg_u64(&self, n: usize) -> u64 {
+                self.arg(n)
+            }
+
+            #[inline(always)]
+            fn sp(&self) -> u64 {
+                self.as_ptr() as u64
+            }
+
+            stack_id_via_helper!();
+        }
+    };
+}
+
+args_on_stack!(BtfTracePointContext, hook::TP_BTF);
+args_on_stack!(RawTracePointContext, hook::RAW_TRACEPOINT);
+args_on_stack!(FEntryContext, hook::FENTRY);
+
+impl Hooked for FExitContext {
+    const HOOK: u8 = hook::FEXIT;
+
+    #[inline(always)]
+    fn arg_u64(&self, n: usize) -> u64 {
+        self.arg(n)
+    }
+
+    #[inline(always)]
+    fn sp(&self) -> u64 {
+        self.as_ptr() as u64
+    }
+
+    stack_id_via_helper!();
+
+    /// fexit's context holds the arguments followed by the return value.
+    #[inline(always)]
+    fn ret_u64(&self, nargs: usize) -> u64 {
+        self.arg(nargs)
+    }
+}
+
+/// The stack pointer saved in a kprobe's `pt_regs`.
+#[inline(always)]
+fn regs_sp(ctx: &impl EbpfContext) -> u64 {
+    let regs = ctx.as_ptr() as *const aya_ebpf::bindings::pt_regs;
+    #[cfg(bpf_target_arch = "x86_64")]
+    let sp = unsafe { aya_ebpf::helpers::bpf_probe_read_kernel(&raw const (*regs).rsp) };
+    #[cfg(bpf_target_arch = "aarch64")]
+    let sp = unsafe { aya_ebpf::helpers::bpf_probe_read_kernel(&raw const (*regs).sp) };
+    #[cfg(not(any(bpf_target_arch = "x86_64", bpf_target_arch = "aarch64")))]
+    let sp: Result<u64, i64> = {
+        let _ = regs;
+        Ok(0)
+    };
+    sp.map(|v| v as u64).unwrap_or(0)
+}
+
+impl Hooked for ProbeContext {
+    const HOOK: u8 = hook::KPROBE;
+
+    #[inline(always)]
+    fn arg_u64(&self, n: usize) -> u64 {
+        self.arg(n).unwrap_or(0)
+    }
+
+    #[inline(always)]
+    fn sp(&self) -> u64 {
+        regs_sp(self)
+    }
+
+    stack_id_via_helper!();
+}
+
+impl Hooked for RetProbeContext {
+    const HOOK: u8 = hook::KRETPROBE;
+
+    /// A return probe sees no arguments; handlers use `ENTRY_ARGS`.
+    #[inline(always)]
+    fn arg_u64(&self, _n: usize) -> u64 {
+        0
+    }
+
+    #[inline(always)]
+    fn sp(&self) -> u64 {
+        regs_sp(self)
+    }
+
+    stack_id_via_helper!();
+
+    #[inline(always)]
+    fn ret_u64(&self, _nargs: usize) -> u64 {
+        self.ret()
+    }
+}

@@ -1,0 +1,65 @@
+//! Reading kernel memory through the offsets userspace found in BTF.
+
+use aya_ebpf::helpers::{bpf_get_current_task, bpf_probe_read_kernel};
+use detector_common::{ProbeConfig, config::NO_OFFSET, counter};
+
+use crate::maps::{CONFIG, COUNTERS};
+
+/// The running kernel's offsets; `None` until userspace wrote them.
+#[inline(always)]
+pub fn config() -> Option<&'static ProbeConfig> {
+    CONFIG.get(0)
+}
+
+#[inline(always)]
+pub fn bump(index: u32) {
+    if let Some(slot) = COUNTERS.get_ptr_mut(index) {
+        // Per-CPU slot: no other CPU writes it, and programs do not nest on
+        // one CPU for the same counter often enough to matter for a count.
+        unsafe { *slot += 1 };
+    }
+}
+
+/// Reads a `T` at `base + offset`. A field this kernel lacks, or a null
+/// base, reads as zero; a failed read also counts in `READ_ERRORS`.
+#[inline(always)]
+pub fn read<T: Copy + Default>(base: u64, offset: u32) -> T {
+    if base == 0 || offset == NO_OFFSET {
+        return T::default();
+    }
+    match unsafe { bpf_probe_read_kernel((base + offset as u64) as *const T) } {
+        Ok(value) => value,
+        Err(_) => {
+            bump(counter::READ_ERRORS);
+            T::default()
+        }
+    }
+}
+
+#[inline(always)]
+pub fn current_task() -> u64 {
+    unsafe { bpf_get_current_task() }
+}
+
+/// `dev_t` of a `struct gendisk` (`major << 20 | first_minor`).
+#[inline(always)]
+pub fn disk_dev(cfg: &ProbeConfig, disk: u64) -> u32 {
+    let major: i32 = read(disk, cfg.block.disk_major);
+    let minor: i32 = read(disk, cfg.block.disk_first_minor);
+    ((major as u32) << 20) | (minor as u32 & 0xfffff)
+}
+
+/// (`bio->bi_bdev->bd_dev`, the whole disk's `dev_t`).
+#[inline(always)]
+pub fn bio_devs(cfg: &ProbeConfig, bio: u64) -> (u32, u32) {
+    let bdev: u64 = read(bio, cfg.bio.bdev);
+    let dev: u32 = read(bdev, cfg.block.bdev_dev);
+    let disk: u64 = read(bdev, cfg.block.bdev_disk);
+    (dev, disk_dev(cfg, disk))
+}
+
+/// Whether `addr` lies in the kernel stack that starts at `stack_base`.
+#[inline(always)]
+pub fn on_stack(cfg: &ProbeConfig, stack_base: u64, addr: u64) -> bool {
+    stack_base != 0 && addr >= stack_base && addr < stack_base + cfg.thread_size as u64
+}

@@ -1,0 +1,26 @@
+//! detector's eBPF programs.
+//!
+//! Every program is a thin wrapper around a `try_`-style handler shared by all
+//! the mechanisms that can reach the same kernel symbol (fentry, kprobe,
+//! tracepoint); userspace picks which wrappers to load for the running kernel.
+//! Handlers never log per event: failures bump a per-CPU counter.
+#![no_std]
+#![no_main]
+
+mod context;
+mod emit;
+mod kernel;
+mod maps;
+mod probes;
+
+// The kernel only lets GPL-compatible programs call bpf_probe_read_kernel and
+// attach to fentry/fexit.
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}

@@ -1,0 +1,43 @@
+//! The maps shared by all programs. Userspace finds them by these names.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf, StackTrace},
+};
+use detector_common::{ProbeConfig, counter};
+
+/// Every event, in one ring buffer so that userspace sees a single order per
+/// CPU. Userspace may resize it before load.
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(8 << 20, 0);
+
+/// Kernel stacks quoted by events (`Header::stack_id`). Ids are stable: no
+/// `BPF_F_REUSE_STACKID`, so a full bucket loses the new stack instead of
+/// silently changing what an older id means.
+#[map]
+pub static STACKS: StackTrace = StackTrace::with_max_entries(8192, 0);
+
+/// Per-CPU event counters, indexed by `detector_common::counter`.
+#[map]
+pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
+
+/// The running kernel's field offsets, written by userspace (index 0).
+#[map]
+pub static CONFIG: Array<ProbeConfig> = Array::with_max_entries(1, 0);
+
+/// Tasks whose next return to user space is worth an event (they submitted
+/// I/O or own a completion on their stack). Keeps `sys_exit` cheap: one
+/// lookup per syscall, an event only for these.
+#[map]
+pub static WATCHED: LruHashMap<u32, u8> = LruHashMap::with_max_entries(8192, 0);
+
+/// Tasks last seen going to sleep uninterruptibly; only their wakeups are
+/// reported, which is what the lost-wakeup rule needs, at a fraction of the
+/// cost of reporting every wakeup on the host.
+#[map]
+pub static SLEEPERS: LruHashMap<u32, u8> = LruHashMap::with_max_entries(16384, 0);
+
+/// Entry arguments kept for return probes that cannot see them (kretprobe),
+/// keyed by thread id and hook.
+#[map]
+pub static ENTRY_ARGS: HashMap<u64, u64> = HashMap::with_max_entries(8192, 0);

@@ -1,0 +1,304 @@
+//! Bio and request lifecycle: submission, completion, `bio_endio` entry and
+//! exit, and disk removal.
+
+use aya_ebpf::{
+    macros::{btf_tracepoint, fentry, fexit, kprobe, kretprobe, raw_tracepoint},
+    programs::{
+        BtfTracePointContext, FEntryContext, FExitContext, ProbeContext, RawTracePointContext,
+        RetProbeContext,
+    },
+};
+use detector_common::{
+    BioComplete, BioEndio, BioEndioExit, BioQueue, DiskEvent, Header, ProbeConfig, RQ_MAX_BIOS,
+    RqComplete, kind,
+};
+
+use super::done;
+use crate::{
+    context::Hooked,
+    emit::{Stack, header, reserve, submit},
+    kernel::{bio_devs, config, disk_dev, read},
+    maps::WATCHED,
+};
+
+// ---- submission ---------------------------------------------------------
+
+/// `block_bio_queue(struct bio *bio)` (5.11+; checked on 6.1 and 6.18).
+#[btf_tracepoint(function = "block_bio_queue")]
+pub fn tp_block_bio_queue(ctx: BtfTracePointContext) -> u32 {
+    done(try_bio_queue(&ctx, 0))
+}
+
+#[raw_tracepoint(tracepoint = "block_bio_queue")]
+pub fn raw_block_bio_queue(ctx: RawTracePointContext) -> u32 {
+    done(try_bio_queue(&ctx, 0))
+}
+
+/// `void submit_bio_noacct(struct bio *bio)`: every submission, including
+/// stacked drivers' resubmissions (checked on 6.1 and 6.18).
+#[fentry(function = "submit_bio_noacct")]
+pub fn enter_submit_bio_noacct(ctx: FEntryContext) -> u32 {
+    done(try_bio_queue(&ctx, 0))
+}
+
+#[kprobe]
+pub fn kprobe_submit_bio_noacct(ctx: ProbeContext) -> u32 {
+    done(try_bio_queue(&ctx, 0))
+}
+
+#[inline(always)]
+fn try_bio_queue<C: Hooked>(ctx: &C, bio_arg: usize) -> Option<()> {
+    let cfg = config()?;
+    let bio = ctx.arg_u64(bio_arg);
+    let (dev, disk) = bio_devs(cfg, bio);
+    let header = header(ctx, cfg, kind::BIO_QUEUE, Stack::Take);
+    let _ = WATCHED.insert(header.tid, 1u8, 0);
+    let mut entry = reserve::<BioQueue>()?;
+    unsafe {
+        entry.as_mut_ptr().write(BioQueue {
+            header,
+            bio,
+            sector: read(bio, cfg.bio.sector),
+            end_io: read(bio, cfg.bio.end_io),
+            private: read(bio, cfg.bio.private),
+            dev,
+            disk_dev: disk,
+            size: read(bio, cfg.bio.size),
+            opf: read(bio, cfg.bio.opf),
+        })
+    };
+    submit(entry, cfg);
+    Some(())
+}
+
+// ---- request / traced-bio completion -------------------------------------
+
+/// `block_rq_complete(struct request *rq, blk_status_t error,
+/// unsigned int nr_bytes)` (checked on 6.1 and 6.18).
+#[btf_tracepoint(function = "block_rq_complete")]
+pub fn tp_block_rq_complete(ctx: BtfTracePointContext) -> u32 {
+    done(try_rq_complete(&ctx))
+}
+
+#[raw_tracepoint(tracepoint = "block_rq_complete")]
+pub fn raw_block_rq_complete(ctx: RawTracePointContext) -> u32 {
+    done(try_rq_complete(&ctx))
+}
+
+#[inline(always)]
+fn try_rq_complete<C: Hooked>(ctx: &C) -> Option<()> {
+    let cfg = config()?;
+    let rq = ctx.arg_u64(0);
+    let error = ctx.arg_u64(1) as u8 as i32;
+    let nr_bytes = ctx.arg_u64(2) as u32;
+    let q: u64 = read(rq, cfg.block.rq_q);
+    let disk: u64 = read(q, cfg.block.q_disk);
+    let header = header(ctx, cfg, kind::RQ_COMPLETE, Stack::Take);
+    let mut entry = reserve::<RqComplete>()?;
+    let ev = entry.as_mut_ptr();
+    // Mirror blk_update_request(): bios are ended in order while they fit in
+    // nr_bytes; a zero-sized bio (a flush) fits even when nr_bytes is 0.
+    let mut bio: u64 = read(rq, cfg.block.rq_bio);
+    let mut left = nr_bytes as u64;
+    let mut n: u16 = 0;
+    unsafe {
+        (*ev).bios = [0; RQ_MAX_BIOS];
+        for i in 0..RQ_MAX_BIOS {
+            if bio == 0 {
+                break;
+            }
+            let size = read::<u32>(bio, cfg.bio.size) as u64;
+            if size > left {
+                break;
+            }
+            (*ev).bios[i] = bio;
+            n += 1;
+            left -= size;
+            bio = read(bio, cfg.bio.next);
+            if left == 0 {
+                break;
+            }
+        }
+        (*ev).header = header;
+        (*ev).rq = rq;
+        (*ev).sector = read(rq, cfg.block.rq_sector);
+        (*ev).disk_dev = disk_dev(cfg, disk);
+        (*ev).nr_bytes = nr_bytes;
+        (*ev).error = error;
+        (*ev).nr_bios = n;
+        (*ev).truncated = (n as usize == RQ_MAX_BIOS && bio != 0 && left > 0) as u8;
+        (*ev)._pad = 0;
+    }
+    submit(entry, cfg);
+    Some(())
+}
+
+/// `block_bio_complete(struct request_queue *q, struct bio *bio)`: fires for
+/// bios the block layer marked for completion tracing (remapped ones).
+#[btf_tracepoint(function = "block_bio_complete")]
+pub fn tp_block_bio_complete(ctx: BtfTracePointContext) -> u32 {
+    done(try_bio_complete(&ctx))
+}
+
+#[raw_tracepoint(tracepoint = "block_bio_complete")]
+pub fn raw_block_bio_complete(ctx: RawTracePointContext) -> u32 {
+    done(try_bio_complete(&ctx))
+}
+
+#[inline(always)]
+fn try_bio_complete<C: Hooked>(ctx: &C) -> Option<()> {
+    let cfg = config()?;
+    let bio = ctx.arg_u64(1);
+    let (dev, disk) = bio_devs(cfg, bio);
+    let header = header(ctx, cfg, kind::BIO_COMPLETE, Stack::Skip);
+    let mut entry = reserve::<BioComplete>()?;
+    unsafe {
+        entry.as_mut_ptr().write(BioComplete {
+            header,
+            bio,
+            sector: read(bio, cfg.bio.sector),
+            dev,
+            disk_dev: disk,
+            size: read(bio, cfg.bio.size),
+            error: read::<u8>(bio, cfg.bio.status) as i32,
+        })
+    };
+    submit(entry, cfg);
+    Some(())
+}
+
+// ---- bio_endio ------------------------------------------------------------
+
+/// `void bio_endio(struct bio *bio)` (checked on 6.1 and 6.18).
+#[fentry(function = "bio_endio")]
+pub fn enter_bio_endio(ctx: FEntryContext) -> u32 {
+    done(try_bio_endio(&ctx))
+}
+
+#[kprobe]
+pub fn kprobe_bio_endio(ctx: ProbeContext) -> u32 {
+    done(try_bio_endio(&ctx))
+}
+
+/// How many `bio_chain_endio` parents one `bio_endio` call is followed
+/// through; deeper chains are reported up to here.
+const MAX_CHAIN: u8 = 4;
+
+#[inline(always)]
+fn try_bio_endio<C: Hooked>(ctx: &C) -> Option<()> {
+    let cfg = config()?;
+    let mut bio = ctx.arg_u64(0);
+    let header = header(ctx, cfg, kind::BIO_ENDIO, Stack::Take);
+    // bio_endio() loops instead of recursing when the finished bio was
+    // chained (bi_end_io == bio_chain_endio): the parent completes inside
+    // this call without a bio_endio() of its own. Report each such parent.
+    for depth in 0..MAX_CHAIN {
+        let end_io: u64 = read(bio, cfg.bio.end_io);
+        let is_final = emit_endio(cfg, bio, end_io, depth, header);
+        if !is_final || cfg.bio_chain_endio == 0 || end_io != cfg.bio_chain_endio {
+            break;
+        }
+        bio = read(bio, cfg.bio.private);
+        if bio == 0 {
+            break;
+        }
+    }
+    Some(())
+}
+
+/// Emits one `BIO_ENDIO`; returns whether this call is the bio's final one.
+#[inline(always)]
+fn emit_endio(
+    cfg: &ProbeConfig,
+    bio: u64,
+    end_io: u64,
+    depth: u8,
+    header: Header,
+) -> bool {
+    let flags: u16 = read(bio, cfg.bio.flags);
+    let remaining: i32 = read(bio, cfg.bio.remaining);
+    // bio_remaining_done(): a chained bio is done when its count drops to 0.
+    let chained = cfg.bio.flag_chain_bit < 16 && flags & (1 << cfg.bio.flag_chain_bit) != 0;
+    let is_final = !chained || remaining == 1;
+    let (dev, disk) = bio_devs(cfg, bio);
+    let Some(mut entry) = reserve::<BioEndio>() else {
+        return is_final;
+    };
+    unsafe {
+        entry.as_mut_ptr().write(BioEndio {
+            header,
+            bio,
+            end_io,
+            private: read(bio, cfg.bio.private),
+            sector: read(bio, cfg.bio.sector),
+            dev,
+            disk_dev: disk,
+            size: read(bio, cfg.bio.size),
+            remaining,
+            flags,
+            status: read(bio, cfg.bio.status),
+            is_final: is_final as u8,
+            chain_depth: depth,
+            _pad: [0; 3],
+        })
+    };
+    submit(entry, cfg);
+    is_final
+}
+
+#[fexit(function = "bio_endio")]
+pub fn exit_bio_endio(ctx: FExitContext) -> u32 {
+    done(try_bio_endio_exit(&ctx))
+}
+
+#[kretprobe]
+pub fn kretprobe_bio_endio(ctx: RetProbeContext) -> u32 {
+    done(try_bio_endio_exit(&ctx))
+}
+
+#[inline(always)]
+fn try_bio_endio_exit<C: Hooked>(ctx: &C) -> Option<()> {
+    let cfg = config()?;
+    let header = header(ctx, cfg, kind::BIO_ENDIO_EXIT, Stack::Skip);
+    let mut entry = reserve::<BioEndioExit>()?;
+    unsafe {
+        entry.as_mut_ptr().write(BioEndioExit {
+            header,
+            // The pointer only: the bio may already be freed by its end_io.
+            bio: ctx.arg_u64(0),
+        })
+    };
+    submit(entry, cfg);
+    Some(())
+}
+
+// ---- disks ----------------------------------------------------------------
+
+/// `void del_gendisk(struct gendisk *disk)` (checked on 6.1 and 6.18).
+#[fentry(function = "del_gendisk")]
+pub fn enter_del_gendisk(ctx: FEntryContext) -> u32 {
+    done(try_del_gendisk(&ctx))
+}
+
+#[kprobe]
+pub fn kprobe_del_gendisk(ctx: ProbeContext) -> u32 {
+    done(try_del_gendisk(&ctx))
+}
+
+#[inline(always)]
+fn try_del_gendisk<C: Hooked>(ctx: &C) -> Option<()> {
+    let cfg = config()?;
+    let disk = ctx.arg_u64(0);
+    let header = header(ctx, cfg, kind::DEL_GENDISK, Stack::Take);
+    let mut entry = reserve::<DiskEvent>()?;
+    unsafe {
+        entry.as_mut_ptr().write(DiskEvent {
+            header,
+            disk,
+            dev: disk_dev(cfg, disk),
+            _pad: 0,
+        })
+    };
+    submit(entry, cfg);
+    Some(())
+}
