@@ -208,13 +208,7 @@ fn try_bio_endio<C: Hooked>(ctx: &C) -> Option<()> {
 
 /// Emits one `BIO_ENDIO`; returns whether this call is the bio's final one.
 #[inline(always)]
-fn emit_endio(
-    cfg: &ProbeConfig,
-    bio: u64,
-    end_io: u64,
-    depth: u8,
-    header: Header,
-) -> bool {
+fn emit_endio(cfg: &ProbeConfig, bio: u64, end_io: u64, depth: u8, header: Header) -> bool {
     let flags: u16 = read(bio, cfg.bio.flags);
     let remaining: i32 = read(bio, cfg.bio.remaining);
     // bio_remaining_done(): a chained bio is done when its count drops to 0.

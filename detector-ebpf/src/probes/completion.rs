@@ -98,7 +98,13 @@ fn try_init<C: Hooked>(ctx: &C) -> Option<()> {
     if cfg.completion_wait == detector_common::config::NO_OFFSET {
         return None;
     }
-    emit(ctx, kind::COMPLETION_INIT, q - cfg.completion_wait as u64, 0, 0)
+    emit(
+        ctx,
+        kind::COMPLETION_INIT,
+        q - cfg.completion_wait as u64,
+        0,
+        0,
+    )
 }
 
 #[inline(always)]

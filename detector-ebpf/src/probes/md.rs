@@ -162,7 +162,11 @@ fn teardown_step(ctx: &ProbeContext, mddev: u64, stage: u8) -> Option<()> {
 /// `void __md_stop_writes(struct mddev *mddev)`: flushes bitmap and sb.
 #[kprobe]
 pub fn kprobe_md_stop_writes(ctx: ProbeContext) -> u32 {
-    done(teardown_step(&ctx, ctx.arg_u64(0), teardown::MD_STOP_WRITES))
+    done(teardown_step(
+        &ctx,
+        ctx.arg_u64(0),
+        teardown::MD_STOP_WRITES,
+    ))
 }
 
 /// `static void __md_stop(struct mddev *mddev)`: frees the personality.
@@ -182,7 +186,11 @@ pub fn kprobe_mddev_detach(ctx: ProbeContext) -> u32 {
 #[kprobe]
 pub fn kprobe_md_bitmap_free(ctx: ProbeContext) -> u32 {
     let mddev = config().map(|cfg| read::<u64>(ctx.arg_u64(0), cfg.md.bitmap_mddev));
-    done(teardown_step(&ctx, mddev.unwrap_or(0), teardown::BITMAP_FREE))
+    done(teardown_step(
+        &ctx,
+        mddev.unwrap_or(0),
+        teardown::BITMAP_FREE,
+    ))
 }
 
 /// `static void md_kobj_release(struct kobject *ko)`: the mddev's memory is
@@ -194,5 +202,9 @@ pub fn kprobe_md_kobj_release(ctx: ProbeContext) -> u32 {
         (cfg.md.mddev_kobj != detector_common::config::NO_OFFSET && kobj != 0)
             .then(|| kobj - cfg.md.mddev_kobj as u64)
     });
-    done(teardown_step(&ctx, mddev.unwrap_or(0), teardown::KOBJ_RELEASE))
+    done(teardown_step(
+        &ctx,
+        mddev.unwrap_or(0),
+        teardown::KOBJ_RELEASE,
+    ))
 }

@@ -1,0 +1,375 @@
+//! The decoded event stream: what the kernel reported, typed.
+//!
+//! [`Event`] is what every consumer sees: the engine, the JSON output, the
+//! record file. In JSON, kernel addresses are hex strings and devices are
+//! `"MAJ:MIN"` strings (jq reads numbers as doubles, which would round
+//! addresses); in the binary record file they are plain integers.
+
+pub mod decode;
+mod stack;
+mod values;
+
+use serde::{Deserialize, Serialize};
+pub use stack::{Frame, Stack, StackId, StackTable};
+pub use values::{Addr, Dev};
+
+/// How the program that saw the event was attached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Hook {
+    TpBtf,
+    RawTracepoint,
+    Tracepoint,
+    Fentry,
+    Fexit,
+    Kprobe,
+    Kretprobe,
+    /// Made by detector itself (loss markers).
+    Detector,
+}
+
+/// Which `wait_for_completion*` function.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WaitVariant {
+    /// `wait_for_completion`
+    Plain,
+    /// `wait_for_completion_io`
+    Io,
+    /// `wait_for_completion_timeout`
+    Timeout,
+    /// `wait_for_completion_io_timeout`
+    IoTimeout,
+    /// `wait_for_completion_interruptible`
+    Interruptible,
+    /// `wait_for_completion_killable`
+    Killable,
+    /// `try_wait_for_completion` (never sleeps)
+    Try,
+}
+
+impl WaitVariant {
+    /// The kernel function's name.
+    pub fn function(self) -> &'static str {
+        match self {
+            Self::Plain => "wait_for_completion",
+            Self::Io => "wait_for_completion_io",
+            Self::Timeout => "wait_for_completion_timeout",
+            Self::IoTimeout => "wait_for_completion_io_timeout",
+            Self::Interruptible => "wait_for_completion_interruptible",
+            Self::Killable => "wait_for_completion_killable",
+            Self::Try => "try_wait_for_completion",
+        }
+    }
+
+    /// Whether the wait gives up after a timeout (its return value is the
+    /// jiffies left, 0 meaning it timed out without a `complete`).
+    pub fn is_timed(self) -> bool {
+        matches!(self, Self::Timeout | Self::IoTimeout)
+    }
+
+    /// Whether a return value says the wait consumed a `complete`.
+    pub fn succeeded(self, ret: i64) -> bool {
+        match self {
+            Self::Plain | Self::Io => true,
+            Self::Timeout | Self::IoTimeout | Self::Try => ret != 0,
+            Self::Interruptible | Self::Killable => ret == 0,
+        }
+    }
+}
+
+/// A step of md array teardown.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TeardownStage {
+    /// `__md_stop_writes`: last bitmap and superblock flush.
+    StopWrites,
+    /// `__md_stop`: the personality is freed.
+    Stop,
+    /// `mddev_detach`.
+    Detach,
+    /// `md_bitmap_free`.
+    BitmapFree,
+    /// `md_kobj_release`: the mddev itself is freed.
+    KobjRelease,
+}
+
+impl TeardownStage {
+    /// The kernel function's name.
+    pub fn function(self) -> &'static str {
+        match self {
+            Self::StopWrites => "__md_stop_writes",
+            Self::Stop => "__md_stop",
+            Self::Detach => "mddev_detach",
+            Self::BitmapFree => "md_bitmap_free",
+            Self::KobjRelease => "md_kobj_release",
+        }
+    }
+}
+
+/// One thing the kernel did, with who did it, where and when.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    /// Kernel CLOCK_MONOTONIC nanoseconds.
+    pub ts: u64,
+    pub cpu: u32,
+    /// Process id (tgid) of the task that was current.
+    pub pid: u32,
+    /// Thread id of the task that was current (0: idle or interrupt on idle).
+    pub tid: u32,
+    pub comm: String,
+    pub hook: Hook,
+    /// Lowest address of the current task's kernel stack.
+    pub stack_base: Addr,
+    /// An address on the stack the hook ran on (see `Header::sp`); 0 if
+    /// unknown. Outside `[stack_base, stack_base + thread_size)` in
+    /// interrupt context.
+    pub sp: Addr,
+    /// The kernel stack at the hook, when the hook takes one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stack: Option<StackId>,
+    #[serde(flatten)]
+    pub kind: EventKind,
+}
+
+/// What happened. The JSON field `event` names the variant.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum EventKind {
+    /// A bio was submitted.
+    BioQueue {
+        bio: Addr,
+        /// The device the bio was submitted to (may be a partition).
+        dev: Dev,
+        /// The whole disk.
+        disk: Dev,
+        sector: u64,
+        size: u32,
+        /// `bi_opf`: operation and flags.
+        opf: u32,
+        end_io: Addr,
+        private: Addr,
+    },
+    /// A request finished `nr_bytes` from `sector`; `bios` are the bios
+    /// this completes in full, as far as the bounded walk saw.
+    RqComplete {
+        rq: Addr,
+        disk: Dev,
+        sector: u64,
+        nr_bytes: u32,
+        error: i32,
+        bios: Vec<Addr>,
+        /// The walk stopped before covering `nr_bytes`: more bios in the
+        /// sector range completed than `bios` names.
+        truncated: bool,
+    },
+    /// A bio marked for completion tracing completed (`block_bio_complete`).
+    BioComplete {
+        bio: Addr,
+        dev: Dev,
+        disk: Dev,
+        sector: u64,
+        size: u32,
+        error: i32,
+    },
+    /// `bio_endio` ran for `bio`.
+    BioEndio {
+        bio: Addr,
+        end_io: Addr,
+        private: Addr,
+        dev: Dev,
+        disk: Dev,
+        sector: u64,
+        size: u32,
+        status: u8,
+        flags: u16,
+        /// `__bi_remaining` on entry.
+        remaining: i32,
+        /// This call runs `bi_end_io`: the bio's final completion.
+        is_final: bool,
+        /// 0: the bio passed to `bio_endio`; n: its n-th chained parent,
+        /// completed inside the same call.
+        chain_depth: u8,
+    },
+    /// `bio_endio` returned (`bio` is unknown for kretprobes).
+    BioEndioExit {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        bio: Option<Addr>,
+    },
+    /// `complete(x)`.
+    Complete {
+        x: Addr,
+        done: u32,
+        on_own_stack: bool,
+    },
+    /// `complete_all(x)`.
+    CompleteAll {
+        x: Addr,
+        done: u32,
+        on_own_stack: bool,
+    },
+    /// `init_completion(x)`.
+    CompletionInit { x: Addr, on_own_stack: bool },
+    /// A `wait_for_completion*` started.
+    WaitEnter {
+        x: Addr,
+        variant: WaitVariant,
+        /// Jiffies, for timed variants.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        timeout: Option<i64>,
+        done: u32,
+        on_own_stack: bool,
+    },
+    /// A `wait_for_completion*` (or `try_wait_for_completion`) returned.
+    WaitExit {
+        x: Addr,
+        variant: WaitVariant,
+        ret: i64,
+        on_own_stack: bool,
+    },
+    /// `md_super_write`: a superblock write was issued without waiting.
+    MdSuperWrite {
+        mddev: Addr,
+        rdev: Addr,
+        sector: u64,
+        size: u32,
+        /// `mddev->pending_writes` before this write was counted.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pending_writes: Option<i32>,
+    },
+    /// `super_written`: a superblock write completed.
+    MdSuperWritten {
+        mddev: Addr,
+        rdev: Addr,
+        bio: Addr,
+        sector: u64,
+        status: u8,
+        /// `mddev->pending_writes` before this completion was counted.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pending_writes: Option<i32>,
+    },
+    /// `md_super_wait` started.
+    MdSuperWait {
+        mddev: Addr,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pending_writes: Option<i32>,
+    },
+    /// `md_super_wait` returned.
+    MdSuperWaitExit {
+        mddev: Addr,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pending_writes: Option<i32>,
+    },
+    /// A step of array teardown.
+    MdTeardown {
+        mddev: Addr,
+        stage: TeardownStage,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pending_writes: Option<i32>,
+    },
+    /// `del_gendisk`: the disk is being removed.
+    DelGendisk { disk: Addr, dev: Dev },
+    /// The current task switched out.
+    SchedSwitch {
+        /// `TASK_*` state bits; 0 means still runnable (preempted/yield).
+        prev_state: u32,
+        /// Slept in `io_schedule` (counts as iowait).
+        prev_in_iowait: bool,
+        preempt: bool,
+        /// Where the outgoing task's stack was.
+        prev_sp: Addr,
+        next_tid: u32,
+        next_comm: String,
+        next_stack_base: Addr,
+        /// Where the incoming task's stack was when it last switched out.
+        next_saved_sp: Addr,
+    },
+    /// `sched_waking`: the current task is waking `target_tid` (reported
+    /// only for targets seen in an uninterruptible sleep).
+    SchedWaking {
+        target_tid: u32,
+        target_comm: String,
+    },
+    /// `sched_wakeup`: `target_tid` is runnable again (same filter).
+    SchedWakeup {
+        target_tid: u32,
+        target_comm: String,
+    },
+    /// The current task returned to user space from syscall `nr` (reported
+    /// once after it submitted I/O or used an on-stack completion).
+    SysExit { nr: i64, ret: i64 },
+    /// The current task exits.
+    TaskExit,
+    /// Made by detector: `count` events were lost (ring buffer full) at some
+    /// moment in `[ts, until]`. Every object with an event in that interval,
+    /// or alive during it, has an indeterminate verdict.
+    Lost { count: u64, until: u64 },
+}
+
+impl EventKind {
+    /// The JSON name of this kind (the `event` field).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::BioQueue { .. } => "bio_queue",
+            Self::RqComplete { .. } => "rq_complete",
+            Self::BioComplete { .. } => "bio_complete",
+            Self::BioEndio { .. } => "bio_endio",
+            Self::BioEndioExit { .. } => "bio_endio_exit",
+            Self::Complete { .. } => "complete",
+            Self::CompleteAll { .. } => "complete_all",
+            Self::CompletionInit { .. } => "completion_init",
+            Self::WaitEnter { .. } => "wait_enter",
+            Self::WaitExit { .. } => "wait_exit",
+            Self::MdSuperWrite { .. } => "md_super_write",
+            Self::MdSuperWritten { .. } => "md_super_written",
+            Self::MdSuperWait { .. } => "md_super_wait",
+            Self::MdSuperWaitExit { .. } => "md_super_wait_exit",
+            Self::MdTeardown { .. } => "md_teardown",
+            Self::DelGendisk { .. } => "del_gendisk",
+            Self::SchedSwitch { .. } => "sched_switch",
+            Self::SchedWaking { .. } => "sched_waking",
+            Self::SchedWakeup { .. } => "sched_wakeup",
+            Self::SysExit { .. } => "sys_exit",
+            Self::TaskExit => "task_exit",
+            Self::Lost { .. } => "lost",
+        }
+    }
+
+    /// Every kind's JSON name, in declaration order.
+    pub const NAMES: &'static [&'static str] = &[
+        "bio_queue",
+        "rq_complete",
+        "bio_complete",
+        "bio_endio",
+        "bio_endio_exit",
+        "complete",
+        "complete_all",
+        "completion_init",
+        "wait_enter",
+        "wait_exit",
+        "md_super_write",
+        "md_super_written",
+        "md_super_wait",
+        "md_super_wait_exit",
+        "md_teardown",
+        "del_gendisk",
+        "sched_switch",
+        "sched_waking",
+        "sched_wakeup",
+        "sys_exit",
+        "task_exit",
+        "lost",
+    ];
+}
+
+/// `TASK_UNINTERRUPTIBLE` in `SchedSwitch::prev_state`.
+pub const TASK_UNINTERRUPTIBLE: u32 = 0x2;
+
+impl Event {
+    /// Whether `addr` lies in the kernel stack of the task that was current.
+    pub fn on_current_stack(&self, addr: Addr, thread_size: u64) -> bool {
+        self.stack_base.0 != 0
+            && addr.0 >= self.stack_base.0
+            && addr.0 < self.stack_base.0 + thread_size
+    }
+}

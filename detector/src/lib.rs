@@ -1,0 +1,7 @@
+//! detector: a live race detector for the Linux block and completion paths.
+//!
+//! Data flows one way: probes (detector-ebpf) -> ring buffer -> [`kernel`]
+//! (load, attach, read, decode) -> [`event`]s -> [`engine`] -> findings ->
+//! [`report`] sinks. [`record`] files hold an event stream for replay.
+
+pub mod event;
