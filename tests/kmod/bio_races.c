@@ -1,0 +1,142 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * Completion-handler races on single bios.
+ *
+ * double_complete (seed 002): a driver's error path completes a bio that
+ * its normal path already completed; the owner's end_io runs twice. The
+ * test disk's RB_DUP mode is that driver; RB_DUP_FIXED claims the command
+ * before completing, so only one path does.
+ *
+ * stuck_handler (seed 001): ext4_finish_bio() spun with interrupts off on
+ * BH_Uptodate_Lock, a bit spinlock held elsewhere, until the hard-lockup
+ * watchdog fired. Here the end_io does the same on a bit lock that a
+ * kthread holds for SH_HOLD_MS (the twin: SH_BRIEF_MS). The holder sleeps
+ * on the other CPU while holding the bit: only the handler's CPU spins.
+ */
+#include <linux/bit_spinlock.h>
+#include <linux/delay.h>
+#include <linux/kthread.h>
+#include <linux/module.h>
+
+#include "racebench.h"
+
+/* double_complete */
+static DECLARE_COMPLETION(dc_first);
+static DECLARE_COMPLETION(dc_second);
+static atomic_t dc_calls;
+static blk_status_t dc_status[2];
+
+static void dc_end_io(struct bio *bio)
+{
+	int n = atomic_inc_return(&dc_calls);
+
+	if (n <= 2)
+		dc_status[n - 1] = bio->bi_status;
+	/* The bio stays ours until both calls had their chance: no bio_put here. */
+	complete(n == 1 ? &dc_first : &dc_second);
+}
+
+int rb_double_complete(bool fixed)
+{
+	struct rb_disk *d = rb_disks[RB_SCRATCH];
+	struct bio *bio;
+	unsigned long left;
+	int calls, err = 0;
+
+	atomic_set(&dc_calls, 0);
+	reinit_completion(&dc_first);
+	reinit_completion(&dc_second);
+	rb_disk_set_mode(d, fixed ? RB_DUP_FIXED : RB_DUP, 0);
+	bio = rb_disk_write_bio(d, 8, dc_end_io, NULL);
+	submit_bio(bio);
+	wait_for_completion(&dc_first);
+	/* The timeout path runs RB_DUP_TIMEOUT_MS after submission. */
+	left = wait_for_completion_timeout(&dc_second,
+					   msecs_to_jiffies(RB_DUP_TIMEOUT_MS + 1000));
+	rb_disk_set_mode(d, RB_NORMAL, 0);
+	/* Let the timeout work finish with the command before the bio goes. */
+	flush_workqueue(d->wq);
+	calls = atomic_read(&dc_calls);
+	bio_put(bio);
+
+	if (calls != (fixed ? 1 : 2) || (!fixed && !left))
+		err = -EPROTO;
+	rb_result("%s double_complete%s: end_io ran %d time(s), status %d then %d",
+		  err ? "fail" : "ok", fixed ? "_fixed" : "", calls,
+		  blk_status_to_errno(dc_status[0]),
+		  calls > 1 ? blk_status_to_errno(dc_status[1]) : 0);
+	return err;
+}
+
+#define SH_HOLD_MS 3000
+#define SH_BRIEF_MS 20
+#define SH_LOCK_BIT 0
+#define SH_HOLDER_CPU (RB_COMPLETION_CPU + 1)
+
+static unsigned long sh_state;
+static DECLARE_COMPLETION(sh_held);
+static DECLARE_COMPLETION(sh_handler_done);
+static DECLARE_COMPLETION(sh_holder_done);
+static ktime_t sh_spin_start, sh_spin_end;
+
+/* Holds the bit for *data ms. Sleeping with it held is the point. */
+static int sh_holder(void *data)
+{
+	unsigned int ms = (unsigned long)data;
+
+	while (test_and_set_bit_lock(SH_LOCK_BIT, &sh_state))
+		cpu_relax();
+	complete(&sh_held);
+	msleep(ms);
+	clear_bit_unlock(SH_LOCK_BIT, &sh_state);
+	complete(&sh_holder_done);
+	return 0;
+}
+
+/* ext4_finish_bio(): the buffer-state walk under the page's bit lock. */
+static void sh_end_io(struct bio *bio)
+{
+	unsigned long flags;
+
+	local_irq_save(flags);
+	sh_spin_start = ktime_get();
+	bit_spin_lock(SH_LOCK_BIT, &sh_state);
+	sh_spin_end = ktime_get();
+	bit_spin_unlock(SH_LOCK_BIT, &sh_state);
+	local_irq_restore(flags);
+	bio_put(bio);
+	complete(&sh_handler_done);
+}
+
+int rb_stuck_handler(bool fixed)
+{
+	struct rb_disk *d = rb_disks[RB_SCRATCH];
+	unsigned long ms = fixed ? SH_BRIEF_MS : SH_HOLD_MS;
+	struct task_struct *holder;
+	s64 spun_ms;
+	int err = 0;
+
+	/* With one CPU the spinning handler would starve the holder for good. */
+	if (!cpu_online(SH_HOLDER_CPU))
+		return -ENODEV;
+	reinit_completion(&sh_held);
+	reinit_completion(&sh_handler_done);
+	reinit_completion(&sh_holder_done);
+	holder = kthread_create(sh_holder, (void *)ms, "rb_bitlock_holder");
+	if (IS_ERR(holder))
+		return PTR_ERR(holder);
+	kthread_bind(holder, SH_HOLDER_CPU);
+	wake_up_process(holder);
+	wait_for_completion(&sh_held);
+
+	submit_bio(rb_disk_write_bio(d, 512, sh_end_io, NULL));
+	wait_for_completion(&sh_handler_done);
+	wait_for_completion(&sh_holder_done);
+
+	spun_ms = ktime_ms_delta(sh_spin_end, sh_spin_start);
+	if (fixed ? spun_ms > 500 : spun_ms < SH_HOLD_MS - 500)
+		err = -EPROTO;
+	rb_result("%s stuck_handler%s: end_io spun %lld ms with interrupts off on cpu %d",
+		  err ? "fail" : "ok", fixed ? "_fixed" : "", spun_ms, RB_COMPLETION_CPU);
+	return err;
+}
