@@ -1,0 +1,130 @@
+# Shell helpers of the VM bench's guest (sourced by /init and the scenarios).
+#
+# A scenario file (/bench/scenarios/NAME.sh) sets NEEDS_MD=0|1 and defines
+# trigger(), which runs while detector traces and fails (non-zero) when the
+# race did not happen as scripted; it may define setup(), run before
+# detector starts. $OUT is the scenario's directory in the 9p share.
+
+RB=/sys/kernel/debug/racebench
+export MDADM_NO_UDEV=1
+
+say() {
+	echo "@@ $*"
+}
+
+uptime_s() {
+	cut -d' ' -f1 /proc/uptime
+}
+
+# Loads the modules named in $1 (file names under /lib/modules, in order).
+load_modules() {
+	while read -r ko; do
+		[ -n "$ko" ] || continue
+		insmod "/lib/modules/$ko" || { say "insmod $ko failed"; return 1; }
+	done < "$1"
+}
+
+# Runs a racebench scenario step; fails unless the module reports "ok".
+rb_run() {
+	echo "$*" > "$RB/run"
+	rc=$?
+	cat "$RB/result" >> "$OUT/module.txt"
+	[ "$rc" = 0 ] && grep -q '^ok' "$RB/result"
+}
+
+rb_disk() {
+	echo "$*" > "$RB/disk"
+}
+
+# `detector check` twice: once as JSON for the host's assertions, once as
+# the table a user reads.
+detector_check() {
+	[ "$DETECTOR" = 1 ] || return 0
+	say "detector check ($1)"
+	detector check --json > "/host/check-$1.json" 2> "/host/check-$1.err"
+	echo $? > "/host/check-$1.rc"
+	detector check > "/host/check-$1.txt" 2>&1
+}
+
+# Starts `detector trace` for scenario output dir $1; returns once every
+# probe is attached.
+start_detector() {
+	rm -f /tmp/ready
+	t0=$(uptime_s)
+	# shellcheck disable=SC2086 # DETECTOR_FLAGS is a word list
+	detector trace --record "$1/trace.rec" --json --ready-file /tmp/ready \
+		$DETECTOR_FLAGS > "$1/live.jsonl" 2> "$1/trace.err" &
+	DET_PID=$!
+	ticks=0
+	while [ ! -e /tmp/ready ]; do
+		if ! kill -0 "$DET_PID" 2> /dev/null; then
+			wait "$DET_PID"
+			echo $? > "$1/trace.rc"
+			echo "detector exited before it was ready" > "$1/verdict"
+			return 1
+		fi
+		ticks=$((ticks + 1))
+		if [ "$ticks" -gt $((ATTACH_TIMEOUT * 10)) ]; then
+			kill -9 "$DET_PID"
+			echo "detector was not ready after ${ATTACH_TIMEOUT}s" > "$1/verdict"
+			return 1
+		fi
+		sleep 0.1
+	done
+	echo "$t0 $(uptime_s)" | awk '{ printf "%.2f\n", $2 - $1 }' > "$1/attach-seconds"
+	say "detector attached in $(cat "$1/attach-seconds")s"
+}
+
+# SIGINT ends a session cleanly (summary, record finalized, exit 0).
+stop_detector() {
+	kill -INT "$DET_PID"
+	ticks=0
+	while kill -0 "$DET_PID" 2> /dev/null; do
+		ticks=$((ticks + 1))
+		if [ "$ticks" -gt 600 ]; then
+			kill -9 "$DET_PID"
+			break
+		fi
+		sleep 0.1
+	done
+	wait "$DET_PID"
+	echo $? > "$1/trace.rc"
+}
+
+run_scenario() {
+	name=$1
+	OUT=/host/scenarios/$name
+	export OUT
+	mkdir -p "$OUT"
+	: > "$OUT/module.txt"
+	say "scenario $name start"
+	t0=$(uptime_s)
+	if type setup > /dev/null 2>&1; then
+		if ! (setup) >> "$OUT/steps.log" 2>&1; then
+			echo "setup failed" > "$OUT/verdict"
+			say "scenario $name FAIL (setup)"
+			return 1
+		fi
+	fi
+	if [ "$DETECTOR" = 1 ] && ! start_detector "$OUT"; then
+		say "scenario $name FAIL ($(cat "$OUT/verdict"))"
+		return 1
+	fi
+	echo "racebench-bench: $name start" > /dev/kmsg
+	(trigger) >> "$OUT/steps.log" 2>&1
+	rc=$?
+	# let the last events reach the ring buffer reader
+	sleep 1
+	[ "$DETECTOR" = 1 ] && stop_detector "$OUT"
+	dmesg | sed -n "/racebench-bench: $name start/,\$p" > "$OUT/dmesg.txt"
+	secs=$(echo "$t0 $(uptime_s)" | awk '{ printf "%.1f", $2 - $1 }')
+	if [ "$rc" = 0 ]; then
+		echo ok > "$OUT/verdict"
+		say "scenario $name ok (${secs}s)"
+	else
+		echo "trigger failed" > "$OUT/verdict"
+		say "scenario $name FAIL (trigger, ${secs}s)"
+	fi
+	unset -f setup trigger
+	return "$rc"
+}
