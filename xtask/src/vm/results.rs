@@ -1,0 +1,157 @@
+//! Judging a guest run from what it left in the 9p share.
+//!
+//! Share layout (written by tests/vm/init and lib.sh):
+//!   status                      running | done | failed
+//!   check-{base,md}.{json,txt,err,rc}   `detector check` before/after md_mod
+//!   md-functions.txt            md_mod's symbols in /proc/kallsyms
+//!   scenarios/NAME/verdict      the guest's own verdict: "ok" or why not
+//!   scenarios/NAME/module.txt   the test module's verdict lines
+//!   scenarios/NAME/steps.log, dmesg.txt
+//!   scenarios/NAME/trace.rec, live.jsonl, trace.err, trace.rc
+//!                               the `detector trace` session
+
+use std::fmt::Write as _;
+use std::fs;
+use std::path::Path;
+
+use anyhow::{Result, bail};
+
+use crate::vm::assertions::{self, Ctx};
+use crate::vm::events::Trace;
+use crate::vm::qemu::{self, Outcome};
+use crate::vm::scenarios::Scenario;
+
+pub struct Run<'a> {
+    pub share: &'a Path,
+    pub log: &'a Path,
+    pub outcome: &'a Outcome,
+    pub scenarios: &'a [&'static Scenario],
+    pub detector: Option<&'a Path>,
+}
+
+fn read(path: &Path) -> String {
+    fs::read(path)
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default()
+}
+
+/// Passes, or fails with every problem found and the guest's log.
+pub fn judge(run: &Run) -> Result<()> {
+    let status = read(&run.share.join("status"));
+    let mut problems = String::new();
+    if run.outcome.timed_out {
+        writeln!(problems, "the guest did not finish within its time limit")?;
+    } else if status.trim().is_empty() || status.trim() == "running" {
+        writeln!(
+            problems,
+            "the guest stopped before finishing (qemu exit {:?}; a panic or oops ends it)",
+            run.outcome.code
+        )?;
+    }
+
+    if run.detector.is_some() {
+        for phase in ["base", "md"] {
+            if let Err(e) = assertions::check_output(run.share, phase) {
+                writeln!(problems, "detector check ({phase}): {e:#}")?;
+            }
+        }
+    }
+
+    for s in run.scenarios {
+        match judge_scenario(run, s) {
+            Ok(summary) => eprintln!("vm: {:<30} ok  {summary}", s.name),
+            Err(e) => {
+                eprintln!("vm: {:<30} FAILED", s.name);
+                writeln!(
+                    problems,
+                    "\n=== scenario {} ({}) ===\n{e:#}",
+                    s.name, s.about
+                )?;
+                let dir = run.share.join("scenarios").join(s.name);
+                for file in ["module.txt", "steps.log", "trace.err", "dmesg.txt"] {
+                    let text = read(&dir.join(file));
+                    if !text.trim().is_empty() {
+                        writeln!(problems, "--- {file} ---\n{}", text.trim_end())?;
+                    }
+                }
+            }
+        }
+    }
+
+    if problems.is_empty() {
+        return Ok(());
+    }
+    bail!(
+        "VM bench failed:\n{problems}\n--- guest serial log (last 400 lines of {}) ---\n{}",
+        run.log.display(),
+        qemu::log_tail(run.log, 400)
+    )
+}
+
+fn judge_scenario(run: &Run, s: &Scenario) -> Result<String> {
+    let dir = run.share.join("scenarios").join(s.name);
+    let verdict = read(&dir.join("verdict"));
+    if verdict.trim() != "ok" {
+        if verdict.trim().is_empty() {
+            bail!("the guest never finished this scenario");
+        }
+        bail!("in the guest: {}", verdict.trim());
+    }
+    let module = read(&dir.join("module.txt"));
+    let Some(detector) = run.detector else {
+        // what the module (or the script, for lost_io) says happened
+        let steps = read(&dir.join("steps.log"));
+        let said = module.lines().chain(steps.lines()).last();
+        return Ok(said.unwrap_or("").to_owned());
+    };
+
+    let rc = read(&dir.join("trace.rc"));
+    if rc.trim() != "0" {
+        bail!(
+            "detector trace exited with {} (0 expected after SIGINT)",
+            rc.trim()
+        );
+    }
+    let trace = Trace::replay(detector, &dir.join("trace.rec"))?;
+    let ctx = Ctx {
+        trace: &trace,
+        module: &module,
+    };
+    (s.check)(&ctx)?;
+
+    let mut want: Vec<String> = s.findings.iter().map(|f| (*f).to_owned()).collect();
+    want.sort();
+    let mut got = trace.finding_kinds();
+    got.dedup();
+    if got != want {
+        bail!(
+            "findings: expected [{}], detector replay reported [{}]{}",
+            want.join(", "),
+            got.join(", "),
+            if trace.findings.is_empty() { "" } else { ":" },
+        );
+    }
+    let attach = read(&dir.join("attach-seconds"));
+    Ok(format!(
+        "{} events, findings [{}], attach {}s",
+        trace.events.len(),
+        got.join(", "),
+        attach.trim()
+    ))
+}
+
+/// Copies each scenario's recording to `dest/<scenario>.rec`.
+pub fn save_fixtures(share: &Path, dest: &Path, scenarios: &[&'static Scenario]) -> Result<()> {
+    fs::create_dir_all(dest)?;
+    for s in scenarios {
+        let from = share.join("scenarios").join(s.name).join("trace.rec");
+        let to = dest.join(format!("{}.rec", s.name));
+        fs::copy(&from, &to)?;
+        eprintln!(
+            "vm: fixture {} ({} KiB)",
+            to.display(),
+            fs::metadata(&to)?.len() / 1024
+        );
+    }
+    Ok(())
+}
