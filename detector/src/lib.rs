@@ -5,3 +5,4 @@
 //! [`report`] sinks. [`record`] files hold an event stream for replay.
 
 pub mod event;
+pub mod kernel;
