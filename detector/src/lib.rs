@@ -4,5 +4,7 @@
 //! (load, attach, read, decode) -> [`event`]s -> [`engine`] -> findings ->
 //! [`report`] sinks. [`record`] files hold an event stream for replay.
 
+pub mod clock;
 pub mod event;
 pub mod kernel;
+pub mod record;
