@@ -6,6 +6,8 @@
 //! addresses); in the binary record file they are plain integers.
 
 pub mod decode;
+pub mod encode;
+pub mod samples;
 mod stack;
 mod values;
 
@@ -400,3 +402,6 @@ impl Event {
             && addr.0 < self.stack_base.0 + thread_size
     }
 }
+
+#[cfg(test)]
+mod tests;
