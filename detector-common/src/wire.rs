@@ -55,8 +55,12 @@ pub mod kind {
     pub const SYS_EXIT: u16 = 20;
     /// `sched_process_exit`.
     pub const TASK_EXIT: u16 = 21;
+    /// `bio_init()`/`bio_reset()`: a bio (re)starts its life.
+    pub const BIO_INIT: u16 = 22;
+    /// `del_gendisk()` returned: the disk is gone.
+    pub const DEL_GENDISK_EXIT: u16 = 23;
     /// Highest kind in use.
-    pub const MAX: u16 = 21;
+    pub const MAX: u16 = 23;
 }
 
 /// How the program that produced a record was attached (`Header::hook`).
@@ -80,6 +84,10 @@ pub mod wait {
     pub const KILLABLE: u8 = 5;
     /// `try_wait_for_completion`: never sleeps; `ret` is 1 if it consumed one.
     pub const TRY: u8 = 6;
+    pub const INTERRUPTIBLE_TIMEOUT: u8 = 7;
+    pub const KILLABLE_TIMEOUT: u8 = 8;
+    /// `wait_for_completion_state(x, state)`.
+    pub const STATE: u8 = 9;
 }
 
 /// Which teardown step (`MdEvent::stage` for `MD_TEARDOWN`).
@@ -192,12 +200,12 @@ pub struct BioEndio {
     pub _pad: [u8; 3],
 }
 
-/// `BIO_ENDIO_EXIT`.
+/// `BIO_ENDIO_EXIT`, `BIO_INIT`: a bare bio pointer.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct BioEndioExit {
+pub struct BioRef {
     pub header: Header,
-    /// The bio passed in, or 0 when the hook cannot see arguments (kretprobe).
+    /// The bio, or 0 when the hook cannot see arguments (kretprobe).
     pub bio: u64,
 }
 
@@ -238,7 +246,7 @@ pub struct MdEvent {
     pub _pad: [u8; 6],
 }
 
-/// `DEL_GENDISK`.
+/// `DEL_GENDISK`, `DEL_GENDISK_EXIT` (`disk` is 0 for kretprobes).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DiskEvent {
@@ -297,7 +305,7 @@ const _: () = assert!(core::mem::size_of::<BioQueue>() == 112);
 const _: () = assert!(core::mem::size_of::<RqComplete>() == 64 + 32 + 8 * RQ_MAX_BIOS);
 const _: () = assert!(core::mem::size_of::<BioComplete>() == 96);
 const _: () = assert!(core::mem::size_of::<BioEndio>() == 120);
-const _: () = assert!(core::mem::size_of::<BioEndioExit>() == 72);
+const _: () = assert!(core::mem::size_of::<BioRef>() == 72);
 const _: () = assert!(core::mem::size_of::<CompletionEvent>() == 88);
 const _: () = assert!(core::mem::size_of::<MdEvent>() == 112);
 const _: () = assert!(core::mem::size_of::<DiskEvent>() == 80);
@@ -313,7 +321,7 @@ pub const fn record_size(kind: u16) -> Option<usize> {
         kind::RQ_COMPLETE => size_of::<RqComplete>(),
         kind::BIO_COMPLETE => size_of::<BioComplete>(),
         kind::BIO_ENDIO => size_of::<BioEndio>(),
-        kind::BIO_ENDIO_EXIT => size_of::<BioEndioExit>(),
+        kind::BIO_ENDIO_EXIT | kind::BIO_INIT => size_of::<BioRef>(),
         kind::COMPLETE
         | kind::COMPLETE_ALL
         | kind::COMPLETION_INIT
@@ -324,7 +332,7 @@ pub const fn record_size(kind: u16) -> Option<usize> {
         | kind::MD_SUPER_WAIT
         | kind::MD_SUPER_WAIT_EXIT
         | kind::MD_TEARDOWN => size_of::<MdEvent>(),
-        kind::DEL_GENDISK => size_of::<DiskEvent>(),
+        kind::DEL_GENDISK | kind::DEL_GENDISK_EXIT => size_of::<DiskEvent>(),
         kind::SCHED_SWITCH => size_of::<SchedSwitch>(),
         kind::SCHED_WAKING | kind::SCHED_WAKEUP => size_of::<SchedWake>(),
         kind::SYS_EXIT => size_of::<SysExit>(),

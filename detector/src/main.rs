@@ -1,4 +1,8 @@
-fn main() {
-    let obj = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/detector"));
-    println!("{}", obj.len());
+use std::process::ExitCode;
+
+use clap::Parser;
+use detector::cli::{Cli, run};
+
+fn main() -> ExitCode {
+    run(Cli::parse())
 }

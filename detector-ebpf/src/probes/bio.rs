@@ -9,8 +9,8 @@ use aya_ebpf::{
     },
 };
 use detector_common::{
-    BioComplete, BioEndio, BioEndioExit, BioQueue, DiskEvent, Header, ProbeConfig, RQ_MAX_BIOS,
-    RqComplete, kind,
+    BioComplete, BioEndio, BioQueue, BioRef, DiskEvent, Header, ProbeConfig, RQ_MAX_BIOS,
+    RqComplete, hook, kind,
 };
 
 use super::done;
@@ -18,7 +18,7 @@ use crate::{
     context::Hooked,
     emit::{Stack, header, reserve, submit},
     kernel::{bio_devs, config, disk_dev, read},
-    maps::WATCHED,
+    maps::{ENTRY_ARGS, WATCHED},
 };
 
 // ---- submission ---------------------------------------------------------
@@ -254,11 +254,51 @@ pub fn kretprobe_bio_endio(ctx: RetProbeContext) -> u32 {
 fn try_bio_endio_exit<C: Hooked>(ctx: &C) -> Option<()> {
     let cfg = config()?;
     let header = header(ctx, cfg, kind::BIO_ENDIO_EXIT, Stack::Skip);
-    let mut entry = reserve::<BioEndioExit>()?;
+    let mut entry = reserve::<BioRef>()?;
     unsafe {
-        entry.as_mut_ptr().write(BioEndioExit {
+        entry.as_mut_ptr().write(BioRef {
             header,
             // The pointer only: the bio may already be freed by its end_io.
+            bio: ctx.arg_u64(0),
+        })
+    };
+    submit(entry, cfg);
+    Some(())
+}
+
+// ---- bio (re)initialisation ----------------------------------------------
+
+/// `void bio_init(struct bio *bio, ...)` and `void bio_reset(struct bio *bio,
+/// ...)`: a bio starts a new life at this address, whatever the previous one
+/// did (checked on 6.1 and 6.18).
+#[fentry(function = "bio_init")]
+pub fn enter_bio_init(ctx: FEntryContext) -> u32 {
+    done(try_bio_init(&ctx))
+}
+
+#[kprobe]
+pub fn kprobe_bio_init(ctx: ProbeContext) -> u32 {
+    done(try_bio_init(&ctx))
+}
+
+#[fentry(function = "bio_reset")]
+pub fn enter_bio_reset(ctx: FEntryContext) -> u32 {
+    done(try_bio_init(&ctx))
+}
+
+#[kprobe]
+pub fn kprobe_bio_reset(ctx: ProbeContext) -> u32 {
+    done(try_bio_init(&ctx))
+}
+
+#[inline(always)]
+fn try_bio_init<C: Hooked>(ctx: &C) -> Option<()> {
+    let cfg = config()?;
+    let header = header(ctx, cfg, kind::BIO_INIT, Stack::Skip);
+    let mut entry = reserve::<BioRef>()?;
+    unsafe {
+        entry.as_mut_ptr().write(BioRef {
+            header,
             bio: ctx.arg_u64(0),
         })
     };
@@ -279,11 +319,48 @@ pub fn kprobe_del_gendisk(ctx: ProbeContext) -> u32 {
     done(try_del_gendisk(&ctx))
 }
 
+#[fexit(function = "del_gendisk")]
+pub fn exit_del_gendisk(ctx: FExitContext) -> u32 {
+    done(try_del_gendisk_exit(&ctx))
+}
+
+#[kretprobe]
+pub fn kretprobe_del_gendisk(ctx: RetProbeContext) -> u32 {
+    done(try_del_gendisk_exit(&ctx))
+}
+
 #[inline(always)]
 fn try_del_gendisk<C: Hooked>(ctx: &C) -> Option<()> {
     let cfg = config()?;
     let disk = ctx.arg_u64(0);
-    let header = header(ctx, cfg, kind::DEL_GENDISK, Stack::Take);
+    if C::HOOK == hook::KPROBE {
+        let tid = aya_ebpf::helpers::bpf_get_current_pid_tgid() as u32;
+        let _ = ENTRY_ARGS.insert(((tid as u64) << 8) | SLOT_DEL_GENDISK, disk, 0);
+    }
+    emit_disk(ctx, cfg, kind::DEL_GENDISK, disk)
+}
+
+#[inline(always)]
+fn try_del_gendisk_exit<C: Hooked>(ctx: &C) -> Option<()> {
+    let cfg = config()?;
+    let disk = if C::HOOK == hook::KRETPROBE {
+        let tid = aya_ebpf::helpers::bpf_get_current_pid_tgid() as u32;
+        let key = ((tid as u64) << 8) | SLOT_DEL_GENDISK;
+        let disk = unsafe { ENTRY_ARGS.get(key) }.copied().unwrap_or(0);
+        let _ = ENTRY_ARGS.remove(key);
+        disk
+    } else {
+        ctx.arg_u64(0)
+    };
+    emit_disk(ctx, cfg, kind::DEL_GENDISK_EXIT, disk)
+}
+
+/// `ENTRY_ARGS` slot for `del_gendisk`.
+const SLOT_DEL_GENDISK: u64 = 3;
+
+#[inline(always)]
+fn emit_disk<C: Hooked>(ctx: &C, cfg: &ProbeConfig, kind: u16, disk: u64) -> Option<()> {
+    let header = header(ctx, cfg, kind, Stack::Take);
     let mut entry = reserve::<DiskEvent>()?;
     unsafe {
         entry.as_mut_ptr().write(DiskEvent {

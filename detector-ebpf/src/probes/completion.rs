@@ -137,7 +137,7 @@ fn try_wait_exit<C: Hooked>(ctx: &C, variant: u8, nargs: usize) -> Option<()> {
     let raw = ctx.ret_u64(nargs);
     let value = match variant {
         wait::TRY => (raw as u8 != 0) as i64,
-        wait::INTERRUPTIBLE | wait::KILLABLE => raw as i32 as i64,
+        wait::INTERRUPTIBLE | wait::KILLABLE | wait::STATE => raw as i32 as i64,
         _ => raw as i64,
     };
     emit(ctx, kind::WAIT_EXIT, x, variant, value)
@@ -248,4 +248,40 @@ wait_hooks!(
     exit_try_wait_for_completion,
     kprobe_try_wait_for_completion,
     kretprobe_try_wait_for_completion
+);
+// long wait_for_completion_interruptible_timeout(struct completion *x,
+//                                                unsigned long timeout)
+wait_hooks!(
+    "wait_for_completion_interruptible_timeout",
+    wait::INTERRUPTIBLE_TIMEOUT,
+    2,
+    true,
+    enter_wait_for_completion_interruptible_timeout,
+    exit_wait_for_completion_interruptible_timeout,
+    kprobe_wait_for_completion_interruptible_timeout,
+    kretprobe_wait_for_completion_interruptible_timeout
+);
+// long wait_for_completion_killable_timeout(struct completion *x,
+//                                          unsigned long timeout)
+wait_hooks!(
+    "wait_for_completion_killable_timeout",
+    wait::KILLABLE_TIMEOUT,
+    2,
+    true,
+    enter_wait_for_completion_killable_timeout,
+    exit_wait_for_completion_killable_timeout,
+    kprobe_wait_for_completion_killable_timeout,
+    kretprobe_wait_for_completion_killable_timeout
+);
+// int wait_for_completion_state(struct completion *x, unsigned int state)
+// (6.0+)
+wait_hooks!(
+    "wait_for_completion_state",
+    wait::STATE,
+    2,
+    false,
+    enter_wait_for_completion_state,
+    exit_wait_for_completion_state,
+    kprobe_wait_for_completion_state,
+    kretprobe_wait_for_completion_state
 );

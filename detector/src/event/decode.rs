@@ -77,6 +77,9 @@ fn wait_variant(raw: u8, offset: usize) -> Result<WaitVariant, DecodeError> {
         wait::INTERRUPTIBLE => WaitVariant::Interruptible,
         wait::KILLABLE => WaitVariant::Killable,
         wait::TRY => WaitVariant::Try,
+        wait::INTERRUPTIBLE_TIMEOUT => WaitVariant::InterruptibleTimeout,
+        wait::KILLABLE_TIMEOUT => WaitVariant::KillableTimeout,
+        wait::STATE => WaitVariant::State,
         _ => {
             return Err(DecodeError::BadField {
                 field: "wait variant",
@@ -120,6 +123,7 @@ fn kind_name(kind: u16) -> &'static str {
         kind::BIO_COMPLETE => "bio_complete",
         kind::BIO_ENDIO => "bio_endio",
         kind::BIO_ENDIO_EXIT => "bio_endio_exit",
+        kind::BIO_INIT => "bio_init",
         kind::COMPLETE => "complete",
         kind::COMPLETE_ALL => "complete_all",
         kind::COMPLETION_INIT => "completion_init",
@@ -131,6 +135,7 @@ fn kind_name(kind: u16) -> &'static str {
         kind::MD_SUPER_WAIT_EXIT => "md_super_wait_exit",
         kind::MD_TEARDOWN => "md_teardown",
         kind::DEL_GENDISK => "del_gendisk",
+        kind::DEL_GENDISK_EXIT => "del_gendisk_exit",
         kind::SCHED_SWITCH => "sched_switch",
         kind::SCHED_WAKING => "sched_waking",
         kind::SCHED_WAKEUP => "sched_wakeup",
@@ -216,10 +221,14 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
             }
         }
         kind::BIO_ENDIO_EXIT => {
-            let r: wire::BioEndioExit = read_exact(bytes, name)?;
+            let r: wire::BioRef = read_exact(bytes, name)?;
             EventKind::BioEndioExit {
                 bio: opt_addr(r.bio),
             }
+        }
+        kind::BIO_INIT => {
+            let r: wire::BioRef = read_exact(bytes, name)?;
+            EventKind::BioInit { bio: Addr(r.bio) }
         }
         kind::COMPLETE
         | kind::COMPLETE_ALL
@@ -299,11 +308,13 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
                 },
             }
         }
-        kind::DEL_GENDISK => {
+        kind::DEL_GENDISK | kind::DEL_GENDISK_EXIT => {
             let r: wire::DiskEvent = read_exact(bytes, name)?;
-            EventKind::DelGendisk {
-                disk: Addr(r.disk),
-                dev: Dev(r.dev),
+            let (disk, dev) = (Addr(r.disk), Dev(r.dev));
+            if header.kind == kind::DEL_GENDISK {
+                EventKind::DelGendisk { disk, dev }
+            } else {
+                EventKind::DelGendiskExit { disk, dev }
             }
         }
         kind::SCHED_SWITCH => {

@@ -6,6 +6,9 @@
 //! addresses); in the binary record file they are plain integers.
 
 pub mod decode;
+pub mod display;
+pub mod encode;
+pub mod samples;
 mod stack;
 mod values;
 
@@ -46,6 +49,12 @@ pub enum WaitVariant {
     Killable,
     /// `try_wait_for_completion` (never sleeps)
     Try,
+    /// `wait_for_completion_interruptible_timeout`
+    InterruptibleTimeout,
+    /// `wait_for_completion_killable_timeout`
+    KillableTimeout,
+    /// `wait_for_completion_state`
+    State,
 }
 
 impl WaitVariant {
@@ -59,21 +68,29 @@ impl WaitVariant {
             Self::Interruptible => "wait_for_completion_interruptible",
             Self::Killable => "wait_for_completion_killable",
             Self::Try => "try_wait_for_completion",
+            Self::InterruptibleTimeout => "wait_for_completion_interruptible_timeout",
+            Self::KillableTimeout => "wait_for_completion_killable_timeout",
+            Self::State => "wait_for_completion_state",
         }
     }
 
     /// Whether the wait gives up after a timeout (its return value is the
     /// jiffies left, 0 meaning it timed out without a `complete`).
     pub fn is_timed(self) -> bool {
-        matches!(self, Self::Timeout | Self::IoTimeout)
+        matches!(
+            self,
+            Self::Timeout | Self::IoTimeout | Self::InterruptibleTimeout | Self::KillableTimeout
+        )
     }
 
-    /// Whether a return value says the wait consumed a `complete`.
+    /// Whether a return value says the wait consumed a `complete` (rather
+    /// than timing out or being interrupted by a signal).
     pub fn succeeded(self, ret: i64) -> bool {
         match self {
             Self::Plain | Self::Io => true,
             Self::Timeout | Self::IoTimeout | Self::Try => ret != 0,
-            Self::Interruptible | Self::Killable => ret == 0,
+            Self::InterruptibleTimeout | Self::KillableTimeout => ret > 0,
+            Self::Interruptible | Self::Killable | Self::State => ret == 0,
         }
     }
 }
@@ -191,11 +208,15 @@ pub enum EventKind {
         /// completed inside the same call.
         chain_depth: u8,
     },
-    /// `bio_endio` returned (`bio` is unknown for kretprobes).
+    /// `bio_endio` returned (`bio` is unknown for kretprobes: the
+    /// innermost open `bio_endio` of this context returned).
     BioEndioExit {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         bio: Option<Addr>,
     },
+    /// `bio_init`/`bio_reset`: a bio starts a new life at this address;
+    /// whatever the previous bio there did is over.
+    BioInit { bio: Addr },
     /// `complete(x)`.
     Complete {
         x: Addr,
@@ -267,8 +288,13 @@ pub enum EventKind {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pending_writes: Option<i32>,
     },
-    /// `del_gendisk`: the disk is being removed.
+    /// `del_gendisk` started: the disk is being removed. blk-mq drains
+    /// in-flight requests inside the call, so completions until
+    /// `DelGendiskExit` are normal.
     DelGendisk { disk: Addr, dev: Dev },
+    /// `del_gendisk` returned: the disk is gone (`disk` is null and `dev`
+    /// 0:0 when the hook could not see the argument).
+    DelGendiskExit { disk: Addr, dev: Dev },
     /// The current task switched out.
     SchedSwitch {
         /// `TASK_*` state bits; 0 means still runnable (preempted/yield).
@@ -315,6 +341,7 @@ impl EventKind {
             Self::BioComplete { .. } => "bio_complete",
             Self::BioEndio { .. } => "bio_endio",
             Self::BioEndioExit { .. } => "bio_endio_exit",
+            Self::BioInit { .. } => "bio_init",
             Self::Complete { .. } => "complete",
             Self::CompleteAll { .. } => "complete_all",
             Self::CompletionInit { .. } => "completion_init",
@@ -326,6 +353,7 @@ impl EventKind {
             Self::MdSuperWaitExit { .. } => "md_super_wait_exit",
             Self::MdTeardown { .. } => "md_teardown",
             Self::DelGendisk { .. } => "del_gendisk",
+            Self::DelGendiskExit { .. } => "del_gendisk_exit",
             Self::SchedSwitch { .. } => "sched_switch",
             Self::SchedWaking { .. } => "sched_waking",
             Self::SchedWakeup { .. } => "sched_wakeup",
@@ -342,6 +370,7 @@ impl EventKind {
         "bio_complete",
         "bio_endio",
         "bio_endio_exit",
+        "bio_init",
         "complete",
         "complete_all",
         "completion_init",
@@ -353,6 +382,7 @@ impl EventKind {
         "md_super_wait_exit",
         "md_teardown",
         "del_gendisk",
+        "del_gendisk_exit",
         "sched_switch",
         "sched_waking",
         "sched_wakeup",
@@ -373,3 +403,6 @@ impl Event {
             && addr.0 < self.stack_base.0 + thread_size
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,498 @@
+//! Loading the programs and attaching each hook with the best mechanism the
+//! running kernel accepts (see [`super::hooks`]).
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use aya::maps::{Array, MapData, PerCpuArray, RingBuf, StackTraceMap};
+use aya::programs::Program;
+use aya::{Ebpf, EbpfLoader};
+use detector_common::ProbeConfig;
+use serde::Serialize;
+
+use super::btf::{BtfError, KernelBtf};
+use super::facts::KernelFacts;
+use super::hooks::{Candidate, HookSpec, Mechanism, hooks};
+use super::offsets::{MissingField, probe_config};
+
+/// The programs, built for the bpf target by build.rs.
+static PROGRAMS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/detector"));
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(
+        "detector needs root (or CAP_BPF and CAP_PERFMON) to load eBPF programs; \
+         run it as root, e.g. with sudo"
+    )]
+    NotPrivileged,
+    #[error(
+        "this kernel has no BTF (/sys/kernel/btf/vmlinux is missing): detector reads struct \
+         layouts from it; use a kernel built with CONFIG_DEBUG_INFO_BTF=y"
+    )]
+    NoBtf,
+    #[error(transparent)]
+    Btf(#[from] BtfError),
+    #[error("cannot load the eBPF object: {0}")]
+    Object(#[source] aya::EbpfError),
+    #[error("the eBPF object lacks map {0} (build mismatch)")]
+    MissingMap(&'static str),
+    #[error("cannot write the kernel offsets into CONFIG: {0}")]
+    Config(#[source] aya::maps::MapError),
+}
+
+/// Sizes and thresholds for the programs' maps.
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    /// Ring buffer size in bytes (a power of two, at least a page).
+    pub ring_bytes: u32,
+    /// Unread bytes past which producers wake the reader.
+    pub wakeup_threshold: u64,
+    /// Distinct kernel stacks kept.
+    pub stack_entries: u32,
+    pub btf_dir: PathBuf,
+    pub kallsyms: PathBuf,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            ring_bytes: 16 << 20,
+            wakeup_threshold: 256 << 10,
+            stack_entries: 16384,
+            btf_dir: PathBuf::from(super::btf::SYS_BTF_DIR),
+            kallsyms: PathBuf::from("/proc/kallsyms"),
+        }
+    }
+}
+
+/// One try of one candidate.
+#[derive(Clone, Debug, Serialize)]
+pub struct Attempt {
+    pub mechanism: Mechanism,
+    pub target: &'static str,
+    /// Why it did not work (first line); the full text is in `detail`.
+    pub error: String,
+    #[serde(skip)]
+    pub detail: String,
+    /// The kernel does not have this target at all.
+    #[serde(skip)]
+    pub target_missing: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum HookStatus {
+    Attached {
+        mechanism: Mechanism,
+        target: &'static str,
+    },
+    /// Left out: another attached hook already reports the same.
+    Redundant {
+        with: &'static str,
+    },
+    /// This kernel has none of the targets (the function does not exist).
+    Absent,
+    /// The module is not loaded; attached when it loads.
+    WaitingForModule {
+        module: &'static str,
+    },
+    Failed,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct HookOutcome {
+    pub name: &'static str,
+    pub module: Option<&'static str>,
+    #[serde(flatten)]
+    pub status: HookStatus,
+    /// Better candidates that did not work, and why.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tried: Vec<Attempt>,
+}
+
+impl HookOutcome {
+    pub fn attached(&self) -> Option<Mechanism> {
+        match self.status {
+            HookStatus::Attached { mechanism, .. } => Some(mechanism),
+            _ => None,
+        }
+    }
+}
+
+/// Loaded programs with their attachments. Dropping it detaches everything.
+pub struct Probes {
+    ebpf: Ebpf,
+    btf: KernelBtf,
+    aya_btf: Option<aya::Btf>,
+    facts: KernelFacts,
+    opts: LoadOptions,
+    config: ProbeConfig,
+    /// Text symbols the hooks target, from kallsyms (name -> module).
+    symbols: HashMap<String, Option<String>>,
+    pub missing_fields: Vec<MissingField>,
+    pub outcomes: Vec<HookOutcome>,
+}
+
+/// Text symbols among `wanted`, with their module (`None`: vmlinux).
+fn scan_kallsyms(path: &Path, wanted: &[&str]) -> HashMap<String, Option<String>> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let mut out = HashMap::new();
+    for line in text.lines() {
+        let mut f = line.split_whitespace();
+        let (Some(_addr), Some(kind), Some(name)) = (f.next(), f.next(), f.next()) else {
+            continue;
+        };
+        if !matches!(kind, "t" | "T") || !wanted.contains(&name) {
+            continue;
+        }
+        let module = f
+            .next()
+            .map(|m| m.trim_matches(|c| c == '[' || c == ']').to_owned());
+        out.insert(name.to_owned(), module);
+    }
+    out
+}
+
+fn first_line(text: &str) -> String {
+    text.lines().next().unwrap_or_default().to_owned()
+}
+
+impl Probes {
+    /// Loads the programs, hands them this kernel's offsets and attaches
+    /// every hook it can. Hook failures are recorded, not fatal.
+    pub fn load(opts: LoadOptions) -> Result<Self, LoadError> {
+        let facts = KernelFacts::read();
+        if !facts.privileges.can_trace() {
+            return Err(LoadError::NotPrivileged);
+        }
+        if !opts.btf_dir.join("vmlinux").exists() {
+            return Err(LoadError::NoBtf);
+        }
+        raise_memlock_limit();
+        let mut btf = KernelBtf::load(&opts.btf_dir)?;
+        for module in module_names() {
+            btf.load_module(&opts.btf_dir, module)?;
+        }
+        let (mut config, missing_fields) = probe_config(&btf, opts.wakeup_threshold);
+        config.bio_chain_endio =
+            super::symbols::lookup(&opts.kallsyms, "bio_chain_endio").unwrap_or(0);
+        let aya_btf = aya::Btf::from_sys_fs().ok();
+        let ebpf = EbpfLoader::new()
+            .map_max_entries("EVENTS", opts.ring_bytes)
+            .map_max_entries("STACKS", opts.stack_entries)
+            .load(PROGRAMS)
+            .map_err(LoadError::Object)?;
+        let targets: Vec<&str> = hooks()
+            .iter()
+            .flat_map(|h| h.candidates.iter().map(|c| c.target))
+            .collect();
+        let symbols = scan_kallsyms(&opts.kallsyms, &targets);
+        let mut probes = Self {
+            ebpf,
+            btf,
+            aya_btf,
+            facts,
+            opts,
+            config,
+            symbols,
+            missing_fields,
+            outcomes: Vec::new(),
+        };
+        probes.write_config()?;
+        probes.attach_all();
+        Ok(probes)
+    }
+
+    pub fn facts(&self) -> &KernelFacts {
+        &self.facts
+    }
+
+    pub fn config(&self) -> &ProbeConfig {
+        &self.config
+    }
+
+    fn write_config(&mut self) -> Result<(), LoadError> {
+        let map = self
+            .ebpf
+            .map_mut("CONFIG")
+            .ok_or(LoadError::MissingMap("CONFIG"))?;
+        let mut array: Array<&mut MapData, ProbeConfig> =
+            Array::try_from(map).map_err(LoadError::Config)?;
+        array.set(0, self.config, 0).map_err(LoadError::Config)
+    }
+
+    fn attach_all(&mut self) {
+        self.outcomes = hooks().iter().map(|h| self.attach_hook(h)).collect();
+        // Second pass: drop hooks made redundant by better ones.
+        let attached: Vec<&'static str> = self
+            .outcomes
+            .iter()
+            .filter(|o| o.attached().is_some())
+            .map(|o| o.name)
+            .collect();
+        for (spec, outcome) in hooks().iter().zip(self.outcomes.iter_mut()) {
+            if let Some(other) = spec.redundant_with
+                && attached.contains(&other)
+                && outcome.attached().is_some()
+            {
+                for c in spec.candidates {
+                    if let Some(p) = self.ebpf.program_mut(c.program) {
+                        let _ = detach_all(p);
+                    }
+                }
+                outcome.status = HookStatus::Redundant { with: other };
+            }
+        }
+    }
+
+    fn attach_hook(&mut self, spec: &'static HookSpec) -> HookOutcome {
+        let mut tried = Vec::new();
+        if let Some(module) = spec.module
+            && !self.btf.has_module(module)
+            && !self.symbols.values().any(|m| m.as_deref() == Some(module))
+        {
+            return HookOutcome {
+                name: spec.name,
+                module: spec.module,
+                status: HookStatus::WaitingForModule { module },
+                tried,
+            };
+        }
+        for cand in spec.candidates {
+            match self.try_candidate(spec, cand) {
+                Ok(()) => {
+                    return HookOutcome {
+                        name: spec.name,
+                        module: spec.module,
+                        status: HookStatus::Attached {
+                            mechanism: cand.mechanism,
+                            target: cand.target,
+                        },
+                        tried,
+                    };
+                }
+                Err(attempt) => tried.push(attempt),
+            }
+        }
+        let status = if tried.iter().all(|a| a.target_missing) {
+            HookStatus::Absent
+        } else {
+            HookStatus::Failed
+        };
+        HookOutcome {
+            name: spec.name,
+            module: spec.module,
+            status,
+            tried,
+        }
+    }
+
+    fn try_candidate(&mut self, spec: &HookSpec, cand: &Candidate) -> Result<(), Attempt> {
+        let fail = |error: String, target_missing: bool| Attempt {
+            mechanism: cand.mechanism,
+            target: cand.target,
+            error: first_line(&error),
+            detail: error,
+            target_missing,
+        };
+        let function_exists = self.symbols.contains_key(cand.target);
+        match cand.mechanism {
+            Mechanism::Fentry | Mechanism::Fexit => {
+                if spec.module.is_some() {
+                    return Err(fail(
+                        "fentry/fexit on module functions is not supported by this build".into(),
+                        false,
+                    ));
+                }
+                if !self.btf.has_func(None, cand.target) {
+                    return Err(fail(
+                        format!("no BTF for function {}", cand.target),
+                        !function_exists,
+                    ));
+                }
+            }
+            Mechanism::Kprobe | Mechanism::Kretprobe => {
+                if !function_exists {
+                    return Err(fail(format!("{} is not in kallsyms", cand.target), true));
+                }
+                if !self.facts.kprobes {
+                    return Err(fail(
+                        "kprobes are not available (no kprobe PMU: CONFIG_KPROBES is off)".into(),
+                        false,
+                    ));
+                }
+            }
+            Mechanism::TpBtf => {
+                if !self.btf.has_tracepoint(cand.target) {
+                    return Err(fail(format!("no tracepoint {}", cand.target), true));
+                }
+            }
+            Mechanism::RawTracepoint => {}
+        }
+        let btf = self.aya_btf.as_ref();
+        let program = self.ebpf.program_mut(cand.program).ok_or_else(|| {
+            fail(
+                format!("program {} missing from the object", cand.program),
+                false,
+            )
+        })?;
+        attach_program(program, cand, btf).map_err(|e| fail(e, false))
+    }
+
+    /// Attaches the hooks of `module` if it has appeared since; returns
+    /// whether anything new was attached.
+    pub fn attach_module(&mut self, module: &str) -> bool {
+        if !Path::new("/sys/module").join(module).exists() {
+            if self.btf.has_module(module) {
+                self.btf.unload_module(module);
+                for o in &mut self.outcomes {
+                    if o.module == Some(module_name(module)) {
+                        o.status = HookStatus::WaitingForModule {
+                            module: module_name(module),
+                        };
+                    }
+                }
+            }
+            return false;
+        }
+        let waiting = self
+            .outcomes
+            .iter()
+            .any(|o| matches!(o.status, HookStatus::WaitingForModule { module: m } if m == module));
+        if !waiting || self.btf.load_module(&self.opts.btf_dir, module).is_err() {
+            return false;
+        }
+        let (config, missing) = probe_config(&self.btf, self.opts.wakeup_threshold);
+        self.config.md = config.md;
+        self.missing_fields
+            .retain(|m| m.module != Some(module_name(module)));
+        self.missing_fields
+            .extend(missing.into_iter().filter(|m| m.module.is_some()));
+        if self.write_config().is_err() {
+            return false;
+        }
+        let targets: Vec<&str> = hooks()
+            .iter()
+            .flat_map(|h| h.candidates.iter().map(|c| c.target))
+            .collect();
+        self.symbols = scan_kallsyms(&self.opts.kallsyms, &targets);
+        let mut any = false;
+        for (i, spec) in hooks().iter().enumerate() {
+            if spec.module == Some(module_name(module)) {
+                self.outcomes[i] = self.attach_hook(spec);
+                any |= self.outcomes[i].attached().is_some();
+            }
+        }
+        any
+    }
+
+    /// Takes the event ring buffer (once).
+    pub fn take_events(&mut self) -> Option<RingBuf<MapData>> {
+        RingBuf::try_from(self.ebpf.take_map("EVENTS")?).ok()
+    }
+
+    /// Takes the stack map (once).
+    pub fn take_stacks(&mut self) -> Option<StackTraceMap<MapData>> {
+        StackTraceMap::try_from(self.ebpf.take_map("STACKS")?).ok()
+    }
+
+    /// Takes the per-CPU counters (once).
+    pub fn take_counters(&mut self) -> Option<PerCpuArray<MapData, u64>> {
+        PerCpuArray::try_from(self.ebpf.take_map("COUNTERS")?).ok()
+    }
+
+    /// Outcomes by hook name.
+    pub fn outcome_map(&self) -> BTreeMap<&'static str, &HookOutcome> {
+        self.outcomes.iter().map(|o| (o.name, o)).collect()
+    }
+}
+
+/// Modules with hooks, by the name their BTF and /sys/module entry use.
+fn module_names() -> Vec<&'static str> {
+    let mut names: Vec<&'static str> = hooks().iter().filter_map(|h| h.module).collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
+fn module_name(module: &str) -> &'static str {
+    module_names()
+        .into_iter()
+        .find(|m| *m == module)
+        .unwrap_or("unknown")
+}
+
+fn attach_program(
+    program: &mut Program,
+    cand: &Candidate,
+    btf: Option<&aya::Btf>,
+) -> Result<(), String> {
+    let loaded = program.fd().is_ok();
+    let need_btf = || btf.ok_or_else(|| "cannot read the kernel BTF for aya".to_owned());
+    let e = |e: aya::programs::ProgramError| e.to_string();
+    match (cand.mechanism, program) {
+        (Mechanism::Fentry, Program::FEntry(p)) => {
+            if !loaded {
+                p.load(cand.target, need_btf()?).map_err(e)?;
+            }
+            p.attach().map_err(e)?;
+        }
+        (Mechanism::Fexit, Program::FExit(p)) => {
+            if !loaded {
+                p.load(cand.target, need_btf()?).map_err(e)?;
+            }
+            p.attach().map_err(e)?;
+        }
+        (Mechanism::Kprobe | Mechanism::Kretprobe, Program::KProbe(p)) => {
+            if !loaded {
+                p.load().map_err(e)?;
+            }
+            p.attach(cand.target, 0).map_err(e)?;
+        }
+        (Mechanism::TpBtf, Program::BtfTracePoint(p)) => {
+            if !loaded {
+                p.load(cand.target, need_btf()?).map_err(e)?;
+            }
+            p.attach().map_err(e)?;
+        }
+        (Mechanism::RawTracepoint, Program::RawTracePoint(p)) => {
+            if !loaded {
+                p.load().map_err(e)?;
+            }
+            p.attach(cand.target).map_err(e)?;
+        }
+        (m, p) => {
+            return Err(format!(
+                "program {} is a {:?}, not a {} program",
+                cand.program,
+                p.prog_type(),
+                m.name()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Detaches every link of a program (used for hooks found redundant).
+fn detach_all(program: &mut Program) -> Result<(), aya::programs::ProgramError> {
+    // Unloading drops the program's links with it; it can be loaded again.
+    match program {
+        Program::BtfTracePoint(p) => p.unload(),
+        Program::RawTracePoint(p) => p.unload(),
+        Program::FEntry(p) => p.unload(),
+        Program::FExit(p) => p.unload(),
+        Program::KProbe(p) => p.unload(),
+        _ => Ok(()),
+    }
+}
+
+/// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK.
+fn raise_memlock_limit() {
+    let unlimited = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: setrlimit reads a valid struct; failure only matters on old
+    // kernels, where the load error then explains itself.
+    unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) };
+}

@@ -1,0 +1,12 @@
+//! Everything that touches the running kernel: what it offers, loading and
+//! attaching the programs, reading their ring buffer and stacks.
+
+pub mod attach;
+pub mod btf;
+pub mod coverage;
+pub mod facts;
+pub mod hooks;
+pub mod offsets;
+pub mod reader;
+pub mod stacks;
+pub mod symbols;

@@ -1,0 +1,299 @@
+//! Reading record files. Never panics: every problem is a [`RecordError`]
+//! that says where in the file it is.
+
+use std::io::{self, Read};
+
+use super::{
+    CHUNK_MAGIC, END_MAGIC, FORMAT_VERSION, MAGIC, MAX_CHUNK, MAX_HEADER, Record, RecordHeader,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    #[error("not a detector record file (bad magic at byte 0)")]
+    BadMagic,
+    #[error(
+        "record format version {found} is not supported (this detector reads version {supported})"
+    )]
+    UnsupportedVersion { found: u32, supported: u32 },
+    #[error("header at byte {offset} is corrupted: {reason}")]
+    BadHeader { offset: u64, reason: String },
+    #[error("chunk at byte {offset} is corrupted: {reason}")]
+    BadChunk { offset: u64, reason: String },
+    #[error(
+        "file is truncated at byte {offset} (inside {what}); {records} records before it are intact"
+    )]
+    Truncated {
+        offset: u64,
+        what: &'static str,
+        records: u64,
+    },
+    #[error(
+        "file ends at byte {offset} without an end mark: the session did not finish cleanly; {records} records read"
+    )]
+    Unfinished { offset: u64, records: u64 },
+    #[error("end mark at byte {offset} says {expected} records, but the file holds {found}")]
+    CountMismatch {
+        offset: u64,
+        expected: u64,
+        found: u64,
+    },
+    #[error("cannot read the record file: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// Reads records one at a time from any `Read`.
+pub struct RecordReader<R: Read> {
+    input: R,
+    header: RecordHeader,
+    offset: u64,
+    chunk: Vec<u8>,
+    chunk_pos: usize,
+    chunk_left: u32,
+    chunk_offset: u64,
+    records: u64,
+    done: bool,
+}
+
+/// Fills `buf` completely, or reports how many bytes there were.
+fn read_full<R: Read>(input: &mut R, buf: &mut [u8]) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match input.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}
+
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
+impl<R: Read> RecordReader<R> {
+    /// Reads and checks the magic and header.
+    pub fn new(mut input: R) -> Result<Self, RecordError> {
+        let mut start = [0u8; 16];
+        let n = read_full(&mut input, &mut start)?;
+        if n < MAGIC.len() || &start[..8] != MAGIC {
+            return Err(RecordError::BadMagic);
+        }
+        if n < start.len() {
+            return Err(RecordError::Truncated {
+                offset: n as u64,
+                what: "the header",
+                records: 0,
+            });
+        }
+        let len = u32_at(&start, 8);
+        let crc = u32_at(&start, 12);
+        if len > MAX_HEADER {
+            return Err(RecordError::BadHeader {
+                offset: 8,
+                reason: format!("length {len} exceeds the {MAX_HEADER}-byte limit"),
+            });
+        }
+        let mut header = vec![0u8; len as usize];
+        let got = read_full(&mut input, &mut header)?;
+        if got < header.len() {
+            return Err(RecordError::Truncated {
+                offset: 16 + got as u64,
+                what: "the header",
+                records: 0,
+            });
+        }
+        if crc32fast::hash(&header) != crc {
+            return Err(RecordError::BadHeader {
+                offset: 16,
+                reason: "checksum mismatch".into(),
+            });
+        }
+        // Check the version before the shape, so a newer file says so.
+        let version = serde_json::from_slice::<serde_json::Value>(&header)
+            .ok()
+            .and_then(|v| v.get("format_version")?.as_u64());
+        match version {
+            Some(v) if v == FORMAT_VERSION as u64 => {}
+            Some(v) => {
+                return Err(RecordError::UnsupportedVersion {
+                    found: v.min(u32::MAX as u64) as u32,
+                    supported: FORMAT_VERSION,
+                });
+            }
+            None => {
+                return Err(RecordError::BadHeader {
+                    offset: 16,
+                    reason: "no format_version".into(),
+                });
+            }
+        }
+        let header: RecordHeader =
+            serde_json::from_slice(&header).map_err(|e| RecordError::BadHeader {
+                offset: 16,
+                reason: e.to_string(),
+            })?;
+        Ok(Self {
+            input,
+            header,
+            offset: 16 + len as u64,
+            chunk: Vec::new(),
+            chunk_pos: 0,
+            chunk_left: 0,
+            chunk_offset: 0,
+            records: 0,
+            done: false,
+        })
+    }
+
+    pub fn header(&self) -> &RecordHeader {
+        &self.header
+    }
+
+    /// Records read so far.
+    pub fn records(&self) -> u64 {
+        self.records
+    }
+
+    /// Loads the next chunk; `Ok(false)` at a valid end mark.
+    fn next_chunk(&mut self) -> Result<bool, RecordError> {
+        let at = self.offset;
+        let mut tag = [0u8; 4];
+        let n = read_full(&mut self.input, &mut tag)?;
+        if n == 0 {
+            return Err(RecordError::Unfinished {
+                offset: at,
+                records: self.records,
+            });
+        }
+        if n < 4 {
+            return Err(RecordError::Truncated {
+                offset: at + n as u64,
+                what: "a chunk tag",
+                records: self.records,
+            });
+        }
+        if &tag == END_MAGIC {
+            let mut end = [0u8; 12];
+            let n = read_full(&mut self.input, &mut end)?;
+            if n < end.len() {
+                return Err(RecordError::Truncated {
+                    offset: at + 4 + n as u64,
+                    what: "the end mark",
+                    records: self.records,
+                });
+            }
+            if crc32fast::hash(&end[..8]) != u32_at(&end, 8) {
+                return Err(RecordError::BadChunk {
+                    offset: at,
+                    reason: "end mark checksum mismatch".into(),
+                });
+            }
+            let expected = u64::from_le_bytes(end[..8].try_into().expect("8 bytes"));
+            if expected != self.records {
+                return Err(RecordError::CountMismatch {
+                    offset: at,
+                    expected,
+                    found: self.records,
+                });
+            }
+            self.offset += 16;
+            return Ok(false);
+        }
+        if &tag != CHUNK_MAGIC {
+            return Err(RecordError::BadChunk {
+                offset: at,
+                reason: format!("expected a chunk tag, found {tag:02x?}"),
+            });
+        }
+        let mut head = [0u8; 12];
+        let n = read_full(&mut self.input, &mut head)?;
+        if n < head.len() {
+            return Err(RecordError::Truncated {
+                offset: at + 4 + n as u64,
+                what: "a chunk header",
+                records: self.records,
+            });
+        }
+        let (len, count, crc) = (u32_at(&head, 0), u32_at(&head, 4), u32_at(&head, 8));
+        if len > MAX_CHUNK {
+            return Err(RecordError::BadChunk {
+                offset: at,
+                reason: format!("length {len} exceeds the {MAX_CHUNK}-byte limit"),
+            });
+        }
+        self.chunk.resize(len as usize, 0);
+        let n = read_full(&mut self.input, &mut self.chunk)?;
+        if n < len as usize {
+            return Err(RecordError::Truncated {
+                offset: at + 16 + n as u64,
+                what: "a chunk",
+                records: self.records,
+            });
+        }
+        if crc32fast::hash(&self.chunk) != crc {
+            return Err(RecordError::BadChunk {
+                offset: at,
+                reason: "checksum mismatch".into(),
+            });
+        }
+        self.chunk_offset = at;
+        self.offset = at + 16 + len as u64;
+        self.chunk_pos = 0;
+        self.chunk_left = count;
+        Ok(true)
+    }
+
+    /// The next record, `None` after the end mark.
+    pub fn next_record(&mut self) -> Option<Result<Record, RecordError>> {
+        if self.done {
+            return None;
+        }
+        let result = self.next_inner();
+        match result {
+            Ok(Some(record)) => Some(Ok(record)),
+            Ok(None) => {
+                self.done = true;
+                None
+            }
+            Err(e) => {
+                self.done = true;
+                Some(Err(e))
+            }
+        }
+    }
+
+    fn next_inner(&mut self) -> Result<Option<Record>, RecordError> {
+        while self.chunk_left == 0 {
+            if self.chunk_pos != self.chunk.len() {
+                return Err(RecordError::BadChunk {
+                    offset: self.chunk_offset,
+                    reason: "bytes left over after its last record".into(),
+                });
+            }
+            if !self.next_chunk()? {
+                return Ok(None);
+            }
+        }
+        let mut rest = &self.chunk[self.chunk_pos..];
+        let before = rest.len();
+        let record: Record =
+            ciborium::from_reader(&mut rest).map_err(|e| RecordError::BadChunk {
+                offset: self.chunk_offset,
+                reason: format!("record {} of the chunk does not decode: {e}", self.records),
+            })?;
+        self.chunk_pos += before - rest.len();
+        self.chunk_left -= 1;
+        self.records += 1;
+        Ok(Some(record))
+    }
+}
+
+impl<R: Read> Iterator for RecordReader<R> {
+    type Item = Result<Record, RecordError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.next_record()
+    }
+}

@@ -1,0 +1,177 @@
+//! Round trips, and every way a file can be damaged.
+
+use super::*;
+use crate::event::{Addr, Dev, EventKind, Frame, Hook};
+
+fn header() -> RecordHeader {
+    RecordHeader {
+        format_version: FORMAT_VERSION,
+        detector_version: "test".into(),
+        kernel_release: "6.1.0-test".into(),
+        machine: "x86_64".into(),
+        hostname: "host".into(),
+        boot_time_offset_ns: 1_700_000_000_000_000_000,
+        started_ns: 5,
+        thread_size: 16384,
+        hooks: [("bio_endio".to_owned(), "fentry".to_owned())].into(),
+        filters: vec![],
+    }
+}
+
+fn event(i: u64) -> Event {
+    Event {
+        ts: 1000 + i,
+        cpu: (i % 2) as u32,
+        pid: 10,
+        tid: 11,
+        comm: "dd".into(),
+        hook: Hook::TpBtf,
+        stack_base: Addr(0xffffc90000100000),
+        sp: Addr(0xffffc90000103f00),
+        stack: (i % 3 == 0).then_some(StackId(7)),
+        kind: EventKind::BioQueue {
+            bio: Addr(0xffff888000000000 + i * 0x100),
+            dev: Dev::new(259, 1),
+            disk: Dev::new(259, 0),
+            sector: i * 8,
+            size: 4096,
+            opf: 1,
+            end_io: Addr(0xffffffff81234567),
+            private: Addr(0),
+        },
+    }
+}
+
+fn stack() -> Stack {
+    Stack {
+        frames: vec![Frame {
+            addr: Addr(0xffffffff81000010),
+            symbol: Some("submit_bio".into()),
+            offset: 0x10,
+            module: None,
+        }],
+    }
+}
+
+/// A file with a stack, `n` events, finished cleanly.
+fn file(n: u64) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut w = RecordWriter::new(&mut out, &header()).unwrap();
+    w.stack(StackId(7), &stack()).unwrap();
+    for i in 0..n {
+        w.event(&event(i)).unwrap();
+    }
+    assert_eq!(w.finish().unwrap(), n + 1);
+    out
+}
+
+fn read_all(bytes: &[u8]) -> (Vec<Record>, Option<RecordError>) {
+    let mut reader = match RecordReader::new(bytes) {
+        Ok(r) => r,
+        Err(e) => return (vec![], Some(e)),
+    };
+    let mut out = vec![];
+    for r in reader.by_ref() {
+        match r {
+            Ok(r) => out.push(r),
+            Err(e) => return (out, Some(e)),
+        }
+    }
+    (out, None)
+}
+
+#[test]
+fn round_trip_across_several_chunks() {
+    let n = 10_000; // more than two chunks
+    let bytes = file(n);
+    let reader = RecordReader::new(bytes.as_slice()).unwrap();
+    assert_eq!(reader.header(), &header());
+    let (records, err) = read_all(&bytes);
+    assert!(err.is_none(), "{err:?}");
+    assert_eq!(records.len() as u64, n + 1);
+    assert_eq!(
+        records[0],
+        Record::Stack {
+            id: StackId(7),
+            stack: stack()
+        }
+    );
+    for (i, r) in records[1..].iter().enumerate() {
+        assert_eq!(r, &Record::Event(event(i as u64)));
+    }
+}
+
+#[test]
+fn every_truncation_is_detected_with_its_position() {
+    let bytes = file(20);
+    for cut in 0..bytes.len() {
+        let (records, err) = read_all(&bytes[..cut]);
+        let err = err.unwrap_or_else(|| panic!("cut at {cut} not detected"));
+        match err {
+            RecordError::BadMagic => assert!(cut < MAGIC.len()),
+            RecordError::Truncated { offset, .. } => assert!(offset <= cut as u64),
+            RecordError::Unfinished { offset, records: n } => {
+                assert_eq!(offset, cut as u64);
+                assert_eq!(n as usize, records.len());
+            }
+            other => panic!("cut at {cut}: unexpected {other}"),
+        }
+    }
+}
+
+#[test]
+fn every_flipped_byte_after_the_magic_is_detected() {
+    let bytes = file(20);
+    for at in MAGIC.len()..bytes.len() {
+        let mut bad = bytes.clone();
+        bad[at] ^= 0x40;
+        let (_, err) = read_all(&bad);
+        assert!(err.is_some(), "flip at byte {at} not detected");
+    }
+}
+
+#[test]
+fn chunk_corruption_names_the_chunk_offset() {
+    let bytes = file(5);
+    let header_len = u32::from_le_bytes(bytes[8..12].try_into().unwrap()) as usize;
+    let chunk_at = 16 + header_len;
+    let mut bad = bytes.clone();
+    bad[chunk_at + 20] ^= 1; // inside the first chunk's payload
+    match read_all(&bad).1 {
+        Some(RecordError::BadChunk { offset, .. }) => assert_eq!(offset, chunk_at as u64),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn other_files_and_versions_are_refused() {
+    assert!(matches!(
+        read_all(b"not a record file").1,
+        Some(RecordError::BadMagic)
+    ));
+    assert!(matches!(read_all(b"").1, Some(RecordError::BadMagic)));
+    let mut newer = header();
+    newer.format_version = FORMAT_VERSION + 1;
+    let mut out = Vec::new();
+    RecordWriter::new(&mut out, &newer)
+        .unwrap()
+        .finish()
+        .unwrap();
+    match read_all(&out).1 {
+        Some(RecordError::UnsupportedVersion { found, supported }) => {
+            assert_eq!((found, supported), (FORMAT_VERSION + 1, FORMAT_VERSION));
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn empty_session_round_trips() {
+    let mut out = Vec::new();
+    RecordWriter::new(&mut out, &header())
+        .unwrap()
+        .finish()
+        .unwrap();
+    let (records, err) = read_all(&out);
+    assert!(records.is_empty() && err.is_none());
+}
