@@ -19,8 +19,14 @@
  * Keeping the guest alive: the late complete() takes the dead completion's
  * spinlock and bumps its count, which is harmless as long as nobody reused
  * that stack region. So the frame sits below ONSTACK_PAD_FRAMES padded
- * frames, and after the return the owner stays shallow (sleeping in the
- * debugfs write) until the late complete() has returned.
+ * frames (7 KiB), and after the return the owner stays shallow until the
+ * late complete() has returned: it naps in msleep(), which only goes as
+ * deep as schedule() plus the tracer's sched_switch program. (Waiting in
+ * wait_for_completion*() instead went deep enough, with fentry programs
+ * taking stack traces, to overwrite a dead frame 4.9 KiB down.) Should the
+ * region be reused anyway, the late completion finds the dead completion
+ * changed, skips complete() and the scenario fails, instead of the guest
+ * spinning on a garbage spinlock.
  */
 #include <linux/completion.h>
 #include <linux/delay.h>
@@ -30,7 +36,7 @@
 
 #define ONSTACK_BIOS 4
 #define ONSTACK_WINDOW_MS 1000
-#define ONSTACK_PAD_FRAMES 8
+#define ONSTACK_PAD_FRAMES 14
 #define ONSTACK_PAD_BYTES 512
 
 struct zo_batch {
@@ -43,9 +49,25 @@ struct zo_batch {
 
 /* Test hooks, module globals (not on anybody's stack). */
 static DECLARE_COMPLETION(zo_last_in_window);
-static DECLARE_COMPLETION(zo_late_done);
+static bool zo_late_done;
+static bool zo_frame_reused;
+static struct task_struct *zo_owner;
+static unsigned int zo_seen_done;
+static unsigned long zo_seen_next, zo_owner_sp;
 static ktime_t zo_returned_at, zo_late_at;
 static unsigned long zo_wait_addr;
+
+/*
+ * Whether the dead completion still holds what the early complete()s left:
+ * its count, an unlocked lock and no waiters. Reading the dead frame is
+ * safe: the stack belongs to the owner, who is napping.
+ */
+static bool zo_still_intact(struct completion *wait, unsigned int done)
+{
+	return READ_ONCE(wait->done) == done &&
+	       !raw_spin_is_locked(&wait->wait.lock) &&
+	       READ_ONCE(wait->wait.task_list.next) == &wait->wait.task_list;
+}
 
 static void zo_end_io(struct bio *bio)
 {
@@ -59,15 +81,21 @@ static void zo_end_io(struct bio *bio)
 	if (!bb->fixed) {
 		/* 2.6.38-rc5 bio_batch_end_io(): count, then signal */
 		atomic_inc(&bb->done);
-		if (last) {
-			complete(&zo_last_in_window);
-			msleep(ONSTACK_WINDOW_MS);
+		if (!last) {
+			complete(wait);
+			return;
 		}
-		complete(wait);
-		if (last) {
-			zo_late_at = ktime_get();
-			complete(&zo_late_done);
-		}
+		complete(&zo_last_in_window);
+		msleep(ONSTACK_WINDOW_MS);
+		zo_seen_done = READ_ONCE(wait->done);
+		zo_seen_next = (unsigned long)READ_ONCE(wait->wait.task_list.next);
+		zo_owner_sp = READ_ONCE(zo_owner->thread.sp);
+		if (zo_still_intact(wait, issued - 1))
+			complete(wait);
+		else
+			WRITE_ONCE(zo_frame_reused, true);
+		zo_late_at = ktime_get();
+		WRITE_ONCE(zo_late_done, true);
 		return;
 	}
 	/* fixed: the same window, but the count decides who signals */
@@ -81,7 +109,7 @@ static void zo_end_io(struct bio *bio)
 		complete(wait);
 	}
 	if (last)
-		complete(&zo_late_done);
+		WRITE_ONCE(zo_late_done, true);
 }
 
 /* blkdev_issue_zeroout() of 2.6.38-rc5 (buggy) or with 0aeea189 (fixed). */
@@ -146,19 +174,31 @@ int rb_onstack(bool fixed)
 {
 	struct rb_disk *d = rb_disks[RB_SCRATCH];
 	unsigned long here = (unsigned long)&d;
+	unsigned int naps = 0;
 	s64 late_us;
 	int err;
 
 	reinit_completion(&zo_last_in_window);
-	reinit_completion(&zo_late_done);
+	WRITE_ONCE(zo_late_done, false);
+	WRITE_ONCE(zo_frame_reused, false);
 	zo_late_at = 0;
+	zo_owner = current;
 	err = zo_deep(ONSTACK_PAD_FRAMES, d, fixed);
-	/* Shallow from here: wait for the late complete() before returning. */
-	if (!wait_for_completion_timeout(&zo_late_done,
-					 msecs_to_jiffies(ONSTACK_WINDOW_MS + 10000)))
+	/* Shallow from here until the late complete() has returned. */
+	while (!READ_ONCE(zo_late_done) && naps++ < (ONSTACK_WINDOW_MS + 10000) / 20)
+		msleep(20);
+	if (!READ_ONCE(zo_late_done))
 		err = -ETIMEDOUT;
 	if (err)
 		return err;
+	if (zo_frame_reused) {
+		rb_result("fail onstack: the dead frame at 0x%lx (%lu bytes below the caller) "
+			  "was reused before the late complete(); it was skipped (done %u, "
+			  "list %lx, owner napping at sp %lx)",
+			  zo_wait_addr, here - zo_wait_addr, zo_seen_done, zo_seen_next,
+			  zo_owner_sp);
+		return -EPROTO;
+	}
 
 	late_us = ktime_us_delta(zo_late_at, zo_returned_at);
 	/* buggy: the last complete() lands after the owner returned */

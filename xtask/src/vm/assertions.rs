@@ -1,9 +1,10 @@
 //! What each scenario's recorded event stream must show: the events of the
 //! race, in the racy order, with stacks (and for a twin, the safe order).
 //!
-//! The ground truth comes from the test module's verdict line (e.g. the
-//! on-stack completion's address), so the checks look for the scenario's
-//! own objects, not for whatever else the guest did meanwhile.
+//! The scenario's own objects are found by their stacks (the bio submitted
+//! from `rb_lost_wakeup`, ...) and by the test module's verdict line (the
+//! on-stack completion's address, the mddev), so the checks never pick up
+//! whatever else the guest did meanwhile.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -25,6 +26,8 @@ const SEC: u64 = 1_000_000_000;
 const MS: u64 = 1_000_000;
 /// `TASK_UNINTERRUPTIBLE`
 const TASK_UNINTERRUPTIBLE: i64 = 0x2;
+/// x86_64's kernel stack size (THREAD_SIZE, without KASAN).
+const THREAD_SIZE: u64 = 16 << 10;
 
 /// The hex number after `label` in the module's verdict, e.g. "at 0x...".
 fn module_addr(ctx: &Ctx, label: &str) -> Result<u64> {
@@ -38,8 +41,13 @@ fn module_addr(ctx: &Ctx, label: &str) -> Result<u64> {
         .split_whitespace()
         .next()
         .unwrap_or("");
-    parse_addr(&Value::String(word.trim_end_matches(',').to_owned()))
-        .with_context(|| format!("bad address after '{label}': {word}"))
+    let hex = word.trim_end_matches(',');
+    let hex = if hex.starts_with("0x") {
+        hex.to_owned()
+    } else {
+        format!("0x{hex}")
+    };
+    parse_addr(&Value::String(hex)).with_context(|| format!("bad address after '{label}': {word}"))
 }
 
 fn need_stack(e: &Event) -> Result<()> {
@@ -51,8 +59,49 @@ fn is_final_endio(e: &Event) -> bool {
     e.kind == "bio_endio" && e.flag("is_final").unwrap_or(false)
 }
 
-/// Whether `e`, an event of `tid`, shows that task's stack above `x`
-/// (the frame holding `x` was left).
+/// The bios the scenario submitted from kernel function `symbol`.
+fn queued_from<'a>(ctx: &Ctx<'a>, symbol: &str) -> Result<Vec<&'a Event>> {
+    let queued: Vec<&Event> = ctx
+        .trace
+        .of_kind("bio_queue")
+        .filter(|e| e.called_from(symbol))
+        .collect();
+    ensure!(
+        !queued.is_empty(),
+        "no bio_queue with {symbol} on its stack"
+    );
+    Ok(queued)
+}
+
+/// The final completions of `queued`'s bio until it is submitted again.
+fn finals_of<'a>(ctx: &Ctx<'a>, queued: &Event) -> Vec<&'a Event> {
+    let bio = queued.addr("bio");
+    let mut finals = Vec::new();
+    for e in ctx
+        .trace
+        .events
+        .iter()
+        .filter(|e| e.ts > queued.ts && e.addr("bio") == bio)
+    {
+        if e.kind == "bio_queue" {
+            break;
+        }
+        if is_final_endio(e) {
+            finals.push(e);
+        }
+    }
+    finals
+}
+
+fn final_of<'a>(ctx: &Ctx<'a>, queued: &Event) -> Result<&'a Event> {
+    finals_of(ctx, queued)
+        .first()
+        .copied()
+        .with_context(|| format!("no final bio_endio for {}", queued.describe()))
+}
+
+/// Whether `e` shows its task's stack above `x` (the frame holding `x` was
+/// left): a switch-out, or any hook, with the stack pointer past it.
 fn sp_above(e: &Event, x: u64) -> bool {
     let sp = if e.kind == "sched_switch" {
         e.addr("prev_sp").or_else(|| e.addr("sp"))
@@ -62,41 +111,71 @@ fn sp_above(e: &Event, x: u64) -> bool {
     sp.is_some_and(|sp| sp > x)
 }
 
-/// The owner's `completion_init` of the on-stack completion at `x`.
-fn onstack_init<'a>(ctx: &Ctx<'a>, x: u64) -> Result<&'a Event> {
-    let init = ctx
+/// The owner of the on-stack completion at `x`: the task that submitted
+/// the batch's bios, with `x` inside its kernel stack.
+fn onstack_owner<'a>(ctx: &Ctx<'a>, x: u64) -> Result<&'a Event> {
+    let queued = queued_from(ctx, "zo_issue_zeroout")?;
+    ensure!(
+        queued.len() == 4,
+        "expected the batch's 4 bios, saw {}",
+        queued.len()
+    );
+    let first = queued[0];
+    let base = first.addr("stack_base").context("no stack_base")?;
+    ensure!(
+        (base..base + THREAD_SIZE).contains(&x),
+        "the completion {x:#x} is not in the owner's stack at {base:#x}"
+    );
+    // DECLARE_COMPLETION_ONSTACK only calls init_completion() on lockdep
+    // kernels: on a stock kernel there is no completion_init to see.
+    if let Some(init) = ctx
         .trace
         .of_kind("completion_init")
         .find(|e| e.addr("x") == Some(x))
-        .with_context(|| format!("no completion_init of {x:#x}"))?;
-    ensure!(
-        init.flag("on_own_stack") == Some(true),
-        "completion_init not on the owner's own stack: {}",
-        init.describe()
-    );
-    Ok(init)
+    {
+        ensure!(
+            init.tid == first.tid && init.flag("on_own_stack") == Some(true),
+            "completion_init not by the owner on its own stack: {}",
+            init.describe()
+        );
+    }
+    Ok(first)
 }
 
-/// onstack: completion_init(x) on the owner's stack; the owner's frame is
-/// left (its sp seen above x) without a wait on x; then another task's
-/// complete(x).
-pub fn onstack(ctx: &Ctx) -> Result<()> {
-    let x = module_addr(ctx, "completion at ")?;
-    let init = onstack_init(ctx, x)?;
-    let owner = init.tid;
-    let late = ctx
+fn last_complete<'a>(ctx: &Ctx<'a>, x: u64, owner: u32) -> Result<&'a Event> {
+    let last = ctx
         .trace
         .of_kind("complete")
         .filter(|e| e.addr("x") == Some(x) && e.tid != owner)
         .last()
         .with_context(|| format!("no complete({x:#x}) by another task"))?;
-    need_stack(late)?;
-    ensure!(late.ts > init.ts, "the late complete precedes the init");
+    need_stack(last)?;
+    ensure!(
+        last.flag("on_own_stack") == Some(false),
+        "complete() flagged as on its caller's own stack: {}",
+        last.describe()
+    );
+    Ok(last)
+}
+
+/// onstack: the owner submits the batch, its frame is left (its stack
+/// pointer seen above x) without a wait on x, then another task's
+/// complete(x) from the batch's end_io.
+pub fn onstack(ctx: &Ctx) -> Result<()> {
+    let x = module_addr(ctx, "completion at ")?;
+    let first = onstack_owner(ctx, x)?;
+    let owner = first.tid;
+    let late = last_complete(ctx, x, owner)?;
+    ensure!(
+        late.called_from("zo_end_io"),
+        "the late complete() is not zo_end_io's: {:?}",
+        late.frames().collect::<Vec<_>>()
+    );
     let left = ctx
         .trace
         .events
         .iter()
-        .find(|e| e.tid == owner && e.ts > init.ts && sp_above(e, x))
+        .find(|e| e.tid == owner && e.ts > first.ts && sp_above(e, x))
         .with_context(|| format!("the owner (tid {owner}) is never seen above {x:#x}"))?;
     ensure!(
         left.ts < late.ts,
@@ -119,15 +198,9 @@ pub fn onstack(ctx: &Ctx) -> Result<()> {
 /// and before its frame is left.
 pub fn onstack_fixed(ctx: &Ctx) -> Result<()> {
     let x = module_addr(ctx, "completion at ")?;
-    let init = onstack_init(ctx, x)?;
-    let owner = init.tid;
-    let last = ctx
-        .trace
-        .of_kind("complete")
-        .filter(|e| e.addr("x") == Some(x) && e.tid != owner)
-        .last()
-        .with_context(|| format!("no complete({x:#x}) by another task"))?;
-    need_stack(last)?;
+    let first = onstack_owner(ctx, x)?;
+    let owner = first.tid;
+    let last = last_complete(ctx, x, owner)?;
     let waited = ctx
         .trace
         .of_kind("wait_exit")
@@ -137,7 +210,7 @@ pub fn onstack_fixed(ctx: &Ctx) -> Result<()> {
         .trace
         .events
         .iter()
-        .find(|e| e.tid == owner && e.ts > init.ts && e.ts < waited.ts && sp_above(e, x))
+        .find(|e| e.tid == owner && e.ts > first.ts && e.ts < waited.ts && sp_above(e, x))
     {
         bail!(
             "the owner left the frame before its wait returned: {}",
@@ -147,9 +220,8 @@ pub fn onstack_fixed(ctx: &Ctx) -> Result<()> {
     Ok(())
 }
 
-/// The waiter of the lost_wakeup scenarios: the task that submitted the
-/// scenario's bios and then slept uninterruptibly in io_schedule; returns
-/// (its bios' last final completion, its sleep, the next wakeup of it).
+/// The lost_wakeup waiter: its bios' last final completion, its sleep in
+/// io_schedule, and the first wakeup aimed at it after that.
 struct Sleep<'a> {
     last_completion: &'a Event,
     sleep: &'a Event,
@@ -157,48 +229,32 @@ struct Sleep<'a> {
 }
 
 fn io_sleep<'a>(ctx: &Ctx<'a>) -> Result<Sleep<'a>> {
-    let events = &ctx.trace.events;
-    // lost_wakeup submits its bios from the shell's write into debugfs
-    let mut bios: HashMap<u64, (u32, u64)> = HashMap::new();
-    for e in ctx.trace.of_kind("bio_queue") {
-        if e.comm == "sh"
-            && let Some(bio) = e.addr("bio")
-        {
-            bios.insert(bio, (e.tid, e.ts));
-        }
-    }
-    let (&_, &(waiter, _)) = bios
-        .iter()
-        .next()
-        .context("no bio submitted by the scenario's shell")?;
-    let completions: Vec<&Event> = events
-        .iter()
-        .filter(|e| {
-            is_final_endio(e)
-                && e.addr("bio")
-                    .and_then(|b| bios.get(&b))
-                    .is_some_and(|&(tid, ts)| tid == waiter && e.ts > ts)
-        })
-        .collect();
+    let queued = queued_from(ctx, "rb_lost_wakeup")?;
     ensure!(
-        completions.len() >= 3,
-        "expected the waiter's 3 bios to complete, saw {}",
-        completions.len()
+        queued.len() == 3,
+        "expected the waiter's 3 bios, saw {}",
+        queued.len()
     );
-    let last_completion = *completions.last().expect("checked");
+    let waiter = queued[0].tid;
+    let mut completions = Vec::new();
+    for q in &queued {
+        completions.push(final_of(ctx, q)?);
+    }
+    let last_completion = *completions.iter().max_by_key(|e| e.ts).expect("3 bios");
     need_stack(last_completion)?;
-    let sleep = events
-        .iter()
-        .rev()
+    let last_queued = queued.iter().map(|e| e.ts).max().expect("3 bios");
+    let sleep = ctx
+        .trace
+        .of_kind("sched_switch")
         .find(|e| {
-            e.kind == "sched_switch"
-                && e.tid == waiter
+            e.tid == waiter
+                && e.ts > last_queued
                 && e.int("prev_state")
                     .is_some_and(|s| s & TASK_UNINTERRUPTIBLE != 0)
                 && e.flag("prev_in_iowait") == Some(true)
         })
         .with_context(|| format!("the waiter (tid {waiter}) never slept in io_schedule"))?;
-    let wakeup = events.iter().find(|e| {
+    let wakeup = ctx.trace.events.iter().find(|e| {
         e.ts > sleep.ts
             && (e.kind == "sched_waking" || e.kind == "sched_wakeup")
             && e.int("target_tid") == Some(i64::from(waiter))
@@ -243,7 +299,7 @@ pub fn lost_wakeup_fixed(ctx: &Ctx) -> Result<()> {
     );
     let wakeup = s.wakeup.context("the waiter was never woken")?;
     ensure!(
-        wakeup.ts >= s.last_completion.ts && wakeup.ts - s.sleep.ts < SEC,
+        wakeup.ts >= s.last_completion.ts && wakeup.ts - s.last_completion.ts < SEC,
         "the wakeup ({}) is not the last completion's ({})",
         wakeup.describe(),
         s.last_completion.describe()
@@ -251,7 +307,7 @@ pub fn lost_wakeup_fixed(ctx: &Ctx) -> Result<()> {
     Ok(())
 }
 
-/// Final completions of one bio with no submission in between.
+/// Final completions of one bio with no submission in between, anywhere.
 fn double_completions<'a>(ctx: &Ctx<'a>) -> Vec<(&'a Event, &'a Event)> {
     let mut last_final: HashMap<u64, &Event> = HashMap::new();
     let mut doubles = Vec::new();
@@ -268,25 +324,36 @@ fn double_completions<'a>(ctx: &Ctx<'a>) -> Vec<(&'a Event, &'a Event)> {
     doubles
 }
 
-/// double_complete: two final bio_endio of one bio without a bio_queue
-/// between, the second with an error status (the timeout path).
+/// double_complete: two final bio_endio of the scenario's bio without a
+/// bio_queue between, the second with an error status (the timeout path).
 pub fn double_complete(ctx: &Ctx) -> Result<()> {
-    let doubles = double_completions(ctx);
-    let (first, second) = doubles
-        .first()
-        .context("no bio completed twice without a submission in between")?;
-    need_stack(first)?;
-    need_stack(second)?;
+    let queued = queued_from(ctx, "rb_double_complete")?[0];
+    let finals = finals_of(ctx, queued);
     ensure!(
-        second.int("status").unwrap_or(0) != 0,
+        finals.len() == 2,
+        "expected 2 final completions, saw {}",
+        finals.len()
+    );
+    need_stack(finals[0])?;
+    need_stack(finals[1])?;
+    ensure!(
+        finals[1].int("status").unwrap_or(0) != 0,
         "the second completion has no error status: {}",
-        second.describe()
+        finals[1].describe()
     );
     Ok(())
 }
 
-/// double_complete_fixed: no bio completes twice.
+/// double_complete_fixed: the scenario's bio completes once, and no bio
+/// completes twice.
 pub fn double_complete_fixed(ctx: &Ctx) -> Result<()> {
+    let queued = queued_from(ctx, "rb_double_complete")?[0];
+    let finals = finals_of(ctx, queued);
+    ensure!(
+        finals.len() == 1,
+        "expected 1 final completion, saw {}",
+        finals.len()
+    );
     if let Some((first, second)) = double_completions(ctx).first() {
         bail!(
             "a bio completed twice:\n  {}\n  {}",
@@ -294,57 +361,42 @@ pub fn double_complete_fixed(ctx: &Ctx) -> Result<()> {
             second.describe()
         );
     }
-    let ours = ctx
-        .trace
-        .of_kind("bio_queue")
-        .filter(|e| e.comm == "sh")
-        .count();
-    ensure!(ours >= 1, "the scenario's bio was not seen submitted");
     Ok(())
 }
 
-/// bio_endio entry/exit pairs of one task: (entry, exit, nanoseconds).
-fn handler_runs<'a>(ctx: &Ctx<'a>) -> Vec<(&'a Event, &'a Event, u64)> {
-    let mut open: HashMap<u32, Vec<&Event>> = HashMap::new();
-    let mut runs = Vec::new();
-    for e in &ctx.trace.events {
-        match e.kind.as_str() {
-            "bio_endio" => open.entry(e.tid).or_default().push(e),
-            "bio_endio_exit" => {
-                if let Some(entry) = open.get_mut(&e.tid).and_then(Vec::pop) {
-                    runs.push((entry, e, e.ts - entry.ts));
-                }
-            }
-            _ => {}
-        }
-    }
-    runs
-}
-
-/// stuck_handler: a bio_endio whose exit comes ~3 s after its entry.
-pub fn stuck_handler(ctx: &Ctx) -> Result<()> {
-    let runs = handler_runs(ctx);
-    let (entry, exit, ns) = runs
-        .iter()
-        .max_by_key(|r| r.2)
-        .context("no bio_endio with its exit")?;
-    ensure!(
-        *ns >= 2500 * MS,
-        "the longest bio_endio took {} ms; the handler spins ~3 s",
-        ns / MS
-    );
+/// The scenario's bio_endio and the return from it (same task, next exit).
+fn handler_run<'a>(ctx: &Ctx<'a>) -> Result<(&'a Event, &'a Event)> {
+    let queued = queued_from(ctx, "rb_stuck_handler")?[0];
+    let entry = final_of(ctx, queued)?;
     need_stack(entry)?;
-    ensure!(exit.ts > entry.ts, "exit before entry");
+    let exit = ctx
+        .trace
+        .of_kind("bio_endio_exit")
+        .find(|e| e.tid == entry.tid && e.ts > entry.ts)
+        .with_context(|| format!("no bio_endio_exit after {}", entry.describe()))?;
+    if let Some(bio) = exit.addr("bio") {
+        ensure!(
+            Some(bio) == entry.addr("bio"),
+            "the next exit is another bio's: {}",
+            exit.describe()
+        );
+    }
+    Ok((entry, exit))
+}
+
+/// stuck_handler: the end_io returns ~3 s after bio_endio was entered.
+pub fn stuck_handler(ctx: &Ctx) -> Result<()> {
+    let (entry, exit) = handler_run(ctx)?;
+    let ms = (exit.ts - entry.ts) / MS;
+    ensure!(ms >= 2500, "bio_endio took {ms} ms; the handler spins ~3 s");
     Ok(())
 }
 
-/// stuck_handler_fixed: every bio_endio returns quickly.
+/// stuck_handler_fixed: the end_io returns quickly.
 pub fn stuck_handler_fixed(ctx: &Ctx) -> Result<()> {
-    let runs = handler_runs(ctx);
-    ensure!(!runs.is_empty(), "no bio_endio with its exit");
-    if let Some((entry, _, ns)) = runs.iter().find(|r| r.2 >= 500 * MS) {
-        bail!("a bio_endio took {} ms: {}", ns / MS, entry.describe());
-    }
+    let (entry, exit) = handler_run(ctx)?;
+    let ms = (exit.ts - entry.ts) / MS;
+    ensure!(ms < 500, "bio_endio took {ms} ms");
     Ok(())
 }
 
@@ -356,23 +408,16 @@ fn dd_bio<'a>(ctx: &Ctx<'a>) -> Result<(&'a Event, &'a Event)> {
         .find(|e| e.comm == "dd")
         .context("no bio submitted by dd")?;
     need_stack(queued)?;
-    let bio = queued.addr("bio").context("bio_queue without bio")?;
-    let done = ctx
-        .trace
-        .events
-        .iter()
-        .find(|e| e.ts > queued.ts && is_final_endio(e) && e.addr("bio") == Some(bio))
-        .with_context(|| format!("dd's bio {bio:#x} never completed"))?;
-    Ok((queued, done))
+    Ok((queued, final_of(ctx, queued)?))
 }
 
 /// lost_io: dd's bio completes only ~5 s after it was submitted.
 pub fn lost_io(ctx: &Ctx) -> Result<()> {
     let (queued, done) = dd_bio(ctx)?;
+    let ms = (done.ts - queued.ts) / MS;
     ensure!(
-        done.ts - queued.ts >= 4500 * MS,
-        "dd's bio completed after {} ms; the disk holds it 5 s",
-        (done.ts - queued.ts) / MS
+        ms >= 4500,
+        "dd's bio completed after {ms} ms; the disk holds it 5 s"
     );
     Ok(())
 }
@@ -380,34 +425,27 @@ pub fn lost_io(ctx: &Ctx) -> Result<()> {
 /// lost_io_fixed: dd's bio completes within a couple of seconds.
 pub fn lost_io_fixed(ctx: &Ctx) -> Result<()> {
     let (queued, done) = dd_bio(ctx)?;
-    ensure!(
-        done.ts - queued.ts < 2 * SEC,
-        "dd's bio took {} ms",
-        (done.ts - queued.ts) / MS
-    );
+    let ms = (done.ts - queued.ts) / MS;
+    ensure!(ms < 2000, "dd's bio took {ms} ms");
     Ok(())
 }
 
-/// The test disk's del_gendisk and the final completions on that disk.
+/// The scenario's disk removal and its bio's completion.
 fn teardown_bio<'a>(ctx: &Ctx<'a>) -> Result<(&'a Event, &'a Event)> {
+    let queued = queued_from(ctx, "rb_complete_after_teardown")?[0];
+    let disk = queued.text("disk").context("bio_queue without disk")?;
     let del = ctx
         .trace
         .of_kind("del_gendisk")
-        .next()
-        .context("no del_gendisk")?;
-    let dev = del.text("dev").context("del_gendisk without dev")?;
-    let done = ctx
-        .trace
-        .events
-        .iter()
-        .find(|e| is_final_endio(e) && e.text("disk") == Some(dev))
-        .with_context(|| format!("no bio completed on {dev}"))?;
+        .find(|e| e.text("dev") == Some(disk))
+        .with_context(|| format!("no del_gendisk of {disk}"))?;
+    need_stack(del)?;
+    let done = final_of(ctx, queued)?;
     need_stack(done)?;
     Ok((del, done))
 }
 
-/// complete_after_teardown: a bio completes on a disk after its
-/// del_gendisk.
+/// complete_after_teardown: the bio completes after del_gendisk of its disk.
 pub fn complete_after_teardown(ctx: &Ctx) -> Result<()> {
     let (del, done) = teardown_bio(ctx)?;
     ensure!(
@@ -418,23 +456,14 @@ pub fn complete_after_teardown(ctx: &Ctx) -> Result<()> {
     Ok(())
 }
 
-/// complete_after_teardown_fixed: the disk's bios complete before removal.
+/// complete_after_teardown_fixed: the bio completes before del_gendisk.
 pub fn complete_after_teardown_fixed(ctx: &Ctx) -> Result<()> {
     let (del, done) = teardown_bio(ctx)?;
     ensure!(
         done.ts < del.ts,
-        "a bio completed after del_gendisk: {}",
+        "the bio completed after del_gendisk: {}",
         done.describe()
     );
-    let dev = del.text("dev").unwrap_or_default();
-    if let Some(late) = ctx
-        .trace
-        .events
-        .iter()
-        .find(|e| e.ts > del.ts && is_final_endio(e) && e.text("disk") == Some(dev))
-    {
-        bail!("a bio completed after del_gendisk: {}", late.describe());
-    }
     Ok(())
 }
 
@@ -459,7 +488,11 @@ pub fn md_clean(ctx: &Ctx) -> Result<()> {
         .context("no md_super_write (array creation writes superblocks)")?;
     need_stack(write)?;
     let first = teardowns(ctx);
-    ensure!(!first.is_empty(), "no md_teardown");
+    ensure!(
+        first.len() == 1,
+        "expected one array torn down, saw {}",
+        first.len()
+    );
     for e in ctx.trace.of_kind("md_teardown") {
         if let Some(p) = e.int("pending_writes") {
             ensure!(
@@ -470,8 +503,7 @@ pub fn md_clean(ctx: &Ctx) -> Result<()> {
         }
     }
     for e in ctx.trace.of_kind("md_super_written") {
-        let began = e.addr("mddev").and_then(|m| first.get(&m));
-        if let Some(t) = began {
+        if let Some(t) = e.addr("mddev").and_then(|m| first.get(&m)) {
             ensure!(
                 e.ts < t.ts,
                 "a superblock write completed after the teardown began: {}",
@@ -483,7 +515,7 @@ pub fn md_clean(ctx: &Ctx) -> Result<()> {
 }
 
 /// md_teardown: the injected md_super_write, a teardown step that sees it
-/// pending, and its md_super_written after the teardown began.
+/// pending, and its md_super_written inside the teardown.
 pub fn md_teardown(ctx: &Ctx) -> Result<()> {
     let mddev = module_addr(ctx, "mddev ")?;
     let first = teardowns(ctx);
@@ -493,10 +525,12 @@ pub fn md_teardown(ctx: &Ctx) -> Result<()> {
     let injected = ctx
         .trace
         .of_kind("md_super_write")
-        .filter(|e| e.addr("mddev") == Some(mddev) && e.ts < began.ts)
-        .last()
-        .context("no md_super_write before the teardown")?;
-    need_stack(injected)?;
+        .find(|e| e.addr("mddev") == Some(mddev) && e.called_from("rb_md_inject"))
+        .context("no md_super_write from rb_md_inject")?;
+    ensure!(
+        injected.ts < began.ts,
+        "the injected write came after the teardown began"
+    );
     let pending = ctx
         .trace
         .of_kind("md_teardown")
@@ -509,16 +543,34 @@ pub fn md_teardown(ctx: &Ctx) -> Result<()> {
         .context("no md_super_written after the teardown began")?;
     need_stack(written)?;
     ensure!(
+        written.called_from("md_bitmap_destroy"),
+        "the late superblock completion is not inside the teardown: {:?}",
+        written.frames().collect::<Vec<_>>()
+    );
+    ensure!(
         pending.ts <= written.ts,
-        "pending teardown step after the completion"
+        "the pending teardown step came after the completion"
     );
     Ok(())
 }
 
+/// Hooks that only exist as tracepoints (everything else hooks a kernel
+/// function and must get fentry/fexit or a kprobe on a stock kernel).
+const TRACEPOINT_HOOKS: &[&str] = &[
+    "block_rq_complete",
+    "block_bio_complete",
+    "sched_switch",
+    "sched_waking",
+    "sched_wakeup",
+    "sys_exit",
+    "sched_process_exit",
+];
+
 /// `detector check --json` of phase `base` (md_mod not loaded) or `md`:
-/// exit 0, and every hook attached with fentry/fexit or kprobe/kretprobe;
-/// md's hooks too once md_mod is loaded.
-pub fn check_output(share: &Path, phase: &str) -> Result<()> {
+/// exit 0; every function hook attached with fentry/fexit or a kprobe (or
+/// absent from this kernel, or redundant); md's hooks waiting for md_mod
+/// before it loads and attached after. Returns one line per hook.
+pub fn check_output(share: &Path, phase: &str) -> Result<String> {
     let rc = std::fs::read_to_string(share.join(format!("check-{phase}.rc")))
         .context("no exit status (the guest did not run it)")?;
     ensure!(rc.trim() == "0", "exited with {}", rc.trim());
@@ -527,30 +579,34 @@ pub fn check_output(share: &Path, phase: &str) -> Result<()> {
     let hooks = crate::vm::events::hooks_of_check(&json)?;
     let mut bad = Vec::new();
     let mut md = 0;
-    for (name, mechanism, is_md) in &hooks {
-        if *is_md {
-            md += 1;
-            if phase == "base" {
-                continue;
+    let mut table = String::new();
+    for h in &hooks {
+        let mechanism = h.mechanism.as_deref().unwrap_or("-");
+        table.push_str(&format!(
+            "  {:<44} {:<20} {}\n",
+            h.name, h.status, mechanism
+        ));
+        let function_hook = !TRACEPOINT_HOOKS.contains(&h.name.as_str());
+        let ok = match (h.module.as_deref(), phase, h.status.as_str()) {
+            (Some("md_mod"), "base", status) => status == "waiting_for_module",
+            (_, _, "attached") => {
+                !function_hook || matches!(mechanism, "fentry" | "fexit" | "kprobe" | "kretprobe")
             }
+            (Some("md_mod"), _, _) => false,
+            (_, _, status) => status == "absent" || status == "redundant",
+        };
+        if h.module.as_deref() == Some("md_mod") {
+            md += 1;
         }
-        let ok = matches!(
-            mechanism.as_deref(),
-            Some("fentry" | "fexit" | "kprobe" | "kretprobe")
-        ) || (!*is_md && name.starts_with("sched") || name.contains("sys_exit"))
-            && mechanism.is_some();
         if !ok {
-            bad.push(format!(
-                "{name}: {}",
-                mechanism.as_deref().unwrap_or("not attached")
-            ));
+            bad.push(format!("{} ({} {mechanism})", h.name, h.status));
         }
     }
     ensure!(md > 0, "no md hooks listed");
     ensure!(
         bad.is_empty(),
-        "hooks without fentry/kprobe: {}",
+        "hooks not attached as expected: {}\n{table}",
         bad.join(", ")
     );
-    Ok(())
+    Ok(table)
 }

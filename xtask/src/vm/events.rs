@@ -40,8 +40,28 @@ impl Event {
         self.raw.get(field)?.as_str()
     }
 
+    /// Whether the event quotes a kernel stack (symbolized, with --stacks).
     pub fn has_stack(&self) -> bool {
-        self.raw.get("stack").is_some_and(|s| !s.is_null())
+        self.frames().next().is_some()
+    }
+
+    /// The symbolized stack, innermost first: "bio_endio+0x5",
+    /// "rb_work+0x35 [racebench]".
+    pub fn frames(&self) -> impl Iterator<Item = &str> {
+        self.raw
+            .get("frames")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+    }
+
+    /// Whether a frame of the stack is in function `symbol`.
+    pub fn called_from(&self, symbol: &str) -> bool {
+        self.frames().any(|f| {
+            f.strip_prefix(symbol)
+                .is_some_and(|rest| rest.starts_with('+') || rest.starts_with('.'))
+        })
     }
 
     /// "complete x=0x... by kworker/0:1 (tid 33) at 1.234567s", for messages.
@@ -60,6 +80,7 @@ impl Event {
                     "sp",
                     "stack",
                     "event",
+                    "frames",
                 ];
                 if !common.contains(&k.as_str()) {
                     fields.push(format!("{k}={}", v.to_string().trim_matches('"')));
@@ -91,13 +112,15 @@ pub struct Trace {
 }
 
 impl Trace {
-    /// `detector replay FILE --json`, run on the host.
-    pub fn replay(detector: &Path, record: &Path) -> Result<Self> {
+    /// `detector replay FILE --json --stacks`, run on the host with the
+    /// engine thresholds the session had (`flags`).
+    pub fn replay(detector: &Path, record: &Path, flags: &str) -> Result<Self> {
         let out = output(
             Command::new(detector)
                 .arg("replay")
                 .arg(record)
-                .arg("--json"),
+                .args(["--json", "--stacks"])
+                .args(flags.split_whitespace()),
         )
         .with_context(|| format!("detector replay {}", record.display()))?;
         Self::parse(&out)
@@ -154,25 +177,32 @@ impl Trace {
     }
 }
 
-/// The hooks `detector check --json` lists: (name, chosen mechanism, whether
-/// it is one of md_mod's).
-pub fn hooks_of_check(check: &Value) -> Result<Vec<(String, Option<String>, bool)>> {
+/// One hook as `detector check --json` lists it.
+pub struct CheckedHook {
+    pub name: String,
+    /// attached, redundant, absent, waiting_for_module or failed
+    pub status: String,
+    /// For an attached hook: fentry, fexit, kprobe, kretprobe, tp_btf, ...
+    pub mechanism: Option<String>,
+    pub module: Option<String>,
+}
+
+/// The `hooks` array of `detector check --json`.
+pub fn hooks_of_check(check: &Value) -> Result<Vec<CheckedHook>> {
     let hooks = check
         .get("hooks")
         .and_then(Value::as_array)
         .context("no \"hooks\" array")?;
-    let mut out = Vec::new();
-    for h in hooks {
-        let name = h
-            .get("name")
-            .and_then(Value::as_str)
-            .with_context(|| format!("hook without a name: {h}"))?;
-        let mechanism = h
-            .get("mechanism")
-            .and_then(Value::as_str)
-            .map(str::to_owned);
-        let is_md = h.get("module").and_then(Value::as_str) == Some("md_mod");
-        out.push((name.to_owned(), mechanism, is_md));
-    }
-    Ok(out)
+    let text = |h: &Value, field: &str| h.get(field).and_then(Value::as_str).map(str::to_owned);
+    hooks
+        .iter()
+        .map(|h| {
+            Ok(CheckedHook {
+                name: text(h, "name").with_context(|| format!("hook without a name: {h}"))?,
+                status: text(h, "status").with_context(|| format!("hook without a status: {h}"))?,
+                mechanism: text(h, "mechanism"),
+                module: text(h, "module"),
+            })
+        })
+        .collect()
 }

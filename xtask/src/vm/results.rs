@@ -19,7 +19,7 @@ use anyhow::{Result, bail};
 use crate::vm::assertions::{self, Ctx};
 use crate::vm::events::Trace;
 use crate::vm::qemu::{self, Outcome};
-use crate::vm::scenarios::Scenario;
+use crate::vm::scenarios::{DETECTOR_FLAGS, Scenario};
 
 pub struct Run<'a> {
     pub share: &'a Path,
@@ -51,8 +51,9 @@ pub fn judge(run: &Run) -> Result<()> {
 
     if run.detector.is_some() {
         for phase in ["base", "md"] {
-            if let Err(e) = assertions::check_output(run.share, phase) {
-                writeln!(problems, "detector check ({phase}): {e:#}")?;
+            match assertions::check_output(run.share, phase) {
+                Ok(table) => eprintln!("vm: detector check ({phase}) in the guest:\n{table}"),
+                Err(e) => writeln!(problems, "detector check ({phase}): {e:#}")?,
             }
         }
     }
@@ -112,7 +113,7 @@ fn judge_scenario(run: &Run, s: &Scenario) -> Result<String> {
             rc.trim()
         );
     }
-    let trace = Trace::replay(detector, &dir.join("trace.rec"))?;
+    let trace = Trace::replay(detector, &dir.join("trace.rec"), DETECTOR_FLAGS)?;
     let ctx = Ctx {
         trace: &trace,
         module: &module,
