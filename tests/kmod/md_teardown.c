@@ -12,10 +12,13 @@
  * md_super_write() for a member (the rdev, sector, size and page of the
  * last superblock write that member saw) while that member holds the bio:
  * mddev->pending_writes stays 1. `mdadm --stop` runs the teardown; a
- * kprobe on md_bitmap_destroy(), the first call in __md_stop(), completes
- * the held write there. That is after the teardown began and before
- * __md_stop() exits the bio sets and before export_array() frees the rdevs,
- * so super_written() still finds live objects and the guest survives.
+ * kprobe on md_bitmap_destroy(), the first call in __md_stop(), has the
+ * held write completed right then, from an interrupt (an IPI) on the other
+ * CPU, the way a disk's completion would come. That is after the teardown
+ * began and before __md_stop() exits the bio sets and before export_array()
+ * frees the rdevs, so super_written() still finds live objects and the
+ * guest survives. (Completing it inside the kprobe handler itself would
+ * hide it from kprobe-based tracers: kprobes do not nest.)
  *
  * Checked on 6.1.192: md_super_write and super_written are not exported
  * (their addresses come from a kprobe registration), md_bitmap_destroy is
@@ -23,6 +26,7 @@
  */
 #include <linux/kprobes.h>
 #include <linux/module.h>
+#include <linux/smp.h>
 
 #include "racebench.h"
 
@@ -90,19 +94,34 @@ void rb_md_saw_bio(struct rb_disk *d, struct bio *bio)
 	spin_unlock_irqrestore(&sb_lock, flags);
 }
 
+static void md_complete_held(void *info)
+{
+	struct bio *bio, *next;
+
+	for (bio = info; bio; bio = next) {
+		next = bio->bi_next;
+		bio->bi_next = NULL;
+		bio_endio(bio);
+	}
+}
+
 /* md_bitmap_destroy(mddev): __md_stop() has begun. */
 static int md_release_pre(struct kprobe *p, struct pt_regs *regs)
 {
-	struct bio *bio, *next;
+	struct bio *held;
+	unsigned int cpu;
 
 	if (released || regs->di != (unsigned long)inject_mddev)
 		return 0;
 	released = true;
-	released_in = "md_bitmap_destroy";
-	for (bio = rb_disk_take_held(inject_disk); bio; bio = next) {
-		next = bio->bi_next;
-		bio->bi_next = NULL;
-		bio_endio(bio);
+	released_in = "md_bitmap_destroy, from an IPI on the other CPU";
+	held = rb_disk_take_held(inject_disk);
+	cpu = cpumask_any_but(cpu_online_mask, smp_processor_id());
+	if (cpu < nr_cpu_ids) {
+		smp_call_function_single(cpu, md_complete_held, held, 1);
+	} else {
+		released_in = "md_bitmap_destroy";
+		md_complete_held(held);
 	}
 	return 0;
 }

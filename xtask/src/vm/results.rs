@@ -2,7 +2,7 @@
 //!
 //! Share layout (written by tests/vm/init and lib.sh):
 //!   status                      running | done | failed
-//!   check-{base,md}.{json,txt,err,rc}   `detector check` before/after md_mod
+//!   check-{base,md}.{json,err,rc}   `detector check` before/after md_mod
 //!   md-functions.txt            md_mod's symbols in /proc/kallsyms
 //!   scenarios/NAME/verdict      the guest's own verdict: "ok" or why not
 //!   scenarios/NAME/module.txt   the test module's verdict lines
