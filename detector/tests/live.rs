@@ -326,8 +326,11 @@ fn check_tells_the_truth_about_this_kernel() {
         assert_eq!(rules["stuck-completion-handler"]["state"], "inactive");
         assert_eq!(rules["lost-io-completion"]["state"], "degraded");
     }
-    // md: waits for the module where modules exist.
-    if !Path::new("/sys/module/md_mod").exists() {
+    // md: waits for the module where modules exist; cannot exist without.
+    if !Path::new("/proc/modules").exists() {
+        assert_eq!(hooks["md_super_write"]["status"], "absent");
+        assert_eq!(rules["md-teardown"]["state"], "inactive");
+    } else if !Path::new("/sys/module/md_mod").exists() {
         assert_eq!(rules["md-teardown"]["state"], "waiting_for_module");
     }
 }
