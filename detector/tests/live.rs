@@ -369,3 +369,16 @@ fn without_privileges_it_says_so() {
         assert!(!text.contains("panicked"), "{text}");
     }
 }
+
+#[test]
+#[ignore = "needs root and a live kernel; run by cargo xtask test"]
+fn a_kernel_without_btf_is_a_clear_error() {
+    use detector::kernel::attach::{LoadError, LoadOptions, Probes};
+    let opts = LoadOptions {
+        btf_dir: "/nonexistent/btf".into(),
+        ..LoadOptions::default()
+    };
+    let err = Probes::load(opts).err().expect("loading without BTF fails");
+    assert!(matches!(err, LoadError::NoBtf), "{err}");
+    assert!(err.to_string().contains("CONFIG_DEBUG_INFO_BTF"), "{err}");
+}
