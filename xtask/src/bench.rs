@@ -89,7 +89,7 @@ fn program_costs() -> Vec<(String, u64, f64)> {
             (cnt > 0).then(|| (name, cnt, ns as f64 / cnt as f64))
         })
         .collect();
-    out.sort_by(|a, b| b.1.cmp(&a.1));
+    out.sort_by_key(|p| std::cmp::Reverse(p.1));
     out
 }
 
