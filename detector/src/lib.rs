@@ -5,6 +5,8 @@
 //! [`report`] sinks. [`record`] files hold an event stream for replay.
 
 pub mod clock;
+pub mod engine;
 pub mod event;
 pub mod kernel;
 pub mod record;
+pub mod report;
