@@ -84,10 +84,16 @@ impl Actor {
         }
     }
 
-    /// `comm/tid`, or `<irq> cpu N` for interrupt context.
+    /// `comm/tid`, or which CPU's interrupt.
     pub fn who(&self) -> String {
-        if self.irq {
-            format!("interrupt on cpu {} (over {})", self.cpu, self.comm.as_str())
+        if self.irq && self.tid == 0 {
+            format!("an interrupt on cpu {} (idle)", self.cpu)
+        } else if self.irq {
+            format!(
+                "an interrupt on cpu {} (over {})",
+                self.cpu,
+                self.comm.as_str()
+            )
         } else {
             format!("{}/{}", self.comm.as_str(), self.tid)
         }
@@ -116,7 +122,10 @@ mod tests {
     #[test]
     fn comm_truncates_on_char_boundary() {
         assert_eq!(Comm::new("kworker/u8:2").as_str(), "kworker/u8:2");
-        assert_eq!(Comm::new("0123456789abcdefXYZ").as_str(), "0123456789abcdef");
+        assert_eq!(
+            Comm::new("0123456789abcdefXYZ").as_str(),
+            "0123456789abcdef"
+        );
         // 15 ASCII bytes then a 2-byte character: cut before it.
         assert_eq!(Comm::new("0123456789abcdeé").as_str(), "0123456789abcde");
     }

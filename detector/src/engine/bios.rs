@@ -212,7 +212,10 @@ impl Bios {
             let Some((victim, life)) = self.fifo.pop_front() else {
                 break;
             };
-            if self.bios.get(&victim).is_some_and(|b| b.life == life && b.in_flight())
+            if self
+                .bios
+                .get(&victim)
+                .is_some_and(|b| b.life == life && b.in_flight())
                 && let Some(bio) = self.forget(victim, sub.actor.ts)
             {
                 self.evicted_inflight += 1;

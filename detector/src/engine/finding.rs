@@ -227,7 +227,9 @@ pub struct Step {
 pub struct Finding {
     pub kind: FindingKind,
     pub severity: Severity,
-    /// When the violation became certain.
+    /// When the invariant broke: the offending event (the late
+    /// `complete()`, the frame left, the second completion), or the moment
+    /// a deadline passed (stuck handler, lost wakeup, lost I/O).
     pub ts: u64,
     pub object: Object,
     pub sides: Vec<Side>,

@@ -336,7 +336,10 @@ impl Engine {
                 // Tracepoints see the bio after partition remapping; the
                 // submit_bio_noacct entry hooks see partition sectors.
                 let disk_relative = dev == disk
-                    || matches!(ev.hook, Hook::TpBtf | Hook::RawTracepoint | Hook::Tracepoint);
+                    || matches!(
+                        ev.hook,
+                        Hook::TpBtf | Hook::RawTracepoint | Hook::Tracepoint
+                    );
                 let task_ctx = ev.tid != 0 && !actor.irq;
                 let episode = self.tasks.get(ev.tid).map_or(0, |t| t.episode.id);
                 let sub = Submission {
@@ -423,8 +426,7 @@ impl Engine {
                         disk: *disk,
                     };
                     let seen = self.loss.seen(ev.ts);
-                    self.stuck
-                        .enter(actor, entry, self.bios.get(*bio), seen);
+                    self.stuck.enter(actor, entry, self.bios.get(*bio), seen);
                 }
                 // A chained bio is only done when its count drops to zero;
                 // a "final" call that found other holders would be a lie
@@ -446,8 +448,12 @@ impl Engine {
                     self.lost_track(&old);
                 }
             }
-            EventKind::Complete { x, on_own_stack, .. }
-            | EventKind::CompleteAll { x, on_own_stack, .. } => {
+            EventKind::Complete {
+                x, on_own_stack, ..
+            }
+            | EventKind::CompleteAll {
+                x, on_own_stack, ..
+            } => {
                 let all = matches!(ev.kind, EventKind::CompleteAll { .. });
                 let seen = self.loss.seen(ev.ts);
                 let mut ctx = ctx!(self, out);

@@ -96,7 +96,11 @@ fn object_line(finding: &Finding) -> String {
 
 fn who(side: &Side) -> String {
     match side.context {
-        Context::Task => format!("{}/{} pid {} cpu {}", side.comm, side.tid, side.pid, side.cpu),
+        Context::Task => format!(
+            "{}/{} pid {} cpu {}",
+            side.comm, side.tid, side.pid, side.cpu
+        ),
+        Context::Interrupt if side.tid == 0 => format!("interrupt on cpu {} (idle)", side.cpu),
         Context::Interrupt => format!("interrupt on cpu {} (over {})", side.cpu, side.comm),
     }
 }
@@ -116,7 +120,12 @@ fn diagram(out: &mut String, finding: &Finding) {
     let origin = finding.interleaving.first().map_or(finding.ts, |s| s.ts);
     for step in &finding.interleaving {
         let rel = step.ts.saturating_sub(origin);
-        let text = format!("+{} {}", secs(rel), step.text);
+        let text = format!(
+            "+{}.{:06} {}",
+            rel / 1_000_000_000,
+            rel % 1_000_000_000 / 1000,
+            step.text
+        );
         let mut lines = wrap(&text, col);
         for line in lines.iter_mut().skip(1) {
             line.insert_str(0, "  ");
@@ -189,7 +198,10 @@ mod tests {
     fn wrap_respects_width() {
         let lines = wrap("one two three four five six seven eight nine ten", 14);
         assert!(lines.iter().all(|l| l.chars().count() <= 14), "{lines:?}");
-        assert_eq!(lines.join(" "), "one two three four five six seven eight nine ten");
+        assert_eq!(
+            lines.join(" "),
+            "one two three four five six seven eight nine ten"
+        );
         let long = wrap("0xffff888004a1c000ffff", 10);
         assert!(long.iter().all(|l| l.chars().count() <= 10), "{long:?}");
         assert_eq!(long.concat(), "0xffff888004a1c000ffff");

@@ -149,17 +149,19 @@ impl BioLifecycle {
             object.dev = Some(bio.dev);
             object.disk = Some(bio.disk);
             object.end_io = (!bio.end_io.is_null()).then_some(bio.end_io);
-            let mut b = FindingBuilder::new(
-                FindingKind::BioCompleteAfterTeardown,
-                done.actor.ts,
-                object,
-            );
+            let mut b =
+                FindingBuilder::new(FindingKind::BioCompleteAfterTeardown, done.actor.ts, object);
             let remover = b.side("remover", &r.started);
             let completer = b.side("completer", &done.actor);
             b.act(
                 completer,
                 &bio.queued,
-                format!("bio {} submitted to {} by {}", bio.addr, bio.dev, bio.queued.who()),
+                format!(
+                    "bio {} submitted to {} by {}",
+                    bio.addr,
+                    bio.dev,
+                    bio.queued.who()
+                ),
             );
             b.act(remover, &r.started, format!("del_gendisk({})", bio.disk));
             b.step(remover, ret.ts, how.to_owned(), ret.stack);
@@ -188,9 +190,8 @@ impl BioLifecycle {
         if first.via != Via::Endio || again.via != Via::Endio {
             return;
         }
-        let reused = !first.end_io.is_null()
-            && !again.end_io.is_null()
-            && first.end_io != again.end_io;
+        let reused =
+            !first.end_io.is_null() && !again.end_io.is_null() && first.end_io != again.end_io;
         if reused {
             return;
         }
@@ -206,7 +207,12 @@ impl BioLifecycle {
             b.act(
                 one,
                 &bio.queued,
-                format!("bio {} submitted to {} by {}", bio.addr, bio.dev, bio.queued.who()),
+                format!(
+                    "bio {} submitted to {} by {}",
+                    bio.addr,
+                    bio.dev,
+                    bio.queued.who()
+                ),
             );
             b.act(
                 one,

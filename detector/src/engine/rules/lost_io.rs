@@ -74,12 +74,7 @@ fn finding(bio: &Bio, at: u64) -> crate::engine::finding::Finding {
         );
     }
     let waited = duration(at.saturating_sub(bio.last_queued));
-    b.step(
-        submitter,
-        at,
-        format!("no completion after {waited}"),
-        None,
-    );
+    b.step(submitter, at, format!("no completion after {waited}"), None);
     b.finish(format!(
         "bio {} submitted to {} by {} has had no completion for {waited}: the driver lost it \
          (or the device is hung or retrying); whoever waits for it waits forever",

@@ -319,7 +319,10 @@ fn finding(sleep: &Sleep, ep: &Episode, at: u64) -> Finding {
     let completer = b.side("completer", &done.actor);
     if let Some(s) = &ep.last_submit {
         let more = if ep.submitted > 1 {
-            format!(" (its last of {} since it entered the kernel)", ep.submitted)
+            format!(
+                " (its last of {} since it entered the kernel)",
+                ep.submitted
+            )
         } else {
             String::new()
         };
@@ -333,7 +336,10 @@ fn finding(sleep: &Sleep, ep: &Episode, at: u64) -> Finding {
     b.act(
         completer,
         &done.actor,
-        format!("bio {} completes ({via}); no wakeup for the waiter follows", done.bio),
+        format!(
+            "bio {} completes ({via}); no wakeup for the waiter follows",
+            done.bio
+        ),
     );
     b.act(
         waiter,

@@ -175,13 +175,22 @@ impl MdTeardown {
             let teardown = b.side("teardown", &torn_by);
             let completion = b.side("completion", actor);
             if let Some(w) = &write {
-                let writer = b.side("writer", &w.actor);
-                b.act(writer, &w.actor, write_text(w));
+                // The seed's write is issued by the tearing-down task itself.
+                let column = if w.actor.tid == torn_by.tid && !w.actor.irq {
+                    teardown
+                } else {
+                    b.side("writer", &w.actor)
+                };
+                b.act(column, &w.actor, write_text(w));
             }
             if let Some(stop) = &stop {
                 b.act(teardown, stop, "__md_stop: array teardown begins".into());
             }
-            b.act(teardown, &torn_by, format!("{}: {}", stage.function(), gone(stage)));
+            b.act(
+                teardown,
+                &torn_by,
+                format!("{}: {}", stage.function(), gone(stage)),
+            );
             b.act(
                 completion,
                 actor,
@@ -270,7 +279,11 @@ fn inflight_finding(
         b.act(teardown, a, "__md_stop_writes: last flush".into());
     }
     if let Some(a) = &array.last_wait {
-        b.act(teardown, a, "md_super_wait: waits for superblock writes".into());
+        b.act(
+            teardown,
+            a,
+            "md_super_wait: waits for superblock writes".into(),
+        );
     }
     if let Some(a) = &array.stop {
         b.act(teardown, a, "__md_stop: array teardown begins".into());

@@ -458,13 +458,20 @@ fn build(
         b.act(
             owner,
             &a,
-            format!("{}({x}) returns {ret}: gave up without a complete()", variant.function()),
+            format!(
+                "{}({x}) returns {ret}: gave up without a complete()",
+                variant.function()
+            ),
         );
     }
     if let Some(o) = &lc.left_before {
         b.act(owner, &o.actor, left_text(o, x));
     }
-    let what = if lc.first_all { "complete_all" } else { "complete" };
+    let what = if lc.first_all {
+        "complete_all"
+    } else {
+        "complete"
+    };
     let from = if lc.first.irq {
         "from interrupt context"
     } else {

@@ -55,6 +55,9 @@ struct Open {
     submit: Option<Actor>,
     seen: Seen,
     reported: bool,
+    /// Its deadline passed while a nested call was open: judged again
+    /// when it is innermost.
+    waiting: bool,
 }
 
 /// A `bio_endio` entry.
@@ -102,17 +105,18 @@ impl StuckHandler {
         if self.open_count == 0 {
             return;
         }
+        let now = actor.ts;
         if !actor.irq && actor.tid != 0 {
-            self.close_where(Key::Cpu(actor.cpu), |_| true);
+            self.close_where(Key::Cpu(actor.cpu), now, |_| true);
             if actor.sp != 0 {
-                self.close_where(Key::Task(actor.tid), |o| actor.sp > o.entry.sp);
+                self.close_where(Key::Task(actor.tid), now, |o| actor.sp > o.entry.sp);
             }
         } else if actor.irq && actor.sp != 0 {
-            self.close_where(Key::Cpu(actor.cpu), |o| actor.sp > o.entry.sp);
+            self.close_where(Key::Cpu(actor.cpu), now, |o| actor.sp > o.entry.sp);
         }
     }
 
-    fn close_where(&mut self, key: Key, gone: impl Fn(&Open) -> bool) {
+    fn close_where(&mut self, key: Key, now: u64, gone: impl Fn(&Open) -> bool) {
         let Some(stack) = self.open.get_mut(&key) else {
             return;
         };
@@ -127,8 +131,23 @@ impl StuckHandler {
             self.open_count -= 1;
             self.missed_exits += 1;
         }
-        if stack.is_empty() {
+        self.resume(key, now);
+    }
+
+    /// The innermost open call of `key` changed: if its deadline passed
+    /// while it waited for a nested call, judge it now.
+    fn resume(&mut self, key: Key, now: u64) {
+        let Some(stack) = self.open.get_mut(&key) else {
+            return;
+        };
+        let Some(top) = stack.last_mut() else {
             self.open.remove(&key);
+            return;
+        };
+        if top.waiting {
+            top.waiting = false;
+            self.timers
+                .insert((now.max(top.entry.ts + self.after), top.id), key);
         }
     }
 
@@ -137,7 +156,7 @@ impl StuckHandler {
         if actor.sp != 0 {
             // A call at the same depth or shallower means earlier calls
             // at that depth have returned.
-            self.close_where(key, |o| o.entry.sp != 0 && actor.sp >= o.entry.sp);
+            self.close_where(key, actor.ts, |o| o.entry.sp != 0 && actor.sp >= o.entry.sp);
         }
         let stack = self.open.entry(key).or_default();
         if stack.len() >= self.max_depth {
@@ -158,6 +177,7 @@ impl StuckHandler {
             submit: bio.map(|b| b.queued),
             seen,
             reported: false,
+            waiting: false,
         });
         self.open_count += 1;
         self.timers.insert((actor.ts + self.after, id), key);
@@ -178,9 +198,7 @@ impl StuckHandler {
             return; // entered before tracing started
         };
         let returned = stack.split_off(at);
-        if stack.is_empty() {
-            self.open.remove(&key);
-        }
+        self.resume(key, actor.ts);
         self.open_count -= returned.len();
         self.missed_exits += returned.len() as u64 - 1;
         for o in &returned {
@@ -208,11 +226,9 @@ impl StuckHandler {
                 continue;
             };
             if at + 1 < stack.len() {
-                // A nested call is open: it is the one stuck, or will return
-                // and leave this one to be judged when it is innermost.
-                let inner = stack[stack.len() - 1];
-                let again = (inner.entry.ts + self.after).max(deadline + 1);
-                self.timers.insert((again, id), key);
+                // A nested call is open: it is the one stuck, or it will
+                // return and leave this one to be judged when innermost.
+                stack[at].waiting = true;
                 continue;
             }
             if stack[at].reported {
@@ -235,7 +251,11 @@ impl StuckHandler {
             let handler = b.side("handler", &o.entry);
             if let Some(submit) = &o.submit {
                 let submitter = b.side("submitter", submit);
-                b.act(submitter, submit, format!("submits bio {} to {}", o.bio, o.dev));
+                b.act(
+                    submitter,
+                    submit,
+                    format!("submits bio {} to {}", o.bio, o.dev),
+                );
             }
             b.act(
                 handler,
