@@ -2,6 +2,8 @@
 
 #![allow(dead_code, reason = "each test binary uses a different part")]
 
+pub mod build;
+
 use std::path::PathBuf;
 
 use detector::engine::{Engine, EngineConfig, EngineStats, Finding, FindingKind};
