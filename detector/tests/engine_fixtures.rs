@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{Replay, replay_fixture};
+use common::{Replay, jitter, load, replay, replay_fixture};
 use detector::engine::FindingKind::{self, *};
 use detector::engine::{Context, ObjectKind, Rule, Severity};
 use detector::event::{Addr, Dev, StackId};
@@ -149,10 +149,10 @@ fn every_fixture_gives_exactly_its_findings() {
 }
 
 // Addresses the fixtures use (see README.md).
-const ZEROOUT_X: Addr = Addr(0xffffc900_0065_3a00);
+const ZEROOUT_X: Addr = Addr(0xffff_c900_0065_3a00);
 
 fn bio(n: u64) -> Addr {
-    Addr(0xffff8880_0400_0000 + n * 0x100)
+    Addr(0xffff_8880_0400_0000 + n * 0x100)
 }
 
 #[test]
@@ -268,7 +268,7 @@ fn seed003_md_findings() {
     );
     let inflight = &r.findings[0];
     assert_eq!(inflight.object.kind, ObjectKind::Mddev);
-    assert_eq!(inflight.object.addr, Addr(0xffff8880_1000_0000));
+    assert_eq!(inflight.object.addr, Addr(0xffff_8880_1000_0000));
     assert_eq!(inflight.ts, 100_000_070_000, "at mddev_detach");
     assert!(inflight.explanation.contains("1 superblock write(s)"));
     let after = &r.findings[1];
@@ -284,7 +284,7 @@ fn seed002_double_complete_quotes_both_completions() {
     let f = r.only();
     assert_eq!(f.object.addr, bio(1));
     assert_eq!(f.object.dev, Some(Dev::new(253, 0)));
-    assert_eq!(f.object.end_io, Some(Addr(0xffffffff_8160_0000)));
+    assert_eq!(f.object.end_io, Some(Addr(0xffff_ffff_8160_0000)));
     let stacks: Vec<_> = f.sides.iter().map(|s| s.stack).collect();
     assert_eq!(stacks, [Some(StackId(41)), Some(StackId(42))]);
     assert_eq!(f.sides[1].comm, "kworker/1:2");
@@ -308,7 +308,7 @@ fn seed001_reports_the_innermost_handler_once() {
     let r = check("stuck_seed001_nested", &[StuckCompletionHandler]);
     let f = r.only();
     assert_eq!(f.object.addr, bio(63), "the original bio, innermost");
-    assert_eq!(f.object.end_io, Some(Addr(0xffffffff_8125_c200)));
+    assert_eq!(f.object.end_io, Some(Addr(0xffff_ffff_8125_c200)));
     assert_eq!(f.object.dev, Some(Dev::new(252, 148)));
     let handler = &f.sides[0];
     assert_eq!((handler.role.as_str(), handler.cpu), ("handler", 23));
@@ -349,4 +349,24 @@ fn disabled_rules_stay_silent() {
     let cfg = detector::engine::EngineConfig::default().without(Rule::LostWakeup);
     let r = common::replay_with(events, cfg);
     assert!(r.findings.is_empty());
+}
+
+#[test]
+fn fixtures_replay_deterministically_in_any_order_the_window_allows() {
+    for name in fixture_names() {
+        let events = load(&name);
+        let first = replay(events.clone()).findings;
+        assert_eq!(
+            first,
+            replay(events.clone()).findings,
+            "{name}: not repeatable"
+        );
+        for seed in 0..8 {
+            let shuffled = replay(jitter(&events, seed)).findings;
+            assert_eq!(
+                first, shuffled,
+                "{name}: depends on delivery order (seed {seed})"
+            );
+        }
+    }
 }

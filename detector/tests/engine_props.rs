@@ -10,7 +10,7 @@
 mod common;
 
 use common::build::*;
-use common::{Replay, replay};
+use common::{Replay, jitter, replay};
 use detector::engine::{Engine, EngineConfig, Finding, FindingKind};
 use detector::event::{Dev, Event, TeardownStage, WaitVariant};
 use proptest::prelude::*;
@@ -175,7 +175,7 @@ fn benign(scene: &Benign, c: &Cast, t0: u64) -> Vec<Event> {
             }
         }
         Benign::MdClean { writes } => {
-            let mddev = 0xffff8880_2000_0000 + c.k * 0x1000;
+            let mddev = 0xffff_8880_2000_0000 + c.k * 0x1000;
             let n = *writes as i32;
             ev.push(md(
                 task,
@@ -259,7 +259,7 @@ fn violation(v: Violation, c: &Cast, t0: u64) -> Vec<Event> {
             endio_exit(irq, next(), b),
         ],
         Violation::MdInflight => {
-            let mddev = 0xffff8880_3000_0000;
+            let mddev = 0xffff_8880_3000_0000;
             vec![
                 md(
                     task,
@@ -359,25 +359,6 @@ fn trace(benigns: &[(Benign, u64)], bad: Option<(Violation, u64)>) -> Vec<Event>
 
 fn kinds(findings: &[Finding]) -> Vec<FindingKind> {
     findings.iter().map(|f| f.kind).collect()
-}
-
-/// Delays events by up to half the reorder window, each instant as a
-/// whole, and delivers them in that order.
-fn jitter(events: &[Event], seed: u64) -> Vec<Event> {
-    let half = EngineConfig::default().reorder_window_ns / 2;
-    let mut keyed: Vec<(u64, usize, Event)> = events
-        .iter()
-        .enumerate()
-        .map(|(i, e)| {
-            let mut h = e.ts ^ seed;
-            h ^= h >> 33;
-            h = h.wrapping_mul(0xff51afd7ed558ccd);
-            h ^= h >> 33;
-            (e.ts + h % half, i, e.clone())
-        })
-        .collect();
-    keyed.sort_by_key(|(at, i, _)| (*at, *i));
-    keyed.into_iter().map(|(_, _, e)| e).collect()
 }
 
 /// Pushes `events`, ticking the clock after some of them (to the newest

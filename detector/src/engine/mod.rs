@@ -174,8 +174,8 @@ impl Engine {
         live.disks = self.bios.disks.len() as u64;
         live.tasks = self.tasks.len() as u64;
         live.sleepers = self.lost_wakeup.armed() as u64;
-        live.onstack_completions = self.onstack.len() as u64;
-        live.md_arrays = self.md.len() as u64;
+        live.onstack_completions = self.onstack.tracked() as u64;
+        live.md_arrays = self.md.tracked() as u64;
         live.open_handlers = self.stuck.open_count as u64;
         live.buffered_events = self.reorder.len() as u64;
         let ev = &mut stats.evictions;
@@ -455,17 +455,9 @@ impl Engine {
                 x, on_own_stack, ..
             } => {
                 let all = matches!(ev.kind, EventKind::CompleteAll { .. });
-                let seen = self.loss.seen(ev.ts);
                 let mut ctx = ctx!(self, out);
-                self.onstack.complete(
-                    actor,
-                    *x,
-                    all,
-                    *on_own_stack,
-                    &mut self.tasks,
-                    seen,
-                    &mut ctx,
-                );
+                self.onstack
+                    .complete(actor, *x, all, *on_own_stack, &mut self.tasks, &mut ctx);
             }
             EventKind::CompletionInit { x, .. } => {
                 let mut ctx = ctx!(self, out);

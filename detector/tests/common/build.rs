@@ -10,9 +10,9 @@ pub const S: u64 = 1_000_000_000;
 pub const MS: u64 = 1_000_000;
 pub const US: u64 = 1_000;
 
-const STACKS: u64 = 0xffffc900_0000_0000;
-const IRQ_STACKS: u64 = 0xffffc900_0100_0000;
-const IDLE: u64 = 0xffffffff_82a0_0000;
+const STACKS: u64 = 0xffff_c900_0000_0000;
+const IRQ_STACKS: u64 = 0xffff_c900_0100_0000;
+const IDLE: u64 = 0xffff_ffff_82a0_0000;
 
 /// Who an event is from.
 #[derive(Clone, Debug)]
@@ -84,11 +84,11 @@ impl Who {
 }
 
 pub fn bio(n: u64) -> Addr {
-    Addr(0xffff8880_0400_0000 + n * 0x100)
+    Addr(0xffff_8880_0400_0000 + n * 0x100)
 }
 
-pub const END_IO: Addr = Addr(0xffffffff_8160_0000);
-pub const CHAIN_END_IO: Addr = Addr(0xffffffff_8165_0000);
+pub const END_IO: Addr = Addr(0xffff_ffff_8160_0000);
+pub const CHAIN_END_IO: Addr = Addr(0xffff_ffff_8165_0000);
 
 pub fn queue(who: &Who, ts: u64, b: u64, disk: Dev) -> Event {
     queue_end_io(who, ts, b, disk, END_IO)
@@ -260,7 +260,7 @@ pub fn sys_exit(who: &Who, ts: u64) -> Event {
 
 pub fn md(who: &Who, ts: u64, mddev: u64, kind: MdKind) -> Event {
     let mddev = Addr(mddev);
-    let rdev = Addr(0xffff8880_1000_1000);
+    let rdev = Addr(0xffff_8880_1000_1000);
     let kind = match kind {
         MdKind::Write(pending) => EventKind::MdSuperWrite {
             mddev,

@@ -69,3 +69,24 @@ pub fn replay(events: impl IntoIterator<Item = Event>) -> Replay {
 pub fn replay_fixture(name: &str) -> Replay {
     replay(load(name))
 }
+
+/// The same events as the reader may deliver them: each instant delayed by
+/// up to half the reorder window (a hash of `seed` and its time), so that
+/// events less than that apart can swap, while events of one instant keep
+/// their order.
+pub fn jitter(events: &[Event], seed: u64) -> Vec<Event> {
+    let half = EngineConfig::default().reorder_window_ns / 2;
+    let mut keyed: Vec<(u64, usize, Event)> = events
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            let mut h = e.ts ^ seed;
+            h ^= h >> 33;
+            h = h.wrapping_mul(0xff51afd7ed558ccd);
+            h ^= h >> 33;
+            (e.ts + h % half, i, e.clone())
+        })
+        .collect();
+    keyed.sort_by_key(|(at, i, _)| (*at, *i));
+    keyed.into_iter().map(|(_, _, e)| e).collect()
+}

@@ -50,7 +50,8 @@ impl BioLifecycle {
         }
     }
 
-    pub fn len(&self) -> usize {
+    /// Objects tracked now.
+    pub fn tracked(&self) -> usize {
         self.removals.len()
     }
 

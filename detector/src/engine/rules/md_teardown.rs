@@ -91,7 +91,8 @@ impl MdTeardown {
         }
     }
 
-    pub fn len(&self) -> usize {
+    /// Objects tracked now.
+    pub fn tracked(&self) -> usize {
         self.arrays.len()
     }
 

@@ -98,7 +98,8 @@ impl Onstack {
         }
     }
 
-    pub fn len(&self) -> usize {
+    /// Objects tracked now.
+    pub fn tracked(&self) -> usize {
         self.lifecycles.len()
     }
 
@@ -114,9 +115,9 @@ impl Onstack {
         all: bool,
         on_own_stack: bool,
         tasks: &mut Tasks,
-        seen_now: Seen,
         ctx: &mut Ctx<'_>,
     ) {
+        let seen_now = ctx.loss.seen(actor.ts);
         let owner = if on_own_stack && actor.tid != 0 {
             Some(actor.tid)
         } else {
@@ -131,7 +132,7 @@ impl Onstack {
         let Some(task) = tasks.get_mut(owner) else {
             return;
         };
-        if !self.lifecycles.get(&x).is_some_and(|l| l.owner == owner) {
+        if self.lifecycles.get(&x).is_none_or(|l| l.owner != owner) {
             self.start(x, owner, task, ctx);
         }
         let lc = self.lifecycles.get_mut(&x).expect("started");
