@@ -4,9 +4,13 @@
 //! (load, attach, read, decode) -> [`event`]s -> [`engine`] -> findings ->
 //! [`report`] sinks. [`record`] files hold an event stream for replay.
 
+pub mod cli;
 pub mod clock;
 pub mod engine;
 pub mod event;
+pub mod filter;
 pub mod kernel;
 pub mod record;
 pub mod report;
+pub mod session;
+pub mod summary;

@@ -6,6 +6,7 @@
 //! addresses); in the binary record file they are plain integers.
 
 pub mod decode;
+pub mod display;
 pub mod encode;
 pub mod samples;
 mod stack;

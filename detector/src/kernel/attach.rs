@@ -157,6 +157,31 @@ fn first_line(text: &str) -> String {
     text.lines().next().unwrap_or_default().to_owned()
 }
 
+/// A short, actionable reason for a failed load or attach; the verifier log
+/// stays in the attempt's detail (`detector check --verbose`).
+fn explain(mechanism: Mechanism, detail: &str) -> String {
+    let fentry = matches!(mechanism, Mechanism::Fentry | Mechanism::Fexit);
+    if detail.contains("Operation not permitted") {
+        return if fentry {
+            "refused by the kernel (EPERM): function tracing is blocked here".into()
+        } else {
+            "refused by the kernel (EPERM)".into()
+        };
+    }
+    if detail.contains("No such file or directory") && !fentry {
+        return "the kernel has no such attach point".into();
+    }
+    if detail.contains("Verifier output") || detail.contains("verifier") {
+        let line = detail
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty() && !l.contains("processed"))
+            .unwrap_or_default();
+        return format!("rejected by the verifier: {}", line.trim());
+    }
+    first_line(detail)
+}
+
 impl Probes {
     /// Loads the programs, hands them this kernel's offsets and attaches
     /// every hook it can. Hook failures are recorded, not fatal.
@@ -247,10 +272,24 @@ impl Probes {
 
     fn attach_hook(&mut self, spec: &'static HookSpec) -> HookOutcome {
         let mut tried = Vec::new();
+        let built_in = spec
+            .candidates
+            .iter()
+            .any(|c| matches!(self.symbols.get(c.target), Some(None)));
         if let Some(module) = spec.module
+            && !built_in
             && !self.btf.has_module(module)
             && !self.symbols.values().any(|m| m.as_deref() == Some(module))
         {
+            if !Path::new("/proc/modules").exists() {
+                // No module support, and not built in: it can never appear.
+                return HookOutcome {
+                    name: spec.name,
+                    module: spec.module,
+                    status: HookStatus::Absent,
+                    tried,
+                };
+            }
             return HookOutcome {
                 name: spec.name,
                 module: spec.module,
@@ -317,7 +356,7 @@ impl Probes {
                 }
                 if !self.facts.kprobes {
                     return Err(fail(
-                        "kprobes are not available (no kprobe PMU: CONFIG_KPROBES is off)".into(),
+                        "no kprobe PMU (kernel built without CONFIG_KPROBES)".into(),
                         false,
                     ));
                 }
@@ -336,7 +375,11 @@ impl Probes {
                 false,
             )
         })?;
-        attach_program(program, cand, btf).map_err(|e| fail(e, false))
+        attach_program(program, cand, btf).map_err(|e| {
+            let mut attempt = fail(e, false);
+            attempt.error = explain(cand.mechanism, &attempt.detail);
+            attempt
+        })
     }
 
     /// Attaches the hooks of `module` if it has appeared since; returns

@@ -3,6 +3,7 @@
 
 pub mod attach;
 pub mod btf;
+pub mod coverage;
 pub mod facts;
 pub mod hooks;
 pub mod offsets;

@@ -1,0 +1,184 @@
+//! The `detector` command line: one file per subcommand.
+
+pub mod args;
+mod check;
+mod replay;
+mod trace;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::event::Dev;
+use args::{parse_duration, parse_ring_size};
+
+const ABOUT: &str = "Live race detector for the Linux block and completion paths";
+
+const LONG_ABOUT: &str = "\
+Live race detector for the Linux block and completion paths.
+
+Small eBPF programs on submit_bio, bio_endio, complete, wait_for_completion*,
+md's superblock writes and the scheduler record per-object lifecycle events;
+an engine checks ordering invariants as the events arrive and reports a race
+the moment it happens, with both sides' stacks and the interleaving that
+proves it: completions landing on a returned stack frame, lost wakeups, md
+superblock writes outliving their array, double and lost bio completions,
+stuck completion handlers.
+
+Each hook uses the best mechanism the running kernel offers (fentry/fexit,
+then kprobes, then tracepoints); `detector check` shows what this kernel
+allows and which rules that leaves active. Needs root.";
+
+const EXAMPLES: &str = "\
+Examples:
+  detector check                        what this kernel allows, hook by hook
+  detector trace                        trace until Ctrl-C, report races as they happen
+  detector trace -d 30s --dev 259:0     30 seconds, I/O of one device
+  detector trace --json | jq 'select(.finding)'
+                                        findings as JSON, one per line
+  detector trace -d 1m -o run.rec       keep the event stream for later
+  detector replay run.rec               the same analysis, offline
+  detector replay run.rec --json | jq -r 'select(.event == \"bio_queue\") | .dev' | sort | uniq -c";
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "detector",
+    version,
+    about = ABOUT,
+    long_about = LONG_ABOUT,
+    after_help = EXAMPLES,
+    propagate_version = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Show what this kernel offers (BTF, kprobes, fentry, ring buffers,
+    /// privileges) and, hook by hook, how detector attaches and which rules
+    /// that leaves active.
+    ///
+    /// Loads and attaches every program the way `trace` would, then detaches:
+    /// what it prints is what a trace session gets. Exits 0 when tracing is
+    /// possible, 1 when it is not.
+    Check(CheckArgs),
+    /// Trace this host live: report races as they happen, then a summary.
+    ///
+    /// Runs until Ctrl-C (or SIGTERM, or --duration). Findings go to stdout
+    /// as they happen; a status line (events/s, drops) goes to stderr when it
+    /// is a terminal; the summary goes to stderr at the end.
+    Trace(TraceArgs),
+    /// Read a record file (or a JSON-lines event file) back through the same
+    /// pipeline and engine, and print the same summary.
+    Replay(ReplayArgs),
+}
+
+/// Event display and filters, shared by trace and replay.
+#[derive(Args, Debug, Clone)]
+pub struct OutputArgs {
+    /// JSON lines on stdout: one object per event (with an `event` field)
+    /// and one per finding (with a `finding` field). Addresses are "0x..."
+    /// strings, devices "MAJ:MIN".
+    #[arg(long)]
+    pub json: bool,
+    /// Print every event, one line each (with --json: always on).
+    #[arg(long)]
+    pub events: bool,
+    /// With --json, add each event's symbolized kernel stack as `frames`.
+    #[arg(long, requires = "json")]
+    pub stacks: bool,
+    /// Only show and record I/O of this device (MAJ:MIN, as in lsblk;
+    /// repeatable), and the tasks submitting to it.
+    #[arg(long = "dev", value_name = "MAJ:MIN")]
+    pub devs: Vec<Dev>,
+    /// Only show and record events of this process (repeatable), and what is
+    /// related to it: completions of its bios, wakeups of its threads,
+    /// completions it waits on. The engine still sees everything.
+    #[arg(long = "pid", value_name = "PID")]
+    pub pids: Vec<u32>,
+}
+
+/// Engine thresholds, shared by trace and replay.
+#[derive(Args, Debug, Clone)]
+pub struct EngineArgs {
+    /// Report a task asleep in I/O wait this long after its I/O completed
+    /// with no wakeup (lost-wakeup).
+    #[arg(long, value_name = "DUR", value_parser = parse_duration, default_value = "5s")]
+    pub lost_wakeup_after: Duration,
+    /// Report a bio completion handler still running after this long
+    /// (stuck-completion-handler); the hard-lockup watchdog fires at 10s.
+    #[arg(long, value_name = "DUR", value_parser = parse_duration, default_value = "2s")]
+    pub stuck_handler_after: Duration,
+    /// Report a submitted bio with no completion after this long
+    /// (lost-io-completion).
+    #[arg(long, value_name = "DUR", value_parser = parse_duration, default_value = "30s")]
+    pub lost_io_after: Duration,
+    /// Turn a rule off (repeatable); `detector check` lists the rules.
+    #[arg(long = "disable-rule", value_name = "RULE")]
+    pub disabled_rules: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct CheckArgs {
+    /// One JSON object instead of the table.
+    #[arg(long)]
+    pub json: bool,
+    /// Show the full reason (verifier log) of every failed attempt.
+    #[arg(short, long)]
+    pub verbose: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct TraceArgs {
+    /// Stop after this long (e.g. 30s, 5m, or seconds); default: Ctrl-C.
+    #[arg(short, long, value_name = "DUR", value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+    /// Write the event stream to FILE for `detector replay`.
+    #[arg(short = 'o', long, value_name = "FILE")]
+    pub record: Option<PathBuf>,
+    /// Create FILE once every hook is attached (for scripts that must not
+    /// start their workload earlier).
+    #[arg(long, value_name = "FILE")]
+    pub ready_file: Option<PathBuf>,
+    /// No status line.
+    #[arg(short, long)]
+    pub quiet: bool,
+    /// Ring buffer size (a power of two: 4M, 16M, 64M...). Larger loses
+    /// fewer events under bursts.
+    #[arg(long, value_name = "SIZE", value_parser = parse_ring_size, default_value = "16M")]
+    pub buffer_size: u32,
+    #[command(flatten)]
+    pub output: OutputArgs,
+    #[command(flatten)]
+    pub engine: EngineArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct ReplayArgs {
+    /// A file written by `detector trace --record`, or JSON lines of events.
+    pub file: PathBuf,
+    #[command(flatten)]
+    pub output: OutputArgs,
+    #[command(flatten)]
+    pub engine: EngineArgs,
+}
+
+/// Runs the parsed command line.
+pub fn run(cli: Cli) -> ExitCode {
+    let result = match cli.command {
+        Command::Check(args) => check::run(args),
+        Command::Trace(args) => trace::run(args),
+        Command::Replay(args) => replay::run(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("detector: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

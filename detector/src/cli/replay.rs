@@ -1,0 +1,116 @@
+//! `detector replay`: a recorded session through the same pipeline.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read};
+use std::process::ExitCode;
+
+use anyhow::{Context as _, Result, anyhow};
+
+use super::ReplayArgs;
+use crate::event::{Event, StackTable};
+use crate::filter::EventFilter;
+use crate::record::{MAGIC, Record, RecordReader};
+use crate::session::{EventOutput, Session, SessionOptions};
+
+pub fn run(args: ReplayArgs) -> Result<ExitCode> {
+    let path = &args.file;
+    let mut file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let mut magic = [0u8; 8];
+    let n = file
+        .read(&mut magic)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let events = match (args.output.json, args.output.events) {
+        (true, _) => EventOutput::Json,
+        (false, true) => EventOutput::Lines,
+        (false, false) => EventOutput::None,
+    };
+    let mut opts = SessionOptions {
+        events,
+        inline_stacks: args.output.stacks,
+        filter: EventFilter::new(args.output.pids.clone(), args.output.devs.clone()),
+        start_ns: 0,
+    };
+    let mut failure = None;
+    let mut session;
+    if n == 8 && &magic == MAGIC {
+        let mut reader = RecordReader::new(BufReader::new(file))
+            .with_context(|| format!("{} is not a readable record file", path.display()))?;
+        let header = reader.header().clone();
+        opts.start_ns = header.started_ns;
+        session = Session::new(opts, StackTable::new());
+        eprintln!(
+            "detector: replaying {} (kernel {}, host {}, recorded by detector {})",
+            path.display(),
+            header.kernel_release,
+            header.hostname,
+            header.detector_version
+        );
+        if !header.filters.is_empty() {
+            eprintln!(
+                "detector: the recording was filtered ({}): findings may be incomplete",
+                header.filters.join(" ")
+            );
+        }
+        for record in reader.by_ref() {
+            match record {
+                Ok(Record::Stack { id, stack }) => {
+                    session.stacks.insert(id, stack);
+                }
+                Ok(Record::Event(ev)) => session.event(ev)?,
+                Err(e) => {
+                    failure = Some(anyhow!("{}: {e}", path.display()));
+                    break;
+                }
+            }
+            if session.output_closed() {
+                break;
+            }
+        }
+    } else {
+        // JSON lines: one event per line, as `trace --json` prints them;
+        // finding lines, blank lines and `#` comments are skipped.
+        session = Session::new(opts, StackTable::new());
+        for (i, line) in BufReader::new(file).lines().enumerate() {
+            let line = line.with_context(|| format!("cannot read {}", path.display()))?;
+            let text = line.trim();
+            if text.is_empty() || text.starts_with('#') {
+                continue;
+            }
+            let value: serde_json::Value = match serde_json::from_str(text) {
+                Ok(v) => v,
+                Err(e) => {
+                    failure = Some(anyhow!(
+                        "{} line {}: not a record file and not JSON lines: {e}",
+                        path.display(),
+                        i + 1
+                    ));
+                    break;
+                }
+            };
+            if value.get("finding").is_some() {
+                continue;
+            }
+            match serde_json::from_value::<Event>(value) {
+                Ok(ev) => session.event(ev)?,
+                Err(e) => {
+                    failure = Some(anyhow!(
+                        "{} line {}: not an event: {e}",
+                        path.display(),
+                        i + 1
+                    ));
+                    break;
+                }
+            }
+            if session.output_closed() {
+                break;
+            }
+        }
+    }
+    session.finish()?;
+    eprint!("{}", session.summary.render());
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(ExitCode::SUCCESS),
+    }
+}

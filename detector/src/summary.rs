@@ -1,0 +1,288 @@
+//! The end-of-session summary: what was seen, per kind and per device, what
+//! was lost, and which bios were still in flight.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use crate::event::{Addr, Dev, Event, EventKind};
+
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct DeviceStats {
+    pub submitted: u64,
+    pub completed: u64,
+    pub bytes: u64,
+    pub errors: u64,
+    /// Bios submitted during the session and not seen completing.
+    pub in_flight: u64,
+}
+
+#[derive(Debug, Default)]
+pub struct Summary {
+    first_ts: Option<u64>,
+    last_ts: u64,
+    pub by_kind: BTreeMap<&'static str, u64>,
+    pub lost: u64,
+    devices: BTreeMap<Dev, DeviceStats>,
+    /// Bio -> (disk, sector), for bios submitted during the session.
+    in_flight: HashMap<Addr, (Dev, u64)>,
+    /// Devices some completion was seen for: a device missing here never
+    /// reported completions this kernel's hooks can see.
+    completion_seen: BTreeSet<Dev>,
+}
+
+/// The summary as JSON (`--json` sessions print it to stderr as text and
+/// nowhere as JSON; `detector replay --summary-json` prints this).
+#[derive(Debug, Serialize)]
+pub struct SummaryJson {
+    pub duration_ns: u64,
+    pub events: u64,
+    pub by_kind: BTreeMap<&'static str, u64>,
+    pub lost: u64,
+    pub devices: BTreeMap<String, DeviceStats>,
+    pub in_flight: u64,
+}
+
+impl Summary {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn complete(&mut self, bio: Addr, error: bool) {
+        if let Some((dev, _)) = self.in_flight.remove(&bio) {
+            let stats = self.devices.entry(dev).or_default();
+            stats.completed += 1;
+            stats.errors += error as u64;
+            self.completion_seen.insert(dev);
+        }
+    }
+
+    pub fn observe(&mut self, ev: &Event) {
+        self.first_ts.get_or_insert(ev.ts);
+        self.last_ts = self.last_ts.max(ev.ts);
+        *self.by_kind.entry(ev.kind.name()).or_default() += 1;
+        match &ev.kind {
+            EventKind::BioQueue {
+                bio,
+                disk,
+                size,
+                sector,
+                ..
+            } => {
+                let stats = self.devices.entry(*disk).or_default();
+                // A resubmission of an in-flight bio (remap, split) is not a
+                // new I/O.
+                if self.in_flight.insert(*bio, (*disk, *sector)).is_none() {
+                    stats.submitted += 1;
+                    stats.bytes += *size as u64;
+                }
+            }
+            EventKind::BioEndio {
+                bio,
+                is_final: true,
+                status,
+                disk,
+                ..
+            } => {
+                self.completion_seen.insert(*disk);
+                self.complete(*bio, *status != 0);
+            }
+            EventKind::BioComplete {
+                bio, error, disk, ..
+            } => {
+                self.completion_seen.insert(*disk);
+                self.complete(*bio, *error != 0);
+            }
+            EventKind::RqComplete {
+                disk,
+                bios,
+                error,
+                truncated,
+                sector,
+                nr_bytes,
+                ..
+            } => {
+                self.completion_seen.insert(*disk);
+                for bio in bios {
+                    self.complete(*bio, *error != 0);
+                }
+                if *truncated {
+                    // The walk stopped early: every bio of this disk in the
+                    // completed range is done too.
+                    let end = sector + (*nr_bytes as u64).div_ceil(512);
+                    let done: Vec<Addr> = self
+                        .in_flight
+                        .iter()
+                        .filter(|(_, (d, s))| d == disk && (*sector..end).contains(s))
+                        .map(|(b, _)| *b)
+                        .collect();
+                    for bio in done {
+                        self.complete(bio, *error != 0);
+                    }
+                }
+            }
+            EventKind::Lost { count, .. } => self.lost += count,
+            _ => {}
+        }
+    }
+
+    pub fn events(&self) -> u64 {
+        self.by_kind.values().sum()
+    }
+
+    pub fn duration_ns(&self) -> u64 {
+        self.first_ts.map_or(0, |f| self.last_ts - f)
+    }
+
+    fn device_table(&self) -> BTreeMap<Dev, DeviceStats> {
+        let mut devices = self.devices.clone();
+        for (dev, _) in self.in_flight.values() {
+            devices.entry(*dev).or_default().in_flight += 1;
+        }
+        devices
+    }
+
+    pub fn in_flight(&self) -> u64 {
+        self.in_flight.len() as u64
+    }
+
+    pub fn to_json(&self) -> SummaryJson {
+        SummaryJson {
+            duration_ns: self.duration_ns(),
+            events: self.events(),
+            by_kind: self.by_kind.clone(),
+            lost: self.lost,
+            devices: self
+                .device_table()
+                .into_iter()
+                .map(|(d, s)| (d.to_string(), s))
+                .collect(),
+            in_flight: self.in_flight(),
+        }
+    }
+
+    /// The human table.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let secs = self.duration_ns() as f64 / 1e9;
+        let _ = writeln!(
+            out,
+            "{} events in {secs:.1}s, {} lost{}",
+            self.events(),
+            self.lost,
+            if self.lost > 0 {
+                " (verdicts on objects alive then are indeterminate)"
+            } else {
+                ""
+            }
+        );
+        if !self.by_kind.is_empty() {
+            let _ = writeln!(out, "\n  {:<22} {:>10}", "EVENT", "COUNT");
+            for (kind, n) in &self.by_kind {
+                let _ = writeln!(out, "  {kind:<22} {n:>10}");
+            }
+        }
+        let devices = self.device_table();
+        if !devices.is_empty() {
+            let _ = writeln!(
+                out,
+                "\n  {:<10} {:>10} {:>10} {:>12} {:>7} {:>9}",
+                "DEVICE", "SUBMITTED", "COMPLETED", "BYTES", "ERRORS", "INFLIGHT"
+            );
+            for (dev, s) in &devices {
+                let note = if self.completion_seen.contains(dev) {
+                    ""
+                } else {
+                    "  (no completions observable)"
+                };
+                let _ = writeln!(
+                    out,
+                    "  {:<10} {:>10} {:>10} {:>12} {:>7} {:>9}{note}",
+                    dev.to_string(),
+                    s.submitted,
+                    s.completed,
+                    s.bytes,
+                    s.errors,
+                    s.in_flight
+                );
+            }
+        }
+        let _ = writeln!(
+            out,
+            "\n  bios still in flight at the end: {}",
+            self.in_flight()
+        );
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::Hook;
+
+    fn ev(ts: u64, kind: EventKind) -> Event {
+        Event {
+            ts,
+            cpu: 0,
+            pid: 1,
+            tid: 1,
+            comm: "t".into(),
+            hook: Hook::TpBtf,
+            stack_base: Addr(0),
+            sp: Addr(0),
+            stack: None,
+            kind,
+        }
+    }
+
+    fn queue(bio: u64) -> EventKind {
+        EventKind::BioQueue {
+            bio: Addr(bio),
+            dev: Dev::new(8, 1),
+            disk: Dev::new(8, 0),
+            sector: 0,
+            size: 4096,
+            opf: 1,
+            end_io: Addr(0),
+            private: Addr(0),
+        }
+    }
+
+    #[test]
+    fn counts_by_kind_device_and_in_flight() {
+        let mut s = Summary::new();
+        s.observe(&ev(10, queue(1)));
+        s.observe(&ev(11, queue(2)));
+        s.observe(&ev(12, queue(2))); // resubmitted, still one I/O
+        s.observe(&ev(
+            20,
+            EventKind::RqComplete {
+                rq: Addr(9),
+                disk: Dev::new(8, 0),
+                sector: 0,
+                nr_bytes: 4096,
+                error: 0,
+                bios: vec![Addr(1)],
+                truncated: false,
+            },
+        ));
+        s.observe(&ev(
+            30,
+            EventKind::Lost {
+                count: 5,
+                until: 31,
+            },
+        ));
+        assert_eq!(s.by_kind["bio_queue"], 3);
+        assert_eq!(s.lost, 5);
+        assert_eq!(s.in_flight(), 1);
+        assert_eq!(s.duration_ns(), 20);
+        let dev = &s.device_table()[&Dev::new(8, 0)];
+        assert_eq!((dev.submitted, dev.completed, dev.in_flight), (2, 1, 1));
+        let text = s.render();
+        assert!(text.contains("8:0") && text.contains("5 lost"), "{text}");
+        assert_eq!(s.to_json().devices["8:0"].bytes, 8192);
+    }
+}
