@@ -132,6 +132,7 @@ pub struct Submission<'a> {
 
 pub struct Bios {
     max_inflight: usize,
+    max_disks: usize,
     max_completed: usize,
     /// Keep completed bios (to recognise a second completion): only worth
     /// it when `bio_endio` is hooked, the only source that can show one.
@@ -154,12 +155,14 @@ pub struct Bios {
     /// Live bios dropped for room (in flight / completed).
     pub evicted_inflight: u64,
     pub evicted_completed: u64,
+    pub evicted_disks: u64,
 }
 
 impl Bios {
-    pub fn new(max_inflight: usize, max_completed: usize) -> Self {
+    pub fn new(max_inflight: usize, max_completed: usize, max_disks: usize) -> Self {
         Self {
             max_inflight: max_inflight.max(1),
+            max_disks: max_disks.max(1),
             max_completed,
             keep_completed: false,
             bios: FastMap::default(),
@@ -174,6 +177,7 @@ impl Bios {
             idle_since: 0,
             evicted_inflight: 0,
             evicted_completed: 0,
+            evicted_disks: 0,
         }
     }
 
@@ -261,6 +265,13 @@ impl Bios {
         }
         self.quiet.insert((sub.actor.ts, life), sub.addr);
         self.inflight += 1;
+        if !self.disks.contains_key(&sub.disk) && self.disks.len() >= self.max_disks {
+            // Idle disks only lose their history (whether completions were
+            // seen there); busy ones are still counted.
+            let before = self.disks.len();
+            self.disks.retain(|_, d| d.inflight > 0);
+            self.evicted_disks += (before - self.disks.len()) as u64;
+        }
         self.disks.entry(sub.disk).or_default().inflight += 1;
         Queued::New
     }
@@ -270,8 +281,14 @@ impl Bios {
         let Some(bio) = self.bios.get_mut(&addr) else {
             return Completed::Unknown;
         };
-        if !bio.in_flight() {
-            return Completed::Again(*bio);
+        if let Some(first) = bio.done {
+            let again = *bio;
+            if first.via != Via::Endio && done.via == Via::Endio {
+                // The same completion seen from bio_endio after a
+                // tracepoint saw it: bio_endio is the one that counts.
+                bio.done = Some(done);
+            }
+            return Completed::Again(again);
         }
         let before = *bio;
         bio.done = Some(done);

@@ -89,7 +89,7 @@ impl Engine {
             loss: Loss::default(),
             stats: EngineStats::default(),
             tasks: Tasks::new(cfg.thread_size, cfg.max_tasks),
-            bios: Bios::new(cfg.max_bios, cfg.max_completed_bios),
+            bios: Bios::new(cfg.max_bios, cfg.max_completed_bios, cfg.max_disks),
             onstack: Onstack::new(cfg.onstack_confirm_ns, cfg.max_completions),
             lost_wakeup: LostWakeup::new(
                 cfg.lost_wakeup_after_ns,
@@ -173,7 +173,7 @@ impl Engine {
         live.bios = self.bios.len() as u64;
         live.disks = self.bios.disks.len() as u64;
         live.tasks = self.tasks.len() as u64;
-        live.sleepers = self.lost_wakeup.armed() as u64;
+        live.sleepers_judged = self.lost_wakeup.armed() as u64;
         live.onstack_completions = self.onstack.tracked() as u64;
         live.md_arrays = self.md.tracked() as u64;
         live.open_handlers = self.stuck.open_count as u64;
@@ -184,7 +184,8 @@ impl Engine {
         ev.tasks = self.tasks.evicted;
         ev.completions = self.onstack.evicted;
         ev.md_arrays = self.md.evicted;
-        ev.disks = self.lifecycle.evicted;
+        ev.disks = self.bios.evicted_disks;
+        ev.removals = self.lifecycle.evicted;
         ev.handlers = self.stuck.evicted;
         stats
     }

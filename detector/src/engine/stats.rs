@@ -17,8 +17,9 @@ pub struct Live {
     pub bios: u64,
     pub disks: u64,
     pub tasks: u64,
-    /// Tasks in an uninterruptible sleep.
-    pub sleepers: u64,
+    /// Tasks asleep in iowait with all their I/O completed, waiting for
+    /// their lost-wakeup deadline (or for their disks to go idle).
+    pub sleepers_judged: u64,
     /// On-stack completions with a `complete()` not yet waited for.
     pub onstack_completions: u64,
     pub md_arrays: u64,
@@ -37,6 +38,8 @@ pub struct Evictions {
     pub completions: u64,
     pub md_arrays: u64,
     pub disks: u64,
+    /// Disk removals (`del_gendisk`) remembered.
+    pub removals: u64,
     pub handlers: u64,
 }
 
