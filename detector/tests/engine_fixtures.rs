@@ -47,6 +47,7 @@ const EXPECTED: &[(&str, &[FindingKind])] = &[
     ("lost_wakeup_lost_events", &[]),
     ("lost_wakeup_range_completion", &[]),
     ("lost_wakeup_kthread_next_sleep", &[]),
+    ("lost_wakeup_task_never_seen_asleep", &[]),
     (
         "md_seed003_teardown_inflight",
         &[MdTeardownInflight, MdWriteAfterTeardown],
@@ -80,6 +81,7 @@ const EXPECTED: &[(&str, &[FindingKind])] = &[
     ("stuck_late_exit", &[StuckCompletionHandler]),
     ("stuck_fast_handlers", &[]),
     ("stuck_missed_exit", &[]),
+    ("stuck_exit_without_entry", &[]),
     ("lost_io_never_completes", &[LostIoCompletion]),
     ("lost_io_resubmitted", &[]),
     ("lost_io_unobservable_device", &[]),
