@@ -272,19 +272,19 @@ impl Engine {
         {
             self.tasks.touch(*next_tid, next_stack_base.0, &mut retired);
         }
-        for (_, task, how) in retired.drain(..) {
-            self.retire(&task, how, ev.ts, out);
+        for (tid, task, how) in retired.drain(..) {
+            self.retire(tid, &task, how, ev.ts, out);
         }
         self.retired = retired;
     }
 
-    fn retire(&mut self, task: &Task, how: Retire, now: u64, out: &mut Vec<Finding>) {
+    fn retire(&mut self, tid: u32, task: &Task, how: Retire, now: u64, out: &mut Vec<Finding>) {
         if how == Retire::Evicted {
             // Its episode, sleep and frames are unknown from here on.
             self.loss.forgot();
         }
         let mut ctx = ctx!(self, out);
-        self.onstack.retire(task, how, now, &mut ctx);
+        self.onstack.retire(tid, task, how, now, &mut ctx);
     }
 
     fn woken(&mut self, tid: u32) {
@@ -304,7 +304,7 @@ impl Engine {
             return;
         };
         let mut ctx = ctx!(self, out);
-        self.onstack.observe(task, &obs, &mut ctx);
+        self.onstack.observe(tid, task, &obs, &mut ctx);
         self.lifecycle.observe(task, &obs);
         task.last_obs = Some(obs);
         if obs.actor.stack.is_some() && matches!(obs.kind, ObsKind::Frames(_)) {
@@ -316,7 +316,7 @@ impl Engine {
             ObsKind::Exit => {
                 self.lost_wakeup.left_kernel(tid, task);
                 if let Some(task) = self.tasks.remove(tid) {
-                    self.retire(&task, Retire::Gone, obs.actor.ts, out);
+                    self.retire(tid, &task, Retire::Gone, obs.actor.ts, out);
                 }
             }
         }

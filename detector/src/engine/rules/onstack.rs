@@ -175,7 +175,11 @@ impl Onstack {
         }
         if task.onstack.len() >= PER_TASK {
             let victim = task.onstack.remove(0);
-            self.drop_lifecycle(victim);
+            if self.drop_lifecycle(victim).is_some_and(|l| l.pending > 0)
+                && ctx.enabled(Rule::OnstackCompletion)
+            {
+                ctx.indeterminate(Rule::OnstackCompletion);
+            }
             self.evicted += 1;
         }
         task.onstack.push(x);
@@ -273,15 +277,16 @@ impl Onstack {
         self.judge(x, &lc, left, tasks.get(lc.owner), ctx);
     }
 
-    /// The owner `task` was observed: frames below the observation are gone.
-    pub fn observe(&mut self, task: &mut Task, obs: &Obs, ctx: &mut Ctx<'_>) {
+    /// The owner `tid` was observed: frames below the observation are gone.
+    pub fn observe(&mut self, tid: u32, task: &mut Task, obs: &Obs, ctx: &mut Ctx<'_>) {
         if task.onstack.is_empty() {
             return;
         }
         let mut i = 0;
         while i < task.onstack.len() {
             let x = task.onstack[i];
-            let Some(lc) = self.lifecycles.get_mut(&x) else {
+            // Evicted, or taken over by the task that now owns that stack.
+            let Some(lc) = self.lifecycles.get_mut(&x).filter(|l| l.owner == tid) else {
                 task.onstack.remove(i);
                 continue;
             };
@@ -306,8 +311,11 @@ impl Onstack {
     }
 
     /// The owner's state is dropped: if it is gone, so are its frames.
-    pub fn retire(&mut self, task: &Task, how: Retire, now: u64, ctx: &mut Ctx<'_>) {
+    pub fn retire(&mut self, tid: u32, task: &Task, how: Retire, now: u64, ctx: &mut Ctx<'_>) {
         for &x in &task.onstack {
+            if self.lifecycles.get(&x).is_none_or(|l| l.owner != tid) {
+                continue;
+            }
             let Some(lc) = self.drop_lifecycle(x) else {
                 continue;
             };
