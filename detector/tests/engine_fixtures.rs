@@ -33,6 +33,11 @@ const EXPECTED: &[(&str, &[FindingKind])] = &[
     ),
     ("onstack_timeout_then_wait_again", &[]),
     ("onstack_reentered_frame", &[]),
+    ("onstack_timeout_then_synchronous_cancel", &[]),
+    (
+        "onstack_woken_by_someone_else",
+        &[UnsynchronizedOnstackComplete],
+    ),
     ("onstack_try_wait", &[]),
     ("onstack_irq_over_owner", &[UnsynchronizedOnstackComplete]),
     ("onstack_own_complete", &[]),

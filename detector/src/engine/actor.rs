@@ -100,6 +100,25 @@ impl Actor {
     }
 }
 
+/// An execution context: code in it runs in program order. Interrupts are
+/// keyed by CPU (they do not migrate, and tid 0 is shared by every idle
+/// CPU), task context by tid (a task may resume on another CPU).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Exec {
+    Task(u32),
+    Cpu(u32),
+}
+
+impl Exec {
+    pub fn of(actor: &Actor) -> Self {
+        if actor.irq {
+            Self::Cpu(actor.cpu)
+        } else {
+            Self::Task(actor.tid)
+        }
+    }
+}
+
 /// Whether `ev` ran outside its task's own frames: tid 0 is the idle task
 /// or an interrupt on an idle CPU, and a stack pointer outside the task's
 /// stack is an IRQ stack. An unknown stack pointer counts as task context:

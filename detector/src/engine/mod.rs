@@ -534,8 +534,15 @@ impl Engine {
                 }
                 self.woken(*next_tid);
             }
-            EventKind::SchedWaking { target_tid, .. }
-            | EventKind::SchedWakeup { target_tid, .. } => self.woken(*target_tid),
+            EventKind::SchedWaking { target_tid, .. } => {
+                // sched_waking runs in the waker's context (sched_wakeup
+                // may run on the target's CPU instead).
+                if let Some(task) = self.tasks.get_mut(*target_tid) {
+                    self.onstack.woken_by(actor, *target_tid, task);
+                }
+                self.woken(*target_tid);
+            }
+            EventKind::SchedWakeup { target_tid, .. } => self.woken(*target_tid),
             // Seen through `observation`.
             EventKind::SysExit { .. } | EventKind::TaskExit => {}
             EventKind::Lost { .. } => {}

@@ -19,6 +19,11 @@
 //! interrupt, which runs off T's stack even when T is current), the rule
 //! waits for T's next move:
 //! - a successful wait by T on `x` consumes it: fine;
+//! - so does T being woken (`sched_waking`) by the context that called
+//!   `complete()`, later than that call: the completer's program order puts
+//!   the end of `complete()` before the wakeup. This is how code that waits
+//!   on something else synchronises (`usb_start_wait_urb` kills the URB on
+//!   timeout and sleeps until its completion handler has run);
 //! - T leaves the frame first: `unsynchronized-onstack-complete`, or
 //!   `complete-after-return` if T had already been seen out of the frame
 //!   when the `complete()` ran (and not back in it since);
@@ -31,7 +36,7 @@
 use std::collections::{BTreeSet, VecDeque};
 
 use super::Ctx;
-use crate::engine::actor::Actor;
+use crate::engine::actor::{Actor, Exec};
 use crate::engine::config::Rule;
 use crate::engine::finding::{Finding, FindingBuilder, FindingKind, Object, ObjectKind, duration};
 use crate::engine::hash::FastMap;
@@ -257,6 +262,26 @@ impl Onstack {
         self.lifecycles
             .get_mut(&x)
             .filter(|lc| lc.owner == actor.tid && !actor.irq && lc.pending > 0)
+    }
+
+    /// `waker` wakes `task` (`sched_waking`, in the waker's context): if it
+    /// is the context that called `complete()` on one of the task's
+    /// completions, that `complete()` has returned.
+    pub fn woken_by(&mut self, waker: &Actor, tid: u32, task: &mut Task) {
+        for &x in &task.onstack {
+            if let Some(lc) = self.lifecycles.get_mut(&x)
+                && lc.owner == tid
+                && lc.pending > 0
+                && Exec::of(&lc.first) == Exec::of(waker)
+                && waker.ts > lc.first.ts
+            {
+                lc.pending = 0;
+                lc.all = false;
+                if let Some(at) = lc.timer.take() {
+                    self.timers.remove(&(at, x));
+                }
+            }
+        }
     }
 
     /// `init_completion(x)`: whatever `x` was, that life is over.

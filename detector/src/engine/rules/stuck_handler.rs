@@ -18,30 +18,13 @@
 use std::collections::BTreeMap;
 
 use super::Ctx;
-use crate::engine::actor::Actor;
+use crate::engine::actor::{Actor, Exec as Key};
 use crate::engine::bios::Bio;
 use crate::engine::config::Rule;
 use crate::engine::finding::{FindingBuilder, FindingKind, Object, ObjectKind, duration};
 use crate::engine::hash::FastMap;
 use crate::engine::loss::Seen;
 use crate::event::{Addr, Dev};
-
-/// Where a handler runs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Key {
-    Task(u32),
-    Cpu(u32),
-}
-
-impl Key {
-    pub fn of(actor: &Actor) -> Self {
-        if actor.irq {
-            Self::Cpu(actor.cpu)
-        } else {
-            Self::Task(actor.tid)
-        }
-    }
-}
 
 #[derive(Clone, Copy, Debug)]
 struct Open {
