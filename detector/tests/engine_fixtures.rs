@@ -44,6 +44,7 @@ const EXPECTED: &[(&str, &[FindingKind])] = &[
     ("onstack_unknown_stack", &[]),
     ("onstack_lost_events", &[]),
     ("lost_wakeup_seed004", &[LostWakeup]),
+    ("lost_wakeup_seed004_slow_end_io", &[LostWakeup]),
     ("lost_wakeup_woken", &[]),
     ("lost_wakeup_waits_for_others_io", &[]),
     ("lost_wakeup_not_iowait", &[]),

@@ -440,7 +440,15 @@ impl Engine {
             }
             EventKind::BioEndioExit { bio } => {
                 let mut ctx = ctx!(self, out);
-                self.stuck.exit(actor, *bio, &mut ctx);
+                let returned = self.stuck.exit(actor, *bio, &mut ctx);
+                if let Some(bio) = returned.and_then(|b| self.bios.get(b)).copied()
+                    && !bio.in_flight()
+                    && bio.submitter != 0
+                    && let Some(task) = self.tasks.get_mut(bio.submitter)
+                {
+                    self.lost_wakeup
+                        .handler_returned(bio.submitter, task, &bio, ev.ts, &self.bios);
+                }
             }
             EventKind::BioInit { bio } => {
                 if let Some(old) = self.bios.forget(*bio, ev.ts)

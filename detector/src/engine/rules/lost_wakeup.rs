@@ -24,6 +24,8 @@
 //!    `lost_wakeup_race` before: the seed's race, where the completion runs
 //!    while the waiter is on its way into `io_schedule()`. A completion T
 //!    could see while running for longer than that is not what it sleeps on.
+//!    With `bio_endio` hooked, the completion lasts until its handler
+//!    returns (the wakeup, or the skipped one, is the handler's last act).
 //! 5. Nothing is in flight on the disks T submitted to (or on any disk, if
 //!    `lost_wakeup_any_device`). A task sleeping on someone else's I/O to
 //!    the same device, such as a page under writeback by the flusher or a
@@ -71,6 +73,8 @@ pub struct Episode {
     many_disks: bool,
     pub last_submit: Option<BioAct>,
     pub last_done: Option<BioAct>,
+    /// When the completion handler of `last_done` returned.
+    pub done_until: Option<u64>,
     /// T was woken after `last_done`.
     pub woken_since_done: bool,
     pub seen: Option<Seen>,
@@ -176,9 +180,22 @@ impl LostWakeup {
                 disk: bio.disk,
                 via: Some(done.via),
             });
+            ep.done_until = None;
             ep.woken_since_done = false;
         }
         self.arm(tid, task, bios, done.actor.ts);
+    }
+
+    /// The `bio_endio` call that completed `bio` returned at `ts`.
+    pub fn handler_returned(&mut self, tid: u32, task: &mut Task, bio: &Bio, ts: u64, bios: &Bios) {
+        let ep = &mut task.episode;
+        if bio.episode != ep.id || ep.last_done.is_none_or(|d| d.bio != bio.addr) {
+            return;
+        }
+        ep.done_until = Some(ts);
+        if task.sleep.is_some() {
+            self.arm(tid, task, bios, ts);
+        }
     }
 
     /// A bio of `tid`'s episode is no longer known (evicted, re-initialised).
@@ -251,10 +268,11 @@ impl LostWakeup {
         let Some(done) = ep.last_done else {
             return Verdict::Never;
         };
-        if done.actor.ts.saturating_add(self.race) < sleep.actor.ts {
+        let done_until = ep.done_until.unwrap_or(done.actor.ts);
+        if done_until.saturating_add(self.race) < sleep.actor.ts {
             return Verdict::Never;
         }
-        let mut since = sleep.actor.ts.max(done.actor.ts);
+        let mut since = sleep.actor.ts.max(done_until);
         if self.any_device || ep.many_disks {
             if bios.inflight > 0 {
                 return Verdict::At(now + self.poll);

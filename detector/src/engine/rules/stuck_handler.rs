@@ -167,19 +167,17 @@ impl StuckHandler {
     }
 
     /// `bio_endio` returned in `actor`'s context (`bio` unknown for
-    /// kretprobes: the innermost call returned).
-    pub fn exit(&mut self, actor: &Actor, bio: Option<Addr>, ctx: &mut Ctx<'_>) {
+    /// kretprobes: the innermost call returned). Returns the bio the
+    /// returning call was for, if its entry was seen.
+    pub fn exit(&mut self, actor: &Actor, bio: Option<Addr>, ctx: &mut Ctx<'_>) -> Option<Addr> {
         let key = Key::of(actor);
-        let Some(stack) = self.open.get_mut(&key) else {
-            return;
-        };
+        let stack = self.open.get_mut(&key)?;
         let at = match bio {
             Some(bio) => stack.iter().rposition(|o| o.bio == bio),
             None => stack.len().checked_sub(1),
         };
-        let Some(at) = at else {
-            return; // entered before tracing started
-        };
+        // None: entered before tracing started.
+        let at = at?;
         let returned = stack.split_off(at);
         self.resume(key, actor.ts);
         self.open_count -= returned.len();
@@ -193,6 +191,7 @@ impl StuckHandler {
         if !o.reported && took >= self.after {
             self.report(&o, actor.ts, Some(actor), ctx);
         }
+        Some(o.bio)
     }
 
     /// Reports calls still open `after` past their entry, as of `now`.
