@@ -13,6 +13,32 @@
 //! deadline falls on: before any later event, once the window has passed
 //! it. Findings therefore wait for the window too, which is what lets a
 //! late loss marker turn them into "indeterminate" verdicts ([`loss`]).
+//!
+//! Live use: push every event as it is read, call [`Engine::advance`] with
+//! the current CLOCK_MONOTONIC time on every drain tick (so that deadlines
+//! fire while the condition still holds, even when no event comes), and
+//! [`Engine::finish`] at the end. Replay: push, then finish.
+//!
+//! ```
+//! use detector::engine::{Engine, EngineConfig, Rule};
+//!
+//! let cfg = EngineConfig {
+//!     stuck_handler_after_ns: 3_000_000_000,
+//!     ..EngineConfig::default()
+//! }
+//! .without(Rule::LostIoCompletion);
+//! let mut engine = Engine::new(cfg);
+//! let events = detector::event::samples::kernel_events();
+//! let n = events.len() as u64;
+//! for ev in events {
+//!     for finding in engine.push(ev) {
+//!         println!("{}", finding.kind);
+//!     }
+//! }
+//! let _ = engine.advance(2_000_000_000);
+//! let _ = engine.finish();
+//! assert_eq!(engine.stats().events, n);
+//! ```
 
 mod actor;
 mod bios;
