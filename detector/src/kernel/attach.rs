@@ -49,6 +49,8 @@ pub struct LoadOptions {
     pub wakeup_threshold: u64,
     /// Distinct kernel stacks kept.
     pub stack_entries: u32,
+    /// Stacks each CPU may walk per second (0: unlimited).
+    pub stack_budget: u32,
     pub btf_dir: PathBuf,
     pub kallsyms: PathBuf,
 }
@@ -59,6 +61,7 @@ impl Default for LoadOptions {
             ring_bytes: 16 << 20,
             wakeup_threshold: 256 << 10,
             stack_entries: 16384,
+            stack_budget: 10_000,
             btf_dir: PathBuf::from(super::btf::SYS_BTF_DIR),
             kallsyms: PathBuf::from("/proc/kallsyms"),
         }
@@ -199,6 +202,7 @@ impl Probes {
             btf.load_module(&opts.btf_dir, module)?;
         }
         let (mut config, missing_fields) = probe_config(&btf, opts.wakeup_threshold);
+        config.stack_budget = opts.stack_budget;
         config.bio_chain_endio =
             super::symbols::lookup(&opts.kallsyms, "bio_chain_endio").unwrap_or(0);
         let aya_btf = aya::Btf::from_sys_fs().ok();
