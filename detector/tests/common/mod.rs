@@ -1,6 +1,6 @@
 //! Shared by the engine's integration tests: fixture loading and replay.
 
-#![allow(dead_code, reason = "each test binary uses a different part")]
+#![expect(dead_code, reason = "each test binary uses a different part")]
 
 pub mod build;
 
