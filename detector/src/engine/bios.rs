@@ -65,7 +65,6 @@ pub struct Bio {
     pub sector: u64,
     pub size: u32,
     pub end_io: Addr,
-    pub private: Addr,
     /// Disk-relative end sector, when the submission's sector is known to
     /// be disk-relative: the key of range completions.
     pub end_sector: Option<u64>,
@@ -123,7 +122,6 @@ pub struct Submission<'a> {
     pub sector: u64,
     pub size: u32,
     pub end_io: Addr,
-    pub private: Addr,
     pub disk_relative: bool,
     pub submitter: u32,
     pub episode: u32,
@@ -189,10 +187,6 @@ impl Bios {
         self.bios.len()
     }
 
-    pub fn completed_kept(&self) -> usize {
-        self.completed
-    }
-
     pub fn disk(&self, dev: Dev) -> Disk {
         self.disks.get(&dev).copied().unwrap_or_default()
     }
@@ -242,7 +236,6 @@ impl Bios {
             sector: sub.sector,
             size: sub.size,
             end_io: sub.end_io,
-            private: sub.private,
             end_sector,
             submitter: sub.submitter,
             episode: sub.episode,

@@ -6,13 +6,13 @@
 //! same order give the same findings, however pushes and clock ticks are
 //! batched.
 //!
-//! Events are merged by timestamp in a reorder window ([`reorder`]), then
-//! fed in time order to the shared tables ([`tasks`], [`bios`]) and to one
-//! rule per invariant ([`rules`]). Rules with deadlines (stuck handlers,
+//! Events are merged by timestamp in a reorder window (`reorder`), then
+//! fed in time order to the shared tables (`tasks`, `bios`) and to one
+//! rule per invariant (`rules`). Rules with deadlines (stuck handlers,
 //! lost I/O, lost wakeups) are judged at the exact event time their
 //! deadline falls on: before any later event, once the window has passed
 //! it. Findings therefore wait for the window too, which is what lets a
-//! late loss marker turn them into "indeterminate" verdicts ([`loss`]).
+//! late loss marker turn them into "indeterminate" verdicts (`loss`).
 //!
 //! Live use: push every event as it is read, call [`Engine::advance`] with
 //! the current CLOCK_MONOTONIC time on every drain tick (so that deadlines
@@ -47,7 +47,7 @@ pub mod finding;
 mod hash;
 mod loss;
 mod reorder;
-pub mod rules;
+mod rules;
 pub mod stats;
 mod tasks;
 
@@ -357,7 +357,6 @@ impl Engine {
                 sector,
                 size,
                 end_io,
-                private,
                 ..
             } => {
                 // Tracepoints see the bio after partition remapping; the
@@ -377,7 +376,6 @@ impl Engine {
                     sector: *sector,
                     size: *size,
                     end_io: *end_io,
-                    private: *private,
                     disk_relative,
                     submitter: if task_ctx { ev.tid } else { 0 },
                     episode,
@@ -549,7 +547,6 @@ impl Engine {
                 prev_state,
                 prev_in_iowait,
                 preempt,
-                prev_sp,
                 next_tid,
                 ..
             } => {
@@ -562,7 +559,6 @@ impl Engine {
                         actor: *actor,
                         uninterruptible: true,
                         iowait: *prev_in_iowait,
-                        sp: prev_sp.0,
                     });
                     self.lost_wakeup.slept(ev.tid, task, &self.bios);
                 }

@@ -53,8 +53,6 @@ pub struct Sleep {
     pub actor: Actor,
     pub uninterruptible: bool,
     pub iowait: bool,
-    /// Where its stack pointer was when it went to sleep.
-    pub sp: u64,
 }
 
 /// An open `del_gendisk` call by this task.
@@ -215,13 +213,6 @@ impl Tasks {
     pub fn owner_of(&self, addr: u64) -> Option<u32> {
         let (&base, &tid) = self.by_base.range(..=addr).next_back()?;
         (addr < base.saturating_add(self.thread_size)).then_some(tid)
-    }
-
-    /// Whether `sp` lies in `tid`'s stack.
-    pub fn on_stack_of(&self, tid: u32, sp: u64) -> bool {
-        self.tasks
-            .get(&tid)
-            .is_some_and(|t| t.base != 0 && sp >= t.base && sp < t.base + self.thread_size)
     }
 }
 

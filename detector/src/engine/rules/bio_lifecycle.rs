@@ -50,11 +50,6 @@ impl BioLifecycle {
         }
     }
 
-    /// Objects tracked now.
-    pub fn tracked(&self) -> usize {
-        self.removals.len()
-    }
-
     pub fn del_gendisk(&mut self, actor: &Actor, dev: Dev, task: Option<&mut Task>, seen: Seen) {
         if self.removals.len() >= self.max && !self.removals.contains_key(&dev) {
             let oldest = self
