@@ -103,6 +103,12 @@ pub struct ProbeConfig {
     pub thread_size: u32,
     /// `pt_regs.orig_ax` (x86) / `pt_regs.syscallno` (arm64): the syscall nr.
     pub pt_regs_syscall_nr: u32,
+    /// Kernel stacks each CPU may take per second (0: no limit). Walking a
+    /// stack costs more than everything else an event does, and I/O-rate
+    /// events (submissions, completions, I/O sleeps) would otherwise take one
+    /// each; past the budget events go without a stack (counted).
+    pub stack_budget: u32,
+    pub _pad: u32,
     /// Address of `bio_chain_endio`, to follow chained bios (0 if unknown).
     pub bio_chain_endio: u64,
     /// Bytes of unread ring-buffer data past which a producer wakes the
@@ -115,7 +121,7 @@ const _: () = assert!(core::mem::size_of::<TaskOffsets>() == 24);
 const _: () = assert!(core::mem::size_of::<BioOffsets>() == 48);
 const _: () = assert!(core::mem::size_of::<BlockOffsets>() == 32);
 const _: () = assert!(core::mem::size_of::<MdOffsets>() == 16);
-const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 152);
+const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 160);
 
 impl ProbeConfig {
     /// A config with every offset unknown: programs read nothing.
@@ -162,6 +168,8 @@ impl ProbeConfig {
         completion_wait: NO_OFFSET,
         thread_size: 0,
         pt_regs_syscall_nr: NO_OFFSET,
+        stack_budget: 0,
+        _pad: 0,
         bio_chain_endio: 0,
         wakeup_threshold: 0,
     };

@@ -99,6 +99,11 @@ pub mod teardown {
     pub const MD_STOP_WRITES: u8 = 5;
 }
 
+/// `Header::stack_id` when the hook takes no stack.
+pub const NO_STACK: i32 = -1;
+/// `Header::stack_id` when the CPU's stack budget was spent.
+pub const STACK_OVER_BUDGET: i32 = -100_000;
+
 /// Common to every record.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -120,7 +125,8 @@ pub struct Header {
     /// the task was. In interrupt context it lies on the IRQ stack, outside
     /// `[stack_base, stack_base + THREAD_SIZE)`. 0 when unknown.
     pub sp: u64,
-    /// Id in the `STACKS` map, or negative (no stack taken or it failed).
+    /// Id in the `STACKS` map, or negative: [`NO_STACK`] (none wanted),
+    /// [`STACK_OVER_BUDGET`], or the kernel's error.
     pub stack_id: i32,
     pub _pad1: u32,
     pub comm: [u8; COMM_LEN],
@@ -349,6 +355,8 @@ pub mod counter {
     pub const READ_ERRORS: u32 = 1;
     /// `bpf_get_stackid` failed; the event has no stack.
     pub const STACK_ERRORS: u32 = 2;
+    /// A stack was not taken: the CPU's stack budget was spent.
+    pub const STACKS_OVER_BUDGET: u32 = 3;
     /// Number of counters.
-    pub const COUNT: u32 = 3;
+    pub const COUNT: u32 = 4;
 }

@@ -7,12 +7,12 @@ use aya_ebpf::{
     },
     maps::ring_buf::RingBufEntry,
 };
-use detector_common::{Header, ProbeConfig, counter};
+use detector_common::{Header, NO_STACK, ProbeConfig, STACK_OVER_BUDGET, counter};
 
 use crate::{
     context::Hooked,
     kernel::{bump, current_task, read},
-    maps::EVENTS,
+    maps::{EVENTS, STACK_BUDGET},
 };
 
 /// Whether the record quotes the kernel stack it was taken on.
@@ -38,11 +38,45 @@ pub fn header<C: Hooked>(ctx: &C, cfg: &ProbeConfig, kind: u16, stack: Stack) ->
         stack_base: read(task, cfg.task.stack),
         sp: ctx.sp(),
         stack_id: match stack {
-            Stack::Take => ctx.stack_id(),
-            Stack::Skip => -1,
+            Stack::Take if stack_allowed(cfg) => ctx.stack_id(),
+            Stack::Take => {
+                bump(counter::STACKS_OVER_BUDGET);
+                STACK_OVER_BUDGET
+            }
+            Stack::Skip => NO_STACK,
         },
         _pad1: 0,
         comm: bpf_get_current_comm().unwrap_or([0; 16]),
+    }
+}
+
+/// Whether this CPU may walk a stack now: a token bucket refilled at
+/// `stack_budget` per second, holding at most a tenth of a second's worth.
+#[inline(always)]
+fn stack_allowed(cfg: &ProbeConfig) -> bool {
+    let rate = cfg.stack_budget as u64;
+    if rate == 0 {
+        return true;
+    }
+    let Some(bucket) = STACK_BUDGET.get_ptr_mut(0) else {
+        return true;
+    };
+    let now = unsafe { bpf_ktime_get_ns() };
+    // Millitokens: one token is 1000, so slow rates still refill smoothly.
+    let cap = rate * 100;
+    unsafe {
+        let [tokens, last] = *bucket;
+        let refill = (now.saturating_sub(last) / 1000) * rate / 1000;
+        // The refill clock only advances by time actually converted into
+        // tokens, so calls closer together than the rounding still refill.
+        let (tokens, last) = match (last, refill) {
+            (0, _) => (cap, now),
+            (_, 0) => (tokens, last),
+            _ => ((tokens + refill).min(cap), now),
+        };
+        let allowed = tokens >= 1000;
+        *bucket = [if allowed { tokens - 1000 } else { tokens }, last];
+        allowed
     }
 }
 

@@ -41,3 +41,8 @@ pub static SLEEPERS: LruHashMap<u32, u8> = LruHashMap::with_max_entries(16384, 0
 /// keyed by thread id and hook.
 #[map]
 pub static ENTRY_ARGS: HashMap<u64, u64> = HashMap::with_max_entries(8192, 0);
+
+/// Per-CPU token bucket for stack walks: (tokens in millitokens, last refill
+/// time in ns). See `ProbeConfig::stack_budget`.
+#[map]
+pub static STACK_BUDGET: PerCpuArray<[u64; 2]> = PerCpuArray::with_max_entries(1, 0);

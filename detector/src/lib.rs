@@ -6,9 +6,11 @@
 
 pub mod cli;
 pub mod clock;
+pub mod engine;
 pub mod event;
 pub mod filter;
 pub mod kernel;
 pub mod record;
+pub mod report;
 pub mod session;
 pub mod summary;

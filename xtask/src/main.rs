@@ -4,6 +4,7 @@
 //! machine `cargo xtask run -- trace` and `cargo xtask test` are single
 //! commands.
 
+mod bench;
 mod fuzz;
 mod setup;
 mod test;
@@ -38,6 +39,9 @@ enum Command {
     Test(test::TestArgs),
     /// Boot Debian's stock kernel under qemu and run the race scenarios.
     VmTest(vm::VmTestArgs),
+    /// Measure what tracing costs direct I/O on this host (a throughput
+    /// ratio from back-to-back runs) and each program's run time.
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> Result<()> {
@@ -55,6 +59,10 @@ fn main() -> Result<()> {
         Command::VmTest(args) => {
             setup::run()?;
             vm::run(args)
+        }
+        Command::Bench(args) => {
+            setup::run()?;
+            bench::run(args)
         }
     }
 }

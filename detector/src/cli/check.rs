@@ -50,15 +50,6 @@ fn facts_text(f: &KernelFacts) -> String {
     );
     let _ = writeln!(
         s,
-        "kprobes      {}",
-        if f.kprobes {
-            "yes"
-        } else {
-            "no (no kprobe PMU: the kernel is built without CONFIG_KPROBES)"
-        }
-    );
-    let _ = writeln!(
-        s,
         "lockdown     {}",
         f.lockdown
             .as_deref()
@@ -69,8 +60,10 @@ fn facts_text(f: &KernelFacts) -> String {
         "md_mod       {}",
         if f.md_mod_loaded {
             "loaded"
-        } else {
+        } else if f.modules {
             "not loaded (md hooks attach when it loads)"
+        } else {
+            "absent (this kernel has no module support)"
         }
     );
     s
@@ -131,43 +124,70 @@ pub fn run(args: CheckArgs) -> Result<ExitCode> {
     }
 
     let mut out = facts_text(&facts);
-    let mech = |v: &Result<(), String>| match v {
-        Ok(()) => "yes".to_owned(),
-        Err(why) => format!("no ({why})"),
-    };
-    let _ = writeln!(out, "fentry/fexit {}", mech(&fentry));
-    let _ = writeln!(out, "kprobes used {}", mech(&kprobe));
-    let _ = writeln!(out, "tracepoints  {}", mech(&tracepoints));
-    let _ = writeln!(out, "ring buffer  {}", yes_no(true));
-
-    let _ = writeln!(out, "\n{:<46} {:<15} {}", "HOOK", "ATTACHED AS", "NOTES");
-    for o in outcomes {
-        let (how, mut note) = match &o.status {
-            HookStatus::Attached { mechanism, target } => {
-                (mechanism.name().to_owned(), format!("on {target}"))
-            }
-            HookStatus::Redundant { with } => {
-                ("-".into(), format!("not needed: {with} is attached"))
-            }
-            HookStatus::Absent => ("-".into(), "this kernel does not have it".into()),
-            HookStatus::WaitingForModule { module } => {
-                ("-".into(), format!("waiting for {module} to load"))
-            }
-            HookStatus::Failed => ("NONE".into(), String::new()),
+    let _ = writeln!(out, "\n{:<18} {:<10} WHY NOT", "MECHANISM", "AVAILABLE");
+    let mechanism_reasons: Vec<String> = [&fentry, &kprobe, &tracepoints]
+        .iter()
+        .filter_map(|v| v.as_ref().err().cloned())
+        .collect();
+    for (name, v) in [
+        ("fentry/fexit", &fentry),
+        ("kprobe/kretprobe", &kprobe),
+        ("tracepoints", &tracepoints),
+    ] {
+        let (avail, why) = match v {
+            Ok(()) => ("yes", ""),
+            Err(why) => ("no", why.as_str()),
         };
-        let failures: Vec<String> = o
-            .tried
-            .iter()
-            .filter(|a| !a.target_missing || matches!(o.status, HookStatus::Failed))
-            .map(|a| format!("{}: {}", a.mechanism.name(), a.error))
-            .collect();
-        if !failures.is_empty() && !matches!(o.status, HookStatus::Absent) {
-            if !note.is_empty() {
-                note.push_str("; ");
+        let row = format!("{name:<18} {avail:<10} {why}");
+        let _ = writeln!(out, "{}", row.trim_end());
+    }
+    let _ = writeln!(out, "{:<18} {}", "ring buffer", yes_no(true));
+
+    let _ = writeln!(
+        out,
+        "\n{:<46} {:<15} {:<26} NOTES",
+        "HOOK", "ATTACHED AS", "TARGET"
+    );
+    for o in outcomes {
+        let (how, target, mut notes) = match &o.status {
+            HookStatus::Attached { mechanism, target } => {
+                (mechanism.name().to_owned(), *target, Vec::new())
             }
-            note.push_str(&failures.join("; "));
+            HookStatus::Redundant { with } => (
+                "-".into(),
+                "",
+                vec![format!("not needed: {with} is attached")],
+            ),
+            HookStatus::Absent => ("-".into(), "", vec!["this kernel does not have it".into()]),
+            HookStatus::WaitingForModule { module } => (
+                "-".into(),
+                "",
+                vec![format!("waiting for {module} to load")],
+            ),
+            HookStatus::Failed => ("NONE".into(), "", Vec::new()),
+        };
+        if !matches!(o.status, HookStatus::Absent) {
+            // Mechanism-wide reasons are in the table above: name them only.
+            let mut unavailable = Vec::new();
+            for a in o.tried.iter().filter(|a| !a.target_missing) {
+                if mechanism_reasons.contains(&a.error) {
+                    unavailable.push(a.mechanism.name());
+                } else {
+                    notes.push(format!("{}: {}", a.mechanism.name(), a.error));
+                }
+            }
+            if !unavailable.is_empty() {
+                notes.insert(0, format!("{} unavailable", unavailable.join(", ")));
+            }
         }
-        let _ = writeln!(out, "{:<46} {:<15} {}", o.name, how, note);
+        let row = format!(
+            "{:<46} {:<15} {:<26} {}",
+            o.name,
+            how,
+            target,
+            notes.join("; ")
+        );
+        let _ = writeln!(out, "{}", row.trim_end());
         if args.verbose {
             for a in &o.tried {
                 if a.detail != a.error {

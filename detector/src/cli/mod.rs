@@ -151,6 +151,11 @@ pub struct TraceArgs {
     /// fewer events under bursts.
     #[arg(long, value_name = "SIZE", value_parser = parse_ring_size, default_value = "16M")]
     pub buffer_size: u32,
+    /// Kernel stacks each CPU may capture per second (0: no limit). Stack
+    /// walks dominate the cost per event; past the budget events carry no
+    /// stack, and the summary counts them.
+    #[arg(long, value_name = "N", default_value_t = 10_000)]
+    pub stack_budget: u32,
     #[command(flatten)]
     pub output: OutputArgs,
     #[command(flatten)]

@@ -88,6 +88,7 @@ fn announce(probes: &Probes) {
 async fn trace(args: TraceArgs) -> Result<ExitCode> {
     let opts = LoadOptions {
         ring_bytes: args.buffer_size,
+        stack_budget: args.stack_budget,
         ..LoadOptions::default()
     };
     let mut probes = Probes::load(opts)?;
@@ -228,6 +229,12 @@ async fn trace(args: TraceArgs) -> Result<ExitCode> {
         eprint!("\r\x1b[K");
     }
     eprint!("\n{}", session.summary.render());
+    if totals.stacks_over_budget > 0 {
+        eprintln!(
+            "  events without a stack (over --stack-budget): {}",
+            totals.stacks_over_budget
+        );
+    }
     if totals.decode_errors > 0 || totals.read_errors > 0 {
         eprintln!(
             "  records that did not decode: {}; kernel reads that failed: {}",

@@ -49,6 +49,8 @@ pub struct LoadOptions {
     pub wakeup_threshold: u64,
     /// Distinct kernel stacks kept.
     pub stack_entries: u32,
+    /// Stacks each CPU may walk per second (0: unlimited).
+    pub stack_budget: u32,
     pub btf_dir: PathBuf,
     pub kallsyms: PathBuf,
 }
@@ -59,6 +61,7 @@ impl Default for LoadOptions {
             ring_bytes: 16 << 20,
             wakeup_threshold: 256 << 10,
             stack_entries: 16384,
+            stack_budget: 10_000,
             btf_dir: PathBuf::from(super::btf::SYS_BTF_DIR),
             kallsyms: PathBuf::from("/proc/kallsyms"),
         }
@@ -157,6 +160,31 @@ fn first_line(text: &str) -> String {
     text.lines().next().unwrap_or_default().to_owned()
 }
 
+/// A short, actionable reason for a failed load or attach; the verifier log
+/// stays in the attempt's detail (`detector check --verbose`).
+fn explain(mechanism: Mechanism, detail: &str) -> String {
+    let fentry = matches!(mechanism, Mechanism::Fentry | Mechanism::Fexit);
+    if detail.contains("Operation not permitted") {
+        return if fentry {
+            "refused by the kernel (EPERM): function tracing is blocked here".into()
+        } else {
+            "refused by the kernel (EPERM)".into()
+        };
+    }
+    if detail.contains("No such file or directory") && !fentry {
+        return "the kernel has no such attach point".into();
+    }
+    if detail.contains("Verifier output") || detail.contains("verifier") {
+        let line = detail
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty() && !l.contains("processed"))
+            .unwrap_or_default();
+        return format!("rejected by the verifier: {}", line.trim());
+    }
+    first_line(detail)
+}
+
 impl Probes {
     /// Loads the programs, hands them this kernel's offsets and attaches
     /// every hook it can. Hook failures are recorded, not fatal.
@@ -174,6 +202,7 @@ impl Probes {
             btf.load_module(&opts.btf_dir, module)?;
         }
         let (mut config, missing_fields) = probe_config(&btf, opts.wakeup_threshold);
+        config.stack_budget = opts.stack_budget;
         config.bio_chain_endio =
             super::symbols::lookup(&opts.kallsyms, "bio_chain_endio").unwrap_or(0);
         let aya_btf = aya::Btf::from_sys_fs().ok();
@@ -247,10 +276,24 @@ impl Probes {
 
     fn attach_hook(&mut self, spec: &'static HookSpec) -> HookOutcome {
         let mut tried = Vec::new();
+        let built_in = spec
+            .candidates
+            .iter()
+            .any(|c| matches!(self.symbols.get(c.target), Some(None)));
         if let Some(module) = spec.module
+            && !built_in
             && !self.btf.has_module(module)
             && !self.symbols.values().any(|m| m.as_deref() == Some(module))
         {
+            if !Path::new("/proc/modules").exists() {
+                // No module support, and not built in: it can never appear.
+                return HookOutcome {
+                    name: spec.name,
+                    module: spec.module,
+                    status: HookStatus::Absent,
+                    tried,
+                };
+            }
             return HookOutcome {
                 name: spec.name,
                 module: spec.module,
@@ -317,7 +360,7 @@ impl Probes {
                 }
                 if !self.facts.kprobes {
                     return Err(fail(
-                        "kprobes are not available (no kprobe PMU: CONFIG_KPROBES is off)".into(),
+                        "no kprobe PMU (kernel built without CONFIG_KPROBES)".into(),
                         false,
                     ));
                 }
@@ -336,7 +379,11 @@ impl Probes {
                 false,
             )
         })?;
-        attach_program(program, cand, btf).map_err(|e| fail(e, false))
+        attach_program(program, cand, btf).map_err(|e| {
+            let mut attempt = fail(e, false);
+            attempt.error = explain(cand.mechanism, &attempt.detail);
+            attempt
+        })
     }
 
     /// Attaches the hooks of `module` if it has appeared since; returns

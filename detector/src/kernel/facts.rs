@@ -44,6 +44,8 @@ pub struct KernelFacts {
     pub bpffs_mounted: bool,
     /// `kernel.bpf_stats_enabled`: per-program run time accounting.
     pub bpf_stats_enabled: Option<bool>,
+    /// The kernel supports loadable modules (`/proc/modules` exists).
+    pub modules: bool,
     /// Loaded modules detector has hooks for.
     pub md_mod_loaded: bool,
     pub privileges: Privileges,
@@ -110,6 +112,7 @@ impl KernelFacts {
             tracefs_mounted: mounted("tracefs"),
             bpffs_mounted: mounted("bpf"),
             bpf_stats_enabled: read_trimmed("/proc/sys/kernel/bpf_stats_enabled").map(|v| v == "1"),
+            modules: Path::new("/proc/modules").exists(),
             md_mod_loaded: Path::new("/sys/module/md_mod").exists(),
             privileges: Privileges {
                 // SAFETY: geteuid cannot fail.

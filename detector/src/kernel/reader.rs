@@ -36,6 +36,8 @@ pub struct ReaderTotals {
     pub decode_errors: u64,
     pub read_errors: u64,
     pub stack_errors: u64,
+    /// Stacks not taken because a CPU's stack budget was spent.
+    pub stacks_over_budget: u64,
 }
 
 pub struct Reader {
@@ -141,6 +143,7 @@ impl Reader {
         };
         self.totals.read_errors = sum(counter::READ_ERRORS);
         self.totals.stack_errors = sum(counter::STACK_ERRORS);
+        self.totals.stacks_over_budget = sum(counter::STACKS_OVER_BUDGET);
     }
 }
 

@@ -77,3 +77,54 @@ pub enum Record {
 
 #[cfg(test)]
 mod tests;
+
+/// Record files for tests outside this crate's unit tests.
+#[doc(hidden)]
+pub mod tests_support {
+    use super::*;
+    use crate::event::{Addr, Dev, EventKind, Hook};
+
+    /// A cleanly finished file with `n` bio_queue events.
+    pub fn sample_file(n: u64) -> Vec<u8> {
+        let header = RecordHeader {
+            format_version: FORMAT_VERSION,
+            detector_version: env!("CARGO_PKG_VERSION").into(),
+            kernel_release: "test".into(),
+            machine: "x86_64".into(),
+            hostname: "test".into(),
+            boot_time_offset_ns: 0,
+            started_ns: 0,
+            thread_size: 16384,
+            hooks: BTreeMap::new(),
+            filters: vec![],
+        };
+        let mut out = Vec::new();
+        let mut w = RecordWriter::new(&mut out, &header).expect("writing to memory");
+        for i in 0..n {
+            let ev = Event {
+                ts: 1_000 + i,
+                cpu: 0,
+                pid: 1,
+                tid: 1,
+                comm: "t".into(),
+                hook: Hook::TpBtf,
+                stack_base: Addr(0),
+                sp: Addr(0),
+                stack: None,
+                kind: EventKind::BioQueue {
+                    bio: Addr(0x1000 + i),
+                    dev: Dev::new(8, 0),
+                    disk: Dev::new(8, 0),
+                    sector: i * 8,
+                    size: 4096,
+                    opf: 1,
+                    end_io: Addr(0),
+                    private: Addr(0),
+                },
+            };
+            w.event(&ev).expect("writing to memory");
+        }
+        w.finish().expect("writing to memory");
+        out
+    }
+}

@@ -28,7 +28,7 @@ fn event(i: u64) -> Event {
         hook: Hook::TpBtf,
         stack_base: Addr(0xffffc90000100000),
         sp: Addr(0xffffc90000103f00),
-        stack: (i % 3 == 0).then_some(StackId(7)),
+        stack: i.is_multiple_of(3).then_some(StackId(7)),
         kind: EventKind::BioQueue {
             bio: Addr(0xffff888000000000 + i * 0x100),
             dev: Dev::new(259, 1),

@@ -1,0 +1,260 @@
+//! The task table: each thread's kernel stack, where its stack pointer was
+//! last seen, whether it sleeps, and the per-task state of the rules.
+//!
+//! A task is known from any event it was current for (its `stack_base`) and
+//! from `sched_switch` records that switch to it. The table also answers
+//! "whose stack holds this address", which is how a `complete()` from an
+//! interrupt finds the owner of an on-stack completion.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use super::actor::Actor;
+use super::hash::FastMap;
+use super::loss::Seen;
+use super::rules::lost_wakeup::Episode;
+use crate::event::{Addr, Dev, WaitVariant};
+
+/// What an event says about where its task's own frames are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ObsKind {
+    /// Running in the kernel with its stack pointer here: every frame below
+    /// (at lower addresses) is gone.
+    Frames(u64),
+    /// Returned to user space: no kernel frame is left.
+    User,
+    /// Exiting: no frame will be used again.
+    Exit,
+}
+
+impl ObsKind {
+    /// Whether this proves the task has left a frame holding `addr`.
+    pub fn left(self, addr: u64) -> bool {
+        match self {
+            Self::Frames(sp) => sp > addr,
+            Self::User | Self::Exit => true,
+        }
+    }
+}
+
+/// An observation of a task's frames, with the event it came from.
+#[derive(Clone, Copy, Debug)]
+pub struct Obs {
+    pub kind: ObsKind,
+    pub actor: Actor,
+    /// The event's name, for diagrams.
+    pub what: &'static str,
+    pub seen: Seen,
+}
+
+/// The task is in a sleep it has to be woken from.
+#[derive(Clone, Copy, Debug)]
+pub struct Sleep {
+    /// The `sched_switch` that put it to sleep (its stack is the sleep stack).
+    pub actor: Actor,
+    pub uninterruptible: bool,
+    pub iowait: bool,
+}
+
+/// An open `del_gendisk` call by this task.
+#[derive(Clone, Copy, Debug)]
+pub struct Deleting {
+    pub dev: Dev,
+    pub sp: u64,
+}
+
+#[derive(Debug, Default)]
+pub struct Task {
+    /// Lowest address of the kernel stack (0: unknown).
+    pub base: u64,
+    pub last_obs: Option<Obs>,
+    /// The latest observation that came with a kernel stack: where the
+    /// task was, for diagrams.
+    pub last_stacked: Option<Obs>,
+    /// Asleep since (only sleeps it must be woken from are tracked).
+    pub sleep: Option<Sleep>,
+    /// lost-wakeup: the I/O it submitted since it last left the kernel.
+    pub episode: Episode,
+    /// onstack-completion: completions in its stack with an unconsumed
+    /// `complete()` from another context.
+    pub onstack: Vec<Addr>,
+    /// Its latest wait on an on-stack completion that returned without
+    /// consuming a `complete()` (timeout, signal), for diagrams.
+    pub failed_wait: Option<(Addr, Actor, WaitVariant, i64)>,
+    /// bio-complete-after-teardown: its open `del_gendisk` calls.
+    pub deleting: Vec<Deleting>,
+    /// For eviction order.
+    fifo_life: u32,
+}
+
+/// Why a task's state is dropped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Retire {
+    /// It exited (or its tid or stack now belongs to another task): every
+    /// frame it had is gone.
+    Gone,
+    /// Evicted for room: nothing is known any more.
+    Evicted,
+}
+
+pub struct Tasks {
+    thread_size: u64,
+    max: usize,
+    tasks: FastMap<u32, Task>,
+    /// Stack base -> tid, to find whose stack an address is in.
+    by_base: BTreeMap<u64, u32>,
+    fifo: VecDeque<(u32, u32)>,
+    next_life: u32,
+    pub evicted: u64,
+}
+
+impl Tasks {
+    pub fn new(thread_size: u64, max: usize) -> Self {
+        Self {
+            thread_size,
+            max: max.max(1),
+            tasks: FastMap::default(),
+            by_base: BTreeMap::new(),
+            fifo: VecDeque::new(),
+            next_life: 0,
+            evicted: 0,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.tasks.len()
+    }
+
+    pub fn get(&self, tid: u32) -> Option<&Task> {
+        self.tasks.get(&tid)
+    }
+
+    pub fn get_mut(&mut self, tid: u32) -> Option<&mut Task> {
+        self.tasks.get_mut(&tid)
+    }
+
+    /// Records that `tid` runs on the stack at `base`. Tasks whose state
+    /// must be dropped (the previous holder of this tid or stack, or one
+    /// evicted for room) are pushed to `retired`.
+    pub fn touch(&mut self, tid: u32, base: u64, retired: &mut Vec<(u32, Task, Retire)>) {
+        if tid == 0 {
+            return;
+        }
+        if let Some(task) = self.tasks.get_mut(&tid) {
+            if base == 0 || task.base == base {
+                return;
+            }
+            if task.base == 0 {
+                task.base = base;
+                self.claim_base(tid, base, retired);
+                return;
+            }
+            // Same tid, another stack: the thread we knew is gone.
+            let old = self.remove(tid).expect("present");
+            retired.push((tid, old, Retire::Gone));
+        }
+        self.insert(tid, base, retired);
+    }
+
+    fn insert(&mut self, tid: u32, base: u64, retired: &mut Vec<(u32, Task, Retire)>) {
+        while self.tasks.len() >= self.max {
+            let Some((victim, life)) = self.fifo.pop_front() else {
+                break;
+            };
+            if self.tasks.get(&victim).is_some_and(|t| t.fifo_life == life) {
+                let task = self.remove(victim).expect("present");
+                self.evicted += 1;
+                retired.push((victim, task, Retire::Evicted));
+            }
+        }
+        let life = self.next_life;
+        self.next_life = self.next_life.wrapping_add(1);
+        self.tasks.insert(
+            tid,
+            Task {
+                base,
+                fifo_life: life,
+                ..Task::default()
+            },
+        );
+        self.fifo.push_back((tid, life));
+        if self.fifo.len() > 2 * self.tasks.len() + 1024 {
+            let tasks = &self.tasks;
+            self.fifo
+                .retain(|(tid, life)| tasks.get(tid).is_some_and(|t| t.fifo_life == *life));
+        }
+        if base != 0 {
+            self.claim_base(tid, base, retired);
+        }
+    }
+
+    fn claim_base(&mut self, tid: u32, base: u64, retired: &mut Vec<(u32, Task, Retire)>) {
+        if let Some(previous) = self.by_base.insert(base, tid)
+            && previous != tid
+            && let Some(old) = self.tasks.get(&previous)
+            && old.base == base
+        {
+            // A stack is only reused after its task is gone.
+            let old = self.remove(previous).expect("present");
+            self.by_base.insert(base, tid);
+            retired.push((previous, old, Retire::Gone));
+        }
+    }
+
+    /// Drops `tid` (it exited).
+    pub fn remove(&mut self, tid: u32) -> Option<Task> {
+        let task = self.tasks.remove(&tid)?;
+        if task.base != 0 && self.by_base.get(&task.base) == Some(&tid) {
+            self.by_base.remove(&task.base);
+        }
+        Some(task)
+    }
+
+    /// The task whose kernel stack holds `addr`.
+    pub fn owner_of(&self, addr: u64) -> Option<u32> {
+        let (&base, &tid) = self.by_base.range(..=addr).next_back()?;
+        (addr < base.saturating_add(self.thread_size)).then_some(tid)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn owner_lookup_and_reuse() {
+        let mut tasks = Tasks::new(0x4000, 16);
+        let mut retired = Vec::new();
+        tasks.touch(10, 0x10000, &mut retired);
+        tasks.touch(11, 0x20000, &mut retired);
+        assert_eq!(tasks.owner_of(0x13ff0), Some(10));
+        assert_eq!(tasks.owner_of(0x14000), None);
+        assert_eq!(tasks.owner_of(0x20010), Some(11));
+        assert!(retired.is_empty());
+        // Task 12 runs on 10's old stack: 10 is gone.
+        tasks.touch(12, 0x10000, &mut retired);
+        assert_eq!(retired.len(), 1);
+        assert_eq!((retired[0].0, retired[0].2), (10, Retire::Gone));
+        assert_eq!(tasks.owner_of(0x13ff0), Some(12));
+        // Tid 11 on another stack: a new thread with a recycled tid.
+        retired.clear();
+        tasks.touch(11, 0x30000, &mut retired);
+        assert_eq!(retired.len(), 1);
+        assert_eq!(tasks.owner_of(0x20010), None);
+        assert_eq!(tasks.owner_of(0x30010), Some(11));
+    }
+
+    #[test]
+    fn eviction_is_bounded_and_counted() {
+        let mut tasks = Tasks::new(0x4000, 4);
+        let mut retired = Vec::new();
+        for tid in 1..=10 {
+            tasks.touch(tid, tid as u64 * 0x10000, &mut retired);
+        }
+        assert_eq!(tasks.len(), 4);
+        assert_eq!(tasks.evicted, 6);
+        assert_eq!(retired.len(), 6);
+        assert!(retired.iter().all(|r| r.2 == Retire::Evicted));
+        assert_eq!(tasks.owner_of(0x10010), None);
+        assert_eq!(tasks.owner_of(0xa0010), Some(10));
+    }
+}

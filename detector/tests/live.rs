@@ -1,0 +1,389 @@
+//! Privileged tests against this host's kernel: real programs, real I/O.
+//!
+//! They need root and share kernel state (probes, the disk), so they are
+//! `#[ignore]`d in a plain `cargo test` and run one at a time by
+//! `cargo xtask test` (`--ignored --test-threads=1`). They filter host noise
+//! by pid and device.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::MetadataExt as _;
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use detector::event::{Dev, Event, EventKind};
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_detector");
+
+/// A `detector trace` running in the background.
+struct Trace {
+    child: Child,
+    /// Holds the ready file.
+    _dir: tempfile::TempDir,
+}
+
+impl Trace {
+    /// Starts tracing and waits until every hook is attached.
+    fn start(extra: &[&str]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let ready = dir.path().join("ready");
+        let child = Command::new(BIN)
+            .args(["trace", "--quiet", "--duration", "120s", "--ready-file"])
+            .arg(&ready)
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let start = Instant::now();
+        while !ready.exists() {
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "detector did not get ready"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Self { child, _dir: dir }
+    }
+
+    /// Ends the session with SIGINT, as Ctrl-C would.
+    fn stop(self) -> Output {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        let out = self.child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "detector trace failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+}
+
+/// Writes `blocks` 4 KiB blocks with O_DIRECT into `file`; returns dd's pid.
+fn direct_io(file: &Path, blocks: u32) -> u32 {
+    let mut dd = Command::new("dd")
+        .arg("if=/dev/zero")
+        .arg(format!("of={}", file.display()))
+        .args(["bs=4k", &format!("count={blocks}"), "oflag=direct"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = dd.id();
+    assert!(dd.wait().unwrap().success());
+    pid
+}
+
+fn json_lines(out: &[u8]) -> Vec<Value> {
+    String::from_utf8_lossy(out)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON line {l:?}: {e}")))
+        .collect()
+}
+
+fn events(lines: &[Value]) -> Vec<Event> {
+    lines
+        .iter()
+        .filter(|l| l.get("event").is_some())
+        .map(|l| serde_json::from_value(l.clone()).unwrap())
+        .collect()
+}
+
+/// A scratch directory on a real disk (tmpfs has no block I/O).
+fn scratch_dir() -> tempfile::TempDir {
+    tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap()
+}
+
+fn online_cpus() -> u32 {
+    std::thread::available_parallelism().map_or(1, |n| n.get() as u32)
+}
+
+#[test]
+#[ignore = "needs root and a live kernel; run by cargo xtask test"]
+fn direct_io_is_seen_submitted_and_completed() {
+    let scratch = scratch_dir();
+    let file = scratch.path().join("data");
+    let dev = Dev::from_user(std::fs::metadata(scratch.path()).unwrap().dev());
+    let trace = Trace::start(&["--json"]);
+    let dd = direct_io(&file, 256);
+    std::thread::sleep(Duration::from_millis(500));
+    let out = trace.stop();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let evs = events(&json_lines(&out.stdout));
+
+    // dd's writes. (Its process also reads its own binary while exec()
+    // still runs under the parent's name: those are not its I/O.)
+    let submitted: Vec<&Event> = evs
+        .iter()
+        .filter(|e| {
+            e.pid == dd
+                && matches!(e.kind, EventKind::BioQueue { opf, .. } if opf & 0xff == 1)
+        })
+        .collect();
+    assert!(
+        submitted.len() >= 256,
+        "expected dd's 256 direct writes, saw {} submissions",
+        submitted.len()
+    );
+    let cpus = online_cpus();
+    let completions: Vec<&Event> = evs
+        .iter()
+        .filter(|e| {
+            matches!(
+                e.kind,
+                EventKind::RqComplete { .. } | EventKind::BioEndio { .. }
+            )
+        })
+        .collect();
+    let mut sizes = BTreeMap::new();
+    for sub in &submitted {
+        let EventKind::BioQueue {
+            bio,
+            dev: bio_dev,
+            disk,
+            sector,
+            size,
+            ..
+        } = &sub.kind
+        else {
+            unreachable!()
+        };
+        assert!(sub.cpu < cpus, "cpu {} of {cpus}", sub.cpu);
+        assert_eq!(sub.comm, "dd");
+        assert!(
+            *bio_dev == dev || *disk == dev,
+            "bio on {bio_dev} (disk {disk}), file on {dev}"
+        );
+        *sizes.entry(*size).or_insert(0) += 1;
+        // Its completion: the request naming it, or (for long merged
+        // requests) covering its sector on its disk, after the submission.
+        let done = completions.iter().find(|c| {
+            c.ts >= sub.ts
+                && match &c.kind {
+                    EventKind::RqComplete {
+                        bios,
+                        disk: d,
+                        sector: s,
+                        nr_bytes,
+                        truncated,
+                        ..
+                    } => {
+                        bios.contains(bio)
+                            || (*truncated
+                                && d == disk
+                                && (*s..*s + (*nr_bytes as u64).div_ceil(512)).contains(sector))
+                    }
+                    EventKind::BioEndio {
+                        bio: b, is_final, ..
+                    } => b == bio && *is_final,
+                    _ => false,
+                }
+        });
+        let done = done.unwrap_or_else(|| panic!("no completion for {sub:?}"));
+        if let EventKind::RqComplete {
+            sector: s,
+            nr_bytes,
+            ..
+        } = &done.kind
+        {
+            assert!(
+                (*s..*s + (*nr_bytes as u64).div_ceil(512)).contains(sector),
+                "request {s}+{nr_bytes}B does not cover bio sector {sector}"
+            );
+        }
+    }
+    assert!(
+        sizes.get(&4096).copied().unwrap_or(0) >= 256,
+        "dd wrote 4 KiB blocks: {sizes:?}"
+    );
+    assert!(
+        !evs.iter().any(|e| matches!(e.kind, EventKind::Lost { .. })),
+        "events were lost at this rate"
+    );
+    assert!(stderr.contains(" 0 lost"), "{stderr}");
+}
+
+fn counts_by_kind(evs: &[Event]) -> BTreeMap<String, u64> {
+    let mut counts = BTreeMap::new();
+    for e in evs {
+        *counts.entry(e.kind.name().to_owned()).or_insert(0) += 1;
+    }
+    counts
+}
+
+#[test]
+#[ignore = "needs root and a live kernel; run by cargo xtask test"]
+fn record_then_replay_gives_the_same_events() {
+    let scratch = scratch_dir();
+    let record = scratch.path().join("session.rec");
+    let trace = Trace::start(&["--json", "--record", record.to_str().unwrap()]);
+    direct_io(&scratch.path().join("data"), 64);
+    let live_out = trace.stop();
+    let live = events(&json_lines(&live_out.stdout));
+    let replay = Command::new(BIN)
+        .args(["replay", "--json"])
+        .arg(&record)
+        .output()
+        .unwrap();
+    assert!(
+        replay.status.success(),
+        "{}",
+        String::from_utf8_lossy(&replay.stderr)
+    );
+    let replayed = events(&json_lines(&replay.stdout));
+    assert!(!live.is_empty());
+    assert_eq!(counts_by_kind(&live), counts_by_kind(&replayed));
+    assert_eq!(
+        live, replayed,
+        "the replay is the live stream, event for event"
+    );
+    // The summaries agree too.
+    let summary = |out: &[u8]| {
+        String::from_utf8_lossy(out)
+            .lines()
+            .find(|l| l.contains(" events in "))
+            .map(|l| l.split(" events in ").next().unwrap().trim().to_owned())
+    };
+    assert_eq!(summary(&live_out.stderr), summary(&replay.stderr));
+}
+
+/// Whether bpftrace (an independent loader) can attach a kfunc (fentry)
+/// probe on this kernel.
+fn bpftrace_fentry_works() -> Option<bool> {
+    let out = Command::new("timeout")
+        .args([
+            "30",
+            "bpftrace",
+            "-e",
+            "kfunc:vmlinux:bio_endio { exit(); } interval:s:1 { exit(); }",
+        ])
+        .output()
+        .ok()?;
+    if String::from_utf8_lossy(&out.stderr).contains("command not found") {
+        return None;
+    }
+    Some(out.status.success())
+}
+
+#[test]
+#[ignore = "needs root and a live kernel; run by cargo xtask test"]
+fn check_tells_the_truth_about_this_kernel() {
+    let out = Command::new(BIN)
+        .args(["check", "--json"])
+        .output()
+        .unwrap();
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(out.status.success(), report["can_trace"].as_bool().unwrap());
+
+    let release =
+        String::from_utf8(Command::new("uname").arg("-r").output().unwrap().stdout).unwrap();
+    assert_eq!(report["kernel"]["release"], release.trim());
+
+    // kprobes: the kprobe PMU is the kernel's own statement.
+    let kprobe_pmu = Path::new("/sys/bus/event_source/devices/kprobe/type").exists();
+    assert_eq!(report["kernel"]["kprobes"], kprobe_pmu);
+    if !kprobe_pmu {
+        assert_eq!(report["mechanisms"]["kprobe"]["available"], false);
+    }
+    // fentry: ask another loader.
+    if let Some(works) = bpftrace_fentry_works() {
+        assert_eq!(
+            report["mechanisms"]["fentry"]["available"],
+            works,
+            "bpftrace says fentry {}",
+            if works { "works" } else { "does not work" }
+        );
+    }
+    // Tracepoints work wherever BTF does.
+    let btf = Path::new("/sys/kernel/btf/vmlinux").exists();
+    assert_eq!(report["kernel"]["btf"], btf);
+    assert_eq!(report["mechanisms"]["tracepoint"]["available"], btf);
+
+    let hooks: BTreeMap<String, Value> = report["hooks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| (h["name"].as_str().unwrap().to_owned(), h.clone()))
+        .collect();
+    assert_eq!(hooks["sched_switch"]["status"], "attached");
+    assert_eq!(hooks["bio_submit"]["status"], "attached");
+    let fentry = report["mechanisms"]["fentry"]["available"] == true;
+    let expected = if fentry {
+        "fentry"
+    } else if kprobe_pmu {
+        "kprobe"
+    } else {
+        "tp_btf"
+    };
+    assert_eq!(hooks["bio_submit"]["mechanism"], expected);
+    // Without function hooks, completion rules cannot run: check says so.
+    let rules: BTreeMap<String, Value> = report["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["rule"].as_str().unwrap().to_owned(), r.clone()))
+        .collect();
+    if !fentry && !kprobe_pmu {
+        assert_eq!(hooks["bio_endio"]["status"], "failed");
+        assert_eq!(rules["onstack-completion"]["state"], "inactive");
+        assert_eq!(rules["stuck-completion-handler"]["state"], "inactive");
+        assert_eq!(rules["lost-io-completion"]["state"], "degraded");
+    }
+    // md: waits for the module where modules exist; cannot exist without.
+    if !Path::new("/proc/modules").exists() {
+        assert_eq!(hooks["md_super_write"]["status"], "absent");
+        assert_eq!(rules["md-teardown"]["state"], "inactive");
+    } else if !Path::new("/sys/module/md_mod").exists() {
+        assert_eq!(rules["md-teardown"]["state"], "waiting_for_module");
+    }
+}
+
+#[test]
+#[ignore = "needs root and a live kernel; run by cargo xtask test"]
+fn without_privileges_it_says_so() {
+    // A copy nobody can execute from a world-readable place.
+    let dir = tempfile::tempdir().unwrap();
+    let bin = dir.path().join("detector");
+    std::fs::copy(BIN, &bin).unwrap();
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    for cmd in [&["trace", "-d", "1"][..], &["check"][..]] {
+        let out = Command::new("setpriv")
+            .args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "--inh-caps=-all",
+            ])
+            .arg(&bin)
+            .args(cmd)
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(out.status.code(), Some(1), "{cmd:?}: {text}");
+        assert!(text.contains("needs root"), "{cmd:?}: {text}");
+        assert!(!text.contains("panicked"), "{text}");
+    }
+}
+
+#[test]
+#[ignore = "needs root and a live kernel; run by cargo xtask test"]
+fn a_kernel_without_btf_is_a_clear_error() {
+    use detector::kernel::attach::{LoadError, LoadOptions, Probes};
+    let opts = LoadOptions {
+        btf_dir: "/nonexistent/btf".into(),
+        ..LoadOptions::default()
+    };
+    let err = Probes::load(opts).err().expect("loading without BTF fails");
+    assert!(matches!(err, LoadError::NoBtf), "{err}");
+    assert!(err.to_string().contains("CONFIG_DEBUG_INFO_BTF"), "{err}");
+}
