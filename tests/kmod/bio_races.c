@@ -61,8 +61,8 @@ int rb_double_complete(bool fixed)
 
 	if (calls != (fixed ? 1 : 2) || (!fixed && !left))
 		err = -EPROTO;
-	rb_result("%s double_complete%s: end_io ran %d time(s), status %d then %d",
-		  err ? "fail" : "ok", fixed ? "_fixed" : "", calls,
+	rb_result("%s double_complete%s: end_io 0x%px ran %d time(s), status %d then %d",
+		  err ? "fail" : "ok", fixed ? "_fixed" : "", dc_end_io, calls,
 		  blk_status_to_errno(dc_status[0]),
 		  calls > 1 ? blk_status_to_errno(dc_status[1]) : 0);
 	return err;
@@ -136,7 +136,8 @@ int rb_stuck_handler(bool fixed)
 	spun_ms = ktime_ms_delta(sh_spin_end, sh_spin_start);
 	if (fixed ? spun_ms > 500 : spun_ms < SH_HOLD_MS - 500)
 		err = -EPROTO;
-	rb_result("%s stuck_handler%s: end_io spun %lld ms with interrupts off on cpu %d",
-		  err ? "fail" : "ok", fixed ? "_fixed" : "", spun_ms, RB_COMPLETION_CPU);
+	rb_result("%s stuck_handler%s: end_io 0x%px spun %lld ms with interrupts off on cpu %d",
+		  err ? "fail" : "ok", fixed ? "_fixed" : "", sh_end_io, spun_ms,
+		  RB_COMPLETION_CPU);
 	return err;
 }

@@ -364,8 +364,8 @@ int rb_complete_after_teardown(bool fixed)
 
 	if (fixed != ktime_before(done_at, del_at))
 		err = -EPROTO;
-	rb_result("%s complete_after_teardown%s: bio completed %lld us %s del_gendisk",
-		  err ? "fail" : "ok", fixed ? "_fixed" : "",
+	rb_result("%s complete_after_teardown%s: end_io 0x%px: bio completed %lld us %s del_gendisk",
+		  err ? "fail" : "ok", fixed ? "_fixed" : "", cat_end_io,
 		  abs(ktime_us_delta(done_at, del_at)),
 		  ktime_before(done_at, del_at) ? "before" : "after");
 	return err;

@@ -11,18 +11,22 @@
  * superblock update to wait for. Then "md_inject" calls the real
  * md_super_write() for a member (the rdev, sector, size and page of the
  * last superblock write that member saw) while that member holds the bio:
- * mddev->pending_writes stays 1. `mdadm --stop` runs the teardown; a
- * kprobe on md_bitmap_destroy(), the first call in __md_stop(), has the
- * held write completed right then, from an interrupt (an IPI) on the other
- * CPU, the way a disk's completion would come. That is after the teardown
- * began and before __md_stop() exits the bio sets and before export_array()
- * frees the rdevs, so super_written() still finds live objects and the
- * guest survives. (Completing it inside the kprobe handler itself would
- * hide it from kprobe-based tracers: kprobes do not nest.)
+ * mddev->pending_writes stays 1. `mdadm --stop` runs the teardown:
+ * do_md_stop() -> __md_stop_writes() -> __md_stop(), which destroys the
+ * bitmap, detaches the array (mddev_detach), frees the personality and at
+ * its end exits the array's bio sets. A kprobe on bioset_exit() for the
+ * bio set the held write came from (mddev->sync_set, the held bio's
+ * bi_pool) has that write completed right then, from an interrupt (an IPI)
+ * on the other CPU, the way a disk's completion would come: super_written()
+ * runs after mddev_detach() and pers->free(), the point of no return.
+ * That is as late as the guest survives it: the bio can still go back to
+ * its pool, and export_array() has not freed the rdevs yet. (Completing it
+ * inside the kprobe handler itself would hide it from kprobe-based
+ * tracers: kprobes do not nest.)
  *
  * Checked on 6.1.192: md_super_write and super_written are not exported
- * (their addresses come from a kprobe registration), md_bitmap_destroy is
- * a global function of md-mod.
+ * (their addresses come from a kprobe registration); __md_stop() ends with
+ * bioset_exit(&mddev->bio_set), bioset_exit(&mddev->sync_set).
  */
 #include <linux/kprobes.h>
 #include <linux/module.h>
@@ -50,6 +54,7 @@ static struct {
 
 /* The injected write, completed inside the teardown. */
 static struct mddev *inject_mddev;
+static struct bio_set *inject_pool;
 static struct rb_disk *inject_disk;
 static bool released;
 static const char *released_in;
@@ -105,29 +110,29 @@ static void md_complete_held(void *info)
 	}
 }
 
-/* md_bitmap_destroy(mddev): __md_stop() has begun. */
+/* bioset_exit(bs): the end of __md_stop() when bs is the held write's pool. */
 static int md_release_pre(struct kprobe *p, struct pt_regs *regs)
 {
 	struct bio *held;
 	unsigned int cpu;
 
-	if (released || regs->di != (unsigned long)inject_mddev)
+	if (released || regs->di != (unsigned long)inject_pool)
 		return 0;
 	released = true;
-	released_in = "md_bitmap_destroy, from an IPI on the other CPU";
+	released_in = "bioset_exit(sync_set) at the end of __md_stop(), from an IPI on the other CPU";
 	held = rb_disk_take_held(inject_disk);
 	cpu = cpumask_any_but(cpu_online_mask, smp_processor_id());
 	if (cpu < nr_cpu_ids) {
 		smp_call_function_single(cpu, md_complete_held, held, 1);
 	} else {
-		released_in = "md_bitmap_destroy";
+		released_in = "bioset_exit(sync_set) at the end of __md_stop()";
 		md_complete_held(held);
 	}
 	return 0;
 }
 
 static struct kprobe release_probe = {
-	.symbol_name = "md_bitmap_destroy",
+	.symbol_name = "bioset_exit",
 	.pre_handler = md_release_pre,
 };
 static bool release_probe_armed;
@@ -167,12 +172,6 @@ int rb_md_inject(const char *md_path)
 	inject_mddev = mddev;
 	inject_disk = d;
 	released = false;
-	err = register_kprobe(&release_probe);
-	if (err) {
-		rb_result("fail md_inject: kprobe on md_bitmap_destroy: %d", err);
-		return err;
-	}
-	release_probe_armed = true;
 
 	spin_lock_irq(&d->lock);
 	d->mode = RB_HOLD;
@@ -183,14 +182,17 @@ int rb_md_inject(const char *md_path)
 	rb_disk_set_mode(d, RB_NORMAL, 0);
 
 	held = rb_disk_nr_held(d);
-	if (held != 1) {
-		unregister_kprobe(&release_probe);
-		release_probe_armed = false;
+	spin_lock_irq(&d->lock);
+	inject_pool = held == 1 ? d->held.head->bi_pool : NULL;
+	spin_unlock_irq(&d->lock);
+	err = inject_pool ? register_kprobe(&release_probe) : -EPROTO;
+	if (err) {
 		rb_disk_release(d);
-		rb_result("fail md_inject: %u superblock writes held on %s, expected 1",
-			  held, d->disk->disk_name);
+		rb_result("fail md_inject: %u superblock writes held on %s (1 expected), "
+			  "kprobe on bioset_exit: %d", held, d->disk->disk_name, err);
 		return -EPROTO;
 	}
+	release_probe_armed = true;
 	rb_result("ok md_inject: superblock write to %s sector %llu (%u bytes) held, "
 		  "mddev %px rdev %px", d->disk->disk_name, (unsigned long long)sector,
 		  size, mddev, rdev);
@@ -212,8 +214,8 @@ int rb_md_check(bool expect_injected)
 	left = inject_disk ? rb_disk_nr_held(inject_disk) : 0;
 	if (!released || left) {
 		/*
-		 * Completing it now could touch freed rdevs: leave it held and
-		 * fail loudly.
+		 * Completing it now could touch freed rdevs and a dead bio set:
+		 * leave it held and fail loudly.
 		 */
 		rb_result("fail md_check: the held superblock write was not completed "
 			  "inside the teardown (%u still held)", left);

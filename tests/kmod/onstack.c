@@ -204,9 +204,9 @@ int rb_onstack(bool fixed)
 	/* buggy: the last complete() lands after the owner returned */
 	if (fixed ? late_us > 0 : late_us <= 0)
 		err = -EPROTO;
-	rb_result("%s onstack%s: completion at 0x%lx (%lu bytes below the caller), "
+	rb_result("%s onstack%s: end_io 0x%px, completion at 0x%lx (%lu bytes below the caller), "
 		  "last complete() %lld us %s the owner returned",
-		  err ? "fail" : "ok", fixed ? "_fixed" : "", zo_wait_addr,
+		  err ? "fail" : "ok", fixed ? "_fixed" : "", zo_end_io, zo_wait_addr,
 		  here - zo_wait_addr, abs(late_us), late_us > 0 ? "after" : "before");
 	return err;
 }

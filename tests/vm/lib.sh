@@ -113,7 +113,7 @@ run_scenario() {
 	(trigger) >> "$OUT/steps.log" 2>&1
 	rc=$?
 	# let the last events reach the ring buffer reader
-	sleep 1
+	sleep 0.5
 	[ "$DETECTOR" = 1 ] && stop_detector "$OUT"
 	dmesg | sed -n "/racebench-bench: $name start/,\$p" > "$OUT/dmesg.txt"
 	secs=$(echo "$t0 $(uptime_s)" | awk '{ printf "%.1f", $2 - $1 }')

@@ -1,18 +1,19 @@
 # The md scenarios' shared steps (see tests/kmod/md_teardown.c).
 NEEDS_MD=1
 
+# Before detector starts (the recording stays short): a raid1 on the two
+# test disks.
 setup() {
-	rb_run md_prepare
-}
-
-# Builds a raid1 on the two test disks, writes to it, waits until it is
-# clean, then stops it; with "inject", a superblock write is left pending
-# for the teardown to run into.
-md_cycle() {
+	rb_run md_prepare || return 1
 	mdadm --create /dev/md0 --level=1 --raid-devices=2 --metadata=1.2 \
 		--bitmap=none --run --assume-clean /dev/rb0 /dev/rb1 || return 1
 	# clean (in_sync) 50 ms after the last write instead of 200 ms
 	echo 0.05 > /sys/block/md0/md/safe_mode_delay
+}
+
+# Writes to the array, waits until it is clean, then stops it; with
+# "inject", a superblock write is left pending for the teardown to run into.
+md_cycle() {
 	dd if=/dev/urandom of=/dev/md0 bs=4096 count=64 oflag=direct || return 1
 	i=0
 	until [ "$(cat /sys/block/md0/md/array_state)" = clean ]; do

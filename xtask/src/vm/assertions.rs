@@ -1,10 +1,16 @@
 //! What each scenario's recorded event stream must show: the events of the
 //! race, in the racy order, with stacks (and for a twin, the safe order).
 //!
-//! The scenario's own objects are found by their stacks (the bio submitted
-//! from `rb_lost_wakeup`, ...) and by the test module's verdict line (the
-//! on-stack completion's address, the mddev), so the checks never pick up
-//! whatever else the guest did meanwhile.
+//! The scenario's own objects are found through the test module's verdict
+//! line (its bios' end_io function, the on-stack completion's address, the
+//! mddev), so the checks never pick up whatever else the guest did
+//! meanwhile.
+//!
+//! Stacks: detector's stack map drops a stack whose hash bucket is taken
+//! (no BPF_F_REUSE_STACKID), so any one event may come without one. Each
+//! hook that quotes stacks must have them on some events of the trace
+//! (`stacks_captured`), and where a key event has one, it must show the
+//! scenario's code (`stack_shows`).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -41,7 +47,7 @@ fn module_addr(ctx: &Ctx, label: &str) -> Result<u64> {
         .split_whitespace()
         .next()
         .unwrap_or("");
-    let hex = word.trim_end_matches(',');
+    let hex = word.trim_end_matches([',', ':']);
     let hex = if hex.starts_with("0x") {
         hex.to_owned()
     } else {
@@ -50,26 +56,58 @@ fn module_addr(ctx: &Ctx, label: &str) -> Result<u64> {
     parse_addr(&Value::String(hex)).with_context(|| format!("bad address after '{label}': {word}"))
 }
 
-fn need_stack(e: &Event) -> Result<()> {
-    ensure!(e.has_stack(), "no stack on {}", e.describe());
+/// If `e` quotes a stack, it goes through `symbol`.
+fn stack_shows(e: &Event, symbol: &str) -> Result<()> {
+    ensure!(
+        !e.has_stack() || e.called_from(symbol),
+        "{symbol} is not on the stack of {}: {:?}",
+        e.describe(),
+        e.frames().collect::<Vec<_>>()
+    );
     Ok(())
 }
+
+/// Every event kind of `kinds` in the trace quotes a stack at least once.
+fn stacks_captured(ctx: &Ctx, kinds: &[&str]) -> Result<()> {
+    for kind in kinds {
+        let mut events = ctx.trace.of_kind(kind).peekable();
+        if events.peek().is_some() {
+            ensure!(
+                events.any(Event::has_stack),
+                "no {kind} event quotes a stack"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The kinds whose hooks take a stack.
+const STACK_KINDS: &[&str] = &[
+    "bio_queue",
+    "bio_endio",
+    "complete",
+    "wait_enter",
+    "md_super_write",
+    "md_super_written",
+    "md_teardown",
+    "del_gendisk",
+];
 
 fn is_final_endio(e: &Event) -> bool {
     e.kind == "bio_endio" && e.flag("is_final").unwrap_or(false)
 }
 
-/// The bios the scenario submitted from kernel function `symbol`.
-fn queued_from<'a>(ctx: &Ctx<'a>, symbol: &str) -> Result<Vec<&'a Event>> {
+/// The bios the scenario submitted: those with the end_io function the
+/// module names in its verdict. Checks stack capture on the way.
+fn queued<'a>(ctx: &Ctx<'a>) -> Result<Vec<&'a Event>> {
+    stacks_captured(ctx, STACK_KINDS)?;
+    let end_io = module_addr(ctx, "end_io ")?;
     let queued: Vec<&Event> = ctx
         .trace
         .of_kind("bio_queue")
-        .filter(|e| e.called_from(symbol))
+        .filter(|e| e.addr("end_io") == Some(end_io))
         .collect();
-    ensure!(
-        !queued.is_empty(),
-        "no bio_queue with {symbol} on its stack"
-    );
+    ensure!(!queued.is_empty(), "no bio_queue with end_io {end_io:#x}");
     Ok(queued)
 }
 
@@ -114,7 +152,7 @@ fn sp_above(e: &Event, x: u64) -> bool {
 /// The owner of the on-stack completion at `x`: the task that submitted
 /// the batch's bios, with `x` inside its kernel stack.
 fn onstack_owner<'a>(ctx: &Ctx<'a>, x: u64) -> Result<&'a Event> {
-    let queued = queued_from(ctx, "zo_issue_zeroout")?;
+    let queued = queued(ctx)?;
     ensure!(
         queued.len() == 4,
         "expected the batch's 4 bios, saw {}",
@@ -149,7 +187,7 @@ fn last_complete<'a>(ctx: &Ctx<'a>, x: u64, owner: u32) -> Result<&'a Event> {
         .filter(|e| e.addr("x") == Some(x) && e.tid != owner)
         .last()
         .with_context(|| format!("no complete({x:#x}) by another task"))?;
-    need_stack(last)?;
+    stack_shows(last, "zo_end_io")?;
     ensure!(
         last.flag("on_own_stack") == Some(false),
         "complete() flagged as on its caller's own stack: {}",
@@ -166,11 +204,6 @@ pub fn onstack(ctx: &Ctx) -> Result<()> {
     let first = onstack_owner(ctx, x)?;
     let owner = first.tid;
     let late = last_complete(ctx, x, owner)?;
-    ensure!(
-        late.called_from("zo_end_io"),
-        "the late complete() is not zo_end_io's: {:?}",
-        late.frames().collect::<Vec<_>>()
-    );
     let left = ctx
         .trace
         .events
@@ -229,7 +262,7 @@ struct Sleep<'a> {
 }
 
 fn io_sleep<'a>(ctx: &Ctx<'a>) -> Result<Sleep<'a>> {
-    let queued = queued_from(ctx, "rb_lost_wakeup")?;
+    let queued = queued(ctx)?;
     ensure!(
         queued.len() == 3,
         "expected the waiter's 3 bios, saw {}",
@@ -241,7 +274,6 @@ fn io_sleep<'a>(ctx: &Ctx<'a>) -> Result<Sleep<'a>> {
         completions.push(final_of(ctx, q)?);
     }
     let last_completion = *completions.iter().max_by_key(|e| e.ts).expect("3 bios");
-    need_stack(last_completion)?;
     let last_queued = queued.iter().map(|e| e.ts).max().expect("3 bios");
     let sleep = ctx
         .trace
@@ -323,15 +355,14 @@ fn double_completions<'a>(ctx: &Ctx<'a>) -> Vec<(&'a Event, &'a Event)> {
 /// double_complete: two final bio_endio of the scenario's bio without a
 /// bio_queue between, the second with an error status (the timeout path).
 pub fn double_complete(ctx: &Ctx) -> Result<()> {
-    let queued = queued_from(ctx, "rb_double_complete")?[0];
+    let queued = queued(ctx)?[0];
     let finals = finals_of(ctx, queued);
     ensure!(
         finals.len() == 2,
         "expected 2 final completions, saw {}",
         finals.len()
     );
-    need_stack(finals[0])?;
-    need_stack(finals[1])?;
+    stack_shows(finals[1], "rb_cmd_timeout")?;
     ensure!(
         finals[1].int("status").unwrap_or(0) != 0,
         "the second completion has no error status: {}",
@@ -343,7 +374,7 @@ pub fn double_complete(ctx: &Ctx) -> Result<()> {
 /// double_complete_fixed: the scenario's bio completes once, and no bio
 /// completes twice.
 pub fn double_complete_fixed(ctx: &Ctx) -> Result<()> {
-    let queued = queued_from(ctx, "rb_double_complete")?[0];
+    let queued = queued(ctx)?[0];
     let finals = finals_of(ctx, queued);
     ensure!(
         finals.len() == 1,
@@ -362,9 +393,8 @@ pub fn double_complete_fixed(ctx: &Ctx) -> Result<()> {
 
 /// The scenario's bio_endio and the return from it (same task, next exit).
 fn handler_run<'a>(ctx: &Ctx<'a>) -> Result<(&'a Event, &'a Event)> {
-    let queued = queued_from(ctx, "rb_stuck_handler")?[0];
+    let queued = queued(ctx)?[0];
     let entry = final_of(ctx, queued)?;
-    need_stack(entry)?;
     let exit = ctx
         .trace
         .of_kind("bio_endio_exit")
@@ -403,7 +433,7 @@ fn dd_bio<'a>(ctx: &Ctx<'a>) -> Result<(&'a Event, &'a Event)> {
         .of_kind("bio_queue")
         .find(|e| e.comm == "dd")
         .context("no bio submitted by dd")?;
-    need_stack(queued)?;
+    stacks_captured(ctx, STACK_KINDS)?;
     Ok((queued, final_of(ctx, queued)?))
 }
 
@@ -428,16 +458,15 @@ pub fn lost_io_fixed(ctx: &Ctx) -> Result<()> {
 
 /// The scenario's disk removal and its bio's completion.
 fn teardown_bio<'a>(ctx: &Ctx<'a>) -> Result<(&'a Event, &'a Event)> {
-    let queued = queued_from(ctx, "rb_complete_after_teardown")?[0];
+    let queued = queued(ctx)?[0];
     let disk = queued.text("disk").context("bio_queue without disk")?;
     let del = ctx
         .trace
         .of_kind("del_gendisk")
         .find(|e| e.text("dev") == Some(disk))
         .with_context(|| format!("no del_gendisk of {disk}"))?;
-    need_stack(del)?;
+    stack_shows(del, "rb_complete_after_teardown")?;
     let done = final_of(ctx, queued)?;
-    need_stack(done)?;
     Ok((del, done))
 }
 
@@ -481,8 +510,9 @@ pub fn md_clean(ctx: &Ctx) -> Result<()> {
         .trace
         .of_kind("md_super_write")
         .next()
-        .context("no md_super_write (array creation writes superblocks)")?;
-    need_stack(write)?;
+        .context("no md_super_write (the writes mark the array dirty, then clean)")?;
+    stack_shows(write, "md_update_sb")?;
+    stacks_captured(ctx, STACK_KINDS)?;
     let first = teardowns(ctx);
     ensure!(
         first.len() == 1,
@@ -510,48 +540,59 @@ pub fn md_clean(ctx: &Ctx) -> Result<()> {
     Ok(())
 }
 
-/// md_teardown: the injected md_super_write, a teardown step that sees it
-/// pending, and its md_super_written inside the teardown.
+/// md_teardown: the injected md_super_write, still pending when the array
+/// is detached (mddev_detach), and its md_super_written after that, before
+/// the mddev is freed.
 pub fn md_teardown(ctx: &Ctx) -> Result<()> {
     let mddev = module_addr(ctx, "mddev ")?;
     let first = teardowns(ctx);
     let began = first
         .get(&mddev)
         .with_context(|| format!("no md_teardown of mddev {mddev:#x}"))?;
+    stacks_captured(ctx, STACK_KINDS)?;
+    // md's own superblock writes come from its thread (md0_raid1) or from
+    // mdadm; the injected one from the shell writing to debugfs
     let injected = ctx
         .trace
         .of_kind("md_super_write")
-        .find(|e| e.addr("mddev") == Some(mddev) && e.called_from("rb_md_inject"))
-        .context("no md_super_write from rb_md_inject")?;
+        .filter(|e| e.addr("mddev") == Some(mddev) && e.comm == "init")
+        .last()
+        .context("no md_super_write from the injecting shell")?;
+    stack_shows(injected, "rb_md_inject")?;
     ensure!(
         injected.ts < began.ts,
         "the injected write came after the teardown began"
     );
-    let pending = ctx
-        .trace
-        .of_kind("md_teardown")
-        .find(|e| e.addr("mddev") == Some(mddev) && e.int("pending_writes").unwrap_or(0) > 0)
-        .context("no md_teardown step with pending_writes > 0")?;
+    // the point of no return: mddev_detach() inside __md_stop()
+    let stage = |name: &'static str| {
+        ctx.trace
+            .of_kind("md_teardown")
+            .find(move |e| e.addr("mddev") == Some(mddev) && e.text("stage") == Some(name))
+            .with_context(|| format!("no md_teardown stage {name}"))
+    };
+    let detach = stage("detach")?;
+    ensure!(
+        detach.int("pending_writes").unwrap_or(0) > 0,
+        "no superblock write pending at {}",
+        detach.describe()
+    );
     let written = ctx
         .trace
         .of_kind("md_super_written")
         .find(|e| e.addr("mddev") == Some(mddev) && e.ts > began.ts)
         .context("no md_super_written after the teardown began")?;
-    need_stack(written)?;
-    // inside the teardown: before the array is detached and freed
-    if let Some(detach) = ctx.trace.of_kind("md_teardown").find(|e| {
-        e.addr("mddev") == Some(mddev) && matches!(e.text("stage"), Some("detach" | "kobj_release"))
-    }) {
+    stack_shows(written, "bio_endio")?;
+    ensure!(
+        written.ts > detach.ts,
+        "the held superblock write completed before the array was detached: {}",
+        written.describe()
+    );
+    if let Ok(freed) = stage("kobj_release") {
         ensure!(
-            written.ts < detach.ts,
-            "the late superblock completion came after {}",
-            detach.describe()
+            written.ts < freed.ts,
+            "the superblock write completed after the mddev was freed"
         );
     }
-    ensure!(
-        pending.ts <= written.ts,
-        "the pending teardown step came after the completion"
-    );
     Ok(())
 }
 

@@ -165,7 +165,7 @@ impl Trace {
         self.events.iter().filter(move |e| e.kind == kind)
     }
 
-    /// The finding kinds, sorted, duplicates kept.
+    /// The finding kinds reported, sorted, each once.
     pub fn finding_kinds(&self) -> Vec<String> {
         let mut kinds: Vec<String> = self
             .findings
@@ -173,6 +173,7 @@ impl Trace {
             .filter_map(|f| f.get("finding").and_then(Value::as_str).map(str::to_owned))
             .collect();
         kinds.sort();
+        kinds.dedup();
         kinds
     }
 }

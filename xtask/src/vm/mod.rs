@@ -63,6 +63,10 @@ pub struct VmTestArgs {
     /// Kill the guest after this many seconds.
     #[arg(long, value_name = "SECS")]
     timeout: Option<u64>,
+    /// Judge the last guest run again (what it left in .vm-cache/share)
+    /// without booting: for work on the host-side assertions.
+    #[arg(long)]
+    rejudge: bool,
 }
 
 pub fn run(args: VmTestArgs) -> Result<()> {
@@ -77,6 +81,22 @@ pub fn run(args: VmTestArgs) -> Result<()> {
     let root = workspace_root();
     let cache = root.join(".vm-cache");
     fs::create_dir_all(&cache)?;
+    let share = cache.join("share");
+    let log = cache.join("guest.log");
+    if args.rejudge {
+        let detector = (!args.no_detector).then(|| root.join("target/release/detector"));
+        return results::judge(&results::Run {
+            share: &share,
+            log: &log,
+            outcome: &qemu::Outcome {
+                elapsed: Duration::ZERO,
+                timed_out: false,
+                code: Some(0),
+            },
+            scenarios: &selected,
+            detector: detector.as_deref(),
+        });
+    }
 
     let release = debian::kernel_release(&cache)?;
     let kernel = Kernel {
@@ -113,12 +133,10 @@ pub fn run(args: VmTestArgs) -> Result<()> {
         &selected,
     )?;
 
-    let share = cache.join("share");
     if share.exists() {
         fs::remove_dir_all(&share)?;
     }
     fs::create_dir_all(&share)?;
-    let log = cache.join("guest.log");
     eprintln!(
         "vm: booting {} with {} scenario(s){} (prepared in {:.0?})",
         kernel.release,

@@ -120,17 +120,32 @@ fn judge_scenario(run: &Run, s: &Scenario) -> Result<String> {
     };
     (s.check)(&ctx)?;
 
-    let mut want: Vec<String> = s.findings.iter().map(|f| (*f).to_owned()).collect();
-    want.sort();
-    let mut got = trace.finding_kinds();
-    got.dedup();
-    if got != want {
-        bail!(
-            "findings: expected [{}], detector replay reported [{}]{}",
-            want.join(", "),
-            got.join(", "),
-            if trace.findings.is_empty() { "" } else { ":" },
+    let got = trace.finding_kinds();
+    let missing: Vec<&str> = s
+        .findings
+        .iter()
+        .copied()
+        .filter(|k| !got.iter().any(|g| g == k))
+        .collect();
+    let unexpected: Vec<&String> = got
+        .iter()
+        .filter(|g| !s.findings.contains(&g.as_str()) && !s.also.contains(&g.as_str()))
+        .collect();
+    if !missing.is_empty() || !unexpected.is_empty() {
+        let mut text = format!(
+            "findings: expected [{}]{}, detector replay reported [{}]",
+            s.findings.join(", "),
+            if s.also.is_empty() {
+                String::new()
+            } else {
+                format!(" (and maybe [{}])", s.also.join(", "))
+            },
+            got.join(", ")
         );
+        for f in trace.findings.iter().take(10) {
+            text.push_str(&format!("\n  {}", finding_line(f)));
+        }
+        bail!(text);
     }
     let attach = read(&dir.join("attach-seconds"));
     Ok(format!(
@@ -155,4 +170,14 @@ pub fn save_fixtures(share: &Path, dest: &Path, scenarios: &[&'static Scenario])
         );
     }
     Ok(())
+}
+
+/// A finding, on one line: kind and explanation.
+fn finding_line(f: &serde_json::Value) -> String {
+    let kind = f.get("finding").and_then(|k| k.as_str()).unwrap_or("?");
+    let text = f
+        .get("explanation")
+        .and_then(|k| k.as_str())
+        .unwrap_or_default();
+    format!("{kind}: {text}")
 }
