@@ -10,22 +10,26 @@ use std::sync::Arc;
 
 use crate::engine::{Engine, EngineStats, Finding};
 use crate::event::display::line;
-use crate::event::{Event, Stack, StackId, StackTable};
+use crate::event::{Addr, Event, EventKind, Stack, StackId, StackTable};
 use crate::filter::EventFilter;
 use crate::kernel::stacks::StackResolver;
 use crate::record::{RecordHeader, RecordWriter};
 use crate::report;
 use crate::summary::Summary;
 
-/// Where stacks come from: the kernel's map (live) or a file's table.
+/// Where stacks and symbols come from: the kernel (live) or a file.
 pub trait Stacks {
     fn stack(&mut self, id: StackId) -> Option<Arc<Stack>>;
+    fn symbol(&mut self, addr: Addr) -> Option<String>;
     fn table(&self) -> &StackTable;
 }
 
 impl Stacks for StackResolver {
     fn stack(&mut self, id: StackId) -> Option<Arc<Stack>> {
         self.resolve(id)
+    }
+    fn symbol(&mut self, addr: Addr) -> Option<String> {
+        StackResolver::symbol(self, addr)
     }
     fn table(&self) -> &StackTable {
         StackResolver::table(self)
@@ -36,8 +40,21 @@ impl Stacks for StackTable {
     fn stack(&mut self, id: StackId) -> Option<Arc<Stack>> {
         self.get(id).cloned()
     }
+    fn symbol(&mut self, addr: Addr) -> Option<String> {
+        StackTable::symbol(self, addr).map(str::to_owned)
+    }
     fn table(&self) -> &StackTable {
         self
+    }
+}
+
+/// The completion handler an event names, if any.
+fn end_io_of(ev: &Event) -> Option<Addr> {
+    match &ev.kind {
+        EventKind::BioQueue { end_io, .. } | EventKind::BioEndio { end_io, .. } => {
+            (!end_io.is_null()).then_some(*end_io)
+        }
+        _ => None,
     }
 }
 
@@ -72,6 +89,7 @@ pub struct Session<S: Stacks> {
     pub findings_shown: u64,
     recorder: Option<RecordWriter<BufWriter<File>>>,
     recorded_stacks: HashSet<StackId>,
+    recorded_symbols: HashSet<Addr>,
     /// Set when stdout was closed (e.g. piped into `head`): stop printing.
     output_closed: bool,
 }
@@ -88,6 +106,7 @@ impl<S: Stacks> Session<S> {
             findings_shown: 0,
             recorder: None,
             recorded_stacks: HashSet::new(),
+            recorded_symbols: HashSet::new(),
             output_closed: false,
         }
     }
@@ -117,10 +136,14 @@ impl<S: Stacks> Session<S> {
 
     /// Handles one event; errors are the record file's.
     pub fn event(&mut self, ev: Event) -> io::Result<()> {
-        // Every stack is resolved, shown or not: a finding may quote it.
+        // Every stack and handler is resolved, shown or not: a finding may
+        // quote it.
         let stack = ev
             .stack
             .and_then(|id| self.stacks.stack(id).map(|s| (id, s)));
+        if let Some(end_io) = end_io_of(&ev) {
+            let _ = self.stacks.symbol(end_io);
+        }
         if self.opts.filter.keep(&ev) {
             self.show(&ev, stack)?;
         }
@@ -176,6 +199,12 @@ impl<S: Stacks> Session<S> {
                 && self.recorded_stacks.insert(*id)
             {
                 rec.stack(*id, stack)?;
+            }
+            if let Some(end_io) = end_io_of(ev)
+                && let Some(symbol) = self.stacks.table().symbol(end_io)
+                && self.recorded_symbols.insert(end_io)
+            {
+                rec.symbol(end_io, symbol)?;
             }
             rec.event(ev)?;
         }

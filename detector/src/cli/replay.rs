@@ -72,6 +72,7 @@ pub fn run(args: ReplayArgs) -> Result<ExitCode> {
                 Ok(Record::Stack { id, stack }) => {
                     session.stacks.insert(id, stack);
                 }
+                Ok(Record::Symbol { addr, name }) => session.stacks.insert_symbol(addr, name),
                 Ok(Record::Event(ev)) => session.event(ev)?,
                 Err(e) => {
                     failure = Some(anyhow!("{}: {e}", path.display()));
