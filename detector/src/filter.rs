@@ -9,6 +9,7 @@
 
 use std::collections::{BTreeSet, HashSet};
 
+use crate::engine::Finding;
 use crate::event::{Addr, Dev, Event, EventKind};
 
 /// Related objects remembered per set before it is reset, to bound memory
@@ -61,6 +62,20 @@ impl EventFilter {
         } else {
             self.pids.contains(&ev.pid) || self.tids.contains(&ev.tid)
         }
+    }
+
+    /// Whether to show `finding`: one of its sides is a selected process,
+    /// or its object is on a selected device.
+    pub fn selects_finding(&self, finding: &Finding) -> bool {
+        if self.is_empty() {
+            return true;
+        }
+        let by_pid = finding.sides.iter().any(|s| self.pids.contains(&s.pid));
+        let by_dev = [finding.object.dev, finding.object.disk]
+            .iter()
+            .flatten()
+            .any(|d| self.devs.contains(d));
+        by_pid || by_dev
     }
 
     /// Whether to show and record `ev`.

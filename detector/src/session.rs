@@ -8,22 +8,28 @@ use std::io::{self, BufWriter, Write};
 use std::path::Path;
 use std::sync::Arc;
 
+use crate::engine::{Engine, EngineStats, Finding};
 use crate::event::display::line;
-use crate::event::{Event, Stack, StackId, StackTable};
+use crate::event::{Addr, Event, EventKind, Stack, StackId, StackTable};
 use crate::filter::EventFilter;
 use crate::kernel::stacks::StackResolver;
 use crate::record::{RecordHeader, RecordWriter};
+use crate::report;
 use crate::summary::Summary;
 
-/// Where stacks come from: the kernel's map (live) or a file's table.
+/// Where stacks and symbols come from: the kernel (live) or a file.
 pub trait Stacks {
     fn stack(&mut self, id: StackId) -> Option<Arc<Stack>>;
+    fn symbol(&mut self, addr: Addr) -> Option<String>;
     fn table(&self) -> &StackTable;
 }
 
 impl Stacks for StackResolver {
     fn stack(&mut self, id: StackId) -> Option<Arc<Stack>> {
         self.resolve(id)
+    }
+    fn symbol(&mut self, addr: Addr) -> Option<String> {
+        StackResolver::symbol(self, addr)
     }
     fn table(&self) -> &StackTable {
         StackResolver::table(self)
@@ -34,8 +40,21 @@ impl Stacks for StackTable {
     fn stack(&mut self, id: StackId) -> Option<Arc<Stack>> {
         self.get(id).cloned()
     }
+    fn symbol(&mut self, addr: Addr) -> Option<String> {
+        StackTable::symbol(self, addr).map(str::to_owned)
+    }
     fn table(&self) -> &StackTable {
         self
+    }
+}
+
+/// The completion handler an event names, if any.
+fn end_io_of(ev: &Event) -> Option<Addr> {
+    match &ev.kind {
+        EventKind::BioQueue { end_io, .. } | EventKind::BioEndio { end_io, .. } => {
+            (!end_io.is_null()).then_some(*end_io)
+        }
+        _ => None,
     }
 }
 
@@ -64,21 +83,30 @@ pub struct Session<S: Stacks> {
     opts: SessionOptions,
     pub stacks: S,
     pub summary: Summary,
+    engine: Engine,
+    findings: Vec<Finding>,
+    /// Findings shown (after filters).
+    pub findings_shown: u64,
     recorder: Option<RecordWriter<BufWriter<File>>>,
     recorded_stacks: HashSet<StackId>,
+    recorded_symbols: HashSet<Addr>,
     /// Set when stdout was closed (e.g. piped into `head`): stop printing.
     output_closed: bool,
 }
 
 impl<S: Stacks> Session<S> {
-    pub fn new(opts: SessionOptions, stacks: S) -> Self {
+    pub fn new(opts: SessionOptions, stacks: S, engine: Engine) -> Self {
         Self {
             out: BufWriter::with_capacity(1 << 16, io::stdout()),
             opts,
             stacks,
             summary: Summary::new(),
+            engine,
+            findings: Vec::new(),
+            findings_shown: 0,
             recorder: None,
             recorded_stacks: HashSet::new(),
+            recorded_symbols: HashSet::new(),
             output_closed: false,
         }
     }
@@ -108,30 +136,87 @@ impl<S: Stacks> Session<S> {
 
     /// Handles one event; errors are the record file's.
     pub fn event(&mut self, ev: Event) -> io::Result<()> {
-        if !self.opts.filter.keep(&ev) {
-            return Ok(());
-        }
-        self.summary.observe(&ev);
+        // Every stack and handler is resolved, shown or not: a finding may
+        // quote it.
         let stack = ev
             .stack
             .and_then(|id| self.stacks.stack(id).map(|s| (id, s)));
+        if let Some(end_io) = end_io_of(&ev) {
+            let _ = self.stacks.symbol(end_io);
+        }
+        if self.opts.filter.keep(&ev) {
+            self.show(&ev, stack)?;
+        }
+        self.engine.push_into(ev, &mut self.findings);
+        self.report_findings();
+        Ok(())
+    }
+
+    /// The clock moved to `now` (live sessions, every drain): deadlines
+    /// that passed fire now, while the condition still holds.
+    pub fn tick(&mut self, now: u64) {
+        let found = self.engine.advance(now);
+        self.findings.extend(found);
+        self.report_findings();
+    }
+
+    fn report_findings(&mut self) {
+        if self.findings.is_empty() {
+            return;
+        }
+        let mut findings = std::mem::take(&mut self.findings);
+        for finding in &findings {
+            if !self.opts.filter.selects_finding(finding) {
+                continue;
+            }
+            self.findings_shown += 1;
+            let text = match self.opts.events {
+                EventOutput::Json => {
+                    format!("{}\n", report::json::to_line(finding, self.stacks.table()))
+                }
+                _ => {
+                    format!(
+                        "{}\n",
+                        report::human::render(finding, self.stacks.table()).trim_end()
+                    ) + "\n"
+                }
+            };
+            self.write_out(&text);
+        }
+        findings.clear();
+        self.findings = findings;
+    }
+
+    /// The engine's counters so far.
+    pub fn engine_stats(&self) -> EngineStats {
+        self.engine.stats()
+    }
+
+    fn show(&mut self, ev: &Event, stack: Option<(StackId, Arc<Stack>)>) -> io::Result<()> {
+        self.summary.observe(ev);
         if let Some(rec) = &mut self.recorder {
             if let Some((id, stack)) = &stack
                 && self.recorded_stacks.insert(*id)
             {
                 rec.stack(*id, stack)?;
             }
-            rec.event(&ev)?;
+            if let Some(end_io) = end_io_of(ev)
+                && let Some(symbol) = self.stacks.table().symbol(end_io)
+                && self.recorded_symbols.insert(end_io)
+            {
+                rec.symbol(end_io, symbol)?;
+            }
+            rec.event(ev)?;
         }
         match self.opts.events {
             EventOutput::None => {}
             EventOutput::Lines => {
-                let mut text = line(&ev, self.opts.start_ns);
+                let mut text = line(ev, self.opts.start_ns);
                 text.push('\n');
                 self.write_out(&text);
             }
             EventOutput::Json => {
-                let mut value = serde_json::to_value(&ev).map_err(io::Error::other)?;
+                let mut value = serde_json::to_value(ev).map_err(io::Error::other)?;
                 if self.opts.inline_stacks
                     && let Some((_, stack)) = &stack
                 {
@@ -147,11 +232,6 @@ impl<S: Stacks> Session<S> {
             }
         }
         Ok(())
-    }
-
-    /// Writes a finished block of text (a finding) to the output.
-    pub fn print(&mut self, text: &str) {
-        self.write_out(text);
     }
 
     /// Pushes buffered output out (called after every drain, so live
@@ -174,12 +254,39 @@ impl<S: Stacks> Session<S> {
         }
     }
 
-    /// Finishes the record file; returns how many records it holds.
+    /// Ends the analysis (everything still held in the engine's window is
+    /// judged), then finishes the record file; returns how many records it
+    /// holds.
     pub fn finish(&mut self) -> io::Result<Option<u64>> {
+        let found = self.engine.finish();
+        self.findings.extend(found);
+        self.report_findings();
         self.flush();
         match &mut self.recorder {
             Some(rec) => rec.finish().map(Some),
             None => Ok(None),
         }
     }
+}
+
+/// Findings by kind and indeterminate verdicts by rule, for the summary.
+pub fn findings_summary(stats: &EngineStats) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let total: u64 = stats.findings.values().sum();
+    let _ = writeln!(out, "\n  findings: {total}");
+    for (kind, n) in &stats.findings {
+        let _ = writeln!(out, "    {:<34} {n:>6}", kind.name());
+    }
+    let undecided: u64 = stats.indeterminate.values().sum();
+    if undecided > 0 {
+        let _ = writeln!(
+            out,
+            "  indeterminate verdicts (evidence possibly lost): {undecided}"
+        );
+        for (rule, n) in &stats.indeterminate {
+            let _ = writeln!(out, "    {:<34} {n:>6}", rule.name());
+        }
+    }
+    out
 }

@@ -122,3 +122,69 @@ fn replay_of_a_good_file_counts_its_events() {
     assert!(again.status.success(), "{}", stderr(&again));
     assert_eq!(again.stdout, out.stdout);
 }
+
+fn fixture(name: &str) -> String {
+    format!(
+        "{}/tests/fixtures/engine/{name}.jsonl",
+        env!("CARGO_MANIFEST_DIR")
+    )
+}
+
+#[test]
+fn replay_prints_findings_with_the_interleaving() {
+    let out = detector(&["replay", &fixture("onstack_seed000_complete_after_return")]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with("complete-after-return"), "{text}");
+    assert!(text.contains("owner: zeroout/101"), "{text}");
+    assert!(text.contains("| completer:"), "two columns: {text}");
+    assert!(stderr(&out).contains("findings: 1"), "{}", stderr(&out));
+
+    let out = detector(&[
+        "replay",
+        "--json",
+        &fixture("onstack_seed000_complete_after_return"),
+    ]);
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let findings: Vec<_> = lines
+        .iter()
+        .filter(|l| l.get("finding").is_some())
+        .collect();
+    assert_eq!(findings.len(), 1);
+    assert_eq!(findings[0]["finding"], "complete-after-return");
+    assert!(findings[0].get("event").is_none());
+    assert!(
+        lines
+            .iter()
+            .filter(|l| l.get("event").is_some())
+            .all(|l| l.get("finding").is_none())
+    );
+}
+
+#[test]
+fn benign_fixture_replays_silently_and_rules_can_be_disabled() {
+    let out = detector(&["replay", &fixture("onstack_fixed_wait_then_complete")]);
+    assert!(out.status.success());
+    assert!(
+        out.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(stderr(&out).contains("findings: 0"));
+
+    let seed = fixture("lost_wakeup_seed004");
+    let out = detector(&["replay", &seed, "--disable-rule", "lost-wakeup"]);
+    assert!(out.status.success());
+    assert!(stderr(&out).contains("findings: 0"), "{}", stderr(&out));
+    let out = detector(&["replay", &seed, "--disable-rule", "no-such-rule"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("lost-wakeup"),
+        "lists valid rules: {}",
+        stderr(&out)
+    );
+    assert_no_panic(&out);
+}

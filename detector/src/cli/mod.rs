@@ -11,7 +11,9 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::engine::{EngineConfig, Rule};
 use crate::event::Dev;
+use crate::kernel::coverage::{RuleCoverage, RuleState};
 use args::{parse_duration, parse_ring_size};
 
 const ABOUT: &str = "Live race detector for the Linux block and completion paths";
@@ -120,6 +122,40 @@ pub struct EngineArgs {
     /// Turn a rule off (repeatable); `detector check` lists the rules.
     #[arg(long = "disable-rule", value_name = "RULE")]
     pub disabled_rules: Vec<String>,
+}
+
+impl EngineArgs {
+    /// The engine's configuration: these thresholds, the kernel's stack
+    /// size, and every rule except those turned off here or left without
+    /// their hooks (`coverage`, when known).
+    pub fn engine_config(
+        &self,
+        thread_size: u32,
+        coverage: Option<&[RuleCoverage]>,
+    ) -> anyhow::Result<EngineConfig> {
+        let ns = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        let mut cfg = EngineConfig {
+            thread_size: thread_size as u64,
+            lost_wakeup_after_ns: ns(self.lost_wakeup_after),
+            stuck_handler_after_ns: ns(self.stuck_handler_after),
+            lost_io_after_ns: ns(self.lost_io_after),
+            ..EngineConfig::default()
+        };
+        for name in &self.disabled_rules {
+            let rule: Rule = name.parse()?;
+            cfg.rules.remove(rule);
+        }
+        for c in coverage.into_iter().flatten() {
+            if matches!(c.state, RuleState::Inactive { .. })
+                && let Ok(rule) = c.rule.parse::<Rule>()
+            {
+                // Half of a rule's hooks would make it see half of the
+                // story: a missing wait looks like no wait at all.
+                cfg.rules.remove(rule);
+            }
+        }
+        Ok(cfg)
+    }
 }
 
 #[derive(Args, Debug)]

@@ -7,10 +7,13 @@ use std::process::ExitCode;
 use anyhow::{Context as _, Result, anyhow};
 
 use super::ReplayArgs;
+use crate::engine::Engine;
 use crate::event::{Event, StackTable};
 use crate::filter::EventFilter;
+use crate::kernel::attach::HookOutcome;
+use crate::kernel::coverage::coverage;
 use crate::record::{MAGIC, Record, RecordReader};
-use crate::session::{EventOutput, Session, SessionOptions};
+use crate::session::{EventOutput, Session, SessionOptions, findings_summary};
 
 pub fn run(args: ReplayArgs) -> Result<ExitCode> {
     let path = &args.file;
@@ -25,7 +28,7 @@ pub fn run(args: ReplayArgs) -> Result<ExitCode> {
         (false, true) => EventOutput::Lines,
         (false, false) => EventOutput::None,
     };
-    let mut opts = SessionOptions {
+    let opts = SessionOptions {
         events,
         inline_stacks: args.output.stacks,
         filter: EventFilter::new(args.output.pids.clone(), args.output.devs.clone()),
@@ -37,8 +40,20 @@ pub fn run(args: ReplayArgs) -> Result<ExitCode> {
         let mut reader = RecordReader::new(BufReader::new(file))
             .with_context(|| format!("{} is not a readable record file", path.display()))?;
         let header = reader.header().clone();
-        opts.start_ns = header.started_ns;
-        session = Session::new(opts, StackTable::new());
+        // Rules the recorded session could not feed stay off, as they were.
+        let rules = coverage(&HookOutcome::from_labels(&header.hooks));
+        let engine = Engine::new(
+            args.engine
+                .engine_config(header.thread_size, Some(&rules))?,
+        );
+        session = Session::new(
+            SessionOptions {
+                start_ns: header.started_ns,
+                ..opts
+            },
+            StackTable::new(),
+            engine,
+        );
         eprintln!(
             "detector: replaying {} (kernel {}, host {}, recorded by detector {})",
             path.display(),
@@ -57,6 +72,7 @@ pub fn run(args: ReplayArgs) -> Result<ExitCode> {
                 Ok(Record::Stack { id, stack }) => {
                     session.stacks.insert(id, stack);
                 }
+                Ok(Record::Symbol { addr, name }) => session.stacks.insert_symbol(addr, name),
                 Ok(Record::Event(ev)) => session.event(ev)?,
                 Err(e) => {
                     failure = Some(anyhow!("{}: {e}", path.display()));
@@ -69,8 +85,10 @@ pub fn run(args: ReplayArgs) -> Result<ExitCode> {
         }
     } else {
         // JSON lines: one event per line, as `trace --json` prints them;
-        // finding lines, blank lines and `#` comments are skipped.
-        session = Session::new(opts, StackTable::new());
+        // finding lines, blank lines and `#` comments are skipped. There is
+        // no header saying which hooks ran: every rule runs.
+        let engine = Engine::new(args.engine.engine_config(16 * 1024, None)?);
+        session = Session::new(opts, StackTable::new(), engine);
         for (i, line) in BufReader::new(file).lines().enumerate() {
             let line = line.with_context(|| format!("cannot read {}", path.display()))?;
             let text = line.trim();
@@ -109,6 +127,7 @@ pub fn run(args: ReplayArgs) -> Result<ExitCode> {
     }
     session.finish()?;
     eprint!("{}", session.summary.render());
+    eprint!("{}", findings_summary(&session.engine_stats()));
     match failure {
         Some(e) => Err(e),
         None => Ok(ExitCode::SUCCESS),

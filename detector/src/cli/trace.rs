@@ -11,13 +11,14 @@ use tokio::sync::{mpsc, watch};
 
 use super::TraceArgs;
 use crate::clock::{monotonic_ns, realtime_ns};
+use crate::engine::Engine;
 use crate::filter::EventFilter;
 use crate::kernel::attach::{HookStatus, LoadOptions, Probes};
 use crate::kernel::coverage::{RuleState, coverage};
 use crate::kernel::reader::Reader;
 use crate::kernel::stacks::StackResolver;
 use crate::record::{FORMAT_VERSION, RecordHeader};
-use crate::session::{EventOutput, Session, SessionOptions};
+use crate::session::{EventOutput, Session, SessionOptions, findings_summary};
 
 /// How often the reader drains the ring buffer when not woken.
 const DRAIN_EVERY: Duration = Duration::from_millis(20);
@@ -114,6 +115,10 @@ async fn trace(args: TraceArgs) -> Result<ExitCode> {
         (false, true) => EventOutput::Lines,
         (false, false) => EventOutput::None,
     };
+    let rules = coverage(&probes.outcomes);
+    let engine_config = args
+        .engine
+        .engine_config(probes.config().thread_size, Some(&rules))?;
     let mut session = Session::new(
         SessionOptions {
             events,
@@ -122,6 +127,7 @@ async fn trace(args: TraceArgs) -> Result<ExitCode> {
             start_ns,
         },
         StackResolver::new(stack_map),
+        Engine::new(engine_config),
     );
     if let Some(path) = &args.record {
         let header = RecordHeader {
@@ -136,13 +142,7 @@ async fn trace(args: TraceArgs) -> Result<ExitCode> {
             hooks: probes
                 .outcomes
                 .iter()
-                .map(|o| {
-                    let how = match o.attached() {
-                        Some(m) => m.name().to_owned(),
-                        None => "none".to_owned(),
-                    };
-                    (o.name.to_owned(), how)
-                })
+                .map(|o| (o.name.to_owned(), o.status.label().to_owned()))
                 .collect(),
             filters: vec![],
         };
@@ -183,6 +183,7 @@ async fn trace(args: TraceArgs) -> Result<ExitCode> {
                 for ev in batch.events {
                     session.event(ev).context("writing the record file")?;
                 }
+                session.tick(batch.now);
                 session.flush();
                 if last_record_flush.elapsed() >= RECORD_FLUSH_EVERY {
                     session.sync_record().context("writing the record file")?;
@@ -207,11 +208,12 @@ async fn trace(args: TraceArgs) -> Result<ExitCode> {
                 let rate = (now - before) as f64 / at.elapsed().as_secs_f64().max(1e-3);
                 last_status = (Instant::now(), now);
                 eprint!(
-                    "\r\x1b[K{:>5.0}s  {:>9.0} events/s  {} lost  {} bios in flight",
+                    "\r\x1b[K{:>5.0}s  {:>9.0} events/s  {} lost  {} bios in flight  {} findings",
                     Duration::from_nanos(monotonic_ns() - start_ns).as_secs_f64(),
                     rate,
                     session.summary.lost,
                     session.summary.in_flight(),
+                    session.findings_shown,
                 );
             }
         }
@@ -229,6 +231,7 @@ async fn trace(args: TraceArgs) -> Result<ExitCode> {
         eprint!("\r\x1b[K");
     }
     eprint!("\n{}", session.summary.render());
+    eprint!("{}", findings_summary(&session.engine_stats()));
     if totals.stacks_over_budget > 0 {
         eprintln!(
             "  events without a stack (over --stack-budget): {}",

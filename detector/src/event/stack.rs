@@ -80,10 +80,12 @@ fn is_hook_machinery(symbol: &str) -> bool {
         || symbol == "exc_int3"
 }
 
-/// Stacks by id, as collected during a session or read from a record.
+/// Stacks by id, as collected during a session or read from a record, and
+/// the symbols of code addresses events carry (a bio's `bi_end_io`).
 #[derive(Clone, Debug, Default)]
 pub struct StackTable {
     stacks: HashMap<StackId, Arc<Stack>>,
+    symbols: HashMap<Addr, String>,
 }
 
 impl StackTable {
@@ -115,6 +117,23 @@ impl StackTable {
 
     pub fn iter(&self) -> impl Iterator<Item = (StackId, &Arc<Stack>)> {
         self.stacks.iter().map(|(id, stack)| (*id, stack))
+    }
+
+    /// Remembers what code lives at `addr` (`ext4_end_bio+0x0`).
+    pub fn insert_symbol(&mut self, addr: Addr, symbol: String) {
+        self.symbols.insert(addr, symbol);
+    }
+
+    pub fn symbol(&self, addr: Addr) -> Option<&str> {
+        self.symbols.get(&addr).map(String::as_str)
+    }
+
+    /// `addr` as its symbol when known, else as hex.
+    pub fn describe(&self, addr: Addr) -> String {
+        match self.symbol(addr) {
+            Some(symbol) => format!("{symbol} ({addr})"),
+            None => addr.to_string(),
+        }
     }
 }
 

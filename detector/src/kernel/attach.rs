@@ -113,7 +113,54 @@ pub struct HookOutcome {
     pub tried: Vec<Attempt>,
 }
 
+impl HookStatus {
+    /// One word for record headers: the mechanism, or what else happened.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::Attached { mechanism, .. } => mechanism.name(),
+            Self::Redundant { .. } => "redundant",
+            Self::Absent => "absent",
+            Self::WaitingForModule { .. } => "waiting",
+            Self::Failed => "failed",
+        }
+    }
+}
+
 impl HookOutcome {
+    /// Outcomes as a record header lists them (hook name -> label); unknown
+    /// names are skipped, missing hooks count as failed.
+    pub fn from_labels(labels: &BTreeMap<String, String>) -> Vec<HookOutcome> {
+        hooks()
+            .iter()
+            .map(|spec| {
+                let label = labels
+                    .get(spec.name)
+                    .map(String::as_str)
+                    .unwrap_or("failed");
+                let status = match label {
+                    "redundant" => HookStatus::Redundant { with: "" },
+                    "absent" => HookStatus::Absent,
+                    "waiting" => HookStatus::WaitingForModule {
+                        module: spec.module.unwrap_or(""),
+                    },
+                    other => match Mechanism::from_name(other) {
+                        Some(mechanism) => HookStatus::Attached {
+                            mechanism,
+                            target: "",
+                        },
+                        None => HookStatus::Failed,
+                    },
+                };
+                HookOutcome {
+                    name: spec.name,
+                    module: spec.module,
+                    status,
+                    tried: Vec::new(),
+                }
+            })
+            .collect()
+    }
+
     pub fn attached(&self) -> Option<Mechanism> {
         match self.status {
             HookStatus::Attached { mechanism, .. } => Some(mechanism),

@@ -24,6 +24,19 @@ pub enum Mechanism {
 }
 
 impl Mechanism {
+    pub const ALL: [Mechanism; 6] = [
+        Self::Fentry,
+        Self::Fexit,
+        Self::Kprobe,
+        Self::Kretprobe,
+        Self::TpBtf,
+        Self::RawTracepoint,
+    ];
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|m| m.name() == name)
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Self::Fentry => "fentry",

@@ -51,6 +51,19 @@ impl StackResolver {
         Some(self.table.insert(id, stack))
     }
 
+    /// What code lives at `addr`, symbolized once and remembered.
+    pub fn symbol(&mut self, addr: Addr) -> Option<String> {
+        if let Some(symbol) = self.table.symbol(addr) {
+            return Some(symbol.to_owned());
+        }
+        let stack = symbolize(&self.symbolizer, &self.modules, &[addr.0]);
+        let frame = stack.frames.first()?;
+        frame.symbol.as_ref()?;
+        let text = frame.to_string();
+        self.table.insert_symbol(addr, text.clone());
+        Some(text)
+    }
+
     /// Every stack resolved so far.
     pub fn table(&self) -> &StackTable {
         &self.table

@@ -25,7 +25,7 @@ pub use reader::{RecordError, RecordReader};
 use serde::{Deserialize, Serialize};
 pub use writer::RecordWriter;
 
-use crate::event::{Event, Stack, StackId};
+use crate::event::{Addr, Event, Stack, StackId};
 
 pub const MAGIC: &[u8; 8] = b"DETREC\r\n";
 pub const CHUNK_MAGIC: &[u8; 4] = b"CHNK";
@@ -72,6 +72,12 @@ pub enum Record {
     Stack {
         id: StackId,
         stack: Stack,
+    },
+    /// What code lives at `addr` (a bio's end_io), written before the first
+    /// event naming it.
+    Symbol {
+        addr: Addr,
+        name: String,
     },
 }
 

@@ -58,10 +58,12 @@ fn file(n: u64) -> Vec<u8> {
     let mut out = Vec::new();
     let mut w = RecordWriter::new(&mut out, &header()).unwrap();
     w.stack(StackId(7), &stack()).unwrap();
+    w.symbol(Addr(0xffff_ffff_8123_4567), "blkdev_bio_end_io+0x0")
+        .unwrap();
     for i in 0..n {
         w.event(&event(i)).unwrap();
     }
-    assert_eq!(w.finish().unwrap(), n + 1);
+    assert_eq!(w.finish().unwrap(), n + 2);
     out
 }
 
@@ -88,7 +90,7 @@ fn round_trip_across_several_chunks() {
     assert_eq!(reader.header(), &header());
     let (records, err) = read_all(&bytes);
     assert!(err.is_none(), "{err:?}");
-    assert_eq!(records.len() as u64, n + 1);
+    assert_eq!(records.len() as u64, n + 2);
     assert_eq!(
         records[0],
         Record::Stack {
@@ -96,7 +98,14 @@ fn round_trip_across_several_chunks() {
             stack: stack()
         }
     );
-    for (i, r) in records[1..].iter().enumerate() {
+    assert_eq!(
+        records[1],
+        Record::Symbol {
+            addr: Addr(0xffff_ffff_8123_4567),
+            name: "blkdev_bio_end_io+0x0".into()
+        }
+    );
+    for (i, r) in records[2..].iter().enumerate() {
         assert_eq!(r, &Record::Event(event(i as u64)));
     }
 }

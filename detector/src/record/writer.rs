@@ -3,7 +3,7 @@
 use std::io::{self, Write};
 
 use super::{CHUNK_MAGIC, END_MAGIC, MAGIC, RecordHeader};
-use crate::event::{Event, Stack, StackId};
+use crate::event::{Addr, Event, Stack, StackId};
 
 /// Records buffered before a chunk is written.
 const CHUNK_RECORDS: usize = 4096;
@@ -39,6 +39,10 @@ impl<W: Write> RecordWriter<W> {
 
     pub fn stack(&mut self, id: StackId, stack: &Stack) -> io::Result<()> {
         self.record(&RecordRef::Stack { id, stack })
+    }
+
+    pub fn symbol(&mut self, addr: Addr, name: &str) -> io::Result<()> {
+        self.record(&RecordRef::Symbol { addr, name })
     }
 
     fn record(&mut self, record: &RecordRef<'_>) -> io::Result<()> {
@@ -95,4 +99,5 @@ impl<W: Write> RecordWriter<W> {
 enum RecordRef<'a> {
     Event(&'a Event),
     Stack { id: StackId, stack: &'a Stack },
+    Symbol { addr: Addr, name: &'a str },
 }

@@ -37,7 +37,7 @@ pub fn render(finding: &Finding, stacks: &StackTable) -> String {
         finding.severity.name(),
         secs(finding.ts)
     );
-    let _ = writeln!(out, "  {}", object_line(finding));
+    let _ = writeln!(out, "  {}", object_line(finding, stacks));
     for line in wrap(&finding.explanation, WIDTH - 2) {
         let _ = writeln!(out, "  {line}");
     }
@@ -71,7 +71,7 @@ pub fn render(finding: &Finding, stacks: &StackTable) -> String {
     out
 }
 
-fn object_line(finding: &Finding) -> String {
+fn object_line(finding: &Finding, stacks: &StackTable) -> String {
     let o = &finding.object;
     let mut line = format!("{} {}", o.kind.name(), o.addr);
     if let Some(dev) = o.dev {
@@ -81,7 +81,7 @@ fn object_line(finding: &Finding) -> String {
         let _ = write!(line, " (disk {disk})");
     }
     if let Some(end_io) = o.end_io {
-        let _ = write!(line, ", end_io {end_io}");
+        let _ = write!(line, ", end_io {}", stacks.describe(end_io));
     }
     if let Some(tid) = o.owner_tid {
         let owner = finding

@@ -43,13 +43,19 @@ pub fn to_json(finding: &Finding, stacks: &StackTable) -> Value {
             v
         })
         .collect();
+    let mut object = json!(finding.object);
+    if let Some(end_io) = finding.object.end_io
+        && let Some(symbol) = stacks.symbol(end_io)
+    {
+        object["end_io_symbol"] = json!(symbol);
+    }
     json!({
         "finding": finding.kind,
         "severity": finding.severity,
         "rule": finding.kind.rule(),
         "ts": finding.ts,
         "time": secs(finding.ts),
-        "object": finding.object,
+        "object": object,
         "sides": sides,
         "interleaving": interleaving,
         "explanation": finding.explanation,
