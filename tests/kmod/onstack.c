@@ -19,14 +19,17 @@
  * Keeping the guest alive: the late complete() takes the dead completion's
  * spinlock and bumps its count, which is harmless as long as nobody reused
  * that stack region. So the frame sits below ONSTACK_PAD_FRAMES padded
- * frames (7 KiB), and after the return the owner stays shallow until the
- * late complete() has returned: it naps in msleep(), which only goes as
- * deep as schedule() plus the tracer's sched_switch program. (Waiting in
- * wait_for_completion*() instead went deep enough, with fentry programs
- * taking stack traces, to overwrite a dead frame 4.9 KiB down.) Should the
- * region be reused anyway, the late completion finds the dead completion
- * changed, skips complete() and the scenario fails, instead of the guest
- * spinning on a garbage spinlock.
+ * frames (10 KiB; the debugfs write handler runs ~750 bytes below the top
+ * of the 16 KiB stack, which leaves the batch's own calls ~4.5 KiB), and
+ * after the return the owner stays shallow until the late complete() has
+ * returned: it naps in msleep(), which only goes as deep as schedule()
+ * plus the tracer's sched_switch program. (Waiting in wait_for_completion*()
+ * instead went deep enough, with fentry programs taking stack traces, to
+ * overwrite a dead frame 4.9 KiB down; once, with msleep(), one 8 KiB down
+ * was found changed too.) Should the region be reused anyway, the late
+ * completion finds the dead completion changed, skips complete() and the
+ * scenario fails with what it found, instead of the guest spinning on a
+ * garbage spinlock.
  */
 #include <linux/completion.h>
 #include <linux/delay.h>
@@ -36,7 +39,7 @@
 
 #define ONSTACK_BIOS 4
 #define ONSTACK_WINDOW_MS 1000
-#define ONSTACK_PAD_FRAMES 14
+#define ONSTACK_PAD_FRAMES 20
 #define ONSTACK_PAD_BYTES 512
 
 struct zo_batch {
