@@ -10,6 +10,7 @@
 mod assertions;
 mod debian;
 mod events;
+mod fixtures;
 mod initramfs;
 mod kernel;
 mod kmod;
@@ -56,8 +57,8 @@ pub struct VmTestArgs {
     /// reproduces each race.
     #[arg(long)]
     no_detector: bool,
-    /// Copy each scenario's recording to detector/tests/fixtures/vm/ as a
-    /// replay fixture.
+    /// Copy each scenario's recording, gzipped, to detector/tests/fixtures/vm/
+    /// as a replay fixture (with a README of what each must give).
     #[arg(long)]
     save_fixtures: bool,
     /// Kill the guest after this many seconds.
@@ -167,8 +168,15 @@ pub fn run(args: VmTestArgs) -> Result<()> {
         scenarios: &selected,
         detector: detector.as_deref(),
     });
-    if judged.is_ok() && args.save_fixtures {
-        results::save_fixtures(&share, &root.join("detector/tests/fixtures/vm"), &selected)?;
+    if args.save_fixtures {
+        // also when detector's verdicts fail: the recordings are what the
+        // engine's tests need to get them right
+        fixtures::save(
+            &share,
+            &root.join("detector/tests/fixtures/vm"),
+            &selected,
+            &kernel.release,
+        )?;
     }
     judged?;
     eprintln!(

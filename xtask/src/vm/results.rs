@@ -156,22 +156,6 @@ fn judge_scenario(run: &Run, s: &Scenario) -> Result<String> {
     ))
 }
 
-/// Copies each scenario's recording to `dest/<scenario>.rec`.
-pub fn save_fixtures(share: &Path, dest: &Path, scenarios: &[&'static Scenario]) -> Result<()> {
-    fs::create_dir_all(dest)?;
-    for s in scenarios {
-        let from = share.join("scenarios").join(s.name).join("trace.rec");
-        let to = dest.join(format!("{}.rec", s.name));
-        fs::copy(&from, &to)?;
-        eprintln!(
-            "vm: fixture {} ({} KiB)",
-            to.display(),
-            fs::metadata(&to)?.len() / 1024
-        );
-    }
-    Ok(())
-}
-
 /// A finding, on one line: kind and explanation.
 fn finding_line(f: &serde_json::Value) -> String {
     let kind = f.get("finding").and_then(|k| k.as_str()).unwrap_or("?");
