@@ -7,9 +7,10 @@
 //! meanwhile.
 //!
 //! Stacks: detector's stack map drops a stack whose hash bucket is taken
-//! (no BPF_F_REUSE_STACKID), so any one event may come without one. Each
-//! hook that quotes stacks must have them on some events of the trace
-//! (`stacks_captured`), and where a key event has one, it must show the
+//! (no BPF_F_REUSE_STACKID), so any one event may come without one, even
+//! the only bio_queue of a short session. So each hook that quotes stacks
+//! must have them on some events of the whole run (`StackCoverage`, checked
+//! across all scenarios), and where a key event has one, it must show the
 //! scenario's code (`stack_shows`).
 
 use std::collections::HashMap;
@@ -67,18 +68,34 @@ fn stack_shows(e: &Event, symbol: &str) -> Result<()> {
     Ok(())
 }
 
-/// Every event kind of `kinds` in the trace quotes a stack at least once.
-fn stacks_captured(ctx: &Ctx, kinds: &[&str]) -> Result<()> {
-    for kind in kinds {
-        let mut events = ctx.trace.of_kind(kind).peekable();
-        if events.peek().is_some() {
-            ensure!(
-                events.any(Event::has_stack),
-                "no {kind} event quotes a stack"
-            );
+/// Which event kinds were seen, and which with a stack, over all traces.
+#[derive(Default)]
+pub struct StackCoverage {
+    seen: std::collections::BTreeSet<String>,
+    with_stack: std::collections::BTreeSet<String>,
+}
+
+impl StackCoverage {
+    pub fn add(&mut self, trace: &Trace) {
+        for e in &trace.events {
+            if STACK_KINDS.contains(&e.kind.as_str()) {
+                self.seen.insert(e.kind.clone());
+                if e.has_stack() {
+                    self.with_stack.insert(e.kind.clone());
+                }
+            }
         }
     }
-    Ok(())
+
+    /// Every kind whose hook takes stacks quoted one somewhere.
+    pub fn check(&self) -> Result<()> {
+        let missing: Vec<&String> = self.seen.difference(&self.with_stack).collect();
+        ensure!(
+            missing.is_empty(),
+            "no event quotes a stack among: {missing:?}"
+        );
+        Ok(())
+    }
 }
 
 /// The kinds whose hooks take a stack.
@@ -100,7 +117,6 @@ fn is_final_endio(e: &Event) -> bool {
 /// The bios the scenario submitted: those with the end_io function the
 /// module names in its verdict. Checks stack capture on the way.
 fn queued<'a>(ctx: &Ctx<'a>) -> Result<Vec<&'a Event>> {
-    stacks_captured(ctx, STACK_KINDS)?;
     let end_io = module_addr(ctx, "end_io ")?;
     let queued: Vec<&Event> = ctx
         .trace
@@ -433,7 +449,6 @@ fn dd_bio<'a>(ctx: &Ctx<'a>) -> Result<(&'a Event, &'a Event)> {
         .of_kind("bio_queue")
         .find(|e| e.comm == "dd")
         .context("no bio submitted by dd")?;
-    stacks_captured(ctx, STACK_KINDS)?;
     Ok((queued, final_of(ctx, queued)?))
 }
 
@@ -512,7 +527,6 @@ pub fn md_clean(ctx: &Ctx) -> Result<()> {
         .next()
         .context("no md_super_write (the writes mark the array dirty, then clean)")?;
     stack_shows(write, "md_update_sb")?;
-    stacks_captured(ctx, STACK_KINDS)?;
     let first = teardowns(ctx);
     ensure!(
         first.len() == 1,
@@ -549,7 +563,6 @@ pub fn md_teardown(ctx: &Ctx) -> Result<()> {
     let began = first
         .get(&mddev)
         .with_context(|| format!("no md_teardown of mddev {mddev:#x}"))?;
-    stacks_captured(ctx, STACK_KINDS)?;
     // md's own superblock writes come from its thread (md0_raid1) or from
     // mdadm; the injected one from the shell writing to debugfs
     let injected = ctx

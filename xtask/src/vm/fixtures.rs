@@ -13,13 +13,21 @@ use std::process::Command;
 
 use anyhow::{Context as _, Result, bail};
 
+use crate::vm::events::Trace;
 use crate::vm::scenarios::{DETECTOR_FLAGS, Scenario};
+
+/// One saved recording, and what replaying it gave with this build.
+struct Saved {
+    scenario: &'static Scenario,
+    gave: Option<Vec<String>>,
+}
 
 pub fn save(
     share: &Path,
     dest: &Path,
     scenarios: &[&'static Scenario],
     release: &str,
+    detector: &Path,
 ) -> Result<()> {
     let status = fs::read_to_string(share.join("status")).unwrap_or_default();
     if status.trim() == "running" || status.trim().is_empty() {
@@ -27,6 +35,7 @@ pub fn save(
     }
     fs::create_dir_all(dest)?;
     let mut total = 0;
+    let mut saved = Vec::new();
     for s in scenarios {
         let dir = share.join("scenarios").join(s.name);
         if fs::read_to_string(dir.join("verdict"))
@@ -40,24 +49,39 @@ pub fn save(
             );
             continue;
         }
-        let to = dest.join(format!("{}.rec.gz", s.name));
+        let record = dir.join("trace.rec");
         let out = Command::new("gzip")
             .args(["-9", "-n", "-c"])
-            .arg(dir.join("trace.rec"))
+            .arg(&record)
             .output()
             .context("cannot start gzip")?;
         if !out.status.success() {
             bail!("gzip {}: {}", s.name, String::from_utf8_lossy(&out.stderr));
         }
-        fs::write(&to, &out.stdout)?;
+        fs::write(dest.join(format!("{}.rec.gz", s.name)), &out.stdout)?;
         total += out.stdout.len();
+        let gave = Trace::replay(detector, &record, DETECTOR_FLAGS)
+            .ok()
+            .map(|t| t.finding_kinds());
+        saved.push(Saved { scenario: s, gave });
     }
-    fs::write(dest.join("README.md"), readme(scenarios, release))?;
+    fs::write(dest.join("README.md"), readme(&saved, release))?;
     eprintln!("vm: fixtures in {} ({} KiB)", dest.display(), total / 1024);
     Ok(())
 }
 
-fn readme(scenarios: &[&'static Scenario], release: &str) -> String {
+fn kinds(kinds: &[&str]) -> String {
+    if kinds.is_empty() {
+        return "none".to_owned();
+    }
+    kinds
+        .iter()
+        .map(|k| format!("`{k}`"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn readme(saved: &[Saved], release: &str) -> String {
     let mut s = String::new();
     let _ = write!(
         s,
@@ -69,23 +93,25 @@ fn readme(scenarios: &[&'static Scenario], release: &str) -> String {
          with `{DETECTOR_FLAGS}`; replay them with the same thresholds. The \
          races come from `tests/kmod` (the racebench module); the guest \
          steps from `tests/vm`.\n\n\
-         | recording | what happens | findings it must give |\n|---|---|---|\n"
+         The last column is what `detector replay` of the build that recorded \
+         them gave; where it differs from the column before, that build was \
+         wrong.\n\n\
+         | recording | what happens | findings it must give | replay gave |\n\
+         |---|---|---|---|\n"
     );
-    for sc in scenarios {
-        let mut findings: Vec<String> = sc.findings.iter().map(|f| format!("`{f}`")).collect();
-        if findings.is_empty() {
-            findings.push("none".to_owned());
-        }
+    for Saved { scenario: sc, gave } in saved {
+        let mut must = kinds(sc.findings);
         if !sc.also.is_empty() {
-            let also: Vec<String> = sc.also.iter().map(|f| format!("`{f}`")).collect();
-            findings.push(format!("(may add {})", also.join(", ")));
+            must.push_str(&format!(" (may add {})", kinds(sc.also)));
         }
+        let gave = match gave {
+            Some(found) => kinds(&found.iter().map(String::as_str).collect::<Vec<_>>()),
+            None => "(replay failed)".to_owned(),
+        };
         let _ = writeln!(
             s,
-            "| `{}.rec.gz` | {} | {} |",
-            sc.name,
-            sc.about,
-            findings.join(" ")
+            "| `{}.rec.gz` | {} | {must} | {gave} |",
+            sc.name, sc.about
         );
     }
     s

@@ -86,6 +86,14 @@ pub fn run(args: VmTestArgs) -> Result<()> {
     let log = cache.join("guest.log");
     if args.rejudge {
         let detector = (!args.no_detector).then(|| root.join("target/release/detector"));
+        if args.save_fixtures
+            && let Some(detector) = &detector
+        {
+            let info = fs::read_to_string(share.join("guest-info.txt")).unwrap_or_default();
+            let release = info.lines().next().unwrap_or("unknown").to_owned();
+            let dest = root.join("detector/tests/fixtures/vm");
+            fixtures::save(&share, &dest, &selected, &release, detector)?;
+        }
         return results::judge(&results::Run {
             share: &share,
             log: &log,
@@ -98,7 +106,6 @@ pub fn run(args: VmTestArgs) -> Result<()> {
             detector: detector.as_deref(),
         });
     }
-
     let release = debian::kernel_release(&cache)?;
     let kernel = Kernel {
         root: debian::unpacked(
@@ -168,7 +175,9 @@ pub fn run(args: VmTestArgs) -> Result<()> {
         scenarios: &selected,
         detector: detector.as_deref(),
     });
-    if args.save_fixtures {
+    if args.save_fixtures
+        && let Some(detector) = &detector
+    {
         // also when detector's verdicts fail: the recordings are what the
         // engine's tests need to get them right
         fixtures::save(
@@ -176,6 +185,7 @@ pub fn run(args: VmTestArgs) -> Result<()> {
             &root.join("detector/tests/fixtures/vm"),
             &selected,
             &kernel.release,
+            detector,
         )?;
     }
     judged?;

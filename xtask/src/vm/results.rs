@@ -16,7 +16,7 @@ use std::path::Path;
 
 use anyhow::{Result, bail};
 
-use crate::vm::assertions::{self, Ctx};
+use crate::vm::assertions::{self, Ctx, StackCoverage};
 use crate::vm::events::Trace;
 use crate::vm::qemu::{self, Outcome};
 use crate::vm::scenarios::{DETECTOR_FLAGS, Scenario};
@@ -58,8 +58,9 @@ pub fn judge(run: &Run) -> Result<()> {
         }
     }
 
+    let mut stacks = StackCoverage::default();
     for s in run.scenarios {
-        match judge_scenario(run, s) {
+        match judge_scenario(run, s, &mut stacks) {
             Ok(summary) => eprintln!("vm: {:<30} ok  {summary}", s.name),
             Err(e) => {
                 eprintln!("vm: {:<30} FAILED", s.name);
@@ -79,6 +80,11 @@ pub fn judge(run: &Run) -> Result<()> {
         }
     }
 
+    if run.detector.is_some()
+        && let Err(e) = stacks.check()
+    {
+        writeln!(problems, "stacks: {e:#}")?;
+    }
     if problems.is_empty() {
         return Ok(());
     }
@@ -89,7 +95,7 @@ pub fn judge(run: &Run) -> Result<()> {
     )
 }
 
-fn judge_scenario(run: &Run, s: &Scenario) -> Result<String> {
+fn judge_scenario(run: &Run, s: &Scenario, stacks: &mut StackCoverage) -> Result<String> {
     let dir = run.share.join("scenarios").join(s.name);
     let verdict = read(&dir.join("verdict"));
     if verdict.trim() != "ok" {
@@ -114,6 +120,7 @@ fn judge_scenario(run: &Run, s: &Scenario) -> Result<String> {
         );
     }
     let trace = Trace::replay(detector, &dir.join("trace.rec"), DETECTOR_FLAGS)?;
+    stacks.add(&trace);
     let ctx = Ctx {
         trace: &trace,
         module: &module,

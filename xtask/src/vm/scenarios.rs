@@ -112,7 +112,7 @@ pub const SCENARIOS: &[Scenario] = &[
     },
     Scenario {
         name: "md_clean",
-        about: "twin of md_teardown: raid1 created, written and stopped cleanly",
+        about: "twin of md_teardown: a raid1 written, clean, then stopped with nothing pending",
         findings: &[],
         also: &[],
         check: assertions::md_clean,
