@@ -22,11 +22,11 @@ static struct rb_disk *rb_extra_disk;
 
 /* A command of a disk in RB_DUP/RB_DUP_FIXED mode. */
 struct rb_cmd {
+	struct rb_disk *disk;
 	struct bio *bio;
 	bool fixed;
 #define RB_CMD_CLAIMED 0
 	unsigned long flags;
-	refcount_t ref;
 	struct work_struct done;
 	struct delayed_work timeout;
 };
@@ -61,20 +61,20 @@ static blk_status_t rb_copy(struct rb_disk *d, struct bio *bio)
 	return BLK_STS_OK;
 }
 
-static void rb_cmd_put(struct rb_cmd *cmd)
-{
-	if (refcount_dec_and_test(&cmd->ref))
-		kfree(cmd);
-}
-
-/* The normal completion of a RB_DUP command. */
+/*
+ * The normal completion of a RB_DUP command. The timeout path is armed
+ * only now, RB_DUP_TIMEOUT_MS later, so that it always comes second, even
+ * when a loaded host delays the workers.
+ */
 static void rb_cmd_done(struct work_struct *w)
 {
 	struct rb_cmd *cmd = container_of(w, struct rb_cmd, done);
+	struct rb_disk *d = cmd->disk;
 
 	if (!cmd->fixed || !test_and_set_bit(RB_CMD_CLAIMED, &cmd->flags))
 		bio_endio(cmd->bio);
-	rb_cmd_put(cmd);
+	queue_delayed_work_on(RB_COMPLETION_CPU, d->wq, &cmd->timeout,
+			      msecs_to_jiffies(RB_DUP_TIMEOUT_MS));
 }
 
 /*
@@ -91,7 +91,7 @@ static void rb_cmd_timeout(struct work_struct *w)
 		cmd->bio->bi_status = BLK_STS_IOERR;
 		bio_endio(cmd->bio);
 	}
-	rb_cmd_put(cmd);
+	kfree(cmd);
 }
 
 static void rb_submit_dup(struct rb_disk *d, struct bio *bio, bool fixed)
@@ -102,14 +102,12 @@ static void rb_submit_dup(struct rb_disk *d, struct bio *bio, bool fixed)
 		bio_io_error(bio);
 		return;
 	}
+	cmd->disk = d;
 	cmd->bio = bio;
 	cmd->fixed = fixed;
-	refcount_set(&cmd->ref, 2);
 	INIT_WORK(&cmd->done, rb_cmd_done);
 	INIT_DELAYED_WORK(&cmd->timeout, rb_cmd_timeout);
 	queue_work_on(RB_COMPLETION_CPU, d->wq, &cmd->done);
-	queue_delayed_work_on(RB_COMPLETION_CPU, d->wq, &cmd->timeout,
-			      msecs_to_jiffies(RB_DUP_TIMEOUT_MS));
 }
 
 static void rb_submit_bio(struct bio *bio)

@@ -13,13 +13,16 @@ use crate::util::{output, run as run_cmd};
 /// Debian packages the tests use: fio and e2fsprogs for the live benign
 /// workload, bpftool to cross-check program stats, qemu and busybox for the
 /// VM bench (qemu-utils is already installed, newer, and must not be
-/// replaced), cpio to pack its initramfs, xz-utils to unpack its kernel.
+/// replaced), cpio to pack its initramfs, xz-utils to unpack its kernel,
+/// make to build its test module (the kernel headers it builds against are
+/// installed by `cargo xtask vm-test`: their version follows the kernel).
 const PACKAGES: &[&str] = &[
     "bpftool",
     "busybox-static",
     "cpio",
     "e2fsprogs",
     "fio",
+    "make",
     "qemu-system-x86",
     "xz-utils",
 ];
