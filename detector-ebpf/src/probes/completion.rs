@@ -133,8 +133,12 @@ fn try_wait_exit<C: Hooked>(ctx: &C, variant: u8, nargs: usize) -> Option<()> {
     } else {
         ctx.arg_u64(0)
     };
-    // `bool`, `int` and `long` returns all sit in the low bits of the word.
-    let raw = ctx.ret_u64(nargs);
+    // `bool`, `int` and `long` returns all sit in the low bits of the word;
+    // the two `void` waits have no return slot at all.
+    let raw = match variant {
+        wait::PLAIN | wait::IO => 0,
+        _ => ctx.ret_u64(nargs),
+    };
     let value = match variant {
         wait::TRY | wait::DONE => (raw as u8 != 0) as i64,
         wait::INTERRUPTIBLE | wait::KILLABLE | wait::STATE => raw as i32 as i64,
