@@ -88,6 +88,10 @@ pub mod wait {
     pub const KILLABLE_TIMEOUT: u8 = 8;
     /// `wait_for_completion_state(x, state)`.
     pub const STATE: u8 = 9;
+    /// `completion_done(x)`: never sleeps; `ret` is 1 if `x` was completed.
+    /// It takes `x->wait.lock`, so a true answer also means any `complete()`
+    /// has finished touching `x`.
+    pub const DONE: u8 = 10;
 }
 
 /// Which teardown step (`MdEvent::stage` for `MD_TEARDOWN`).

@@ -49,6 +49,19 @@ macro_rules! stack_id_via_helper {
     };
 }
 
+/// The n-th word of an argument array context, read as a plain number.
+///
+/// BTF-typed contexts hand pointers to the verifier as typed kernel
+/// pointers, which it then restricts (no arithmetic with unknown offsets,
+/// no comparisons in some kernels). Handlers only ever pass these values to
+/// `bpf_probe_read_kernel` or compare them as numbers, so they read them
+/// through the helper, which yields an untyped scalar.
+#[inline(always)]
+fn word(ctx: &impl EbpfContext, n: usize) -> u64 {
+    let at = (ctx.as_ptr() as *const u64).wrapping_add(n);
+    unsafe { aya_ebpf::helpers::bpf_probe_read_kernel(at) }.unwrap_or(0)
+}
+
 // For BTF-typed and raw tracepoints, fentry and fexit the context is the
 // argument array the kernel built on the current stack (bpf_trace_run*, the
 // trampoline frame), so its address says how deep that stack is.
@@ -59,7 +72,7 @@ macro_rules! args_on_stack {
 
             #[inline(always)]
             fn arg_u64(&self, n: usize) -> u64 {
-                self.arg(n)
+                word(self, n)
             }
 
             #[inline(always)]
@@ -81,7 +94,7 @@ impl Hooked for FExitContext {
 
     #[inline(always)]
     fn arg_u64(&self, n: usize) -> u64 {
-        self.arg(n)
+        word(self, n)
     }
 
     #[inline(always)]
@@ -91,10 +104,11 @@ impl Hooked for FExitContext {
 
     stack_id_via_helper!();
 
-    /// fexit's context holds the arguments followed by the return value.
+    /// fexit's context holds the arguments followed by the return value
+    /// (absent for `void` functions: callers must not ask then).
     #[inline(always)]
     fn ret_u64(&self, nargs: usize) -> u64 {
-        self.arg(nargs)
+        word(self, nargs)
     }
 }
 

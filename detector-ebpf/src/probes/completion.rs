@@ -114,8 +114,8 @@ fn try_wait_enter<C: Hooked>(ctx: &C, variant: u8, timed: bool) -> Option<()> {
         let tid = aya_ebpf::helpers::bpf_get_current_pid_tgid() as u32;
         let _ = ENTRY_ARGS.insert(entry_key(tid, SLOT_WAIT), x, 0);
     }
-    if variant == wait::TRY {
-        // try_wait_for_completion() never sleeps: its exit says it all.
+    if variant == wait::TRY || variant == wait::DONE {
+        // These never sleep: their exit says it all.
         return Some(());
     }
     let timeout = if timed { ctx.arg_u64(1) as i64 } else { 0 };
@@ -133,10 +133,14 @@ fn try_wait_exit<C: Hooked>(ctx: &C, variant: u8, nargs: usize) -> Option<()> {
     } else {
         ctx.arg_u64(0)
     };
-    // `bool`, `int` and `long` returns all sit in the low bits of the word.
-    let raw = ctx.ret_u64(nargs);
+    // `bool`, `int` and `long` returns all sit in the low bits of the word;
+    // the two `void` waits have no return slot at all.
+    let raw = match variant {
+        wait::PLAIN | wait::IO => 0,
+        _ => ctx.ret_u64(nargs),
+    };
     let value = match variant {
-        wait::TRY => (raw as u8 != 0) as i64,
+        wait::TRY | wait::DONE => (raw as u8 != 0) as i64,
         wait::INTERRUPTIBLE | wait::KILLABLE | wait::STATE => raw as i32 as i64,
         _ => raw as i64,
     };
@@ -284,4 +288,15 @@ wait_hooks!(
     exit_wait_for_completion_state,
     kprobe_wait_for_completion_state,
     kretprobe_wait_for_completion_state
+);
+// bool completion_done(struct completion *x)
+wait_hooks!(
+    "completion_done",
+    wait::DONE,
+    1,
+    false,
+    enter_completion_done,
+    exit_completion_done,
+    kprobe_completion_done,
+    kretprobe_completion_done
 );

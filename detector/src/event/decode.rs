@@ -80,6 +80,7 @@ fn wait_variant(raw: u8, offset: usize) -> Result<WaitVariant, DecodeError> {
         wait::INTERRUPTIBLE_TIMEOUT => WaitVariant::InterruptibleTimeout,
         wait::KILLABLE_TIMEOUT => WaitVariant::KillableTimeout,
         wait::STATE => WaitVariant::State,
+        wait::DONE => WaitVariant::Done,
         _ => {
             return Err(DecodeError::BadField {
                 field: "wait variant",

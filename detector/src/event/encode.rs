@@ -51,6 +51,7 @@ fn wait_byte(v: WaitVariant) -> u8 {
         WaitVariant::InterruptibleTimeout => wait::INTERRUPTIBLE_TIMEOUT,
         WaitVariant::KillableTimeout => wait::KILLABLE_TIMEOUT,
         WaitVariant::State => wait::STATE,
+        WaitVariant::Done => wait::DONE,
     }
 }
 

@@ -55,6 +55,9 @@ pub enum WaitVariant {
     KillableTimeout,
     /// `wait_for_completion_state`
     State,
+    /// `completion_done` (never sleeps; true once `x` was completed, and
+    /// any `complete()` of it has let go of it)
+    Done,
 }
 
 impl WaitVariant {
@@ -71,6 +74,7 @@ impl WaitVariant {
             Self::InterruptibleTimeout => "wait_for_completion_interruptible_timeout",
             Self::KillableTimeout => "wait_for_completion_killable_timeout",
             Self::State => "wait_for_completion_state",
+            Self::Done => "completion_done",
         }
     }
 
@@ -88,7 +92,7 @@ impl WaitVariant {
     pub fn succeeded(self, ret: i64) -> bool {
         match self {
             Self::Plain | Self::Io => true,
-            Self::Timeout | Self::IoTimeout | Self::Try => ret != 0,
+            Self::Timeout | Self::IoTimeout | Self::Try | Self::Done => ret != 0,
             Self::InterruptibleTimeout | Self::KillableTimeout => ret > 0,
             Self::Interruptible | Self::Killable | Self::State => ret == 0,
         }

@@ -73,9 +73,10 @@ impl Default for LoadOptions {
 pub struct Attempt {
     pub mechanism: Mechanism,
     pub target: &'static str,
-    /// Why it did not work (first line); the full text is in `detail`.
+    /// Why it did not work, in short; the full text (a verifier log, say)
+    /// is in `detail`.
     pub error: String,
-    #[serde(skip)]
+    #[serde(skip_serializing_if = "String::is_empty")]
     pub detail: String,
     /// The kernel does not have this target at all.
     #[serde(skip)]

@@ -283,6 +283,7 @@ pub fn hooks() -> &'static [HookSpec] {
             "wait_for_completion_killable_timeout",
             "wait_for_completion_state",
             "try_wait_for_completion",
+            "completion_done",
         );
         hooks.extend([
             tracepoint!(
@@ -412,6 +413,7 @@ const WAIT_HOOKS: &[&[&str]] = &[
     &["wait_for_completion_state"],
     &["wait_for_completion_state:exit"],
     &["try_wait_for_completion:exit"],
+    &["completion_done:exit"],
     &["complete"],
     &["init_completion"],
     &["sched_switch"],
