@@ -665,3 +665,50 @@ pub fn check_output(share: &Path, phase: &str) -> Result<String> {
     );
     Ok(table)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ctx_with(module: &str) -> (Trace, String) {
+        (Trace::parse("").unwrap(), module.to_owned())
+    }
+
+    #[test]
+    fn reads_addresses_from_the_module_verdict() {
+        let (trace, module) = ctx_with(
+            "ok onstack: end_io 0xffffffffc02cc1d0, completion at 0xffffc90000705d58 (8120 bytes)\n\
+             ok md_inject: superblock write to rb0 sector 8 (512 bytes) held, mddev ffff88800634f000 rdev ffff88800531b600",
+        );
+        let ctx = Ctx {
+            trace: &trace,
+            module: &module,
+        };
+        assert_eq!(module_addr(&ctx, "end_io ").unwrap(), 0xffffffffc02cc1d0);
+        assert_eq!(
+            module_addr(&ctx, "completion at ").unwrap(),
+            0xffffc90000705d58
+        );
+        assert_eq!(module_addr(&ctx, "mddev ").unwrap(), 0xffff88800634f000);
+        assert!(module_addr(&ctx, "absent ").is_err());
+    }
+
+    #[test]
+    fn finds_a_double_completion_without_resubmission() {
+        let lines = [
+            r#"{"ts":1,"tid":1,"event":"bio_queue","bio":"0x10"}"#,
+            r#"{"ts":2,"tid":2,"event":"bio_endio","bio":"0x10","is_final":true}"#,
+            r#"{"ts":3,"tid":1,"event":"bio_queue","bio":"0x10"}"#,
+            r#"{"ts":4,"tid":2,"event":"bio_endio","bio":"0x10","is_final":true}"#,
+            r#"{"ts":5,"tid":3,"event":"bio_endio","bio":"0x10","is_final":true,"status":10}"#,
+        ];
+        let trace = Trace::parse(&lines.join("\n")).unwrap();
+        let ctx = Ctx {
+            trace: &trace,
+            module: "",
+        };
+        let doubles = double_completions(&ctx);
+        assert_eq!(doubles.len(), 1);
+        assert_eq!((doubles[0].0.ts, doubles[0].1.ts), (4, 5));
+    }
+}

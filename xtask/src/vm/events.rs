@@ -207,3 +207,33 @@ pub fn hooks_of_check(check: &Value) -> Result<Vec<CheckedHook>> {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LINES: &str = r#"{"ts":5,"cpu":0,"pid":44,"tid":44,"comm":"kworker/0:1H","hook":"fentry","stack_base":"0xffffc90000380000","sp":"0xffffc90000383e10","event":"complete","x":"0xffffc90000705d58","done":3,"on_own_stack":false,"frames":["complete+0x5","zo_end_io+0x138 [racebench]"]}
+{"finding":"complete-after-return","explanation":"late"}
+{"ts":6,"cpu":1,"pid":7,"tid":8,"comm":"dd","hook":"tp_btf","stack_base":"0x0","sp":"0x0","event":"bio_queue","bio":"0x10","dev":"259:2"}
+"#;
+
+    #[test]
+    fn parses_events_and_findings() {
+        let t = Trace::parse(LINES).unwrap();
+        assert_eq!(t.events.len(), 2);
+        assert_eq!(t.finding_kinds(), ["complete-after-return"]);
+        let c = &t.events[0];
+        assert_eq!(c.kind, "complete");
+        assert_eq!(c.addr("x"), Some(0xffffc90000705d58));
+        assert_eq!(c.flag("on_own_stack"), Some(false));
+        assert!(c.called_from("zo_end_io"));
+        assert!(!c.called_from("zo_end"));
+        assert!(!t.events[1].has_stack());
+        assert_eq!(t.events[1].text("dev"), Some("259:2"));
+    }
+
+    #[test]
+    fn rejects_non_json() {
+        assert!(Trace::parse("detector: replaying\n").is_err());
+    }
+}

@@ -160,3 +160,29 @@ fn depends(ko: &Path) -> Result<Vec<String>> {
         .map(|d| d.replace('-', "_"))
         .collect())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_modinfo_depends() {
+        let dir = std::env::temp_dir().join(format!("vm-kernel-test-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let ko = dir.join("raid1.ko");
+        fs::write(
+            &ko,
+            b"\x7fELF junk\0license=GPL\0depends=md-mod,libcrc\0vermagic=6.1\0",
+        )
+        .unwrap();
+        assert_eq!(depends(&ko).unwrap(), ["md_mod", "libcrc"]);
+        fs::write(&ko, b"\0depends=\0name=raid1\0").unwrap();
+        assert!(depends(&ko).unwrap().is_empty());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn no_payload_no_kernel() {
+        assert!(extract_vmlinux(b"MZ not a kernel").is_err());
+    }
+}
