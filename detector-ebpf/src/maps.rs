@@ -2,7 +2,7 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf, StackTrace},
+    maps::{Array, LruHashMap, PerCpuArray, RingBuf, StackTrace},
 };
 use detector_common::{ProbeConfig, counter};
 
@@ -38,9 +38,11 @@ pub static WATCHED: LruHashMap<u32, u8> = LruHashMap::with_max_entries(8192, 0);
 pub static SLEEPERS: LruHashMap<u32, u8> = LruHashMap::with_max_entries(16384, 0);
 
 /// Entry arguments kept for return probes that cannot see them (kretprobe),
-/// keyed by thread id and hook.
+/// keyed by thread id and hook. Every entry hook stores them, whatever the
+/// mechanism, because the exit may have fallen back to a kretprobe while the
+/// entry got fentry. LRU: an entry whose exit never came ages out.
 #[map]
-pub static ENTRY_ARGS: HashMap<u64, u64> = HashMap::with_max_entries(8192, 0);
+pub static ENTRY_ARGS: LruHashMap<u64, u64> = LruHashMap::with_max_entries(8192, 0);
 
 /// Per-CPU token bucket for stack walks: (tokens in millitokens, last refill
 /// time in ns). See `ProbeConfig::stack_budget`.

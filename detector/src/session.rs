@@ -74,7 +74,8 @@ pub struct SessionOptions {
     /// With JSON output, include each event's symbolized stack.
     pub inline_stacks: bool,
     pub filter: EventFilter,
-    /// Times in human lines are relative to this.
+    /// When the session starts (every hook attached): earlier events are
+    /// left out. Times in human lines are relative to this.
     pub start_ns: u64,
 }
 
@@ -87,6 +88,8 @@ pub struct Session<S: Stacks> {
     findings: Vec<Finding>,
     /// Findings shown (after filters).
     pub findings_shown: u64,
+    /// Events from before every hook was attached, left out.
+    pub before_start: u64,
     recorder: Option<RecordWriter<BufWriter<File>>>,
     recorded_stacks: HashSet<StackId>,
     recorded_symbols: HashSet<Addr>,
@@ -104,6 +107,7 @@ impl<S: Stacks> Session<S> {
             engine,
             findings: Vec::new(),
             findings_shown: 0,
+            before_start: 0,
             recorder: None,
             recorded_stacks: HashSet::new(),
             recorded_symbols: HashSet::new(),
@@ -135,7 +139,19 @@ impl<S: Stacks> Session<S> {
     }
 
     /// Handles one event; errors are the record file's.
-    pub fn event(&mut self, ev: Event) -> io::Result<()> {
+    pub fn event(&mut self, mut ev: Event) -> io::Result<()> {
+        // The session starts once every hook is attached: before, some
+        // hooks saw what others missed (an entry without its exit), which
+        // would read as a broken lifecycle. Losses still count.
+        if ev.ts < self.opts.start_ns {
+            match ev.kind {
+                EventKind::Lost { .. } => ev.ts = self.opts.start_ns,
+                _ => {
+                    self.before_start += 1;
+                    return Ok(());
+                }
+            }
+        }
         // Every stack and handler is resolved, shown or not: a finding may
         // quote it.
         let stack = ev

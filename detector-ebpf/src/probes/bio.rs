@@ -333,22 +333,20 @@ pub fn kretprobe_del_gendisk(ctx: RetProbeContext) -> u32 {
 fn try_del_gendisk<C: Hooked>(ctx: &C) -> Option<()> {
     let cfg = config()?;
     let disk = ctx.arg_u64(0);
-    if C::HOOK == hook::KPROBE {
-        let tid = aya_ebpf::helpers::bpf_get_current_pid_tgid() as u32;
-        let _ = ENTRY_ARGS.insert(((tid as u64) << 8) | SLOT_DEL_GENDISK, disk, 0);
-    }
+    let tid = aya_ebpf::helpers::bpf_get_current_pid_tgid() as u32;
+    let _ = ENTRY_ARGS.insert(((tid as u64) << 8) | SLOT_DEL_GENDISK, disk, 0);
     emit_disk(ctx, cfg, kind::DEL_GENDISK, disk)
 }
 
 #[inline(always)]
 fn try_del_gendisk_exit<C: Hooked>(ctx: &C) -> Option<()> {
     let cfg = config()?;
+    let tid = aya_ebpf::helpers::bpf_get_current_pid_tgid() as u32;
+    let key = ((tid as u64) << 8) | SLOT_DEL_GENDISK;
+    let stored = unsafe { ENTRY_ARGS.get(key) }.copied().unwrap_or(0);
+    let _ = ENTRY_ARGS.remove(key);
     let disk = if C::HOOK == hook::KRETPROBE {
-        let tid = aya_ebpf::helpers::bpf_get_current_pid_tgid() as u32;
-        let key = ((tid as u64) << 8) | SLOT_DEL_GENDISK;
-        let disk = unsafe { ENTRY_ARGS.get(key) }.copied().unwrap_or(0);
-        let _ = ENTRY_ARGS.remove(key);
-        disk
+        stored
     } else {
         ctx.arg_u64(0)
     };

@@ -110,10 +110,8 @@ fn try_init<C: Hooked>(ctx: &C) -> Option<()> {
 #[inline(always)]
 fn try_wait_enter<C: Hooked>(ctx: &C, variant: u8, timed: bool) -> Option<()> {
     let x = ctx.arg_u64(0);
-    if C::HOOK == hook::KPROBE {
-        let tid = aya_ebpf::helpers::bpf_get_current_pid_tgid() as u32;
-        let _ = ENTRY_ARGS.insert(entry_key(tid, SLOT_WAIT), x, 0);
-    }
+    let tid = aya_ebpf::helpers::bpf_get_current_pid_tgid() as u32;
+    let _ = ENTRY_ARGS.insert(entry_key(tid, SLOT_WAIT), x, 0);
     if variant == wait::TRY || variant == wait::DONE {
         // These never sleep: their exit says it all.
         return Some(());
@@ -124,12 +122,12 @@ fn try_wait_enter<C: Hooked>(ctx: &C, variant: u8, timed: bool) -> Option<()> {
 
 #[inline(always)]
 fn try_wait_exit<C: Hooked>(ctx: &C, variant: u8, nargs: usize) -> Option<()> {
+    let tid = aya_ebpf::helpers::bpf_get_current_pid_tgid() as u32;
+    let key = entry_key(tid, SLOT_WAIT);
+    let stored = unsafe { ENTRY_ARGS.get(key) }.copied();
+    let _ = ENTRY_ARGS.remove(key);
     let x = if C::HOOK == hook::KRETPROBE {
-        let tid = aya_ebpf::helpers::bpf_get_current_pid_tgid() as u32;
-        let key = entry_key(tid, SLOT_WAIT);
-        let x = unsafe { ENTRY_ARGS.get(key) }.copied();
-        let _ = ENTRY_ARGS.remove(key);
-        x?
+        stored?
     } else {
         ctx.arg_u64(0)
     };

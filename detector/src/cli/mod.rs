@@ -13,7 +13,8 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::engine::{EngineConfig, Rule};
 use crate::event::Dev;
-use crate::kernel::coverage::{RuleCoverage, RuleState};
+use crate::kernel::attach::HookOutcome;
+use crate::kernel::coverage::{RuleState, coverage};
 use args::{parse_duration, parse_ring_size};
 
 const ABOUT: &str = "Live race detector for the Linux block and completion paths";
@@ -127,25 +128,31 @@ pub struct EngineArgs {
 impl EngineArgs {
     /// The engine's configuration: these thresholds, the kernel's stack
     /// size, and every rule except those turned off here or left without
-    /// their hooks (`coverage`, when known).
+    /// their hooks (`hooks`: the session's outcomes, when known).
     pub fn engine_config(
         &self,
         thread_size: u32,
-        coverage: Option<&[RuleCoverage]>,
+        hooks: Option<&[HookOutcome]>,
     ) -> anyhow::Result<EngineConfig> {
+        let coverage = hooks.map(coverage);
         let ns = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
         let mut cfg = EngineConfig {
             thread_size: thread_size as u64,
             lost_wakeup_after_ns: ns(self.lost_wakeup_after),
             stuck_handler_after_ns: ns(self.stuck_handler_after),
             lost_io_after_ns: ns(self.lost_io_after),
+            bio_endio_hooked: hooks.is_some_and(|outcomes| {
+                outcomes
+                    .iter()
+                    .any(|o| o.name == "bio_endio" && o.attached().is_some())
+            }),
             ..EngineConfig::default()
         };
         for name in &self.disabled_rules {
             let rule: Rule = name.parse()?;
             cfg.rules.remove(rule);
         }
-        for c in coverage.into_iter().flatten() {
+        for c in coverage.iter().flatten() {
             if matches!(c.state, RuleState::Inactive { .. })
                 && let Ok(rule) = c.rule.parse::<Rule>()
             {

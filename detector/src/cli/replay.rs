@@ -11,7 +11,6 @@ use crate::engine::Engine;
 use crate::event::{Event, StackTable};
 use crate::filter::EventFilter;
 use crate::kernel::attach::HookOutcome;
-use crate::kernel::coverage::coverage;
 use crate::record::{MAGIC, Record, RecordReader};
 use crate::session::{EventOutput, Session, SessionOptions, findings_summary};
 
@@ -41,10 +40,10 @@ pub fn run(args: ReplayArgs) -> Result<ExitCode> {
             .with_context(|| format!("{} is not a readable record file", path.display()))?;
         let header = reader.header().clone();
         // Rules the recorded session could not feed stay off, as they were.
-        let rules = coverage(&HookOutcome::from_labels(&header.hooks));
+        let hooks = HookOutcome::from_labels(&header.hooks);
         let engine = Engine::new(
             args.engine
-                .engine_config(header.thread_size, Some(&rules))?,
+                .engine_config(header.thread_size, Some(&hooks))?,
         );
         session = Session::new(
             SessionOptions {

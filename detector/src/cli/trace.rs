@@ -115,10 +115,9 @@ async fn trace(args: TraceArgs) -> Result<ExitCode> {
         (false, true) => EventOutput::Lines,
         (false, false) => EventOutput::None,
     };
-    let rules = coverage(&probes.outcomes);
     let engine_config = args
         .engine
-        .engine_config(probes.config().thread_size, Some(&rules))?;
+        .engine_config(probes.config().thread_size, Some(&probes.outcomes))?;
     let mut session = Session::new(
         SessionOptions {
             events,

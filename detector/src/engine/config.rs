@@ -205,6 +205,12 @@ pub struct EngineConfig {
     pub max_buffered_events: usize,
     /// Rules that run; the CLI removes those whose hooks are missing.
     pub rules: RuleSet,
+    /// `bio_endio` is hooked in this session, so every bio's completion is
+    /// observable from the start, on every device. Without it (unknown, or
+    /// a tracepoint-only kernel), the engine learns it from the first
+    /// `bio_endio` event, and judges devices only once it has seen them
+    /// complete something.
+    pub bio_endio_hooked: bool,
 }
 
 impl Default for EngineConfig {
@@ -227,6 +233,7 @@ impl Default for EngineConfig {
             max_handler_depth: 64,
             max_buffered_events: 1 << 20,
             rules: RuleSet::all(),
+            bio_endio_hooked: false,
         }
     }
 }

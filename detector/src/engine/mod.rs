@@ -115,7 +115,11 @@ impl Engine {
             loss: Loss::default(),
             stats: EngineStats::default(),
             tasks: Tasks::new(cfg.thread_size, cfg.max_tasks),
-            bios: Bios::new(cfg.max_bios, cfg.max_completed_bios, cfg.max_disks),
+            bios: {
+                let mut bios = Bios::new(cfg.max_bios, cfg.max_completed_bios, cfg.max_disks);
+                bios.keep_completed = cfg.bio_endio_hooked;
+                bios
+            },
             onstack: Onstack::new(cfg.onstack_confirm_ns, cfg.max_completions),
             lost_wakeup: LostWakeup::new(
                 cfg.lost_wakeup_after_ns,
@@ -125,7 +129,7 @@ impl Engine {
             md: MdTeardown::new(cfg.max_md_arrays),
             lifecycle: BioLifecycle::new(cfg.max_disks),
             stuck: StuckHandler::new(cfg.stuck_handler_after_ns, cfg.max_handler_depth),
-            endio_hooked: false,
+            endio_hooked: cfg.bio_endio_hooked,
             last_ts: 0,
             retired: Vec::new(),
             evicted: Vec::new(),
