@@ -66,6 +66,7 @@ pub fn save(
         saved.push(Saved { scenario: s, gave });
     }
     fs::write(dest.join("README.md"), readme(&saved, release))?;
+    fs::write(dest.join("expected.json"), expected(&saved)?)?;
     eprintln!("vm: fixtures in {} ({} KiB)", dest.display(), total / 1024);
     Ok(())
 }
@@ -79,6 +80,22 @@ fn kinds(kinds: &[&str]) -> String {
         .map(|k| format!("`{k}`"))
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+/// What each recording must give, for the engine's tests to check:
+/// `{"flags": ..., "scenarios": {name: {"must": [...], "may": [...]}}}`.
+fn expected(saved: &[Saved]) -> Result<String> {
+    let scenarios: serde_json::Map<String, serde_json::Value> = saved
+        .iter()
+        .map(|Saved { scenario: sc, .. }| {
+            (
+                sc.name.to_owned(),
+                serde_json::json!({"must": sc.findings, "may": sc.also}),
+            )
+        })
+        .collect();
+    let doc = serde_json::json!({"flags": DETECTOR_FLAGS, "scenarios": scenarios});
+    Ok(serde_json::to_string_pretty(&doc)? + "\n")
 }
 
 fn readme(saved: &[Saved], release: &str) -> String {
