@@ -90,6 +90,26 @@ stop_detector() {
 	echo $? > "$1/trace.rc"
 }
 
+# Loads md_mod while detector traces and waits until detector says it
+# attached the md hooks (it polls for modules every second).
+load_md_mid_session() {
+	if ! load_modules /lib/modules/md.list; then
+		echo "cannot load md" > "$1/verdict"
+		return 1
+	fi
+	: > "$1/md-loaded-mid-session"
+	[ "$DETECTOR" = 1 ] || return 0
+	ticks=0
+	until grep -q "md hooks attached" "$1/trace.err"; do
+		ticks=$((ticks + 1))
+		if [ "$ticks" -gt 300 ]; then
+			echo "detector did not attach the md hooks after md_mod loaded" > "$1/verdict"
+			return 1
+		fi
+		sleep 0.1
+	done
+}
+
 run_scenario() {
 	name=$1
 	OUT=/host/scenarios/$name
@@ -106,6 +126,11 @@ run_scenario() {
 		fi
 	fi
 	if [ "$DETECTOR" = 1 ] && ! start_detector "$OUT"; then
+		say "scenario $name FAIL ($(cat "$OUT/verdict"))"
+		return 1
+	fi
+	if [ "$LATE_MD" = 1 ] && ! load_md_mid_session "$OUT"; then
+		[ "$DETECTOR" = 1 ] && stop_detector "$OUT"
 		say "scenario $name FAIL ($(cat "$OUT/verdict"))"
 		return 1
 	fi

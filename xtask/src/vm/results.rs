@@ -119,6 +119,11 @@ fn judge_scenario(run: &Run, s: &Scenario, stacks: &mut StackCoverage) -> Result
             rc.trim()
         );
     }
+    if dir.join("md-loaded-mid-session").exists()
+        && !read(&dir.join("trace.err")).contains("md_mod loaded; md hooks attached")
+    {
+        bail!("md_mod loaded mid-session but detector did not say it attached the md hooks");
+    }
     let trace = Trace::replay(detector, &dir.join("trace.rec"), DETECTOR_FLAGS)?;
     stacks.add(&trace);
     let ctx = Ctx {
