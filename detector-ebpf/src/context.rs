@@ -67,6 +67,9 @@ fn word(ctx: &impl EbpfContext, n: usize) -> u64 {
 // trampoline frame), so its address says how deep that stack is.
 macro_rules! args_on_stack {
     ($ty:ty, $hook:expr) => {
+        args_on_stack!($ty, $hook, {});
+    };
+    ($ty:ty, $hook:expr, { $($extra:item)* }) => {
         impl Hooked for $ty {
             const HOOK: u8 = $hook;
 
@@ -81,6 +84,8 @@ macro_rules! args_on_stack {
             }
 
             stack_id_via_helper!();
+
+            $($extra)*
         }
     };
 }
@@ -88,29 +93,14 @@ macro_rules! args_on_stack {
 args_on_stack!(BtfTracePointContext, hook::TP_BTF);
 args_on_stack!(RawTracePointContext, hook::RAW_TRACEPOINT);
 args_on_stack!(FEntryContext, hook::FENTRY);
-
-impl Hooked for FExitContext {
-    const HOOK: u8 = hook::FEXIT;
-
-    #[inline(always)]
-    fn arg_u64(&self, n: usize) -> u64 {
-        word(self, n)
-    }
-
-    #[inline(always)]
-    fn sp(&self) -> u64 {
-        self.as_ptr() as u64
-    }
-
-    stack_id_via_helper!();
-
+args_on_stack!(FExitContext, hook::FEXIT, {
     /// fexit's context holds the arguments followed by the return value
     /// (absent for `void` functions: callers must not ask then).
     #[inline(always)]
     fn ret_u64(&self, nargs: usize) -> u64 {
         word(self, nargs)
     }
-}
+});
 
 /// The stack pointer saved in a kprobe's `pt_regs`.
 #[inline(always)]

@@ -141,20 +141,12 @@ impl EventFilter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{Hook, StackId};
 
     fn ev(pid: u32, tid: u32, kind: EventKind) -> Event {
         Event {
-            ts: 1,
-            cpu: 0,
             pid,
             tid,
-            comm: "t".into(),
-            hook: Hook::TpBtf,
-            stack_base: Addr(0),
-            sp: Addr(0),
-            stack: None::<StackId>,
-            kind,
+            ..crate::event::samples::event(1, kind)
         }
     }
 

@@ -220,22 +220,8 @@ impl Summary {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::Hook;
 
-    fn ev(ts: u64, kind: EventKind) -> Event {
-        Event {
-            ts,
-            cpu: 0,
-            pid: 1,
-            tid: 1,
-            comm: "t".into(),
-            hook: Hook::TpBtf,
-            stack_base: Addr(0),
-            sp: Addr(0),
-            stack: None,
-            kind,
-        }
-    }
+    use crate::event::samples::event as ev;
 
     fn queue(bio: u64) -> EventKind {
         EventKind::BioQueue {

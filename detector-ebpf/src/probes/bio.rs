@@ -250,15 +250,21 @@ pub fn kretprobe_bio_endio(ctx: RetProbeContext) -> u32 {
     done(try_bio_endio_exit(&ctx))
 }
 
+/// The pointer only: on exit, the bio may already be freed by its end_io.
 #[inline(always)]
 fn try_bio_endio_exit<C: Hooked>(ctx: &C) -> Option<()> {
+    emit_bio_ref(ctx, kind::BIO_ENDIO_EXIT)
+}
+
+/// A record carrying the bio argument alone.
+#[inline(always)]
+fn emit_bio_ref<C: Hooked>(ctx: &C, kind: u16) -> Option<()> {
     let cfg = config()?;
-    let header = header(ctx, cfg, kind::BIO_ENDIO_EXIT, Stack::Skip);
+    let header = header(ctx, cfg, kind, Stack::Skip);
     let mut entry = reserve::<BioRef>()?;
     unsafe {
         entry.as_mut_ptr().write(BioRef {
             header,
-            // The pointer only: the bio may already be freed by its end_io.
             bio: ctx.arg_u64(0),
         })
     };
@@ -293,17 +299,7 @@ pub fn kprobe_bio_reset(ctx: ProbeContext) -> u32 {
 
 #[inline(always)]
 fn try_bio_init<C: Hooked>(ctx: &C) -> Option<()> {
-    let cfg = config()?;
-    let header = header(ctx, cfg, kind::BIO_INIT, Stack::Skip);
-    let mut entry = reserve::<BioRef>()?;
-    unsafe {
-        entry.as_mut_ptr().write(BioRef {
-            header,
-            bio: ctx.arg_u64(0),
-        })
-    };
-    submit(entry, cfg);
-    Some(())
+    emit_bio_ref(ctx, kind::BIO_INIT)
 }
 
 // ---- disks ----------------------------------------------------------------

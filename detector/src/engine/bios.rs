@@ -10,6 +10,7 @@
 //! `block_bio_complete`, or a request completion whose bio walk was cut
 //! short, which completes every in-flight bio ending inside its sector range.
 
+use super::finding::{Object, ObjectKind};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use super::actor::Actor;
@@ -77,6 +78,28 @@ pub struct Bio {
     pub endio_activity: bool,
     pub lost_reported: bool,
     pub seen: Seen,
+}
+
+impl Bio {
+    /// The bio as a finding's object: its device, its disk when that
+    /// differs, and the completion handler `end_io` (when known).
+    pub fn object(&self, end_io: Addr) -> Object {
+        let mut object = Object::new(ObjectKind::Bio, self.addr);
+        object.dev = Some(self.dev);
+        object.disk = (self.disk != self.dev).then_some(self.disk);
+        object.end_io = (!end_io.is_null()).then_some(end_io);
+        object
+    }
+
+    /// "bio 0x... submitted to 8:0 by dd/1234", for interleavings.
+    pub fn submitted_by(&self) -> String {
+        format!(
+            "bio {} submitted to {} by {}",
+            self.addr,
+            self.dev,
+            self.queued.who()
+        )
+    }
 }
 
 impl Bio {

@@ -95,18 +95,7 @@ fn sys_exit(ts: u64) -> Event {
 }
 
 fn lost(ts: u64, until: u64) -> Event {
-    Event {
-        ts,
-        cpu: 0,
-        pid: 0,
-        tid: 0,
-        comm: String::new(),
-        hook: Hook::Detector,
-        stack_base: Addr(0),
-        sp: Addr(0),
-        stack: None,
-        kind: EventKind::Lost { count: 7, until },
-    }
+    crate::kernel::reader::lost_marker(0, 7, ts, until)
 }
 
 /// The seed-000 race window: complete() while the owner is in the frame,

@@ -18,6 +18,23 @@ fn base(i: u64, hook: Hook, kind: EventKind) -> Event {
     }
 }
 
+/// A minimal event of `kind` at `ts`, from task 1 ("t") on CPU 0: the
+/// starting point for tests that only care about the kind.
+pub fn event(ts: u64, kind: EventKind) -> Event {
+    Event {
+        ts,
+        cpu: 0,
+        pid: 1,
+        tid: 1,
+        comm: "t".into(),
+        hook: Hook::TpBtf,
+        stack_base: Addr(0),
+        sp: Addr(0),
+        stack: None,
+        kind,
+    }
+}
+
 /// Every kernel event kind (not `Lost`, which detector makes itself).
 pub fn kernel_events() -> Vec<Event> {
     let a = |n: u64| Addr(0xffff_8880_0000_0000 + n * 0x40);

@@ -88,7 +88,7 @@ mod tests;
 #[doc(hidden)]
 pub mod tests_support {
     use super::*;
-    use crate::event::{Addr, Dev, EventKind, Hook};
+    use crate::event::{Addr, Dev, EventKind};
 
     /// A cleanly finished file with `n` bio_queue events.
     pub fn sample_file(n: u64) -> Vec<u8> {
@@ -107,17 +107,9 @@ pub mod tests_support {
         let mut out = Vec::new();
         let mut w = RecordWriter::new(&mut out, &header).expect("writing to memory");
         for i in 0..n {
-            let ev = Event {
-                ts: 1_000 + i,
-                cpu: 0,
-                pid: 1,
-                tid: 1,
-                comm: "t".into(),
-                hook: Hook::TpBtf,
-                stack_base: Addr(0),
-                sp: Addr(0),
-                stack: None,
-                kind: EventKind::BioQueue {
+            let ev = crate::event::samples::event(
+                1_000 + i,
+                EventKind::BioQueue {
                     bio: Addr(0x1000 + i),
                     dev: Dev::new(8, 0),
                     disk: Dev::new(8, 0),
@@ -127,7 +119,7 @@ pub mod tests_support {
                     end_io: Addr(0),
                     private: Addr(0),
                 },
-            };
+            );
             w.event(&ev).expect("writing to memory");
         }
         w.finish().expect("writing to memory");

@@ -306,18 +306,7 @@ pub enum MdKind {
 }
 
 pub fn lost(ts: u64, count: u64, until: u64) -> Event {
-    Event {
-        ts,
-        cpu: 0,
-        pid: 0,
-        tid: 0,
-        comm: String::new(),
-        hook: Hook::Detector,
-        stack_base: Addr(0),
-        sp: Addr(0),
-        stack: None,
-        kind: EventKind::Lost { count, until },
-    }
+    detector::kernel::reader::lost_marker(0, count, ts, until)
 }
 
 /// Unrelated activity on CPU `cpu`, so that event time moves on.

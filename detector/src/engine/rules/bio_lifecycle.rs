@@ -22,7 +22,7 @@ use super::Ctx;
 use crate::engine::actor::Actor;
 use crate::engine::bios::{Bio, Completion, Via};
 use crate::engine::config::Rule;
-use crate::engine::finding::{FindingBuilder, FindingKind, Object, ObjectKind, duration};
+use crate::engine::finding::{FindingBuilder, FindingKind, duration};
 use crate::engine::loss::Seen;
 use crate::engine::tasks::{Deleting, Obs, Task};
 use crate::event::Dev;
@@ -141,24 +141,14 @@ impl BioLifecycle {
         let r = *r;
         let tainted = ctx.tainted(bio.seen) || ctx.tainted(r.seen);
         ctx.report(Rule::BioCompleteAfterTeardown, tainted, || {
-            let mut object = Object::new(ObjectKind::Bio, bio.addr);
-            object.dev = Some(bio.dev);
+            let mut object = bio.object(bio.end_io);
+            // Removal is per disk: name it even when it is the device.
             object.disk = Some(bio.disk);
-            object.end_io = (!bio.end_io.is_null()).then_some(bio.end_io);
             let mut b =
                 FindingBuilder::new(FindingKind::BioCompleteAfterTeardown, done.actor.ts, object);
             let remover = b.side("remover", &r.started);
             let completer = b.side("completer", &done.actor);
-            b.act(
-                completer,
-                &bio.queued,
-                format!(
-                    "bio {} submitted to {} by {}",
-                    bio.addr,
-                    bio.dev,
-                    bio.queued.who()
-                ),
-            );
+            b.act(completer, &bio.queued, bio.submitted_by());
             b.act(remover, &r.started, format!("del_gendisk({})", bio.disk));
             b.step(remover, ret.ts, how.to_owned(), ret.stack);
             b.act(
@@ -193,23 +183,11 @@ impl BioLifecycle {
         }
         let tainted = ctx.tainted(bio.seen);
         ctx.report(Rule::BioDoubleComplete, tainted, || {
-            let mut object = Object::new(ObjectKind::Bio, bio.addr);
-            object.dev = Some(bio.dev);
-            object.disk = (bio.disk != bio.dev).then_some(bio.disk);
-            object.end_io = (!first.end_io.is_null()).then_some(first.end_io);
+            let object = bio.object(first.end_io);
             let mut b = FindingBuilder::new(FindingKind::BioDoubleComplete, again.actor.ts, object);
             let one = b.side("first completion", &first.actor);
             let two = b.side("second completion", &again.actor);
-            b.act(
-                one,
-                &bio.queued,
-                format!(
-                    "bio {} submitted to {} by {}",
-                    bio.addr,
-                    bio.dev,
-                    bio.queued.who()
-                ),
-            );
+            b.act(one, &bio.queued, bio.submitted_by());
             b.act(
                 one,
                 &first.actor,

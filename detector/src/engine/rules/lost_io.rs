@@ -15,7 +15,7 @@
 use super::Ctx;
 use crate::engine::bios::{Bio, Bios};
 use crate::engine::config::Rule;
-use crate::engine::finding::{FindingBuilder, FindingKind, Object, ObjectKind, duration};
+use crate::engine::finding::{FindingBuilder, FindingKind, duration};
 
 pub fn next_deadline(bios: &Bios, after: u64) -> Option<u64> {
     bios.quiet
@@ -51,11 +51,7 @@ pub fn fire(now: u64, bios: &mut Bios, endio_hooked: bool, ctx: &mut Ctx<'_>) {
 }
 
 fn finding(bio: &Bio, at: u64) -> crate::engine::finding::Finding {
-    let mut object = Object::new(ObjectKind::Bio, bio.addr);
-    object.dev = Some(bio.dev);
-    object.disk = (bio.disk != bio.dev).then_some(bio.disk);
-    object.end_io = (!bio.end_io.is_null()).then_some(bio.end_io);
-    let mut b = FindingBuilder::new(FindingKind::LostIoCompletion, at, object);
+    let mut b = FindingBuilder::new(FindingKind::LostIoCompletion, at, bio.object(bio.end_io));
     let submitter = b.side("submitter", &bio.queued);
     b.act(
         submitter,
