@@ -41,7 +41,7 @@ pub fn boot(b: &Boot) -> Result<Outcome> {
         .arg("qemu-system-x86_64")
         .args([
             "-accel",
-            "tcg,thread=multi",
+            "tcg,thread=single",
             "-cpu",
             "max",
             "-smp",
