@@ -3,6 +3,7 @@
 #![expect(dead_code, reason = "each test binary uses a different part")]
 
 pub mod build;
+pub mod busy;
 
 use std::path::PathBuf;
 
