@@ -14,6 +14,7 @@ use std::process::Command;
 use anyhow::{Context as _, Result, bail};
 
 use crate::vm::events::Trace;
+use crate::vm::guests::Guest;
 use crate::vm::scenarios::{DETECTOR_FLAGS, Scenario};
 
 /// One saved recording, and what replaying it gave with this build.
@@ -22,21 +23,20 @@ struct Saved {
     gave: Option<Vec<String>>,
 }
 
-pub fn save(
-    share: &Path,
-    dest: &Path,
-    scenarios: &[&'static Scenario],
-    release: &str,
-    detector: &Path,
-) -> Result<()> {
-    let status = fs::read_to_string(share.join("status")).unwrap_or_default();
-    if status.trim() == "running" || status.trim().is_empty() {
-        bail!("no fixtures saved: the guest did not finish");
+pub fn save(guests: &[Guest], dest: &Path, release: &str, detector: &Path) -> Result<()> {
+    for guest in guests {
+        let status = fs::read_to_string(guest.share().join("status")).unwrap_or_default();
+        if status.trim() == "running" || status.trim().is_empty() {
+            bail!("no fixtures saved: guest {} did not finish", guest.number);
+        }
     }
     fs::create_dir_all(dest)?;
     let mut total = 0;
     let mut saved = Vec::new();
-    for s in scenarios {
+    let ran = guests
+        .iter()
+        .flat_map(|g| g.scenarios.iter().map(move |s| (g.share(), *s)));
+    for (share, s) in ran {
         let dir = share.join("scenarios").join(s.name);
         if fs::read_to_string(dir.join("verdict"))
             .unwrap_or_default()

@@ -2,8 +2,9 @@
 //! scenarios with the test module.
 //!
 //! Host side: fetch and cache the kernel, headers and mdadm
-//! (`.vm-cache/`), build the test module and detector, pack an initramfs,
-//! boot, then judge what the guest left in the 9p share. Guest side:
+//! (`.vm-cache/`), build the test module and detector, pack an initramfs
+//! per guest, boot the guests side by side (`guests`), then judge what each
+//! left in its 9p share. Guest side:
 //! `tests/vm/init` and the scenario scripts; the races themselves are in
 //! `tests/kmod`.
 
@@ -11,6 +12,7 @@ mod assertions;
 mod debian;
 mod events;
 mod fixtures;
+mod guests;
 mod initramfs;
 mod kernel;
 mod kmod;
@@ -27,6 +29,7 @@ use anyhow::{Context as _, Result, bail};
 use clap::Args;
 
 use crate::util::{build_detector_release, workspace_root};
+use guests::Guest;
 use initramfs::Initramfs;
 use kernel::{Kernel, Modules};
 use scenarios::{SCENARIOS, Scenario};
@@ -49,10 +52,14 @@ pub struct VmTestArgs {
     /// List the scenarios and exit.
     #[arg(long)]
     list: bool,
-    /// Also copy the guest's serial log here (it always stays in
-    /// .vm-cache/share/../guest.log).
+    /// Also copy the guests' serial logs here, one after the other (they
+    /// always stay in .vm-cache/guest-N/guest.log).
     #[arg(long, value_name = "FILE")]
     keep_log: Option<PathBuf>,
+    /// Guests to boot side by side, each running a share of the scenarios
+    /// (each keeps one host core busy) [default: the cores, at most 4].
+    #[arg(long, short = 'j', value_name = "N", value_parser = clap::value_parser!(u16).range(1..=16))]
+    jobs: Option<u16>,
     /// Run the scenarios without detector: checks only that the module
     /// reproduces each race.
     #[arg(long)]
@@ -64,8 +71,9 @@ pub struct VmTestArgs {
     /// Kill the guest after this many seconds.
     #[arg(long, value_name = "SECS")]
     timeout: Option<u64>,
-    /// Judge the last guest run again (what it left in .vm-cache/share)
-    /// without booting: for work on the host-side assertions.
+    /// Judge the last run again (what its guests left in
+    /// .vm-cache/guest-N/share) without booting: for work on the host-side
+    /// assertions.
     #[arg(long)]
     rejudge: bool,
 }
@@ -82,29 +90,8 @@ pub fn run(args: VmTestArgs) -> Result<()> {
     let root = workspace_root();
     let cache = root.join(".vm-cache");
     fs::create_dir_all(&cache)?;
-    let share = cache.join("share");
-    let log = cache.join("guest.log");
     if args.rejudge {
-        let detector = (!args.no_detector).then(|| root.join("target/release/detector"));
-        if args.save_fixtures
-            && let Some(detector) = &detector
-        {
-            let info = fs::read_to_string(share.join("guest-info.txt")).unwrap_or_default();
-            let release = info.lines().next().unwrap_or("unknown").to_owned();
-            let dest = root.join("detector/tests/fixtures/vm");
-            fixtures::save(&share, &dest, &selected, &release, detector)?;
-        }
-        return results::judge(&results::Run {
-            share: &share,
-            log: &log,
-            outcome: &qemu::Outcome {
-                elapsed: Duration::ZERO,
-                timed_out: false,
-                code: Some(0),
-            },
-            scenarios: &selected,
-            detector: detector.as_deref(),
-        });
+        return rejudge(&args, &root, &cache);
     }
     let release = debian::kernel_release(&cache)?;
     let kernel = Kernel {
@@ -129,25 +116,27 @@ pub fn run(args: VmTestArgs) -> Result<()> {
         Some(build_detector_release()?)
     };
 
-    let initrd = cache.join("initramfs.cpio");
-    build_initramfs(
+    let jobs = args.jobs.map_or_else(default_jobs, usize::from);
+    let guests = guests::split(&cache, &selected, jobs);
+    forget_last_run(&cache)?;
+    let img = initramfs_base(
         &root,
         &cache.join("initramfs"),
-        &initrd,
         &kernel,
         &mdadm,
         &module,
         detector.as_deref(),
-        &selected,
     )?;
-
-    if share.exists() {
-        fs::remove_dir_all(&share)?;
+    for guest in &guests {
+        fs::create_dir_all(guest.share())?;
+        write_config(&img, guest, detector.is_some())?;
+        img.pack(&guest.initrd())?;
+        guest.save_plan()?;
     }
-    fs::create_dir_all(&share)?;
     eprintln!(
-        "vm: booting {} with {} scenario(s){} (prepared in {:.0?})",
+        "vm: booting {} in {} guest(s) with {} scenario(s){} (prepared in {:.0?})",
         kernel.release,
+        guests.len(),
         selected.len(),
         if detector.is_some() {
             ""
@@ -156,46 +145,129 @@ pub fn run(args: VmTestArgs) -> Result<()> {
         },
         started.elapsed()
     );
-    let outcome = qemu::boot(&qemu::Boot {
-        vmlinux,
-        initrd,
-        share: share.clone(),
-        log: log.clone(),
-        timeout: Duration::from_secs(args.timeout.unwrap_or(DEFAULT_TIMEOUT_SECS)),
-    })?;
+    let timeout = Duration::from_secs(args.timeout.unwrap_or(DEFAULT_TIMEOUT_SECS));
+    let outcomes = boot_all(&guests, &vmlinux, timeout)?;
     if let Some(keep) = &args.keep_log {
-        fs::copy(&log, keep)
-            .with_context(|| format!("copying the guest log to {}", keep.display()))?;
+        keep_logs(&guests, keep)?;
     }
 
-    let judged = results::judge(&results::Run {
-        share: &share,
-        log: &log,
-        outcome: &outcome,
-        scenarios: &selected,
-        detector: detector.as_deref(),
-    });
+    let runs: Vec<results::GuestRun> = guests
+        .iter()
+        .zip(&outcomes)
+        .map(|(guest, outcome)| results::GuestRun { guest, outcome })
+        .collect();
+    let judged = results::judge(&runs, detector.as_deref());
     if args.save_fixtures
         && let Some(detector) = &detector
     {
         // also when detector's verdicts fail: the recordings are what the
         // engine's tests need to get them right
-        fixtures::save(
-            &share,
-            &root.join("detector/tests/fixtures/vm"),
-            &selected,
-            &kernel.release,
-            detector,
-        )?;
+        let dest = root.join("detector/tests/fixtures/vm");
+        fixtures::save(&guests, &dest, &kernel.release, detector)?;
     }
     judged?;
+    let slowest = outcomes.iter().map(|o| o.elapsed).max().unwrap_or_default();
     eprintln!(
-        "vm: all {} scenario(s) passed in {:.0?} (guest {:.0?})",
+        "vm: all {} scenario(s) passed in {:.0?} (slowest guest {:.0?})",
         selected.len(),
         started.elapsed(),
-        outcome.elapsed
+        slowest
     );
     Ok(())
+}
+
+/// One guest per core (each keeps one busy), at most four.
+fn default_jobs() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .min(4)
+}
+
+/// Removes the last run's guests, so that `--rejudge` never mixes runs.
+fn forget_last_run(cache: &Path) -> Result<()> {
+    for entry in fs::read_dir(cache)? {
+        let path = entry?.path();
+        let is_guest = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with("guest-"));
+        if is_guest && path.is_dir() {
+            fs::remove_dir_all(&path).with_context(|| format!("removing {}", path.display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// Boots every guest at once and waits for all of them.
+fn boot_all(guests: &[Guest], vmlinux: &Path, timeout: Duration) -> Result<Vec<qemu::Outcome>> {
+    let boots: Vec<qemu::Boot> = guests
+        .iter()
+        .map(|g| qemu::Boot {
+            label: if guests.len() == 1 {
+                "vm".to_owned()
+            } else {
+                format!("vm{}", g.number)
+            },
+            vmlinux: vmlinux.to_path_buf(),
+            initrd: g.initrd(),
+            share: g.share(),
+            log: g.log(),
+            timeout,
+        })
+        .collect();
+    std::thread::scope(|scope| {
+        let running: Vec<_> = boots
+            .iter()
+            .map(|b| scope.spawn(move || qemu::boot(b)))
+            .collect();
+        running
+            .into_iter()
+            .map(|r| {
+                r.join()
+                    .map_err(|_| anyhow::anyhow!("a guest's thread panicked"))?
+            })
+            .collect()
+    })
+}
+
+/// Every guest's serial log in one file.
+fn keep_logs(guests: &[Guest], keep: &Path) -> Result<()> {
+    let mut all = String::new();
+    for g in guests {
+        let log = fs::read(g.log()).unwrap_or_default();
+        all.push_str(&format!("===== guest {} =====\n", g.number));
+        all.push_str(&String::from_utf8_lossy(&log));
+    }
+    fs::write(keep, all).with_context(|| format!("writing the guest logs to {}", keep.display()))
+}
+
+/// `--rejudge`: the host-side checks again on what the last run's guests
+/// left, without booting.
+fn rejudge(args: &VmTestArgs, root: &Path, cache: &Path) -> Result<()> {
+    let guests = guests::last_run(cache)?;
+    let detector = (!args.no_detector).then(|| root.join("target/release/detector"));
+    if args.save_fixtures
+        && let Some(detector) = &detector
+    {
+        let info = fs::read_to_string(guests[0].share().join("guest-info.txt")).unwrap_or_default();
+        let release = info.lines().next().unwrap_or("unknown").to_owned();
+        let dest = root.join("detector/tests/fixtures/vm");
+        fixtures::save(&guests, &dest, &release, detector)?;
+    }
+    let finished = qemu::Outcome {
+        elapsed: Duration::ZERO,
+        timed_out: false,
+        code: Some(0),
+    };
+    let runs: Vec<results::GuestRun> = guests
+        .iter()
+        .map(|guest| results::GuestRun {
+            guest,
+            outcome: &finished,
+        })
+        .collect();
+    results::judge(&runs, detector.as_deref())
 }
 
 fn select(names: &[String]) -> Result<Vec<&'static Scenario>> {
@@ -216,17 +288,16 @@ fn select(names: &[String]) -> Result<Vec<&'static Scenario>> {
     Ok(picked)
 }
 
-#[expect(clippy::too_many_arguments, reason = "one call site, each input named")]
-fn build_initramfs(
+/// Everything the guests share: init, scripts, busybox, mdadm, detector,
+/// the modules. Each guest's `/bench/config` is written before packing.
+fn initramfs_base(
     root: &Path,
     tree: &Path,
-    archive: &Path,
     kernel: &Kernel,
     mdadm: &Path,
     module: &Path,
     detector: Option<&Path>,
-    scenarios: &[&Scenario],
-) -> Result<()> {
+) -> Result<Initramfs> {
     let img = Initramfs::new(tree)?;
     let guest = root.join("tests/vm");
     img.file(&guest.join("init"), "/init", 0o755)?;
@@ -266,18 +337,22 @@ fn build_initramfs(
     base_list.push_str("racebench.ko\n");
     img.write("/lib/modules/base.list", &base_list, 0o644)?;
     img.write("/lib/modules/md.list", &md_list, 0o644)?;
+    Ok(img)
+}
 
-    let names: Vec<_> = scenarios.iter().map(|s| s.name).collect();
+/// `/bench/config`: what this guest runs.
+fn write_config(img: &Initramfs, guest: &Guest, detector: bool) -> Result<()> {
+    let names: Vec<_> = guest.scenarios.iter().map(|s| s.name).collect();
     img.write(
         "/bench/config",
         &format!(
-            "SCENARIOS='{}'\nDETECTOR={}\nDETECTOR_FLAGS='{}'\nATTACH_TIMEOUT={}\n",
+            "SCENARIOS='{}'\nCHECKS='{}'\nDETECTOR={}\nDETECTOR_FLAGS='{}'\nATTACH_TIMEOUT={}\n",
             names.join(" "),
-            u8::from(detector.is_some()),
+            guest.checks.join(" "),
+            u8::from(detector),
             scenarios::DETECTOR_FLAGS,
             ATTACH_TIMEOUT_SECS,
         ),
         0o644,
-    )?;
-    img.pack(archive)
+    )
 }

@@ -1,6 +1,8 @@
-//! Booting the guest: qemu's software emulation (KVM is not usable on the
+//! Booting a guest: qemu's software emulation (KVM is not usable on the
 //! machines this runs on), serial console to a log file, results through a
-//! 9p share.
+//! 9p share. Single-threaded emulation: with one host thread per vCPU
+//! (MTTCG), Debian's 6.1 guest hung now and then while the kernel patched
+//! tracepoint static calls as detector detached.
 
 use std::fs;
 use std::io::{BufRead as _, BufReader, Write as _};
@@ -11,6 +13,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result};
 
 pub struct Boot {
+    /// Prefix of its progress lines ("vm", "vm2").
+    pub label: String,
     pub vmlinux: PathBuf,
     pub initrd: PathBuf,
     /// Shared with the guest as mount tag "host".
@@ -85,7 +89,11 @@ pub fn boot(b: &Boot) -> Result<Outcome> {
         log.write_all(&line)?;
         let text = String::from_utf8_lossy(&line);
         if let Some(progress) = text.trim_end().strip_prefix("@@ ") {
-            eprintln!("vm [{:>5.1}s] {progress}", started.elapsed().as_secs_f64());
+            eprintln!(
+                "{} [{:>5.1}s] {progress}",
+                b.label,
+                started.elapsed().as_secs_f64()
+            );
         }
     }
     let status = child.wait()?;

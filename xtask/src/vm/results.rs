@@ -1,8 +1,9 @@
 //! Judging a guest run from what it left in the 9p share.
 //!
-//! Share layout (written by tests/vm/init and lib.sh):
+//! Each guest's share layout (written by tests/vm/init and lib.sh):
 //!   status                      running | done | failed
 //!   check-{base,md}.{json,err,rc}   `detector check` before/after md_mod
+//!                               (the phases the guest was given)
 //!   md-functions.txt            md_mod's symbols in /proc/kallsyms
 //!   scenarios/NAME/verdict      the guest's own verdict: "ok" or why not
 //!   scenarios/NAME/module.txt   the test module's verdict lines
@@ -18,15 +19,14 @@ use anyhow::{Result, bail};
 
 use crate::vm::assertions::{self, Ctx, StackCoverage};
 use crate::vm::events::Trace;
+use crate::vm::guests::Guest;
 use crate::vm::qemu::{self, Outcome};
 use crate::vm::scenarios::{DETECTOR_FLAGS, Scenario};
 
-pub struct Run<'a> {
-    pub share: &'a Path,
-    pub log: &'a Path,
+/// One guest's run, to judge.
+pub struct GuestRun<'a> {
+    pub guest: &'a Guest,
     pub outcome: &'a Outcome,
-    pub scenarios: &'a [&'static Scenario],
-    pub detector: Option<&'a Path>,
 }
 
 fn read(path: &Path) -> String {
@@ -35,32 +35,70 @@ fn read(path: &Path) -> String {
         .unwrap_or_default()
 }
 
-/// Passes, or fails with every problem found and the guest's log.
-pub fn judge(run: &Run) -> Result<()> {
-    let status = read(&run.share.join("status"));
+/// Passes, or fails with every problem found and the failing guests' logs.
+/// `detector`: the build that recorded, to replay with (`None`: the guests
+/// ran without it).
+pub fn judge(runs: &[GuestRun], detector: Option<&Path>) -> Result<()> {
+    let mut problems = String::new();
+    let mut stacks = StackCoverage::default();
+    for run in runs {
+        let mine = judge_guest(run, detector, &mut stacks)?;
+        if !mine.is_empty() {
+            let log = run.guest.log();
+            write!(
+                problems,
+                "{mine}\n--- guest {} serial log (last 400 lines of {}) ---\n{}\n",
+                run.guest.number,
+                log.display(),
+                qemu::log_tail(&log, 400)
+            )?;
+        }
+    }
+    if detector.is_some()
+        && let Err(e) = stacks.check()
+    {
+        writeln!(problems, "stacks: {e:#}")?;
+    }
+    if problems.is_empty() {
+        return Ok(());
+    }
+    bail!("VM bench failed:\n{problems}")
+}
+
+/// One guest's problems (empty: none).
+fn judge_guest(
+    run: &GuestRun,
+    detector: Option<&Path>,
+    stacks: &mut StackCoverage,
+) -> Result<String> {
+    let share = run.guest.share();
+    let status = read(&share.join("status"));
     let mut problems = String::new();
     if run.outcome.timed_out {
-        writeln!(problems, "the guest did not finish within its time limit")?;
+        writeln!(
+            problems,
+            "guest {} did not finish within its time limit",
+            run.guest.number
+        )?;
     } else if status.trim().is_empty() || status.trim() == "running" {
         writeln!(
             problems,
-            "the guest stopped before finishing (qemu exit {:?}; a panic or oops ends it)",
-            run.outcome.code
+            "guest {} stopped before finishing (qemu exit {:?}; a panic or oops ends it)",
+            run.guest.number, run.outcome.code
         )?;
     }
 
-    if run.detector.is_some() {
-        for phase in ["base", "md"] {
-            match assertions::check_output(run.share, phase) {
+    if detector.is_some() {
+        for phase in &run.guest.checks {
+            match assertions::check_output(&share, phase) {
                 Ok(table) => eprintln!("vm: detector check ({phase}) in the guest:\n{table}"),
                 Err(e) => writeln!(problems, "detector check ({phase}): {e:#}")?,
             }
         }
     }
 
-    let mut stacks = StackCoverage::default();
-    for s in run.scenarios {
-        match judge_scenario(run, s, &mut stacks) {
+    for s in &run.guest.scenarios {
+        match judge_scenario(&share, detector, s, stacks) {
             Ok(summary) => eprintln!("vm: {:<30} ok  {summary}", s.name),
             Err(e) => {
                 eprintln!("vm: {:<30} FAILED", s.name);
@@ -69,7 +107,7 @@ pub fn judge(run: &Run) -> Result<()> {
                     "\n=== scenario {} ({}) ===\n{e:#}",
                     s.name, s.about
                 )?;
-                let dir = run.share.join("scenarios").join(s.name);
+                let dir = share.join("scenarios").join(s.name);
                 for file in ["module.txt", "steps.log", "trace.err", "dmesg.txt"] {
                     let text = read(&dir.join(file));
                     if !text.trim().is_empty() {
@@ -79,24 +117,16 @@ pub fn judge(run: &Run) -> Result<()> {
             }
         }
     }
-
-    if run.detector.is_some()
-        && let Err(e) = stacks.check()
-    {
-        writeln!(problems, "stacks: {e:#}")?;
-    }
-    if problems.is_empty() {
-        return Ok(());
-    }
-    bail!(
-        "VM bench failed:\n{problems}\n--- guest serial log (last 400 lines of {}) ---\n{}",
-        run.log.display(),
-        qemu::log_tail(run.log, 400)
-    )
+    Ok(problems)
 }
 
-fn judge_scenario(run: &Run, s: &Scenario, stacks: &mut StackCoverage) -> Result<String> {
-    let dir = run.share.join("scenarios").join(s.name);
+fn judge_scenario(
+    share: &Path,
+    detector: Option<&Path>,
+    s: &Scenario,
+    stacks: &mut StackCoverage,
+) -> Result<String> {
+    let dir = share.join("scenarios").join(s.name);
     let verdict = read(&dir.join("verdict"));
     if verdict.trim() != "ok" {
         if verdict.trim().is_empty() {
@@ -105,7 +135,7 @@ fn judge_scenario(run: &Run, s: &Scenario, stacks: &mut StackCoverage) -> Result
         bail!("in the guest: {}", verdict.trim());
     }
     let module = read(&dir.join("module.txt"));
-    let Some(detector) = run.detector else {
+    let Some(detector) = detector else {
         // what the module (or the script, for lost_io) says happened
         let steps = read(&dir.join("steps.log"));
         let said = module.lines().chain(steps.lines()).last();
