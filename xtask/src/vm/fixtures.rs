@@ -24,11 +24,8 @@ struct Saved {
 }
 
 pub fn save(guests: &[Guest], dest: &Path, release: &str, detector: &Path) -> Result<()> {
-    for guest in guests {
-        let status = fs::read_to_string(guest.share().join("status")).unwrap_or_default();
-        if status.trim() == "running" || status.trim().is_empty() {
-            bail!("no fixtures saved: guest {} did not finish", guest.number);
-        }
+    if let Some(guest) = guests.iter().find(|g| !g.finished()) {
+        bail!("no fixtures saved: guest {} did not finish", guest.number);
     }
     fs::create_dir_all(dest)?;
     let mut total = 0;

@@ -38,6 +38,13 @@ impl Guest {
         self.dir.join("initramfs.cpio")
     }
 
+    /// Its init reported the end of its run (`status` in the share is
+    /// `done` or `failed`, not `running` or absent).
+    pub fn finished(&self) -> bool {
+        let status = fs::read_to_string(self.share().join("status")).unwrap_or_default();
+        matches!(status.trim(), "done" | "failed")
+    }
+
     /// Remembers what it ran, for `--rejudge`.
     pub fn save_plan(&self) -> Result<()> {
         let names: Vec<&str> = self.scenarios.iter().map(|s| s.name).collect();
@@ -51,24 +58,22 @@ impl Guest {
 pub fn split(cache: &Path, scenarios: &[&'static Scenario], jobs: usize) -> Vec<Guest> {
     let jobs = jobs.clamp(1, scenarios.len().max(1));
     let per_guest = scenarios.len().div_ceil(jobs).max(1);
-    let mut guests: Vec<Guest> = scenarios
-        .chunks(per_guest)
+    // no scenario still boots one guest, for its checks
+    let shares: Vec<&[&'static Scenario]> = if scenarios.is_empty() {
+        vec![&[]]
+    } else {
+        scenarios.chunks(per_guest).collect()
+    };
+    let mut guests: Vec<Guest> = shares
+        .into_iter()
         .enumerate()
-        .map(|(i, chunk)| Guest {
+        .map(|(i, share)| Guest {
             number: i + 1,
             dir: cache.join(format!("guest-{}", i + 1)),
-            scenarios: chunk.to_vec(),
+            scenarios: share.to_vec(),
             checks: Vec::new(),
         })
         .collect();
-    if guests.is_empty() {
-        guests.push(Guest {
-            number: 1,
-            dir: cache.join("guest-1"),
-            scenarios: Vec::new(),
-            checks: Vec::new(),
-        });
-    }
     guests[0].checks.push("base");
     guests
         .last_mut()

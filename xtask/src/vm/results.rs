@@ -72,7 +72,6 @@ fn judge_guest(
     stacks: &mut StackCoverage,
 ) -> Result<String> {
     let share = run.guest.share();
-    let status = read(&share.join("status"));
     let mut problems = String::new();
     if run.outcome.timed_out {
         writeln!(
@@ -80,7 +79,7 @@ fn judge_guest(
             "guest {} did not finish within its time limit",
             run.guest.number
         )?;
-    } else if status.trim().is_empty() || status.trim() == "running" {
+    } else if !run.guest.finished() {
         writeln!(
             problems,
             "guest {} stopped before finishing (qemu exit {:?}; a panic or oops ends it)",
