@@ -9,12 +9,15 @@
  *
  * stuck_handler (seed 001): ext4_finish_bio() spun with interrupts off on
  * BH_Uptodate_Lock, a bit spinlock held elsewhere, until the hard-lockup
- * watchdog fired. Here the end_io does the same on a bit lock that a
- * kthread holds for SH_HOLD_MS (the twin: SH_BRIEF_MS). The holder sleeps
- * on the other CPU while holding the bit: only the handler's CPU spins.
+ * watchdog fired. Here the end_io does the same on a bit lock held for
+ * SH_HOLD_MS (the twin: SH_BRIEF_MS). A kthread on the other CPU takes the
+ * bit and a timer interrupt there releases it: a task could not be relied
+ * on to, since that CPU may be waiting with preemption off for the spinning
+ * CPU to answer an IPI (a deferred TLB flush after a BPF trampoline is
+ * freed, say), and the guest would deadlock.
  */
 #include <linux/bit_spinlock.h>
-#include <linux/delay.h>
+#include <linux/hrtimer.h>
 #include <linux/kthread.h>
 #include <linux/module.h>
 
@@ -82,22 +85,28 @@ int rb_double_complete(bool fixed)
 #define SH_HOLDER_CPU (RB_COMPLETION_CPU + 1)
 
 static unsigned long sh_state;
+static struct hrtimer sh_release;
 static DECLARE_COMPLETION(sh_held);
 static DECLARE_COMPLETION(sh_handler_done);
 static DECLARE_COMPLETION(sh_holder_done);
 static ktime_t sh_spin_start, sh_spin_end;
 
-/* Holds the bit for *data ms. Sleeping with it held is the point. */
+static enum hrtimer_restart sh_release_bit(struct hrtimer *timer)
+{
+	clear_bit_unlock(SH_LOCK_BIT, &sh_state);
+	complete(&sh_holder_done);
+	return HRTIMER_NORESTART;
+}
+
+/* Takes the bit and arms the timer that releases it *data ms later, here. */
 static int sh_holder(void *data)
 {
 	unsigned int ms = (unsigned long)data;
 
 	while (test_and_set_bit_lock(SH_LOCK_BIT, &sh_state))
 		cpu_relax();
+	hrtimer_start(&sh_release, ms_to_ktime(ms), HRTIMER_MODE_REL_PINNED);
 	complete(&sh_held);
-	msleep(ms);
-	clear_bit_unlock(SH_LOCK_BIT, &sh_state);
-	complete(&sh_holder_done);
 	return 0;
 }
 
@@ -130,6 +139,8 @@ int rb_stuck_handler(bool fixed)
 	reinit_completion(&sh_held);
 	reinit_completion(&sh_handler_done);
 	reinit_completion(&sh_holder_done);
+	hrtimer_init(&sh_release, CLOCK_MONOTONIC, HRTIMER_MODE_REL_PINNED);
+	sh_release.function = sh_release_bit;
 	holder = kthread_create(sh_holder, (void *)ms, "rb_bitlock_holder");
 	if (IS_ERR(holder))
 		return PTR_ERR(holder);
