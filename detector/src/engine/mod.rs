@@ -142,6 +142,27 @@ impl Engine {
         &self.cfg
     }
 
+    /// Takes the parts of `cfg` that can change while events flow (a
+    /// daemon's reload): which rules report, and the three thresholds.
+    /// Rules keep their state whether they report or not, so a rule turned
+    /// on judges what it has been following all along. A new threshold
+    /// applies to every deadline that has not passed yet, including those
+    /// of calls, bios and sleeps already being timed. Caps and the reorder
+    /// window size tables and stay as they were.
+    pub fn reconfigure(&mut self, cfg: &EngineConfig) {
+        self.cfg.rules = cfg.rules;
+        self.cfg.lost_io_after_ns = cfg.lost_io_after_ns;
+        self.cfg.lost_wakeup_after_ns = cfg.lost_wakeup_after_ns;
+        self.cfg.stuck_handler_after_ns = cfg.stuck_handler_after_ns;
+        self.lost_wakeup.set_after(
+            cfg.lost_wakeup_after_ns,
+            &mut self.tasks,
+            &self.bios,
+            self.last_ts,
+        );
+        self.stuck.set_after(cfg.stuck_handler_after_ns);
+    }
+
     /// Takes one event (roughly in time order); returns the findings that
     /// became certain, which concern events at least a window old.
     pub fn push(&mut self, ev: Event) -> Vec<Finding> {

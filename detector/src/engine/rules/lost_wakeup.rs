@@ -139,6 +139,19 @@ impl LostWakeup {
         self.timers.first().map(|(d, _)| *d)
     }
 
+    /// A new threshold, as of `now`: every armed sleeper is judged again
+    /// against it (its timer moves, or it is reported at once).
+    pub fn set_after(&mut self, after: u64, tasks: &mut Tasks, bios: &Bios, now: u64) {
+        self.after = after;
+        self.poll = (after / 8).max(1);
+        let armed: Vec<u32> = self.timers.iter().map(|(_, tid)| *tid).collect();
+        for tid in armed {
+            if let Some(task) = tasks.get_mut(tid) {
+                self.arm(tid, task, bios, now);
+            }
+        }
+    }
+
     pub fn armed(&self) -> usize {
         self.timers.len()
     }

@@ -82,6 +82,21 @@ impl StuckHandler {
         self.timers.first_key_value().map(|((d, _), _)| *d)
     }
 
+    /// A new threshold: open calls' deadlines move with it, keeping each
+    /// timer's key at `entry + after` where the removals look for it.
+    pub fn set_after(&mut self, after: u64) {
+        let old = std::mem::replace(&mut self.after, after);
+        self.timers = std::mem::take(&mut self.timers)
+            .into_iter()
+            .map(|((deadline, id), key)| {
+                (
+                    (deadline.saturating_sub(old).saturating_add(after), id),
+                    key,
+                )
+            })
+            .collect();
+    }
+
     /// What any event says about open calls: a CPU running task code has
     /// left its interrupts; a task seen above a call's depth returned.
     pub fn observe(&mut self, actor: &Actor) {
