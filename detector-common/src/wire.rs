@@ -363,4 +363,23 @@ pub mod counter {
     pub const STACKS_OVER_BUDGET: u32 = 3;
     /// Number of counters.
     pub const COUNT: u32 = 4;
+
+    /// Each counter's name, by index: userspace exports counter `i` as the
+    /// Prometheus counter `detector_<NAMES[i]>_total`, so a new index only
+    /// needs its name here (the array length makes the build fail without
+    /// it). Names are lower_snake_case and say what was lost.
+    pub const NAMES: [&str; COUNT as usize] = [
+        "events_lost",
+        "kernel_read_errors",
+        "stack_errors",
+        "stacks_over_budget",
+    ];
+
+    /// One line of help per counter, by index (the metric's `# HELP`).
+    pub const HELP: [&str; COUNT as usize] = [
+        "Events lost in the kernel: the ring buffer was full when a program reserved a record",
+        "Kernel memory reads by the programs that failed (the field read as zero)",
+        "Kernel stack captures that failed (the event carries no stack)",
+        "Kernel stacks not captured because a CPU had spent its per-second stack budget",
+    ];
 }

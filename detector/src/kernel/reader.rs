@@ -26,6 +26,8 @@ pub struct Batch {
     /// writing before this moment is in this batch or an earlier one, up to
     /// the commit lag of in-flight records (microseconds).
     pub now: u64,
+    /// The session's totals as of this drain (for live metrics).
+    pub totals: ReaderTotals,
 }
 
 /// Totals over the session.
@@ -38,6 +40,9 @@ pub struct ReaderTotals {
     pub stack_errors: u64,
     /// Stacks not taken because a CPU's stack budget was spent.
     pub stacks_over_budget: u64,
+    /// Every kernel-side counter summed over CPUs, by
+    /// `detector_common::counter` index (named by `counter::NAMES`).
+    pub kernel: [u64; counter::COUNT as usize],
 }
 
 pub struct Reader {
@@ -112,6 +117,7 @@ impl Reader {
         self.totals.events += batch.events.len() as u64;
         self.totals.decode_errors += batch.decode_errors;
         batch.now = now;
+        batch.totals = self.totals;
         self.last_drain = now;
         batch
     }
@@ -135,15 +141,15 @@ impl Reader {
                 events.push(lost_marker(cpu as u32, count, self.last_drain, now));
             }
         }
-        let sum = |index| {
-            self.counters
-                .get(&index, 0)
-                .map(|v| v.iter().sum::<u64>())
-                .unwrap_or(0)
-        };
-        self.totals.read_errors = sum(counter::READ_ERRORS);
-        self.totals.stack_errors = sum(counter::STACK_ERRORS);
-        self.totals.stacks_over_budget = sum(counter::STACKS_OVER_BUDGET);
+        for (index, total) in (0..counter::COUNT).zip(self.totals.kernel.iter_mut()) {
+            if let Ok(per_cpu) = self.counters.get(&index, 0) {
+                *total = per_cpu.iter().sum();
+            }
+        }
+        let kernel = &self.totals.kernel;
+        self.totals.read_errors = kernel[counter::READ_ERRORS as usize];
+        self.totals.stack_errors = kernel[counter::STACK_ERRORS as usize];
+        self.totals.stacks_over_budget = kernel[counter::STACKS_OVER_BUDGET as usize];
     }
 }
 
