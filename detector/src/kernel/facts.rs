@@ -148,3 +148,10 @@ mod tests {
         assert_eq!(parse_cap_eff("no caps here"), 0);
     }
 }
+
+/// This host's name, as the kernel has it.
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default()
+}

@@ -1,20 +1,22 @@
-//! What a session does with each event, live or replayed: count it, filter
-//! it, print it, record it. `detector trace` and `detector replay` both feed
-//! a [`Session`], so a replay prints exactly what the live session did.
+//! The one pipeline every front end shares: events in (from the kernel or
+//! a file), counted, filtered, analysed by the engine, and handed with the
+//! findings to the session's sinks: the terminal, a record file, the
+//! findings store, metrics, the log. `detector trace`, `detector replay`
+//! and `detector run` differ only in where events come from ([`live`],
+//! [`replay`]) and which sinks they attach.
 
-use std::collections::HashSet;
-use std::fs::File;
-use std::io::{self, BufWriter, Write};
-use std::path::Path;
+pub mod live;
+pub mod recorder;
+pub mod replay;
+pub mod terminal;
+
+use std::io;
 use std::sync::Arc;
 
-use crate::engine::{Engine, EngineStats, Finding};
-use crate::event::display::line;
+use crate::engine::{Engine, EngineConfig, EngineStats, Finding};
 use crate::event::{Addr, Event, EventKind, Stack, StackId, StackTable};
 use crate::filter::EventFilter;
 use crate::kernel::stacks::StackResolver;
-use crate::record::{RecordHeader, RecordWriter};
-use crate::report;
 use crate::summary::Summary;
 
 /// Where stacks and symbols come from: the kernel (live) or a file.
@@ -22,6 +24,13 @@ pub trait Stacks {
     fn stack(&mut self, id: StackId) -> Option<Arc<Stack>>;
     fn symbol(&mut self, addr: Addr) -> Option<String>;
     fn table(&self) -> &StackTable;
+    /// A stack a file carries (record files store each stack once).
+    fn learn_stack(&mut self, id: StackId, stack: Stack);
+    /// A symbol a file carries.
+    fn learn_symbol(&mut self, addr: Addr, name: String);
+    /// Kernel modules were loaded or unloaded: addresses may mean new
+    /// symbols.
+    fn modules_changed(&mut self) {}
 }
 
 impl Stacks for StackResolver {
@@ -33,6 +42,13 @@ impl Stacks for StackResolver {
     }
     fn table(&self) -> &StackTable {
         StackResolver::table(self)
+    }
+    fn learn_stack(&mut self, _id: StackId, _stack: Stack) {
+        // Live stacks come from the kernel's map, never from a file.
+    }
+    fn learn_symbol(&mut self, _addr: Addr, _name: String) {}
+    fn modules_changed(&mut self) {
+        self.refresh_modules();
     }
 }
 
@@ -46,10 +62,37 @@ impl Stacks for StackTable {
     fn table(&self) -> &StackTable {
         self
     }
+    fn learn_stack(&mut self, id: StackId, stack: Stack) {
+        self.insert(id, stack);
+    }
+    fn learn_symbol(&mut self, addr: Addr, name: String) {
+        self.insert_symbol(addr, name);
+    }
+}
+
+impl Stacks for Box<dyn Stacks> {
+    fn stack(&mut self, id: StackId) -> Option<Arc<Stack>> {
+        (**self).stack(id)
+    }
+    fn symbol(&mut self, addr: Addr) -> Option<String> {
+        (**self).symbol(addr)
+    }
+    fn table(&self) -> &StackTable {
+        (**self).table()
+    }
+    fn learn_stack(&mut self, id: StackId, stack: Stack) {
+        (**self).learn_stack(id, stack)
+    }
+    fn learn_symbol(&mut self, addr: Addr, name: String) {
+        (**self).learn_symbol(addr, name)
+    }
+    fn modules_changed(&mut self) {
+        (**self).modules_changed()
+    }
 }
 
 /// The completion handler an event names, if any.
-fn end_io_of(ev: &Event) -> Option<Addr> {
+pub fn end_io_of(ev: &Event) -> Option<Addr> {
     match &ev.kind {
         EventKind::BioQueue { end_io, .. } | EventKind::BioEndio { end_io, .. } => {
             (!end_io.is_null()).then_some(*end_io)
@@ -58,87 +101,111 @@ fn end_io_of(ev: &Event) -> Option<Addr> {
     }
 }
 
-/// How events are shown.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum EventOutput {
-    /// Not at all (findings and the summary only).
-    None,
-    /// One human line per event.
-    Lines,
-    /// One JSON object per line.
-    Json,
+/// One event as the sinks see it.
+pub struct SessionEvent<'a> {
+    pub ev: &'a Event,
+    /// The filters keep it: it is shown and recorded. Sinks that count
+    /// (metrics) see every event; sinks that show, only kept ones.
+    pub kept: bool,
+    /// Its stack, when it has one and the kernel still had it.
+    pub stack: Option<(StackId, &'a Arc<Stack>)>,
+    pub stacks: &'a StackTable,
+}
+
+/// One finding as the sinks see it: it passed the filters.
+pub struct Emitted<'a> {
+    pub finding: &'a Finding,
+    /// Its stable id ([`Finding::id`]).
+    pub id: &'a str,
+    /// The stacks and symbols it quotes.
+    pub stacks: &'a StackTable,
+}
+
+/// Something that takes the session's output. Sinks run in the order they
+/// were attached; for a finding that order is a promise (the findings store
+/// comes first, so a finding is on disk before it is logged or counted).
+pub trait Sink {
+    fn event(&mut self, _ev: &SessionEvent<'_>) -> io::Result<()> {
+        Ok(())
+    }
+    fn finding(&mut self, _found: &Emitted<'_>) -> io::Result<()> {
+        Ok(())
+    }
+    /// After each batch of events: push buffered output out.
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+    /// About once a second: make what was written durable.
+    fn sync(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+    /// The end; returns a line for the session summary, if any.
+    fn finish(&mut self) -> io::Result<Option<String>> {
+        Ok(None)
+    }
+    /// The sink's reader went away (stdout closed): nothing more is wanted.
+    fn closed(&self) -> bool {
+        false
+    }
 }
 
 pub struct SessionOptions {
-    pub events: EventOutput,
-    /// With JSON output, include each event's symbolized stack.
-    pub inline_stacks: bool,
     pub filter: EventFilter,
     /// When the session starts (every hook attached): earlier events are
-    /// left out. Times in human lines are relative to this.
+    /// left out.
     pub start_ns: u64,
+    /// Keep the end-of-session summary (per device, bios in flight). A
+    /// daemon leaves it off: it is for a session that ends, and its table
+    /// of bios in flight would grow for weeks on devices whose completions
+    /// cannot be seen.
+    pub summary: bool,
 }
 
 pub struct Session<S: Stacks> {
-    out: BufWriter<io::Stdout>,
     opts: SessionOptions,
     pub stacks: S,
     pub summary: Summary,
     engine: Engine,
     findings: Vec<Finding>,
-    /// Findings shown (after filters).
+    sinks: Vec<Box<dyn Sink>>,
+    /// Findings that passed the filters.
     pub findings_shown: u64,
     /// Events from before every hook was attached, left out.
     pub before_start: u64,
-    recorder: Option<RecordWriter<BufWriter<File>>>,
-    recorded_stacks: HashSet<StackId>,
-    recorded_symbols: HashSet<Addr>,
-    /// Set when stdout was closed (e.g. piped into `head`): stop printing.
-    output_closed: bool,
+    finished: bool,
 }
 
 impl<S: Stacks> Session<S> {
     pub fn new(opts: SessionOptions, stacks: S, engine: Engine) -> Self {
         Self {
-            out: BufWriter::with_capacity(1 << 16, io::stdout()),
             opts,
             stacks,
             summary: Summary::new(),
             engine,
             findings: Vec::new(),
+            sinks: Vec::new(),
             findings_shown: 0,
             before_start: 0,
-            recorder: None,
-            recorded_stacks: HashSet::new(),
-            recorded_symbols: HashSet::new(),
-            output_closed: false,
+            finished: false,
         }
     }
 
-    /// Starts writing a record file at `path`.
-    pub fn record_to(&mut self, path: &Path, mut header: RecordHeader) -> io::Result<()> {
-        header.filters = self.opts.filter.describe();
-        let file = File::create(path)?;
-        self.recorder = Some(RecordWriter::new(BufWriter::new(file), &header)?);
-        Ok(())
+    /// Attaches a sink after those already attached.
+    pub fn attach(&mut self, sink: Box<dyn Sink>) {
+        self.sinks.push(sink);
     }
 
+    pub fn filter(&self) -> &EventFilter {
+        &self.opts.filter
+    }
+
+    /// Whether a sink's reader went away (e.g. stdout piped into `head`).
     pub fn output_closed(&self) -> bool {
-        self.output_closed
+        self.sinks.iter().any(|s| s.closed())
     }
 
-    fn write_out(&mut self, text: &str) {
-        if self.output_closed {
-            return;
-        }
-        if let Err(e) = self.out.write_all(text.as_bytes())
-            && e.kind() == io::ErrorKind::BrokenPipe
-        {
-            self.output_closed = true;
-        }
-    }
-
-    /// Handles one event; errors are the record file's.
+    /// Handles one event; errors are the sinks' (a record file that cannot
+    /// be written).
     pub fn event(&mut self, mut ev: Event) -> io::Result<()> {
         // The session starts once every hook is attached: before, some
         // hooks saw what others missed (an entry without its exit), which
@@ -160,47 +227,63 @@ impl<S: Stacks> Session<S> {
         if let Some(end_io) = end_io_of(&ev) {
             let _ = self.stacks.symbol(end_io);
         }
-        if self.opts.filter.keep(&ev) {
-            self.show(&ev, stack)?;
+        let kept = self.opts.filter.keep(&ev);
+        if kept && self.opts.summary {
+            self.summary.observe(&ev);
+        }
+        let view = SessionEvent {
+            ev: &ev,
+            kept,
+            stack: stack.as_ref().map(|(id, s)| (*id, s)),
+            stacks: self.stacks.table(),
+        };
+        for sink in &mut self.sinks {
+            sink.event(&view)?;
         }
         self.engine.push_into(ev, &mut self.findings);
-        self.report_findings();
-        Ok(())
+        self.report_findings()
     }
 
-    /// The clock moved to `now` (live sessions, every drain): deadlines
-    /// that passed fire now, while the condition still holds.
-    pub fn tick(&mut self, now: u64) {
+    /// The clock moved to `now` (every drain): deadlines that passed fire
+    /// now, while the condition still holds.
+    pub fn tick(&mut self, now: u64) -> io::Result<()> {
         let found = self.engine.advance(now);
         self.findings.extend(found);
-        self.report_findings();
+        self.report_findings()
     }
 
-    fn report_findings(&mut self) {
+    fn report_findings(&mut self) -> io::Result<()> {
         if self.findings.is_empty() {
-            return;
+            return Ok(());
         }
         let mut findings = std::mem::take(&mut self.findings);
+        let mut result = Ok(());
         for finding in &findings {
             if !self.opts.filter.selects_finding(finding) {
                 continue;
             }
             self.findings_shown += 1;
-            let text = match self.opts.events {
-                EventOutput::Json => {
-                    format!("{}\n", report::json::to_line(finding, self.stacks.table()))
-                }
-                _ => {
-                    format!(
-                        "{}\n",
-                        report::human::render(finding, self.stacks.table()).trim_end()
-                    ) + "\n"
-                }
+            let id = finding.id();
+            let found = Emitted {
+                finding,
+                id: &id,
+                stacks: self.stacks.table(),
             };
-            self.write_out(&text);
+            for sink in &mut self.sinks {
+                if let Err(e) = sink.finding(&found) {
+                    result = Err(e);
+                }
+            }
         }
         findings.clear();
         self.findings = findings;
+        result
+    }
+
+    /// New engine thresholds and rules, and new filters, while running.
+    pub fn reconfigure(&mut self, engine: &EngineConfig, filter: EventFilter) {
+        self.engine.reconfigure(engine);
+        self.opts.filter = filter;
     }
 
     /// The engine's counters so far.
@@ -208,80 +291,43 @@ impl<S: Stacks> Session<S> {
         self.engine.stats()
     }
 
-    fn show(&mut self, ev: &Event, stack: Option<(StackId, Arc<Stack>)>) -> io::Result<()> {
-        self.summary.observe(ev);
-        if let Some(rec) = &mut self.recorder {
-            if let Some((id, stack)) = &stack
-                && self.recorded_stacks.insert(*id)
-            {
-                rec.stack(*id, stack)?;
-            }
-            if let Some(end_io) = end_io_of(ev)
-                && let Some(symbol) = self.stacks.table().symbol(end_io)
-                && self.recorded_symbols.insert(end_io)
-            {
-                rec.symbol(end_io, symbol)?;
-            }
-            rec.event(ev)?;
-        }
-        match self.opts.events {
-            EventOutput::None => {}
-            EventOutput::Lines => {
-                let mut text = line(ev, self.opts.start_ns);
-                text.push('\n');
-                self.write_out(&text);
-            }
-            EventOutput::Json => {
-                let mut value = serde_json::to_value(ev).map_err(io::Error::other)?;
-                if self.opts.inline_stacks
-                    && let Some((_, stack)) = &stack
-                {
-                    let frames: Vec<String> = stack
-                        .frames_without_hooks()
-                        .map(|f| f.to_string())
-                        .collect();
-                    value["frames"] = serde_json::json!(frames);
-                }
-                let mut text = value.to_string();
-                text.push('\n');
-                self.write_out(&text);
-            }
-        }
-        Ok(())
+    /// The engine's configuration as it stands.
+    pub fn engine_config(&self) -> &EngineConfig {
+        self.engine.config()
     }
 
-    /// Pushes buffered output out (called after every drain, so live
-    /// output is prompt).
-    pub fn flush(&mut self) {
-        if !self.output_closed
-            && let Err(e) = self.out.flush()
-            && e.kind() == io::ErrorKind::BrokenPipe
-        {
-            self.output_closed = true;
-        }
+    /// Pushes buffered output out (after every drain, so live output is
+    /// prompt).
+    pub fn flush(&mut self) -> io::Result<()> {
+        self.sinks.iter_mut().try_for_each(|s| s.flush())
     }
 
-    /// Writes buffered records to the record file as a chunk, so that a
-    /// crash loses little (called about once a second).
-    pub fn sync_record(&mut self) -> io::Result<()> {
-        match &mut self.recorder {
-            Some(rec) => rec.flush_chunk(),
-            None => Ok(()),
-        }
+    /// Makes what the sinks wrote durable (about once a second).
+    pub fn sync(&mut self) -> io::Result<()> {
+        self.sinks.iter_mut().try_for_each(|s| s.sync())
     }
 
     /// Ends the analysis (everything still held in the engine's window is
-    /// judged), then finishes the record file; returns how many records it
-    /// holds.
-    pub fn finish(&mut self) -> io::Result<Option<u64>> {
+    /// judged) and finishes every sink; returns their closing lines. Only
+    /// the first call does anything.
+    pub fn finish(&mut self) -> io::Result<Vec<String>> {
+        if std::mem::replace(&mut self.finished, true) {
+            return Ok(Vec::new());
+        }
         let found = self.engine.finish();
         self.findings.extend(found);
-        self.report_findings();
-        self.flush();
-        match &mut self.recorder {
-            Some(rec) => rec.finish().map(Some),
-            None => Ok(None),
+        let reported = self.report_findings();
+        let mut notes = Vec::new();
+        for sink in &mut self.sinks {
+            sink.flush()?;
+            notes.extend(sink.finish()?);
         }
+        reported.map(|()| notes)
+    }
+
+    /// Whether [`Session::finish`] ran.
+    pub fn finished(&self) -> bool {
+        self.finished
     }
 }
 
