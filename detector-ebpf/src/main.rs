@@ -3,11 +3,13 @@
 //! Every program is a thin wrapper around a `try_`-style handler shared by all
 //! the mechanisms that can reach the same kernel symbol (fentry, kprobe,
 //! tracepoint); userspace picks which wrappers to load for the running kernel.
-//! Handlers never log per event: failures bump a per-CPU counter.
+//! Handlers never log per event: failures bump a per-CPU counter, and the
+//! rare conditions worth a line in the log go through `diag`, rate-limited.
 #![no_std]
 #![no_main]
 
 mod context;
+mod diag;
 mod emit;
 mod kernel;
 mod maps;

@@ -44,6 +44,10 @@ pub static SLEEPERS: LruHashMap<u32, u8> = LruHashMap::with_max_entries(16384, 0
 #[map]
 pub static ENTRY_ARGS: LruHashMap<u64, u64> = LruHashMap::with_max_entries(8192, 0);
 
+/// When each diagnostic site last logged, per CPU (`diag::site`).
+#[map]
+pub static DIAG_LAST: PerCpuArray<u64> = PerCpuArray::with_max_entries(crate::diag::site::COUNT, 0);
+
 /// Per-CPU token bucket for stack walks: (tokens in millitokens, last refill
 /// time in ns). See `ProbeConfig::stack_budget`.
 #[map]

@@ -16,6 +16,7 @@ use detector_common::{
 use super::done;
 use crate::{
     context::Hooked,
+    diag::{may_log, site},
     emit::{Stack, header, reserve, submit},
     kernel::{bio_devs, config, disk_dev, read},
     maps::{ENTRY_ARGS, WATCHED},
@@ -52,7 +53,13 @@ fn try_bio_queue<C: Hooked>(ctx: &C, bio_arg: usize) -> Option<()> {
     let bio = ctx.arg_u64(bio_arg);
     let (dev, disk) = bio_devs(cfg, bio);
     let header = header(ctx, cfg, kind::BIO_QUEUE, Stack::Take);
-    let _ = WATCHED.insert(header.tid, 1u8, 0);
+    if WATCHED.insert(header.tid, 1u8, 0).is_err() && may_log(site::WATCH_FAILED) {
+        aya_log_ebpf::warn!(
+            ctx,
+            "cannot watch task {} (WATCHED update failed): its return to user space goes unseen",
+            header.tid
+        );
+    }
     let mut entry = reserve::<BioQueue>()?;
     unsafe {
         entry.as_mut_ptr().write(BioQueue {
@@ -129,7 +136,16 @@ fn try_rq_complete<C: Hooked>(ctx: &C) -> Option<()> {
         (*ev).truncated = (n as usize == RQ_MAX_BIOS && bio != 0 && left > 0) as u8;
         (*ev)._pad = 0;
     }
+    let truncated = unsafe { (*ev).truncated } != 0;
     submit(entry, cfg);
+    if truncated && may_log(site::RQ_WALK_CUT) {
+        aya_log_ebpf::debug!(
+            ctx,
+            "block_rq_complete: bio walk stopped at {} bios with {} bytes left; the rest are matched by sector range",
+            RQ_MAX_BIOS,
+            left
+        );
+    }
     Some(())
 }
 
@@ -192,7 +208,10 @@ fn try_bio_endio<C: Hooked>(ctx: &C) -> Option<()> {
     // bio_endio() loops instead of recursing when the finished bio was
     // chained (bi_end_io == bio_chain_endio): the parent completes inside
     // this call without a bio_endio() of its own. Report each such parent.
+    // A parent found but left unreported when the walk ends.
+    let mut unreported: u64 = 0;
     for depth in 0..MAX_CHAIN {
+        unreported = 0;
         let end_io: u64 = read(bio, cfg.bio.end_io);
         let is_final = emit_endio(cfg, bio, end_io, depth, header);
         if !is_final || cfg.bio_chain_endio == 0 || end_io != cfg.bio_chain_endio {
@@ -202,6 +221,15 @@ fn try_bio_endio<C: Hooked>(ctx: &C) -> Option<()> {
         if bio == 0 {
             break;
         }
+        unreported = bio;
+    }
+    if unreported != 0 && may_log(site::CHAIN_CUT) {
+        aya_log_ebpf::warn!(
+            ctx,
+            "bio_endio: chain walk cut short after {} parents; parent bio {:x} and above are not reported",
+            MAX_CHAIN,
+            unreported
+        );
     }
     Some(())
 }
