@@ -201,6 +201,25 @@ fn lifecycle_readiness_watchdog_reload_and_stop() {
         metric_sum(&m, "detector_bio_in_flight_duration_seconds_count", "") > 0.0,
         "bios timed: {m}"
     );
+    // Prometheus' own linter accepts the exposition.
+    let mut lint = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (cargo xtask setup installs prometheus)");
+    {
+        use std::io::Write as _;
+        lint.stdin.take().unwrap().write_all(m.as_bytes()).unwrap();
+    }
+    let lint = lint.wait_with_output().unwrap();
+    assert!(
+        lint.status.success() && lint.stdout.is_empty(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&lint.stdout),
+        String::from_utf8_lossy(&lint.stderr)
+    );
 
     // SIGHUP: a new threshold applies at once; a new ring-buffer size needs
     // a restart and keeps its value.

@@ -15,7 +15,9 @@ use crate::util::{output, run as run_cmd};
 /// VM bench (qemu-utils is already installed, newer, and must not be
 /// replaced), cpio to pack its initramfs, xz-utils to unpack its kernel,
 /// make to build its test module (the kernel headers it builds against are
-/// installed by `cargo xtask vm-test`: their version follows the kernel).
+/// installed by `cargo xtask vm-test`: their version follows the kernel),
+/// prometheus (server and promtool) for the service tests, util-linux for
+/// their mount namespace (`unshare`).
 const PACKAGES: &[&str] = &[
     "bpftool",
     "busybox-static",
@@ -23,7 +25,9 @@ const PACKAGES: &[&str] = &[
     "e2fsprogs",
     "fio",
     "make",
+    "prometheus",
     "qemu-system-x86",
+    "util-linux",
     "xz-utils",
 ];
 
