@@ -21,7 +21,10 @@ mod probes;
 #[unsafe(no_mangle)]
 static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
 
-#[cfg(not(test))]
+// Only for the bpf target: a host build of the whole workspace (clippy)
+// links std into this crate through feature unification (detector-common's
+// `user` feature pulls aya), and std brings its own.
+#[cfg(all(not(test), target_arch = "bpf"))]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {
     loop {}

@@ -44,8 +44,8 @@ pub struct Daemon {
 
 /// Where events come from.
 pub enum Source {
-    Live(Live),
-    Replay(Paced),
+    Live(Box<Live>),
+    Replay(Box<Paced>),
 }
 
 enum Input {
@@ -60,7 +60,7 @@ impl Source {
             Some(path) => {
                 let file = ReplayFile::open(path)?;
                 Ok((
-                    Source::Replay(Paced::new(file)),
+                    Source::Replay(Box::new(Paced::new(file))),
                     Box::new(StackTable::new()),
                 ))
             }
@@ -72,7 +72,7 @@ impl Source {
                     ..LoadOptions::default()
                 };
                 let (live, stacks) = Live::start(opts)?;
-                Ok((Source::Live(live), Box::new(stacks)))
+                Ok((Source::Live(Box::new(live)), Box::new(stacks)))
             }
         }
     }
@@ -211,6 +211,16 @@ pub async fn run(
     if let Source::Live(live) = &source {
         for line in announcement(&live.probes) {
             tracing::info!("{line}");
+        }
+        // The programs read these fields as zero: say so once, here.
+        for m in &live.probes.missing_fields {
+            tracing::warn!(
+                field = m.field.as_str(),
+                "kernel offset {}{} could not be resolved from BTF: {}",
+                m.module.map(|m| format!("[{m}] ")).unwrap_or_default(),
+                m.field,
+                m.reason
+            );
         }
     }
     let engine_config = source.engine_config(&daemon.loaded)?;
