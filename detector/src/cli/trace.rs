@@ -159,7 +159,26 @@ async fn trace_loop(
     let mut last_sync = Instant::now();
     let mut last_status = (Instant::now(), 0u64);
     loop {
+        // Signals first: a session that falls behind still stops at once.
         tokio::select! {
+            biased;
+            _ = sigint.recv() => break,
+            _ = sigterm.recv() => break,
+            _ = &mut deadline => break,
+            _ = status_tick.tick(), if status_line => {
+                let (at, before) = last_status;
+                let now = session.summary.events();
+                let rate = (now - before) as f64 / at.elapsed().as_secs_f64().max(1e-3);
+                last_status = (Instant::now(), now);
+                eprint!(
+                    "\r\x1b[K{:>5.0}s  {:>9.0} events/s  {} lost  {} bios in flight  {} findings",
+                    Duration::from_nanos(monotonic_ns() - live.start_ns).as_secs_f64(),
+                    rate,
+                    session.summary.lost,
+                    session.summary.in_flight(),
+                    session.findings_shown,
+                );
+            }
             input = live.next() => match input {
                 None => break,
                 Some(LiveInput::Batch(batch)) => {
@@ -178,23 +197,6 @@ async fn trace_loop(
                     eprintln!("detector: {module} loaded; md hooks attached");
                 }
             },
-            _ = sigint.recv() => break,
-            _ = sigterm.recv() => break,
-            _ = &mut deadline => break,
-            _ = status_tick.tick(), if status_line => {
-                let (at, before) = last_status;
-                let now = session.summary.events();
-                let rate = (now - before) as f64 / at.elapsed().as_secs_f64().max(1e-3);
-                last_status = (Instant::now(), now);
-                eprint!(
-                    "\r\x1b[K{:>5.0}s  {:>9.0} events/s  {} lost  {} bios in flight  {} findings",
-                    Duration::from_nanos(monotonic_ns() - live.start_ns).as_secs_f64(),
-                    rate,
-                    session.summary.lost,
-                    session.summary.in_flight(),
-                    session.findings_shown,
-                );
-            }
         }
     }
     Ok(())

@@ -24,7 +24,9 @@ pub struct Batch {
     pub decode_errors: u64,
     /// CLOCK_MONOTONIC time of the drain: every event the kernel finished
     /// writing before this moment is in this batch or an earlier one, up to
-    /// the commit lag of in-flight records (microseconds).
+    /// the commit lag of in-flight records (microseconds). 0 when the batch
+    /// is full and the ring buffer still holds more: no time is known to be
+    /// complete yet.
     pub now: u64,
     /// The session's totals as of this drain (for live metrics).
     pub totals: ReaderTotals,
@@ -44,6 +46,12 @@ pub struct ReaderTotals {
     /// `detector_common::counter` index (named by `counter::NAMES`).
     pub kernel: [u64; counter::COUNT as usize],
 }
+
+/// Events per batch at most. A reader that fell behind drains the ring
+/// buffer in several batches rather than one huge one, so that the
+/// pipeline's backlog (batches in flight times this) stays bounded and a
+/// signal waits for one batch at most.
+pub const MAX_BATCH: usize = 1 << 16;
 
 pub struct Reader {
     ring: AsyncFd<RingBuf<MapData>>,
@@ -94,31 +102,47 @@ impl Reader {
                 }
                 _ = tick.tick() => false,
             };
-            let batch = self.drain();
-            if tx.send(batch).await.is_err() || stopping || *stop.borrow() {
+            // Empty the ring buffer, a batch at a time.
+            loop {
+                let batch = self.drain();
+                let more = batch.now == 0;
+                if tx.send(batch).await.is_err() {
+                    return self.totals;
+                }
+                if !more {
+                    break;
+                }
+            }
+            if stopping || *stop.borrow() {
                 break;
             }
         }
         self.totals
     }
 
-    /// Empties the ring buffer now.
+    /// Takes up to [`MAX_BATCH`] events from the ring buffer now; the
+    /// batch's `now` is 0 when more remain.
     pub fn drain(&mut self) -> Batch {
         let mut batch = Batch::default();
         let ring = self.ring.get_mut();
-        while let Some(item) = ring.next() {
+        while batch.events.len() < MAX_BATCH
+            && let Some(item) = ring.next()
+        {
             match decode(&item) {
                 Ok(event) => batch.events.push(event),
                 Err(_) => batch.decode_errors += 1,
             }
         }
-        let now = monotonic_ns();
-        self.account_losses(&mut batch.events, now);
+        let full = batch.events.len() >= MAX_BATCH;
+        if !full {
+            let now = monotonic_ns();
+            self.account_losses(&mut batch.events, now);
+            batch.now = now;
+            self.last_drain = now;
+        }
         self.totals.events += batch.events.len() as u64;
         self.totals.decode_errors += batch.decode_errors;
-        batch.now = now;
         batch.totals = self.totals;
-        self.last_drain = now;
         batch
     }
 

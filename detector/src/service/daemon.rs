@@ -262,7 +262,26 @@ pub async fn run(
     let mut publish = tokio::time::interval(PUBLISH_EVERY);
     let result: Result<()> = async {
         loop {
+            // Signals and the publication timer before input: a pipeline
+            // that falls behind still reloads, stops and reports at once.
             tokio::select! {
+                biased;
+                _ = sigterm.recv() => break,
+                _ = sigint.recv() => break,
+                _ = sighup.recv() => {
+                    reload(&mut daemon, &mut session, &source);
+                    let line = status.line(&session);
+                    daemon.notifier.reloaded(&line);
+                }
+                _ = publish.tick() => {
+                    metrics.publish(&session.engine_stats(), source.totals().as_ref());
+                    let line = status.line(&session);
+                    daemon.notifier.status(&line);
+                    if matches!(&source, Source::Replay(p) if p.done()) {
+                        // Nothing is read any more; the loop still runs.
+                        daemon.notifier.alive();
+                    }
+                }
                 input = source.next() => match input {
                     None => {
                         tracing::error!("the ring-buffer reader stopped");
@@ -283,22 +302,6 @@ pub async fn run(
                         daemon.notifier.alive();
                     }
                 },
-                _ = sighup.recv() => {
-                    reload(&mut daemon, &mut session, &source);
-                    let line = status.line(&session);
-                    daemon.notifier.reloaded(&line);
-                }
-                _ = sigterm.recv() => break,
-                _ = sigint.recv() => break,
-                _ = publish.tick() => {
-                    metrics.publish(&session.engine_stats(), source.totals().as_ref());
-                    let line = status.line(&session);
-                    daemon.notifier.status(&line);
-                    if matches!(&source, Source::Replay(p) if p.done()) {
-                        // Nothing is read any more; the loop still runs.
-                        daemon.notifier.alive();
-                    }
-                }
             }
         }
         Ok(())

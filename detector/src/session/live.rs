@@ -23,7 +23,9 @@ const DRAIN_EVERY: Duration = Duration::from_millis(20);
 const MODULE_POLL_EVERY: Duration = Duration::from_secs(1);
 /// Batches waiting for the pipeline; past it the reader waits, and the
 /// kernel's ring buffer takes up the slack (and counts what it drops).
-const BATCHES_IN_FLIGHT: usize = 256;
+/// Small: with full batches this is up to a million events, which is what
+/// a stop must still drain through the engine.
+const BATCHES_IN_FLIGHT: usize = 16;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LiveError {
