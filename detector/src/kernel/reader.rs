@@ -102,22 +102,33 @@ impl Reader {
                 }
                 _ = tick.tick() => false,
             };
-            // Empty the ring buffer, a batch at a time.
-            loop {
-                let batch = self.drain();
-                let more = batch.now == 0;
-                if tx.send(batch).await.is_err() {
-                    return self.totals;
-                }
-                if !more {
-                    break;
-                }
+            if !self.send_all(&tx).await {
+                return self.totals;
             }
             if stopping || *stop.borrow() {
+                // The batches above may have waited for room in the channel
+                // while the programs kept writing: one more pass takes
+                // everything written before the stop.
+                self.send_all(&tx).await;
                 break;
             }
         }
         self.totals
+    }
+
+    /// Empties the ring buffer, a batch at a time; false when the receiver
+    /// is gone.
+    async fn send_all(&mut self, tx: &mpsc::Sender<Batch>) -> bool {
+        loop {
+            let batch = self.drain();
+            let more = batch.now == 0;
+            if tx.send(batch).await.is_err() {
+                return false;
+            }
+            if !more {
+                return true;
+            }
+        }
     }
 
     /// Takes up to [`MAX_BATCH`] events from the ring buffer now; the

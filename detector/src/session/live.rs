@@ -23,9 +23,10 @@ const DRAIN_EVERY: Duration = Duration::from_millis(20);
 const MODULE_POLL_EVERY: Duration = Duration::from_secs(1);
 /// Batches waiting for the pipeline; past it the reader waits, and the
 /// kernel's ring buffer takes up the slack (and counts what it drops).
-/// Small: with full batches this is up to a million events, which is what
-/// a stop must still drain through the engine.
-const BATCHES_IN_FLIGHT: usize = 16;
+/// Batches come every drain interval, mostly small; full ones bound what a
+/// stop must still take through the engine to this many times
+/// `reader::MAX_BATCH` events.
+const BATCHES_IN_FLIGHT: usize = 64;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LiveError {
