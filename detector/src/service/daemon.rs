@@ -277,8 +277,10 @@ pub async fn run(
                     metrics.publish(&session.engine_stats(), source.totals().as_ref());
                     let line = status.line(&session);
                     daemon.notifier.status(&line);
-                    if matches!(&source, Source::Replay(p) if p.done()) {
-                        // Nothing is read any more; the loop still runs.
+                    if matches!(&source, Source::Replay(_)) {
+                        // A replay reads no kernel: the loop's own turns are
+                        // its sign of life (a recording may pause longer
+                        // than the watchdog's period, and it ends).
                         daemon.notifier.alive();
                     }
                 }
