@@ -48,6 +48,10 @@ pub struct BioOffsets {
     pub private: u32,
     /// Bit number of `BIO_CHAIN` in `bi_flags` (an enum value in BTF).
     pub flag_chain_bit: u32,
+    /// `bi_blkg` (cgroup kernels only).
+    pub blkg: u32,
+    /// Bit number of `REQ_INTEGRITY` in `bi_opf` (`__REQ_INTEGRITY`).
+    pub req_integrity_bit: u32,
     pub _pad: u32,
 }
 
@@ -118,10 +122,10 @@ pub struct ProbeConfig {
 }
 
 const _: () = assert!(core::mem::size_of::<TaskOffsets>() == 24);
-const _: () = assert!(core::mem::size_of::<BioOffsets>() == 48);
+const _: () = assert!(core::mem::size_of::<BioOffsets>() == 56);
 const _: () = assert!(core::mem::size_of::<BlockOffsets>() == 32);
 const _: () = assert!(core::mem::size_of::<MdOffsets>() == 16);
-const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 160);
+const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 168);
 
 impl ProbeConfig {
     /// A config with every offset unknown: programs read nothing.
@@ -146,6 +150,8 @@ impl ProbeConfig {
             end_io: NO_OFFSET,
             private: NO_OFFSET,
             flag_chain_bit: NO_OFFSET,
+            blkg: NO_OFFSET,
+            req_integrity_bit: NO_OFFSET,
             _pad: 0,
         },
         block: BlockOffsets {

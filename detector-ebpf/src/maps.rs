@@ -25,11 +25,38 @@ pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::C
 #[map]
 pub static CONFIG: Array<ProbeConfig> = Array::with_max_entries(1, 0);
 
-/// Tasks whose next return to user space is worth an event (they submitted
-/// I/O or own a completion on their stack). Keeps `sys_exit` cheap: one
-/// lookup per syscall, an event only for these.
+/// Tasks whose syscall boundaries are worth an event, with `watch` flags:
+/// they submitted I/O or own a completion on their stack. Keeps `sys_exit`
+/// and `sys_enter` cheap: one lookup per syscall, an event only for these.
 #[map]
 pub static WATCHED: LruHashMap<u32, u8> = LruHashMap::with_max_entries(8192, 0);
+
+/// `WATCHED` flags.
+pub mod watch {
+    /// Report the next return to user space.
+    pub const EXIT: u8 = 1;
+    /// It owns a completion on its stack: after its return, report its
+    /// next syscall entry too, so that userspace knows it is in user space
+    /// in between (an interrupt then runs on its kernel stack).
+    pub const ONSTACK: u8 = 2;
+    /// Its return was reported with `ONSTACK`: report its next entry.
+    pub const IN_USER: u8 = 4;
+}
+
+/// Sets `flags` in `tid`'s `WATCHED` entry (one lookup when already set).
+#[inline(always)]
+pub fn watch_task(tid: u32, flags: u8) {
+    match WATCHED.get_ptr_mut(tid) {
+        Some(old) => unsafe {
+            if *old & flags != flags {
+                *old |= flags;
+            }
+        },
+        None => {
+            let _ = WATCHED.insert(tid, flags, 0);
+        }
+    }
+}
 
 /// Tasks last seen going to sleep uninterruptibly; only their wakeups are
 /// reported, which is what the lost-wakeup rule needs, at a fraction of the

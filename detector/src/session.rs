@@ -157,6 +157,9 @@ impl<S: Stacks> Session<S> {
         let stack = ev
             .stack
             .and_then(|id| self.stacks.stack(id).map(|s| (id, s)));
+        if let Some((id, stack)) = &stack {
+            self.engine.learn_stack(*id, stack);
+        }
         if let Some(end_io) = end_io_of(&ev) {
             let _ = self.stacks.symbol(end_io);
         }

@@ -18,7 +18,7 @@ use crate::{
     context::Hooked,
     emit::{Stack, header, reserve, submit},
     kernel::{bio_devs, config, disk_dev, read},
-    maps::{ENTRY_ARGS, WATCHED},
+    maps::{ENTRY_ARGS, watch, watch_task},
 };
 
 // ---- submission ---------------------------------------------------------
@@ -52,7 +52,7 @@ fn try_bio_queue<C: Hooked>(ctx: &C, bio_arg: usize) -> Option<()> {
     let bio = ctx.arg_u64(bio_arg);
     let (dev, disk) = bio_devs(cfg, bio);
     let header = header(ctx, cfg, kind::BIO_QUEUE, Stack::Take);
-    let _ = WATCHED.insert(header.tid, 1u8, 0);
+    watch_task(header.tid, watch::EXIT);
     let mut entry = reserve::<BioQueue>()?;
     unsafe {
         entry.as_mut_ptr().write(BioQueue {
@@ -212,8 +212,13 @@ fn emit_endio(cfg: &ProbeConfig, bio: u64, end_io: u64, depth: u8, header: Heade
     let flags: u16 = read(bio, cfg.bio.flags);
     let remaining: i32 = read(bio, cfg.bio.remaining);
     // bio_remaining_done(): a chained bio is done when its count drops to 0.
+    // Read before the kernel's decrement: two children ending on two CPUs
+    // may both read 2; userspace counts the calls to see the last one.
     let chained = cfg.bio.flag_chain_bit < 16 && flags & (1 << cfg.bio.flag_chain_bit) != 0;
     let is_final = !chained || remaining == 1;
+    let opf: u32 = read(bio, cfg.bio.opf);
+    let integrity = cfg.bio.req_integrity_bit < 32 && opf & (1 << cfg.bio.req_integrity_bit) != 0;
+    let blkg: u64 = read(bio, cfg.bio.blkg);
     let (dev, disk) = bio_devs(cfg, bio);
     let Some(mut entry) = reserve::<BioEndio>() else {
         return is_final;
@@ -229,11 +234,14 @@ fn emit_endio(cfg: &ProbeConfig, bio: u64, end_io: u64, depth: u8, header: Heade
             disk_dev: disk,
             size: read(bio, cfg.bio.size),
             remaining,
+            opf,
             flags,
             status: read(bio, cfg.bio.status),
             is_final: is_final as u8,
             chain_depth: depth,
-            _pad: [0; 3],
+            has_blkg: (blkg != 0) as u8,
+            integrity: integrity as u8,
+            _pad: [0; 5],
         })
     };
     submit(entry, cfg);

@@ -16,7 +16,7 @@ use crate::{
     context::Hooked,
     emit::{Stack, header, reserve, submit},
     kernel::{config, on_stack, read},
-    maps::{ENTRY_ARGS, WATCHED},
+    maps::{ENTRY_ARGS, watch, watch_task},
 };
 
 /// `ENTRY_ARGS` slot for waits (they do not nest within one task).
@@ -35,8 +35,10 @@ fn emit<C: Hooked>(ctx: &C, kind: u16, x: u64, variant: u8, value: i64) -> Optio
     let header = header(ctx, cfg, kind, Stack::Take);
     let own = on_stack(cfg, header.stack_base, x);
     if own {
-        // The owner's return to user space proves it left the frame.
-        let _ = WATCHED.insert(header.tid, 1u8, 0);
+        // The owner's return to user space proves it left the frame, and
+        // until it enters the kernel again, code on its stack is an
+        // interrupt's.
+        watch_task(header.tid, watch::EXIT | watch::ONSTACK);
     }
     let mut entry = reserve::<CompletionEvent>()?;
     unsafe {

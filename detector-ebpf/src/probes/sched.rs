@@ -13,7 +13,7 @@ use crate::{
     context::Hooked,
     emit::{Stack, header, reserve, submit},
     kernel::{config, read},
-    maps::{SLEEPERS, WATCHED},
+    maps::{SLEEPERS, WATCHED, watch},
 };
 
 /// `TASK_UNINTERRUPTIBLE` in `prev_state`.
@@ -139,17 +139,56 @@ pub fn raw_sys_exit(ctx: RawTracePointContext) -> u32 {
 #[inline(always)]
 fn try_sys_exit<C: Hooked>(ctx: &C) -> Option<()> {
     let tid = aya_ebpf::helpers::bpf_get_current_pid_tgid() as u32;
-    unsafe { WATCHED.get(tid) }?;
+    let flags = WATCHED.get_ptr_mut(tid)?;
+    let watched = unsafe { *flags };
+    if watched & watch::EXIT == 0 {
+        return None;
+    }
+    let enter_reported = watched & watch::ONSTACK != 0;
+    if enter_reported {
+        unsafe { *flags = watch::IN_USER };
+    } else {
+        let _ = WATCHED.remove(tid);
+    }
+    emit_syscall(ctx, kind::SYS_EXIT, ctx.arg_u64(1) as i64, enter_reported)
+}
+
+/// `sys_enter(struct pt_regs *regs, long id)`: reported only for tasks whose
+/// return to user space was reported with `enter_reported`.
+#[btf_tracepoint(function = "sys_enter")]
+pub fn tp_sys_enter(ctx: BtfTracePointContext) -> u32 {
+    done(try_sys_enter(&ctx))
+}
+
+#[raw_tracepoint(tracepoint = "sys_enter")]
+pub fn raw_sys_enter(ctx: RawTracePointContext) -> u32 {
+    done(try_sys_enter(&ctx))
+}
+
+#[inline(always)]
+fn try_sys_enter<C: Hooked>(ctx: &C) -> Option<()> {
+    let tid = aya_ebpf::helpers::bpf_get_current_pid_tgid() as u32;
+    let flags = unsafe { WATCHED.get(tid) }?;
+    if *flags & watch::IN_USER == 0 {
+        return None;
+    }
     let _ = WATCHED.remove(tid);
+    emit_syscall(ctx, kind::SYS_ENTER, 0, false)
+}
+
+#[inline(always)]
+fn emit_syscall<C: Hooked>(ctx: &C, kind: u16, ret: i64, enter_reported: bool) -> Option<()> {
     let cfg = config()?;
     let regs = ctx.arg_u64(0);
-    let header = header(ctx, cfg, kind::SYS_EXIT, Stack::Skip);
+    let header = header(ctx, cfg, kind, Stack::Skip);
     let mut entry = reserve::<SysExit>()?;
     unsafe {
         entry.as_mut_ptr().write(SysExit {
             header,
             nr: read(regs, cfg.pt_regs_syscall_nr),
-            ret: ctx.arg_u64(1) as i64,
+            ret,
+            enter_reported: enter_reported as u8,
+            _pad: [0; 7],
         })
     };
     submit(entry, cfg);

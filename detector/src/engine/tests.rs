@@ -3,7 +3,7 @@
 //! fixtures and property tests in `detector/tests`.
 
 use super::*;
-use crate::event::{Dev, StackId};
+use crate::event::{Addr, Dev, Hook, StackId};
 
 const S: u64 = 1_000_000_000;
 const MS: u64 = 1_000_000;
@@ -75,6 +75,9 @@ fn endio(ts: u64, bio: u64) -> Event {
             remaining: 1,
             is_final: true,
             chain_depth: 0,
+            opf: 0,
+            has_blkg: false,
+            integrity: false,
         },
     )
 }
@@ -91,7 +94,15 @@ fn complete(ts: u64) -> Event {
 }
 
 fn sys_exit(ts: u64) -> Event {
-    owner(ts, 0x3f80, EventKind::SysExit { nr: 16, ret: 0 })
+    owner(
+        ts,
+        0x3f80,
+        EventKind::SysExit {
+            nr: 16,
+            ret: 0,
+            enter_reported: false,
+        },
+    )
 }
 
 fn lost(ts: u64, until: u64) -> Event {

@@ -211,6 +211,18 @@ pub enum EventKind {
         /// 0: the bio passed to `bio_endio`; n: its n-th chained parent,
         /// completed inside the same call.
         chain_depth: u8,
+        /// `bi_opf`: the operation (low 8 bits, `REQ_OP_*`) and flags.
+        #[serde(default)]
+        opf: u32,
+        /// `bi_blkg` was set: cleared by the final completion's
+        /// `bio_uninit()`, so it marks a bio not completed since it was set
+        /// up.
+        #[serde(default)]
+        has_blkg: bool,
+        /// `REQ_INTEGRITY` was set: a successful read then defers to
+        /// integrity verification, which calls `bio_endio` again.
+        #[serde(default)]
+        integrity: bool,
     },
     /// `bio_endio` returned (`bio` is unknown for kretprobes: the
     /// innermost open `bio_endio` of this context returned).
@@ -327,7 +339,17 @@ pub enum EventKind {
     },
     /// The current task returned to user space from syscall `nr` (reported
     /// once after it submitted I/O or used an on-stack completion).
-    SysExit { nr: i64, ret: i64 },
+    SysExit {
+        nr: i64,
+        ret: i64,
+        /// Its next syscall entry is reported too (`SysEnter`): until then
+        /// it is in user space, and events on its stack are interrupts.
+        #[serde(default)]
+        enter_reported: bool,
+    },
+    /// The current task entered syscall `nr` (reported after a `SysExit`
+    /// that said so).
+    SysEnter { nr: i64 },
     /// The current task exits.
     TaskExit,
     /// Made by detector: `count` events were lost (ring buffer full) at some
@@ -339,32 +361,7 @@ pub enum EventKind {
 impl EventKind {
     /// The JSON name of this kind (the `event` field).
     pub fn name(&self) -> &'static str {
-        match self {
-            Self::BioQueue { .. } => "bio_queue",
-            Self::RqComplete { .. } => "rq_complete",
-            Self::BioComplete { .. } => "bio_complete",
-            Self::BioEndio { .. } => "bio_endio",
-            Self::BioEndioExit { .. } => "bio_endio_exit",
-            Self::BioInit { .. } => "bio_init",
-            Self::Complete { .. } => "complete",
-            Self::CompleteAll { .. } => "complete_all",
-            Self::CompletionInit { .. } => "completion_init",
-            Self::WaitEnter { .. } => "wait_enter",
-            Self::WaitExit { .. } => "wait_exit",
-            Self::MdSuperWrite { .. } => "md_super_write",
-            Self::MdSuperWritten { .. } => "md_super_written",
-            Self::MdSuperWait { .. } => "md_super_wait",
-            Self::MdSuperWaitExit { .. } => "md_super_wait_exit",
-            Self::MdTeardown { .. } => "md_teardown",
-            Self::DelGendisk { .. } => "del_gendisk",
-            Self::DelGendiskExit { .. } => "del_gendisk_exit",
-            Self::SchedSwitch { .. } => "sched_switch",
-            Self::SchedWaking { .. } => "sched_waking",
-            Self::SchedWakeup { .. } => "sched_wakeup",
-            Self::SysExit { .. } => "sys_exit",
-            Self::TaskExit => "task_exit",
-            Self::Lost { .. } => "lost",
-        }
+        Self::NAMES[self.tag() as usize]
     }
 
     /// Every kind's JSON name, in declaration order.
@@ -391,9 +388,78 @@ impl EventKind {
         "sched_waking",
         "sched_wakeup",
         "sys_exit",
+        "sys_enter",
         "task_exit",
         "lost",
     ];
+}
+
+/// An [`EventKind`] without its fields: what the engine routes on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[repr(u8)]
+pub enum EventTag {
+    BioQueue,
+    RqComplete,
+    BioComplete,
+    BioEndio,
+    BioEndioExit,
+    BioInit,
+    Complete,
+    CompleteAll,
+    CompletionInit,
+    WaitEnter,
+    WaitExit,
+    MdSuperWrite,
+    MdSuperWritten,
+    MdSuperWait,
+    MdSuperWaitExit,
+    MdTeardown,
+    DelGendisk,
+    DelGendiskExit,
+    SchedSwitch,
+    SchedWaking,
+    SchedWakeup,
+    SysExit,
+    SysEnter,
+    TaskExit,
+    Lost,
+}
+
+impl EventTag {
+    /// Number of tags (for tables indexed by tag).
+    pub const COUNT: usize = EventKind::NAMES.len();
+}
+
+impl EventKind {
+    pub fn tag(&self) -> EventTag {
+        match self {
+            Self::BioQueue { .. } => EventTag::BioQueue,
+            Self::RqComplete { .. } => EventTag::RqComplete,
+            Self::BioComplete { .. } => EventTag::BioComplete,
+            Self::BioEndio { .. } => EventTag::BioEndio,
+            Self::BioEndioExit { .. } => EventTag::BioEndioExit,
+            Self::BioInit { .. } => EventTag::BioInit,
+            Self::Complete { .. } => EventTag::Complete,
+            Self::CompleteAll { .. } => EventTag::CompleteAll,
+            Self::CompletionInit { .. } => EventTag::CompletionInit,
+            Self::WaitEnter { .. } => EventTag::WaitEnter,
+            Self::WaitExit { .. } => EventTag::WaitExit,
+            Self::MdSuperWrite { .. } => EventTag::MdSuperWrite,
+            Self::MdSuperWritten { .. } => EventTag::MdSuperWritten,
+            Self::MdSuperWait { .. } => EventTag::MdSuperWait,
+            Self::MdSuperWaitExit { .. } => EventTag::MdSuperWaitExit,
+            Self::MdTeardown { .. } => EventTag::MdTeardown,
+            Self::DelGendisk { .. } => EventTag::DelGendisk,
+            Self::DelGendiskExit { .. } => EventTag::DelGendiskExit,
+            Self::SchedSwitch { .. } => EventTag::SchedSwitch,
+            Self::SchedWaking { .. } => EventTag::SchedWaking,
+            Self::SchedWakeup { .. } => EventTag::SchedWakeup,
+            Self::SysExit { .. } => EventTag::SysExit,
+            Self::SysEnter { .. } => EventTag::SysEnter,
+            Self::TaskExit => EventTag::TaskExit,
+            Self::Lost { .. } => EventTag::Lost,
+        }
+    }
 }
 
 /// `TASK_UNINTERRUPTIBLE` in `SchedSwitch::prev_state`.

@@ -301,6 +301,11 @@ pub fn hooks() -> &'static [HookSpec] {
                 "sys_exit",
                 "a watched task returns to user space"
             ),
+            tracepoint!(
+                "sys_enter",
+                "sys_enter",
+                "a task that returned with a completion on its stack enters the kernel again"
+            ),
             tracepoint!("sched_process_exit", "sched_process_exit", "a task exits"),
             md!(
                 "md_super_write",
@@ -427,7 +432,12 @@ pub static RULES: &[RuleSpec] = &[
         // Every wait variant: a wait detector cannot see would look like a
         // missing wait, i.e. a false finding.
         needs: WAIT_HOOKS,
-        improves: &["complete_all", "sys_exit", "sched_process_exit"],
+        improves: &[
+            "complete_all",
+            "sys_exit",
+            "sys_enter",
+            "sched_process_exit",
+        ],
         degraded: "frames left by returning to user space or exiting are noticed later",
     },
     RuleSpec {

@@ -40,6 +40,7 @@ const FIELDS: &[Field] = &[
     field!("bio", ["__bi_remaining"], |c, v| c.bio.remaining = v),
     field!("bio", ["bi_end_io"], |c, v| c.bio.end_io = v),
     field!("bio", ["bi_private"], |c, v| c.bio.private = v),
+    field!("bio", ["bi_blkg"], |c, v| c.bio.blkg = v),
     field!("block_device", ["bd_dev"], |c, v| c.block.bdev_dev = v),
     field!("block_device", ["bd_disk"], |c, v| c.block.bdev_disk = v),
     field!("gendisk", ["major"], |c, v| c.block.disk_major = v),
@@ -120,6 +121,14 @@ pub fn probe_config(btf: &KernelBtf, wakeup_threshold: u64) -> (ProbeConfig, Vec
             module: None,
             field: "enum BIO_CHAIN".into(),
             reason: "not in BTF (chained bios' intermediate completions look final)".into(),
+        }),
+    }
+    match btf.enum_value("__REQ_INTEGRITY") {
+        Some(bit) if (0..32).contains(&bit) => cfg.bio.req_integrity_bit = bit as u32,
+        _ => missing.push(MissingField {
+            module: None,
+            field: "enum __REQ_INTEGRITY".into(),
+            reason: "not in BTF (integrity-verified reads look completed twice)".into(),
         }),
     }
     cfg.thread_size = thread_size(btf);
