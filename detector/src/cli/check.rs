@@ -11,6 +11,7 @@ use crate::kernel::attach::{HookStatus, LoadError, LoadOptions, Probes};
 use crate::kernel::coverage::{RuleState, coverage, mechanism_verdict};
 use crate::kernel::facts::KernelFacts;
 use crate::kernel::hooks::Mechanism;
+use crate::kernel::layout::SUPPORTED;
 
 fn yes_no(ok: bool) -> &'static str {
     if ok { "yes" } else { "no" }
@@ -29,6 +30,7 @@ fn facts_text(f: &KernelFacts) -> String {
     .map(|(_, n)| *n)
     .collect();
     let _ = writeln!(s, "kernel       {} ({})", f.release, f.machine);
+    let _ = writeln!(s, "supported    {SUPPORTED}");
     let _ = writeln!(
         s,
         "privileges   euid {} {}",
@@ -73,11 +75,21 @@ pub fn run(args: CheckArgs) -> Result<ExitCode> {
     let facts = KernelFacts::read();
     let probes = match Probes::load(LoadOptions::default()) {
         Ok(p) => p,
-        Err(e @ (LoadError::NotPrivileged | LoadError::NoBtf)) => {
+        Err(e @ (LoadError::NotPrivileged | LoadError::NoBtf | LoadError::Unsupported { .. })) => {
             if args.json {
+                let reasons = match &e {
+                    LoadError::Unsupported { reasons, .. } => reasons.clone(),
+                    _ => Vec::new(),
+                };
                 println!(
                     "{}",
-                    json!({"kernel": facts, "can_trace": false, "error": e.to_string()})
+                    json!({
+                        "kernel": facts,
+                        "supported_kernels": SUPPORTED,
+                        "can_trace": false,
+                        "error": e.to_string(),
+                        "unsupported_because": reasons,
+                    })
                 );
             } else {
                 print!("{}", facts_text(&facts));
@@ -102,6 +114,7 @@ pub fn run(args: CheckArgs) -> Result<ExitCode> {
             "{}",
             json!({
                 "kernel": facts,
+                "supported_kernels": SUPPORTED,
                 "mechanisms": {
                     "fentry": verdict(&fentry),
                     "kprobe": verdict(&kprobe),

@@ -30,6 +30,16 @@ pub enum LoadError {
          layouts from it; use a kernel built with CONFIG_DEBUG_INFO_BTF=y"
     )]
     NoBtf,
+    #[error(
+        "this kernel ({release}, {machine}) is not supported: {}; detector supports {}",
+        reasons.join("; "),
+        super::layout::SUPPORTED
+    )]
+    Unsupported {
+        release: String,
+        machine: String,
+        reasons: Vec<String>,
+    },
     #[error(transparent)]
     Btf(#[from] BtfError),
     #[error("cannot load the eBPF object: {0}")]
@@ -249,7 +259,16 @@ impl Probes {
         for module in module_names() {
             btf.load_module(&opts.btf_dir, module)?;
         }
-        let (mut config, missing_fields) = probe_config(&btf, opts.wakeup_threshold);
+        let reasons = super::layout::unsupported(&btf, &facts.machine);
+        if !reasons.is_empty() {
+            return Err(LoadError::Unsupported {
+                release: facts.release.clone(),
+                machine: facts.machine.clone(),
+                reasons,
+            });
+        }
+        let (mut config, missing_fields) =
+            probe_config(&btf, &facts.machine, opts.wakeup_threshold);
         config.stack_budget = opts.stack_budget;
         config.bio_chain_endio =
             super::symbols::lookup(&opts.kallsyms, "bio_chain_endio").unwrap_or(0);
@@ -457,7 +476,8 @@ impl Probes {
         if !waiting || self.btf.load_module(&self.opts.btf_dir, module).is_err() {
             return false;
         }
-        let (config, missing) = probe_config(&self.btf, self.opts.wakeup_threshold);
+        let (config, missing) =
+            probe_config(&self.btf, &self.facts.machine, self.opts.wakeup_threshold);
         self.config.md = config.md;
         self.missing_fields
             .retain(|m| m.module != Some(module_name(module)));
