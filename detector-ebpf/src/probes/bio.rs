@@ -10,7 +10,7 @@ use aya_ebpf::{
 };
 use detector_common::{
     BioComplete, BioEndio, BioQueue, BioRef, DiskEvent, Header, ProbeConfig, RQ_MAX_BIOS,
-    RqComplete, hook, kind,
+    RqComplete, counter, hook, kind,
 };
 
 use super::done;
@@ -18,7 +18,7 @@ use crate::{
     context::Hooked,
     emit::{Stack, header, reserve, submit},
     kernel::{bio_devs, config, disk_dev, read},
-    maps::{ENTRY_ARGS, WATCHED},
+    maps::{ENTRY_ARGS, WATCHED, insert_or_count},
 };
 
 // ---- submission ---------------------------------------------------------
@@ -52,7 +52,8 @@ fn try_bio_queue<C: Hooked>(ctx: &C, bio_arg: usize) -> Option<()> {
     let bio = ctx.arg_u64(bio_arg);
     let (dev, disk) = bio_devs(cfg, bio);
     let header = header(ctx, cfg, kind::BIO_QUEUE, Stack::Take);
-    let _ = WATCHED.insert(header.tid, 1u8, 0);
+    insert_or_count(&WATCHED, header.tid, 1u8, counter::WATCHED_FULL);
+    super::md::note_submission(cfg, bio);
     let mut entry = reserve::<BioQueue>()?;
     unsafe {
         entry.as_mut_ptr().write(BioQueue {
@@ -330,7 +331,12 @@ fn try_del_gendisk<C: Hooked>(ctx: &C) -> Option<()> {
     let cfg = config()?;
     let disk = ctx.arg_u64(0);
     let tid = aya_ebpf::helpers::bpf_get_current_pid_tgid() as u32;
-    let _ = ENTRY_ARGS.insert(((tid as u64) << 8) | SLOT_DEL_GENDISK, disk, 0);
+    insert_or_count(
+        &ENTRY_ARGS,
+        ((tid as u64) << 8) | SLOT_DEL_GENDISK,
+        disk,
+        counter::ARGS_FULL,
+    );
     emit_disk(ctx, cfg, kind::DEL_GENDISK, disk)
 }
 

@@ -7,7 +7,8 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, RawTracePointContext},
 };
 use detector_common::{
-    COMM_LEN, ProbeConfig, SchedSwitch, SchedWake, SysExit, TaskExit, config::NO_OFFSET, kind,
+    COMM_LEN, ProbeConfig, SchedSwitch, SchedWake, SysExit, TaskExit, config::NO_OFFSET, counter,
+    kind,
 };
 
 use super::done;
@@ -15,7 +16,7 @@ use crate::{
     context::Hooked,
     emit::{Stack, header, reserve, submit},
     kernel::{config, read},
-    maps::{SLEEPERS, WATCHED},
+    maps::{SLEEPERS, WATCHED, insert_or_count},
 };
 
 /// `TASK_UNINTERRUPTIBLE` in `prev_state`.
@@ -63,7 +64,7 @@ fn try_sched_switch<C: Hooked>(ctx: &C) -> Option<()> {
     let stack = if sleeps { Stack::Take } else { Stack::Skip };
     let header = header(ctx, cfg, kind::SCHED_SWITCH, stack);
     if sleeps {
-        let _ = SLEEPERS.insert(header.tid, 1u8, 0);
+        insert_or_count(&SLEEPERS, header.tid, 1u8, counter::SLEEPERS_FULL);
     }
     let iowait: u8 = read(prev, cfg.task.in_iowait_byte);
     let next_tid: i32 = read(next, cfg.task.pid);

@@ -171,7 +171,16 @@ pub fn run(args: CheckArgs) -> Result<ExitCode> {
                 "",
                 vec![format!("not needed: {with} is attached")],
             ),
-            HookStatus::Absent => ("-".into(), "", vec!["this kernel does not have it".into()]),
+            HookStatus::Absent
+                if crate::kernel::hooks::hook(o.name).is_some_and(|h| h.optional) =>
+            {
+                ("-".into(), "", vec!["this kernel does not have it".into()])
+            }
+            HookStatus::Absent => (
+                "-".into(),
+                "",
+                vec!["not found (possibly inlined): its rules cannot see it".into()],
+            ),
             HookStatus::WaitingForModule { module } => (
                 "-".into(),
                 "",
