@@ -378,12 +378,8 @@ pub mod counter {
     /// program's `bpf_prog_info`: fentry, fexit, tp_btf and raw
     /// tracepoints; kprobes too since 6.7). Read by userspace.
     pub const RECURSION_MISSES: u32 = 7;
-    /// Kprobe and kretprobe hits the kernel did not deliver (`nmissed`:
-    /// kprobe re-entrance, kretprobe `maxactive` exhausted). Read by
-    /// userspace where the kernel exposes it.
-    pub const KPROBE_MISSES: u32 = 8;
     /// Number of counters, kernel-kept and userspace-read.
-    pub const ALL: u32 = 9;
+    pub const ALL: u32 = 8;
 
     /// Each counter's name, by index.
     pub const NAMES: [&str; ALL as usize] = [
@@ -395,7 +391,6 @@ pub mod counter {
         "sleepers_map_full",
         "entry_args_map_full",
         "recursion_misses",
-        "kprobe_misses",
     ];
 
     /// Whether the counter counts events that never reached userspace (or
@@ -404,7 +399,7 @@ pub mod counter {
     pub const fn is_loss(index: u32) -> bool {
         matches!(
             index,
-            DROPPED | WATCHED_FULL | SLEEPERS_FULL | ARGS_FULL | RECURSION_MISSES | KPROBE_MISSES
+            DROPPED | WATCHED_FULL | SLEEPERS_FULL | ARGS_FULL | RECURSION_MISSES
         )
     }
 }

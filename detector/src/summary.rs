@@ -24,6 +24,8 @@ pub struct Summary {
     last_ts: u64,
     pub by_kind: BTreeMap<&'static str, u64>,
     pub lost: u64,
+    /// Lost events by cause (`ring_buffer_full`, `sleepers_map_full`, ...).
+    pub lost_by_cause: BTreeMap<&'static str, u64>,
     devices: BTreeMap<Dev, DeviceStats>,
     /// Bio -> (disk, sector), for bios submitted during the session.
     in_flight: HashMap<Addr, (Dev, u64)>,
@@ -40,6 +42,7 @@ pub struct SummaryJson {
     pub events: u64,
     pub by_kind: BTreeMap<&'static str, u64>,
     pub lost: u64,
+    pub lost_by_cause: BTreeMap<&'static str, u64>,
     pub devices: BTreeMap<String, DeviceStats>,
     pub in_flight: u64,
 }
@@ -122,7 +125,10 @@ impl Summary {
                     }
                 }
             }
-            EventKind::Lost { count, .. } => self.lost += count,
+            EventKind::Lost { count, cause, .. } => {
+                self.lost += count;
+                *self.lost_by_cause.entry(cause.name()).or_default() += count;
+            }
             _ => {}
         }
     }
@@ -153,6 +159,7 @@ impl Summary {
             events: self.events(),
             by_kind: self.by_kind.clone(),
             lost: self.lost,
+            lost_by_cause: self.lost_by_cause.clone(),
             devices: self
                 .device_table()
                 .into_iter()
@@ -177,6 +184,9 @@ impl Summary {
                 ""
             }
         );
+        for (cause, n) in &self.lost_by_cause {
+            let _ = writeln!(out, "  lost ({cause}): {n}");
+        }
         if !self.by_kind.is_empty() {
             let _ = writeln!(out, "\n  {:<22} {:>10}", "EVENT", "COUNT");
             for (kind, n) in &self.by_kind {
@@ -259,16 +269,29 @@ mod tests {
             EventKind::Lost {
                 count: 5,
                 until: 31,
+                cause: crate::event::LossCause::RingBufferFull,
+            },
+        ));
+        s.observe(&ev(
+            32,
+            EventKind::Lost {
+                count: 2,
+                until: 33,
+                cause: crate::event::LossCause::RecursionMisses,
             },
         ));
         assert_eq!(s.by_kind["bio_queue"], 3);
-        assert_eq!(s.lost, 5);
+        assert_eq!(s.lost, 7);
+        assert_eq!(s.lost_by_cause["ring_buffer_full"], 5);
+        assert_eq!(s.lost_by_cause["recursion_misses"], 2);
         assert_eq!(s.in_flight(), 1);
-        assert_eq!(s.duration_ns(), 20);
+        assert_eq!(s.duration_ns(), 22);
         let dev = &s.device_table()[&Dev::new(8, 0)];
         assert_eq!((dev.submitted, dev.completed, dev.in_flight), (2, 1, 1));
         let text = s.render();
-        assert!(text.contains("8:0") && text.contains("5 lost"), "{text}");
+        assert!(text.contains("8:0") && text.contains("7 lost"), "{text}");
+        assert!(text.contains("lost (recursion_misses): 2"), "{text}");
+        assert_eq!(s.to_json().lost_by_cause["ring_buffer_full"], 5);
         assert_eq!(s.to_json().devices["8:0"].bytes, 8192);
     }
 }

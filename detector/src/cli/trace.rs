@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::io::IsTerminal as _;
 use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, anyhow};
@@ -15,6 +16,7 @@ use crate::engine::Engine;
 use crate::filter::EventFilter;
 use crate::kernel::attach::{HookStatus, LoadOptions, Probes};
 use crate::kernel::coverage::{RuleState, coverage};
+use crate::kernel::loss::{LossCounters, Programs};
 use crate::kernel::reader::Reader;
 use crate::kernel::stacks::StackResolver;
 use crate::record::{FORMAT_VERSION, RecordHeader};
@@ -90,6 +92,7 @@ async fn trace(args: TraceArgs) -> Result<ExitCode> {
     let opts = LoadOptions {
         ring_bytes: args.buffer_size,
         stack_budget: args.stack_budget,
+        task_map_entries: args.task_map_entries,
         ..LoadOptions::default()
     };
     let mut probes = Probes::load(opts)?;
@@ -106,7 +109,11 @@ async fn trace(args: TraceArgs) -> Result<ExitCode> {
         .take_counters()
         .context("the counters map is missing")?;
     let stack_map = probes.take_stacks().context("the stack map is missing")?;
-    let reader = Reader::new(ring, counters, DRAIN_EVERY).context("cannot poll the ring buffer")?;
+    let programs: Programs = Arc::new(Mutex::new(probes.attached_programs()));
+    let loss = LossCounters::new(counters, programs.clone());
+    let task_maps = probes.take_task_maps();
+    let reader = Reader::new(ring, loss, Some(task_maps), DRAIN_EVERY)
+        .context("cannot poll the ring buffer")?;
 
     let start_ns = monotonic_ns();
     let json = args.output.json;
@@ -198,6 +205,9 @@ async fn trace(args: TraceArgs) -> Result<ExitCode> {
             _ = module_poll.tick() => {
                 if probes.attach_module("md_mod") {
                     session.stacks.refresh_modules();
+                    if let Ok(mut watched) = programs.lock() {
+                        *watched = probes.attached_programs();
+                    }
                     eprintln!("detector: md_mod loaded; md hooks attached");
                 }
             }
@@ -231,6 +241,15 @@ async fn trace(args: TraceArgs) -> Result<ExitCode> {
     }
     eprint!("\n{}", session.summary.render());
     eprint!("{}", findings_summary(&session.engine_stats()));
+    let counters: Vec<String> = totals
+        .counters
+        .named()
+        .filter(|(_, n)| *n > 0)
+        .map(|(name, n)| format!("{name} {n}"))
+        .collect();
+    if !counters.is_empty() {
+        eprintln!("  kernel-side counters: {}", counters.join(", "));
+    }
     if totals.stacks_over_budget > 0 {
         eprintln!(
             "  events without a stack (over --stack-budget): {}",
