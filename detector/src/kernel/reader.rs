@@ -16,8 +16,8 @@ use tokio::sync::{mpsc, watch};
 use super::loss::{Counts, LossCounters};
 use super::taskmaps::TaskMaps;
 use crate::clock::monotonic_ns;
-use crate::event::Event;
 use crate::event::decode::decode;
+use crate::event::{Event, LossCause};
 
 /// How often entries of tasks that no longer exist are dropped from the
 /// programs' per-task maps.
@@ -143,4 +143,10 @@ impl Reader {
         self.totals.stack_errors = c.get(counter::STACK_ERRORS);
         self.totals.stacks_over_budget = c.get(counter::STACKS_OVER_BUDGET);
     }
+}
+
+/// `count` events were lost to a full ring buffer on `cpu` at some moment
+/// in `[since, until]` (other causes: [`super::loss::lost_marker`]).
+pub fn lost_marker(cpu: u32, count: u64, since: u64, until: u64) -> Event {
+    super::loss::lost_marker(cpu, count, since, until, LossCause::RingBufferFull)
 }
