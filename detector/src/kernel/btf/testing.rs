@@ -18,15 +18,17 @@ pub struct BtfBuilder {
     next_id: u32,
 }
 
-impl BtfBuilder {
-    pub fn new() -> Self {
+impl Default for BtfBuilder {
+    fn default() -> Self {
         Self {
             types: Vec::new(),
             strings: vec![0],
             next_id: 1,
         }
     }
+}
 
+impl BtfBuilder {
     fn name(&mut self, name: &str) -> u32 {
         if name.is_empty() {
             return 0;

@@ -8,7 +8,7 @@ use crate::kernel::btf::testing::{BtfBuilder, load};
 /// them: `prev_state` passed to sched_switch (5.18+), `bi_bdev` (5.12+),
 /// `request_queue.disk` (5.15+).
 fn kernel_btf(prev_state_arg: bool, bi_bdev: bool, q_disk: bool) -> Vec<u8> {
-    let mut b = BtfBuilder::new();
+    let mut b = BtfBuilder::default();
     let int = b.int("int", 4);
     let uint = b.int("unsigned int", 4);
     let boolean = b.int("_Bool", 1);
