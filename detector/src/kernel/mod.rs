@@ -6,6 +6,7 @@ pub mod btf;
 pub mod coverage;
 pub mod facts;
 pub mod hooks;
+pub mod kallsyms;
 pub mod layout;
 pub mod loss;
 pub mod offsets;
