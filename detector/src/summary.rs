@@ -7,6 +7,11 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use crate::event::{Addr, Dev, Event, EventKind};
+use crate::heartbeat::{Heartbeat, SilentCpu};
+
+/// A CPU silent this long while others report is named in the summary
+/// (half the kernel's default soft-lockup threshold of 20 s).
+pub const SILENT_CPU_AFTER_NS: u64 = 10_000_000_000;
 
 #[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
 pub struct DeviceStats {
@@ -18,7 +23,7 @@ pub struct DeviceStats {
     pub in_flight: u64,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Summary {
     first_ts: Option<u64>,
     last_ts: u64,
@@ -32,6 +37,24 @@ pub struct Summary {
     /// Devices some completion was seen for: a device missing here never
     /// reported completions this kernel's hooks can see.
     completion_seen: BTreeSet<Dev>,
+    /// Fed every event, shown or not (see [`Summary::heartbeat`]).
+    pub heartbeat: Heartbeat,
+}
+
+impl Default for Summary {
+    fn default() -> Self {
+        Self {
+            first_ts: None,
+            last_ts: 0,
+            by_kind: BTreeMap::new(),
+            lost: 0,
+            lost_by_cause: BTreeMap::new(),
+            devices: BTreeMap::new(),
+            in_flight: HashMap::new(),
+            completion_seen: BTreeSet::new(),
+            heartbeat: Heartbeat::new(SILENT_CPU_AFTER_NS),
+        }
+    }
 }
 
 /// The summary as JSON (`--json` sessions print it to stderr as text and
@@ -45,6 +68,8 @@ pub struct SummaryJson {
     pub lost_by_cause: BTreeMap<&'static str, u64>,
     pub devices: BTreeMap<String, DeviceStats>,
     pub in_flight: u64,
+    /// CPUs that stopped reporting events while others went on.
+    pub silent_cpus: Vec<SilentCpu>,
 }
 
 impl Summary {
@@ -166,6 +191,7 @@ impl Summary {
                 .map(|(d, s)| (d.to_string(), s))
                 .collect(),
             in_flight: self.in_flight(),
+            silent_cpus: self.heartbeat.silent(),
         }
     }
 
@@ -186,6 +212,9 @@ impl Summary {
         );
         for (cause, n) in &self.lost_by_cause {
             let _ = writeln!(out, "  lost ({cause}): {n}");
+        }
+        for cpu in self.heartbeat.silent() {
+            let _ = writeln!(out, "  {}", cpu.describe());
         }
         if !self.by_kind.is_empty() {
             let _ = writeln!(out, "\n  {:<22} {:>10}", "EVENT", "COUNT");

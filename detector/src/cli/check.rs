@@ -12,6 +12,7 @@ use crate::kernel::coverage::{RuleState, coverage, mechanism_verdict};
 use crate::kernel::facts::KernelFacts;
 use crate::kernel::hooks::Mechanism;
 use crate::kernel::layout::SUPPORTED;
+use crate::kernel::loss::accounting;
 
 fn yes_no(ok: bool) -> &'static str {
     if ok { "yes" } else { "no" }
@@ -123,6 +124,7 @@ pub fn run(args: CheckArgs) -> Result<ExitCode> {
                 },
                 "hooks": outcomes,
                 "rules": rules,
+                "loss_accounting": accounting(probes.btf()),
                 "missing_fields": probes.missing_fields.iter().map(|m| json!({
                     "module": m.module, "field": m.field, "reason": m.reason,
                 })).collect::<Vec<_>>(),
@@ -244,6 +246,10 @@ pub fn run(args: CheckArgs) -> Result<ExitCode> {
             }
         };
         let _ = writeln!(out, "{:<28} {:<10} {}", r.rule, state, details);
+    }
+    let _ = writeln!(out, "\n{:<28} {:<10} HOW", "LOSS", "COUNTED");
+    for l in accounting(probes.btf()) {
+        let _ = writeln!(out, "{:<28} {:<10} {}", l.cause, yes_no(l.counted), l.how);
     }
     if !probes.missing_fields.is_empty() {
         let _ = writeln!(

@@ -30,6 +30,9 @@ const RECORD_FLUSH_EVERY: Duration = Duration::from_secs(1);
 const MODULE_POLL_EVERY: Duration = Duration::from_secs(1);
 
 pub fn run(args: TraceArgs) -> Result<ExitCode> {
+    // Threads inherit this: the reader must be free to run on any CPU, so
+    // that one CPU stuck in a kernel bug cannot hold it.
+    unpin_from_cpus();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -37,6 +40,25 @@ pub fn run(args: TraceArgs) -> Result<ExitCode> {
         .context("cannot start the async runtime")?;
     runtime.block_on(trace(args))
 }
+
+/// Allows this thread (and the threads it starts) on every CPU.
+fn unpin_from_cpus() {
+    // SAFETY: cpu_set_t is plain data; CPU_SET writes inside it;
+    // sched_setaffinity reads it. Failure leaves the inherited mask.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        let cpus = libc::sysconf(libc::_SC_NPROCESSORS_CONF).clamp(1, libc::CPU_SETSIZE as i64);
+        for cpu in 0..cpus as usize {
+            libc::CPU_SET(cpu, &mut set);
+        }
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
+/// How long the main loop waits for the reader at the end, and how long
+/// without a batch from it before saying so: a reader stuck on a CPU that
+/// a kernel bug holds must not hang the session.
+const READER_STALL: Duration = Duration::from_secs(5);
 
 fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -181,11 +203,17 @@ async fn trace(args: TraceArgs) -> Result<ExitCode> {
     let mut status_tick = tokio::time::interval(Duration::from_secs(1));
     let mut last_record_flush = Instant::now();
     let mut last_status = (Instant::now(), 0u64);
+    let mut last_batch = Instant::now();
+    let mut warned_stall = false;
+    let mut warned_silent: Vec<u32> = Vec::new();
+    let mut health_tick = tokio::time::interval(Duration::from_secs(1));
 
     loop {
         tokio::select! {
             batch = rx.recv() => {
                 let Some(batch) = batch else { break };
+                last_batch = Instant::now();
+                warned_stall = false;
                 for ev in batch.events {
                     session.event(ev).context("writing the record file")?;
                 }
@@ -203,13 +231,31 @@ async fn trace(args: TraceArgs) -> Result<ExitCode> {
             _ = sigterm.recv() => break,
             _ = &mut deadline => break,
             _ = module_poll.tick() => {
+                // Modules come and go: symbolize with the current ones.
+                session.stacks.refresh_modules();
                 if probes.attach_module("md_mod") {
-                    session.stacks.refresh_modules();
                     if let Ok(mut watched) = programs.lock() {
                         *watched = probes.attached_programs();
                     }
                     eprintln!("detector: md_mod loaded; md hooks attached");
                 }
+            }
+            _ = health_tick.tick() => {
+                let stalled = last_batch.elapsed();
+                if stalled >= READER_STALL && !warned_stall {
+                    warned_stall = true;
+                    eprintln!(
+                        "\ndetector: no events read for {}s: the reader is not running (its CPU may be stuck)",
+                        stalled.as_secs()
+                    );
+                }
+                let silent = session.summary.heartbeat.silent();
+                for cpu in &silent {
+                    if !warned_silent.contains(&cpu.cpu) {
+                        eprintln!("\ndetector: {}", cpu.describe());
+                    }
+                }
+                warned_silent = silent.iter().map(|c| c.cpu).collect();
             }
             _ = status_tick.tick(), if status_line => {
                 let (at, before) = last_status;
@@ -227,14 +273,36 @@ async fn trace(args: TraceArgs) -> Result<ExitCode> {
             }
         }
     }
-    // Stop the reader, then take everything it still had.
+    // Stop the reader, then take everything it still had; a reader that
+    // does not answer (stuck on a CPU) is left behind, and said so.
     let _ = stop_tx.send(true);
-    while let Some(batch) = rx.recv().await {
-        for ev in batch.events {
-            session.event(ev).context("writing the record file")?;
+    let drained = tokio::time::timeout(READER_STALL, async {
+        while let Some(batch) = rx.recv().await {
+            for ev in batch.events {
+                session.event(ev)?;
+            }
         }
-    }
-    let totals = reader_task.await.unwrap_or_default();
+        Ok::<_, std::io::Error>(())
+    })
+    .await;
+    let totals = match drained {
+        Ok(result) => {
+            result.context("writing the record file")?;
+            tokio::time::timeout(READER_STALL, reader_task)
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .unwrap_or_default()
+        }
+        Err(_) => {
+            eprintln!(
+                "\ndetector: the event reader did not stop within {}s (its CPU may be stuck); \
+                 events after its last drain are missing",
+                READER_STALL.as_secs()
+            );
+            Default::default()
+        }
+    };
     let records = session.finish().context("finishing the record file")?;
     if status_line {
         eprint!("\r\x1b[K");

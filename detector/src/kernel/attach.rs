@@ -309,6 +309,10 @@ impl Probes {
         Ok(probes)
     }
 
+    pub fn btf(&self) -> &KernelBtf {
+        &self.btf
+    }
+
     pub fn facts(&self) -> &KernelFacts {
         &self.facts
     }

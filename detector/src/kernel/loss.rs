@@ -204,6 +204,50 @@ pub fn recursion_misses(fd: BorrowedFd<'_>) -> io::Result<u64> {
     Ok(info.recursion_misses)
 }
 
+/// Whether this kernel lets detector count one kind of loss, and how.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct LossAccounting {
+    pub cause: &'static str,
+    pub counted: bool,
+    pub how: &'static str,
+}
+
+/// What `detector check` says about each kind of loss on this kernel.
+pub fn accounting(btf: &super::btf::KernelBtf) -> Vec<LossAccounting> {
+    let has = |s: &str, m: &str| btf.member(None, s, m).is_ok();
+    let misses = has("bpf_prog_stats", "misses");
+    let kprobe_misses = has("bpf_link_info", "perf_event.kprobe.missed");
+    let programs = |cause| LossAccounting {
+        cause,
+        counted: true,
+        how: "counted by the programs",
+    };
+    vec![
+        programs(LossCause::RingBufferFull.name()),
+        programs(LossCause::WatchedMapFull.name()),
+        programs(LossCause::SleepersMapFull.name()),
+        programs(LossCause::EntryArgsMapFull.name()),
+        LossAccounting {
+            cause: LossCause::RecursionMisses.name(),
+            counted: misses,
+            how: if !misses {
+                "not counted by this kernel (bpf_prog_info.recursion_misses needs 5.12)"
+            } else if kprobe_misses {
+                "the kernel's per-program count (fentry, fexit, tracepoints and kprobes)"
+            } else {
+                "the kernel's per-program count (fentry, fexit, tracepoints); kprobes \
+                 skipped while another BPF program runs are not counted before 6.7"
+            },
+        },
+        LossAccounting {
+            cause: "kprobe_nmissed",
+            counted: false,
+            how: "kprobe re-entrance and kretprobe maxactive misses are not readable \
+                  through the eBPF library for the probes it creates",
+        },
+    ]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
