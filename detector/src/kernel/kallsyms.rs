@@ -100,7 +100,7 @@ impl Kallsyms {
             .map(|s| s.addr);
         out.vmlinux_span = vmlinux
             .next()
-            .map(|first| (first, vmlinux.last().unwrap_or(first)));
+            .map(|first| (first, vmlinux.next_back().unwrap_or(first)));
         for (start, end) in [("_stext", "_etext"), ("_sinittext", "_einittext")] {
             if let (Some(&s), Some(&e)) = (marks.get(start), marks.get(end)) {
                 out.vmlinux_text.push((s, e));
