@@ -367,7 +367,10 @@ pub const fn record_size(kind: u16) -> Option<usize> {
     })
 }
 
-/// Indexes of the per-CPU `COUNTERS` array.
+/// Counters, by index. The first [`counter::COUNT`] are the per-CPU
+/// `COUNTERS` array the programs bump; the rest are read by userspace from
+/// the kernel's own accounting of the programs. Every counter has a name
+/// ([`counter::NAMES`]) under which it is reported and exported.
 pub mod counter {
     /// A ring-buffer reserve failed: the event is lost.
     pub const DROPPED: u32 = 0;
@@ -377,6 +380,42 @@ pub mod counter {
     pub const STACK_ERRORS: u32 = 2;
     /// A stack was not taken: the CPU's stack budget was spent.
     pub const STACKS_OVER_BUDGET: u32 = 3;
-    /// Number of counters.
-    pub const COUNT: u32 = 4;
+    /// `WATCHED` was full: a task's return to user space goes unreported.
+    pub const WATCHED_FULL: u32 = 4;
+    /// `SLEEPERS` was full: a sleeping task's wakeup goes unreported.
+    pub const SLEEPERS_FULL: u32 = 5;
+    /// `ENTRY_ARGS` or `MD_WRITES` was full: an exit or completion event
+    /// loses what its entry knew (a kretprobe exit is not reported at all).
+    pub const ARGS_FULL: u32 = 6;
+    /// Number of counters the programs keep (entries of `COUNTERS`).
+    pub const COUNT: u32 = 7;
+    /// Runs of detector's programs the kernel skipped because a program
+    /// was already running on that CPU (`recursion_misses` in each
+    /// program's `bpf_prog_info`: fentry, fexit, tp_btf and raw
+    /// tracepoints; kprobes too since 6.7). Read by userspace.
+    pub const RECURSION_MISSES: u32 = 7;
+    /// Number of counters, kernel-kept and userspace-read.
+    pub const ALL: u32 = 8;
+
+    /// Each counter's name, by index.
+    pub const NAMES: [&str; ALL as usize] = [
+        "ring_buffer_full",
+        "read_errors",
+        "stack_errors",
+        "stacks_over_budget",
+        "watched_map_full",
+        "sleepers_map_full",
+        "entry_args_map_full",
+        "recursion_misses",
+    ];
+
+    /// Whether the counter counts events that never reached userspace (or
+    /// reached it without what a rule needs): each increase becomes a loss
+    /// marker.
+    pub const fn is_loss(index: u32) -> bool {
+        matches!(
+            index,
+            DROPPED | WATCHED_FULL | SLEEPERS_FULL | ARGS_FULL | RECURSION_MISSES
+        )
+    }
 }

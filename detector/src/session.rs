@@ -152,6 +152,9 @@ impl<S: Stacks> Session<S> {
                 }
             }
         }
+        if !matches!(ev.kind, EventKind::Lost { .. }) {
+            self.summary.heartbeat.observe(ev.cpu, ev.ts);
+        }
         // Every stack and handler is resolved, shown or not: a finding may
         // quote it.
         let stack = ev

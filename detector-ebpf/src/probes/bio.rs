@@ -10,7 +10,7 @@ use aya_ebpf::{
 };
 use detector_common::{
     BioComplete, BioEndio, BioQueue, BioRef, DiskEvent, Header, ProbeConfig, RQ_MAX_BIOS,
-    RqComplete, hook, kind,
+    RqComplete, counter, hook, kind,
 };
 
 use super::done;
@@ -18,7 +18,7 @@ use crate::{
     context::Hooked,
     emit::{Stack, header, reserve, submit},
     kernel::{bio_devs, config, disk_dev, read},
-    maps::{ENTRY_ARGS, watch, watch_task},
+    maps::{ENTRY_ARGS, insert_or_count, watch, watch_task},
 };
 
 // ---- submission ---------------------------------------------------------
@@ -53,6 +53,7 @@ fn try_bio_queue<C: Hooked>(ctx: &C, bio_arg: usize) -> Option<()> {
     let (dev, disk) = bio_devs(cfg, bio);
     let header = header(ctx, cfg, kind::BIO_QUEUE, Stack::Take);
     watch_task(header.tid, watch::EXIT);
+    super::md::note_submission(cfg, bio);
     let mut entry = reserve::<BioQueue>()?;
     unsafe {
         entry.as_mut_ptr().write(BioQueue {
@@ -338,7 +339,12 @@ fn try_del_gendisk<C: Hooked>(ctx: &C) -> Option<()> {
     let cfg = config()?;
     let disk = ctx.arg_u64(0);
     let tid = aya_ebpf::helpers::bpf_get_current_pid_tgid() as u32;
-    let _ = ENTRY_ARGS.insert(((tid as u64) << 8) | SLOT_DEL_GENDISK, disk, 0);
+    insert_or_count(
+        &ENTRY_ARGS,
+        ((tid as u64) << 8) | SLOT_DEL_GENDISK,
+        disk,
+        counter::ARGS_FULL,
+    );
     emit_disk(ctx, cfg, kind::DEL_GENDISK, disk)
 }
 

@@ -9,14 +9,14 @@ use aya_ebpf::{
     macros::{fentry, fexit, kprobe, kretprobe},
     programs::{FEntryContext, FExitContext, ProbeContext, RetProbeContext},
 };
-use detector_common::{CompletionEvent, hook, kind, wait};
+use detector_common::{CompletionEvent, counter, hook, kind, wait};
 
 use super::done;
 use crate::{
     context::Hooked,
     emit::{Stack, header, reserve, submit},
     kernel::{config, on_stack, read},
-    maps::{ENTRY_ARGS, watch, watch_task},
+    maps::{ENTRY_ARGS, insert_or_count, watch, watch_task},
 };
 
 /// `ENTRY_ARGS` slot for waits (they do not nest within one task).
@@ -113,7 +113,12 @@ fn try_init<C: Hooked>(ctx: &C) -> Option<()> {
 fn try_wait_enter<C: Hooked>(ctx: &C, variant: u8, timed: bool) -> Option<()> {
     let x = ctx.arg_u64(0);
     let tid = aya_ebpf::helpers::bpf_get_current_pid_tgid() as u32;
-    let _ = ENTRY_ARGS.insert(entry_key(tid, SLOT_WAIT), x, 0);
+    insert_or_count(
+        &ENTRY_ARGS,
+        entry_key(tid, SLOT_WAIT),
+        x,
+        counter::ARGS_FULL,
+    );
     if variant == wait::TRY || variant == wait::DONE {
         // These never sleep: their exit says it all.
         return Some(());

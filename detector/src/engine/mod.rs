@@ -245,7 +245,7 @@ impl Engine {
     fn process(&mut self, ev: Event, out: &mut Vec<Finding>) {
         self.stats.events += 1;
         self.last_ts = self.last_ts.max(ev.ts);
-        if let EventKind::Lost { count, until } = ev.kind {
+        if let EventKind::Lost { count, until, .. } = ev.kind {
             self.world.loss.lost(count, ev.ts, until);
             return;
         }

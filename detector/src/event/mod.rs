@@ -31,6 +31,64 @@ pub enum Hook {
     Detector,
 }
 
+/// Why events were lost: one cause per loss counter
+/// (`detector_common::counter`), named as the counter is.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum LossCause {
+    /// The ring buffer was full (records made before causes were recorded
+    /// say nothing, and this was the only cause then).
+    #[default]
+    RingBufferFull,
+    /// The per-task map of tasks whose syscall return is reported was full.
+    WatchedMapFull,
+    /// The per-task map of sleepers whose wakeup is reported was full.
+    SleepersMapFull,
+    /// The map keeping entry arguments for exits and completions was full.
+    EntryArgsMapFull,
+    /// The kernel skipped a program run: another program was running on
+    /// that CPU (fentry/fexit/tracepoint recursion protection; kprobes
+    /// skipped while any BPF program runs, counted since Linux 6.7).
+    RecursionMisses,
+}
+
+impl LossCause {
+    pub const ALL: [LossCause; 5] = [
+        Self::RingBufferFull,
+        Self::WatchedMapFull,
+        Self::SleepersMapFull,
+        Self::EntryArgsMapFull,
+        Self::RecursionMisses,
+    ];
+
+    /// The cause counted by counter `index`, if that counter counts a loss.
+    pub fn of_counter(index: u32) -> Option<Self> {
+        use detector_common::counter;
+        Some(match index {
+            counter::DROPPED => Self::RingBufferFull,
+            counter::WATCHED_FULL => Self::WatchedMapFull,
+            counter::SLEEPERS_FULL => Self::SleepersMapFull,
+            counter::ARGS_FULL => Self::EntryArgsMapFull,
+            counter::RECURSION_MISSES => Self::RecursionMisses,
+            _ => return None,
+        })
+    }
+
+    /// The counter's name (`ring_buffer_full`, ...), also the JSON value.
+    pub fn name(self) -> &'static str {
+        let index = match self {
+            Self::RingBufferFull => detector_common::counter::DROPPED,
+            Self::WatchedMapFull => detector_common::counter::WATCHED_FULL,
+            Self::SleepersMapFull => detector_common::counter::SLEEPERS_FULL,
+            Self::EntryArgsMapFull => detector_common::counter::ARGS_FULL,
+            Self::RecursionMisses => detector_common::counter::RECURSION_MISSES,
+        };
+        detector_common::counter::NAMES[index as usize]
+    }
+}
+
 /// Which `wait_for_completion*` function.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -352,10 +410,15 @@ pub enum EventKind {
     SysEnter { nr: i64 },
     /// The current task exits.
     TaskExit,
-    /// Made by detector: `count` events were lost (ring buffer full) at some
+    /// Made by detector: `count` events were lost (for `cause`) at some
     /// moment in `[ts, until]`. Every object with an event in that interval,
     /// or alive during it, has an indeterminate verdict.
-    Lost { count: u64, until: u64 },
+    Lost {
+        count: u64,
+        until: u64,
+        #[serde(default)]
+        cause: LossCause,
+    },
 }
 
 impl EventKind {
