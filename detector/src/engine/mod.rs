@@ -81,6 +81,10 @@ pub struct Engine {
     routes: Routes,
     /// Newest event time processed.
     last_ts: u64,
+    /// Every loss up to here is accounted for (`LossChecked`); nothing
+    /// past it is judged. None: the stream says nothing about it (older
+    /// recordings): the reorder window alone decides.
+    loss_horizon: Option<u64>,
     /// Scratch space reused across events.
     facts: Vec<Fact>,
 }
@@ -95,6 +99,7 @@ impl Engine {
             routes: Routes::new(&rules),
             rules,
             last_ts: 0,
+            loss_horizon: None,
             facts: Vec::new(),
             cfg,
         }
@@ -134,6 +139,12 @@ impl Engine {
 
     /// [`Engine::push`] appending to `out`.
     pub fn push_into(&mut self, ev: Event, out: &mut Vec<Finding>) {
+        if let EventKind::LossChecked { until } = ev.kind {
+            // Not an event in time: it moves how far judging may go.
+            self.loss_horizon = Some(self.loss_horizon.unwrap_or(0).max(until));
+            self.release(self.watermark(), out);
+            return;
+        }
         match self.reorder.insert(ev) {
             Admit::Held => {}
             Admit::Late(ev) => {
@@ -145,7 +156,14 @@ impl Engine {
                 self.process(ev, out);
             }
         }
-        self.release(self.reorder.watermark(), out);
+        self.release(self.watermark(), out);
+    }
+
+    /// How far events may be released: a window behind the newest (or the
+    /// clock), and never past the loss horizon.
+    fn watermark(&self) -> u64 {
+        let window = self.reorder.watermark();
+        self.loss_horizon.map_or(window, |h| window.min(h))
     }
 
     /// The clock (CLOCK_MONOTONIC, as the events') reads `now`: no event
@@ -154,7 +172,7 @@ impl Engine {
     pub fn advance(&mut self, now: u64) -> Vec<Finding> {
         let mut out = Vec::new();
         self.reorder.advance(now);
-        self.release(self.reorder.watermark(), &mut out);
+        self.release(self.watermark(), &mut out);
         out
     }
 

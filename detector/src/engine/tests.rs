@@ -152,6 +152,48 @@ fn a_loss_marker_inside_the_window_turns_a_finding_indeterminate() {
     assert_eq!((stats.loss_records, stats.lost_events), (1, 7));
 }
 
+fn checked(until: u64) -> Event {
+    Event {
+        kind: EventKind::LossChecked { until },
+        ..lost(until, until)
+    }
+}
+
+#[test]
+fn nothing_is_judged_past_the_loss_horizon() {
+    let mut engine = Engine::new(EngineConfig::default());
+    let mut found = Vec::new();
+    found.extend(engine.push(checked(T0 - MS)));
+    for ev in unsynchronized() {
+        found.extend(engine.push(ev));
+    }
+    // The clock is far ahead, but losses are accounted only until before
+    // the race: a marker covering it may still come.
+    found.extend(engine.advance(T0 + 500 * MS));
+    assert!(found.is_empty(), "judged past the loss horizon: {found:?}");
+    found.extend(engine.push(checked(T0 + 400 * MS)));
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0].kind, FindingKind::UnsynchronizedOnstackComplete);
+}
+
+#[test]
+fn a_loss_marker_late_for_the_window_but_inside_the_horizon_counts() {
+    let mut engine = Engine::new(EngineConfig::default());
+    let mut found = Vec::new();
+    found.extend(engine.push(checked(T0 - MS)));
+    for ev in unsynchronized() {
+        found.extend(engine.push(ev));
+    }
+    found.extend(engine.advance(T0 + 500 * MS));
+    // Skipped program runs are read every 50 ms: the marker for a loss in
+    // the race comes 200 ms after the window would have passed it.
+    found.extend(engine.push(lost(T0 - MS, T0 + 300 * MS)));
+    found.extend(engine.push(checked(T0 + 400 * MS)));
+    found.extend(engine.finish());
+    assert!(found.is_empty(), "{found:?}");
+    assert_eq!(engine.stats().indeterminate(Rule::OnstackCompletion), 1);
+}
+
 #[test]
 fn late_events_count_and_make_what_they_touch_indeterminate() {
     let mut engine = Engine::new(EngineConfig::default());

@@ -173,6 +173,7 @@ pub fn line(ev: &Event, start_ns: u64) -> String {
         EventKind::SysEnter { nr } => write!(s, " nr={nr}"),
         EventKind::TaskExit => Ok(()),
         EventKind::Lost { count, .. } => write!(s, " {count} events lost"),
+        EventKind::LossChecked { until } => write!(s, " losses accounted until {until}"),
     };
     s
 }

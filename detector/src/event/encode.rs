@@ -423,5 +423,6 @@ pub fn encode(ev: &Event) -> Result<Vec<u8>, NotAKernelEvent> {
         }),
         EventKind::TaskExit => bytes_of(&k(kind::TASK_EXIT)?),
         EventKind::Lost { .. } => return Err(NotAKernelEvent("lost")),
+        EventKind::LossChecked { .. } => return Err(NotAKernelEvent("loss_checked")),
     })
 }

@@ -410,6 +410,10 @@ pub enum EventKind {
     SysEnter { nr: i64 },
     /// The current task exits.
     TaskExit,
+    /// Made by detector: every loss up to `until` has been accounted for
+    /// (loss markers, if any, came before this). Judging past `until`
+    /// would risk judging on events a later marker says were lost.
+    LossChecked { until: u64 },
     /// Made by detector: `count` events were lost (for `cause`) at some
     /// moment in `[ts, until]`. Every object with an event in that interval,
     /// or alive during it, has an indeterminate verdict.
@@ -453,6 +457,7 @@ impl EventKind {
         "sys_exit",
         "sys_enter",
         "task_exit",
+        "loss_checked",
         "lost",
     ];
 }
@@ -485,6 +490,7 @@ pub enum EventTag {
     SysExit,
     SysEnter,
     TaskExit,
+    LossChecked,
     Lost,
 }
 
@@ -520,6 +526,7 @@ impl EventKind {
             Self::SysExit { .. } => EventTag::SysExit,
             Self::SysEnter { .. } => EventTag::SysEnter,
             Self::TaskExit => EventTag::TaskExit,
+            Self::LossChecked { .. } => EventTag::LossChecked,
             Self::Lost { .. } => EventTag::Lost,
         }
     }

@@ -61,7 +61,7 @@ impl Counts {
 
 /// How often the kernel is asked for each program's skipped runs (one
 /// syscall per program; the ring-buffer counters are read every drain).
-const PROGRAM_POLL_NS: u64 = 200_000_000;
+const PROGRAM_POLL_NS: u64 = 50_000_000;
 
 pub struct LossCounters {
     counters: PerCpuArray<MapData, u64>,
@@ -85,8 +85,19 @@ impl LossCounters {
     }
 
     /// Reads every counter; each increase of a loss counter since the last
-    /// poll becomes a marker covering `[since, now]`.
+    /// poll becomes a marker covering `[since, now]`. Ends with a
+    /// `LossChecked` saying up to when every source has been read: the
+    /// programs' skipped runs are read less often than the counters.
     pub fn poll(&mut self, since: u64, now: u64, out: &mut Vec<Event>) {
+        self.poll_sources(since, now, out);
+        let checked = self.programs_polled.unwrap_or(now).min(now);
+        out.push(Event {
+            kind: EventKind::LossChecked { until: checked },
+            ..lost_marker(UNKNOWN_CPU, 0, now, now, LossCause::RingBufferFull)
+        });
+    }
+
+    fn poll_sources(&mut self, since: u64, now: u64, out: &mut Vec<Event>) {
         for index in 0..counter::COUNT {
             let Ok(values) = self.counters.get(&index, 0) else {
                 continue;
