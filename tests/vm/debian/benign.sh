@@ -4,7 +4,9 @@
 #
 # A workload file (benign/NAME.sh) defines run(), traced, made of `step`s
 # (lib.sh) and `watch_dev` calls naming the disks whose bios detector must
-# see, and may define cleanup(), run after the session whatever happened.
+# see; it may define setup(), run before the session starts (loading the
+# modules a server would have loaded already), and cleanup(), run after the
+# session whatever happened.
 # Per workload, /host/out/benign/NAME/ gets: trace.rec, trace.err,
 # trace.rc, findings-live.txt, markers.tsv, devices.tsv, steps.log,
 # dmesg.txt, verdict ("ok" or what failed), problems.
@@ -19,11 +21,16 @@ run_workload() {
 	mkdir -p "$OUT"
 	: > "$OUT/markers.tsv"
 	: > "$OUT/devices.tsv"
-	unset -f run cleanup
+	unset -f setup run cleanup
 	# shellcheck source=/dev/null
 	. "/host/bench/benign/$name.sh"
 	say "workload $name start"
 	echo "detector-bench: workload $name start" > /dev/kmsg
+	if declare -F setup > /dev/null && ! (setup) >> "$OUT/steps.log" 2>&1; then
+		echo "setup failed" > "$OUT/verdict"
+		say "workload $name FAIL (setup)"
+		return 1
+	fi
 	if ! start_detector "$OUT"; then
 		echo "detector did not start: $(cat "$OUT/problems")" > "$OUT/verdict"
 		say "workload $name FAIL (detector did not start)"

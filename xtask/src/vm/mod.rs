@@ -104,6 +104,16 @@ pub struct VmTestArgs {
     only: Vec<String>,
 }
 
+impl VmTestArgs {
+    /// `vm-test --benign` as `cargo xtask test` runs it.
+    pub fn benign_suite() -> Self {
+        Self {
+            benign: true,
+            ..Self::default()
+        }
+    }
+}
+
 pub fn run(args: VmTestArgs) -> Result<()> {
     if args.list {
         for s in SCENARIOS {

@@ -5,11 +5,14 @@
 
 META_SECTORS=16384
 
+setup() {
+	modprobe dm_thin_pool
+}
+
 run() {
 	local size data
 	size=$(blockdev --getsz "$SCRATCH_NVME")
 	data=$((size - META_SECTORS))
-	step modprobe modprobe dm_thin_pool || return
 	step linear dmsetup create bench-meta --table "0 $META_SECTORS linear $SCRATCH_NVME 0" || return
 	step linear-data dmsetup create bench-data --table "0 $data linear $SCRATCH_NVME $META_SECTORS" || return
 	step zero-meta dd if=/dev/zero of=/dev/mapper/bench-meta bs=4k count=1 oflag=direct || return

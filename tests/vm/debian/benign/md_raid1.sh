@@ -2,6 +2,11 @@
 # internal bitmap (superblock writes all along), a scrub
 # (sync_action=check), and the array stopped.
 
+# md_mod is loaded on a server with arrays: its hooks attach with the rest.
+setup() {
+	modprobe md_mod && modprobe raid1
+}
+
 run() {
 	step create mdadm --create /dev/md0 --run --level=1 --raid-devices=2 \
 		--metadata=1.2 --bitmap=internal --size=128M --assume-clean \
