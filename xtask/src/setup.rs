@@ -16,8 +16,8 @@ use crate::util::{output, run as run_cmd};
 /// replaced), cpio to pack its initramfs, xz-utils to unpack its kernel,
 /// make to build its test module (the kernel headers it builds against are
 /// installed by `cargo xtask vm-test`: their version follows the kernel);
-/// debootstrap builds the Debian guest's root file system, kmod's depmod
-/// indexes its modules, e2fsprogs' mkfs.ext4 packs it into an image.
+/// debootstrap builds the Debian guest's root file system, e2fsprogs'
+/// mkfs.ext4 packs it into an image.
 const PACKAGES: &[&str] = &[
     "bpftool",
     "busybox-static",
@@ -25,7 +25,6 @@ const PACKAGES: &[&str] = &[
     "debootstrap",
     "e2fsprogs",
     "fio",
-    "kmod",
     "make",
     "qemu-system-x86",
     "xz-utils",

@@ -163,6 +163,14 @@ fn judge_workload(guest: &GuestDir, w: &Workload, detector: &Path) -> Judged {
     let verdict = read("verdict");
     match verdict.trim() {
         "ok" => {}
+        "" if !dir.join("trace.rec").exists() => {
+            let problems = vec!["the guest never ran this workload".to_owned()];
+            return Judged {
+                line: problems[0].clone(),
+                report: json!({ "workload": w.name, "problems": problems }),
+                problems,
+            };
+        }
         "" => problems.push("the guest never finished this workload".to_owned()),
         other => problems.push(format!("in the guest: {other}")),
     }

@@ -180,7 +180,7 @@ fn customize(root: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The bench kernel's modules (depmod'ed, so the guest's modprobe finds
+/// The bench kernel's modules (indexed, so the guest's modprobe finds
 /// them) and its config (blktests reads `/boot/config-$(uname -r)`); any
 /// other release's are removed.
 fn install_kernel(root: &Path, kernel: &Kernel) -> Result<()> {
@@ -195,13 +195,14 @@ fn install_kernel(root: &Path, kernel: &Kernel) -> Result<()> {
             .arg(kernel.modules_dir())
             .arg(&modules),
     )?;
+    // the guest's own depmod: the index is in its kmod's format
     run_cmd(
-        Command::new("depmod")
-            .arg("-b")
+        Command::new("chroot")
             .arg(root)
+            .args(["depmod", "-a"])
             .arg(&kernel.release),
     )
-    .context("depmod for the guest's modules (package kmod)")?;
+    .context("depmod in the guest's root file system")?;
     let boot = root.join("boot");
     for entry in fs::read_dir(&boot)? {
         let p = entry?.path();

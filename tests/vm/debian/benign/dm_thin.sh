@@ -25,7 +25,7 @@ run() {
 	step read-unprovisioned dd if=/dev/mapper/bench-thin of=/dev/null bs=64k count=256 iflag=direct || return
 	fs_round ext4 /dev/mapper/bench-thin || return
 	fs_round xfs /dev/mapper/bench-thin || return
-	step blkdiscard blkdiscard /dev/mapper/bench-thin || return
+	step blkdiscard blkdiscard -f /dev/mapper/bench-thin || return
 	step remove dmsetup remove bench-thin bench-pool bench-data bench-meta
 }
 
