@@ -54,7 +54,8 @@ pub const WORKLOADS: &[Workload] = &[
     Workload {
         name: "nvme_passthru",
         about: "NVMe passthrough: fio io_uring_cmd on /dev/ng0n1",
-        kinds: &["rq_complete"],
+        // its bios are made by blk_rq_map_user and never queued
+        kinds: &["bio_init", "bio_endio"],
     },
     Workload {
         name: "disk_delete",
@@ -108,52 +109,71 @@ struct Judged {
     line: String,
 }
 
-/// Passes, or fails naming every problem (and the serial log's tail).
-/// Writes `report.json` (one object per workload) beside the share.
-pub fn judge(
-    guest: &GuestDir,
-    outcome: &Outcome,
-    selected: &[&Workload],
-    detector: &Path,
-) -> Result<()> {
+/// One guest's share of the suite and how its boot ended.
+pub struct GuestRun<'a> {
+    pub guest: &'a GuestDir,
+    pub outcome: &'a Outcome,
+    pub workloads: Vec<&'static Workload>,
+}
+
+/// Splits the workloads over at most `jobs` guests, round robin in table
+/// order, so the two heavy ones (md, dm-thin) land on different guests.
+pub fn split(selected: &[&'static Workload], jobs: usize) -> Vec<Vec<&'static Workload>> {
+    let jobs = jobs.clamp(1, selected.len().max(1));
+    let mut shares = vec![Vec::new(); jobs];
+    for (i, w) in selected.iter().enumerate() {
+        shares[i % jobs].push(*w);
+    }
+    shares
+}
+
+/// Passes, or fails naming every problem (and the failing guests' serial
+/// logs). Writes `report.json` (one object per workload) to `report`.
+pub fn judge(runs: &[GuestRun], detector: &Path, report: &Path) -> Result<()> {
     let mut problems = String::new();
-    if outcome.timed_out {
-        writeln!(
-            problems,
-            "the Debian guest did not finish within its time limit"
-        )?;
-    } else if !guest.finished() {
-        writeln!(
-            problems,
-            "the Debian guest stopped before finishing (qemu exit {:?})",
-            outcome.code
-        )?;
-    }
     let mut reports = Vec::new();
-    for w in selected {
-        let judged = judge_workload(guest, w, detector);
-        let status = if judged.problems.is_empty() {
-            "ok"
-        } else {
-            "FAILED"
-        };
-        eprintln!("vm: {:<14} {status:<6} {}", w.name, judged.line);
-        for p in &judged.problems {
-            writeln!(problems, "{}: {p}", w.name)?;
+    for run in runs {
+        let mut mine = String::new();
+        if run.outcome.timed_out {
+            writeln!(
+                mine,
+                "the Debian guest did not finish within its time limit"
+            )?;
+        } else if !run.guest.finished() {
+            writeln!(
+                mine,
+                "the Debian guest stopped before finishing (qemu exit {:?})",
+                run.outcome.code
+            )?;
         }
-        reports.push(judged.report);
+        for w in &run.workloads {
+            let judged = judge_workload(run.guest, w, detector);
+            let status = if judged.problems.is_empty() {
+                "ok"
+            } else {
+                "FAILED"
+            };
+            eprintln!("vm: {:<14} {status:<6} {}", w.name, judged.line);
+            for p in &judged.problems {
+                writeln!(mine, "{}: {p}", w.name)?;
+            }
+            reports.push(judged.report);
+        }
+        if !mine.is_empty() {
+            write!(
+                problems,
+                "{mine}--- serial log (last 40 lines of {}) ---\n{}\n",
+                run.guest.log().display(),
+                qemu::log_tail(&run.guest.log(), 40)
+            )?;
+        }
     }
-    let report_path = guest.dir.join("report.json");
-    fs::write(&report_path, serde_json::to_string_pretty(&reports)? + "\n")?;
-    eprintln!("vm: benign suite report: {}", report_path.display());
+    fs::write(report, serde_json::to_string_pretty(&reports)? + "\n")?;
+    eprintln!("vm: benign suite report: {}", report.display());
     if problems.is_empty() {
         return Ok(());
     }
-    bail!(
-        "benign suite failed:\n{problems}\n--- serial log (last 60 lines of {}) ---\n{}",
-        guest.log().display(),
-        qemu::log_tail(&guest.log(), 60)
-    )
+    bail!("benign suite failed:\n{problems}")
 }
 
 fn judge_workload(guest: &GuestDir, w: &Workload, detector: &Path) -> Judged {
@@ -314,10 +334,13 @@ fn findings_by_step(
     by
 }
 
-/// Run time of the guest's part, for the summary line.
-pub fn attach_times(guest: &GuestDir, selected: &[&Workload]) -> Result<String> {
+/// How long detector took to attach for each workload.
+pub fn attach_times(runs: &[GuestRun]) -> Result<String> {
     let mut parts = Vec::new();
-    for w in selected {
+    for (guest, w) in runs
+        .iter()
+        .flat_map(|r| r.workloads.iter().map(move |w| (r.guest, w)))
+    {
         let path = guest.out().join("benign").join(w.name).join("attach-ms");
         if let Ok(ms) = fs::read_to_string(&path) {
             let ms: u64 = ms
@@ -394,6 +417,23 @@ mod tests {
             by[&("lost-wakeup".into(), "null_blk (outside its steps)".into())].0,
             1
         );
+    }
+
+    #[test]
+    fn the_split_runs_each_workload_once_and_parts_the_heavy_ones() {
+        let all: Vec<&Workload> = WORKLOADS.iter().collect();
+        for jobs in 1..=8 {
+            let shares = split(&all, jobs);
+            assert_eq!(shares.len(), jobs.min(all.len()));
+            let mut ran: Vec<&str> = shares.iter().flatten().map(|w| w.name).collect();
+            ran.sort_unstable();
+            let mut want: Vec<&str> = all.iter().map(|w| w.name).collect();
+            want.sort_unstable();
+            assert_eq!(ran, want);
+        }
+        let two = split(&all, 2);
+        assert_eq!(two[0][0].name, "md_raid1");
+        assert_eq!(two[1][0].name, "dm_thin");
     }
 
     #[test]

@@ -308,6 +308,12 @@ fn judge_group(guest: &GuestDir, group: &str, tests: &[&String], detector: &Path
         if !mine.is_empty() {
             problems.push(format!("{} finding(s) during {test}", mine.len()));
         }
+        if verdicts.is_empty() && span.is_some_and(|s| s.end.is_some()) {
+            // blktests itself did not run it: the harness is broken
+            problems.push(format!(
+                "{test}: ./check printed no verdict (logs/{num}.log)"
+            ));
+        }
     }
     for (during, fs) in findings {
         problems.push(format!("{} finding(s) {during}", fs.len()));

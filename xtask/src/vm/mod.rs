@@ -223,7 +223,7 @@ pub fn run(args: VmTestArgs) -> Result<()> {
 }
 
 /// One guest per core (each keeps one busy), at most four.
-fn default_jobs() -> usize {
+pub(crate) fn default_jobs() -> usize {
     std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1)
