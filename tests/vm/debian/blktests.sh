@@ -5,7 +5,9 @@
 #
 # Config: BLKTESTS_TESTS (group/NNN words, in run order; the host has left
 # out the tests it skips), PER_TEST_TIMEOUT (seconds; a test that hangs in
-# user space is killed, one that wedges the kernel ends the guest).
+# user space is killed, one that wedges the kernel ends the guest),
+# BLKTESTS_QUICK (if set: blktests' quick run, timed tests cut to that many
+# seconds).
 # Per group, /host/out/blktests/GROUP/ gets the session's files
 # (trace.rec, trace.err, trace.rc, markers.tsv) and logs/NNN.log, the
 # output of ./check; blktests' own results go to /host/out/blktests/results.
@@ -17,6 +19,9 @@ blktests_config() {
 TEST_DEVS=($SCRATCH_VIRTIO $SCRATCH_SCSI $SCRATCH_NVME)
 NVMET_TRTYPES=tcp
 EOF
+	if [ -n "${BLKTESTS_QUICK:-}" ]; then
+		printf 'QUICK_RUN=1\nTIMEOUT=%s\n' "$BLKTESTS_QUICK" >> "$BLKTESTS_DIR/config"
+	fi
 }
 
 run_group() {

@@ -219,6 +219,7 @@ fn judge_workload(guest: &GuestDir, w: &Workload, detector: &Path) -> Judged {
             };
         }
     };
+    problems.extend(tally.error.clone());
     let devices = watched_devices(&read("devices.tsv"));
     problems.extend(sanity(w, &tally, &devices));
     let findings = findings_by_step(&tally, &markers, w.name);

@@ -108,9 +108,17 @@ pub fn plan(dir: &Path, only: &[String]) -> Result<(Vec<String>, Vec<String>)> {
     Ok((run, skipped))
 }
 
-pub fn settings(tests: &[String], attach_timeout: u64) -> String {
+/// Seconds a timed test runs in a quick run (blktests' TIMEOUT).
+const QUICK_TIMEOUT_SECS: u64 = 20;
+
+pub fn settings(tests: &[String], quick: bool, attach_timeout: u64) -> String {
+    let quick = if quick {
+        format!("BLKTESTS_QUICK={QUICK_TIMEOUT_SECS}\n")
+    } else {
+        String::new()
+    };
     format!(
-        "BLKTESTS_TESTS='{}'\nPER_TEST_TIMEOUT={PER_TEST_TIMEOUT_SECS}\n\
+        "BLKTESTS_TESTS='{}'\nPER_TEST_TIMEOUT={PER_TEST_TIMEOUT_SECS}\n{quick}\
          DETECTOR_FLAGS='{DETECTOR_FLAGS}'\nATTACH_TIMEOUT={attach_timeout}\n",
         tests.join(" ")
     )
@@ -265,7 +273,10 @@ fn judge_group(guest: &GuestDir, group: &str, tests: &[&String], detector: &Path
         &dir.join("replay.err"),
         slot,
     ) {
-        Ok(t) => Some(t),
+        Ok(t) => {
+            problems.extend(t.error.clone());
+            Some(t)
+        }
         Err(e) => {
             problems.push(format!("{e:#}"));
             None

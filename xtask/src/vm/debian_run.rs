@@ -140,7 +140,7 @@ pub fn blktests(args: &VmTestArgs, checkout: &Path) -> Result<()> {
         guest.stage(
             &detector,
             "blktests",
-            &blktests::settings(&tests, ATTACH_TIMEOUT_SECS),
+            &blktests::settings(&tests, args.quick, ATTACH_TIMEOUT_SECS),
         )?;
         // the checkout, without its earlier results; the guest copies it
         // to its own disk (tests write beside themselves)

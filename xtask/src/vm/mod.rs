@@ -102,6 +102,10 @@ pub struct VmTestArgs {
     /// `--only loop --only block/027`.
     #[arg(long = "only", value_name = "GROUP|TEST", requires = "blktests")]
     only: Vec<String>,
+    /// With --blktests: blktests' quick run (only tests marked quick or
+    /// timed, timed ones cut to 20 s): the representative subset.
+    #[arg(long, requires = "blktests")]
+    quick: bool,
 }
 
 impl VmTestArgs {

@@ -38,9 +38,10 @@ pub const PACKAGES: &[&str] = &[
     "mdadm",
     "dmsetup",
     "util-linux",
-    // blktests and its helpers' needs
+    // blktests and its helpers' needs (bsdextrautils: column)
     "gawk",
     "bc",
+    "bsdextrautils",
     "procps",
     "psmisc",
     "sg3-utils",

@@ -28,6 +28,9 @@ pub struct Tally {
     /// Events per slot, for `replay_counting` callers (the slot a
     /// timestamp falls in, as their function says).
     pub events_by_slot: BTreeMap<usize, u64>,
+    /// Why replay stopped early (a recording cut off when the guest
+    /// stopped): what came before it is still counted.
+    pub error: Option<String>,
 }
 
 /// The fields of an event line the tally reads.
@@ -68,11 +71,11 @@ impl Tally {
         read.with_context(|| format!("detector replay {}", record.display()))?;
         if !status.success() {
             let err = fs::read_to_string(stderr_to).unwrap_or_default();
-            bail!(
+            tally.error = Some(format!(
                 "detector replay {} failed ({status}): {}",
                 record.display(),
                 err.lines().last().unwrap_or_default()
-            );
+            ));
         }
         Ok(tally)
     }
