@@ -168,8 +168,21 @@ impl GuestDir {
         Ok(())
     }
 
-    /// Boots the guest and waits for it to power off (or for `timeout`).
+    /// Boots the guest into the bench's `guest-init` and waits for it to
+    /// power off (or for `timeout`).
     pub fn boot(&self, boot: &Boot, label: &str, timeout: Duration) -> Result<Outcome> {
+        self.boot_into(boot, label, timeout, "/host/bench/guest-init")
+    }
+
+    /// Boots with `init` as PID 1 after the switch_root: "/sbin/init" is
+    /// the image's systemd.
+    pub fn boot_into(
+        &self,
+        boot: &Boot,
+        label: &str,
+        timeout: Duration,
+        init: &str,
+    ) -> Result<Outcome> {
         qemu::boot(&qemu::Boot {
             label: label.to_owned(),
             vmlinux: boot.vmlinux.clone(),
@@ -177,10 +190,7 @@ impl GuestDir {
             share: self.share(),
             log: self.log(),
             timeout,
-            append: format!(
-                "root=LABEL={} init=/host/bench/guest-init",
-                rootfs::ROOT_LABEL
-            ),
+            append: format!("root=LABEL={} init={init}", rootfs::ROOT_LABEL),
             extra_args: self.disk_args(&boot.image)?,
         })
     }
