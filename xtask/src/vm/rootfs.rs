@@ -128,7 +128,7 @@ fn bootstrap(dir: &Path, root: &Path) -> Result<()> {
     fs::create_dir_all(dir)?;
     let mirror = mirror::for_suite(SUITE)?;
     eprintln!(
-        "vm: building a Debian {SUITE} root file system from {mirror} ({} packages; about a minute)",
+        "vm: building a Debian {SUITE} root file system from {mirror} ({} packages; a minute or more)",
         PACKAGES.len()
     );
     let log = dir.join("debootstrap.log");
