@@ -47,6 +47,12 @@ pub const GUEST: &str = "debian-blktests";
 /// Seconds a single test may run before `timeout` kills it.
 pub const PER_TEST_TIMEOUT_SECS: u64 = 900;
 
+/// Whether `./check` ended by timeout(1): 124 when the time ran out, 137
+/// after its KILL.
+fn killed_by_timeout(exit: Option<i32>) -> bool {
+    matches!(exit, Some(124 | 137))
+}
+
 /// The checkout is blktests, and its C helpers are built.
 pub fn check_checkout(dir: &Path) -> Result<()> {
     if !dir.join("check").is_file() || !dir.join("tests").is_dir() {
@@ -326,7 +332,8 @@ fn judge_group(guest: &GuestDir, group: &str, tests: &[&String], detector: &Path
         if !mine.is_empty() {
             problems.push(format!("{} finding(s) during {test}", mine.len()));
         }
-        if verdicts.is_empty() && span.is_some_and(|s| s.end.is_some()) {
+        let killed = span.is_some_and(|s| killed_by_timeout(s.status));
+        if verdicts.is_empty() && span.is_some_and(|s| s.end.is_some()) && !killed {
             // blktests itself did not run it: the harness is broken
             problems.push(format!(
                 "{test}: ./check printed no verdict (logs/{num}.log)"
@@ -375,7 +382,13 @@ fn test_line(t: &Value) -> String {
             }
         })
         .collect();
-    let status = if results.is_empty() {
+    let check_exit = t
+        .get("check_exit")
+        .and_then(Value::as_i64)
+        .and_then(|c| i32::try_from(c).ok());
+    let status = if results.is_empty() && killed_by_timeout(check_exit) {
+        format!("killed after {PER_TEST_TIMEOUT_SECS}s")
+    } else if results.is_empty() {
         match (
             t.get("ran").and_then(Value::as_bool),
             t.get("finished").and_then(Value::as_bool),
