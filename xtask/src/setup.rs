@@ -15,11 +15,14 @@ use crate::util::{output, run as run_cmd};
 /// VM bench (qemu-utils is already installed, newer, and must not be
 /// replaced), cpio to pack its initramfs, xz-utils to unpack its kernel,
 /// make to build its test module (the kernel headers it builds against are
-/// installed by `cargo xtask vm-test`: their version follows the kernel).
+/// installed by `cargo xtask vm-test`: their version follows the kernel);
+/// debootstrap builds the Debian guest's root file system, e2fsprogs'
+/// mkfs.ext4 packs it into an image.
 const PACKAGES: &[&str] = &[
     "bpftool",
     "busybox-static",
     "cpio",
+    "debootstrap",
     "e2fsprogs",
     "fio",
     "make",
