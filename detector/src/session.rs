@@ -8,6 +8,7 @@ use std::io::{self, BufWriter, Write};
 use std::path::Path;
 use std::sync::Arc;
 
+use crate::clock::monotonic_ns;
 use crate::engine::{Engine, EngineStats, Finding};
 use crate::event::display::line;
 use crate::event::{Addr, Event, EventKind, Stack, StackId, StackTable};
@@ -15,6 +16,7 @@ use crate::filter::EventFilter;
 use crate::kernel::stacks::StackResolver;
 use crate::record::{RecordHeader, RecordWriter};
 use crate::report;
+use crate::report::stats::Latency;
 use crate::summary::Summary;
 
 /// Where stacks and symbols come from: the kernel (live) or a file.
@@ -58,6 +60,10 @@ fn end_io_of(ev: &Event) -> Option<Addr> {
     }
 }
 
+/// Findings whose detection latency is kept: enough for percentiles,
+/// bounded for a session that finds something forever.
+const MAX_LATENCY_SAMPLES: usize = 1 << 16;
+
 /// How events are shown.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EventOutput {
@@ -77,6 +83,10 @@ pub struct SessionOptions {
     /// When the session starts (every hook attached): earlier events are
     /// left out. Times in human lines are relative to this.
     pub start_ns: u64,
+    /// Live sessions: record how long after the event that broke an
+    /// invariant each finding was emitted (event times are this host's
+    /// CLOCK_MONOTONIC, so "now" minus the finding's time).
+    pub measure_latency: bool,
 }
 
 pub struct Session<S: Stacks> {
@@ -95,6 +105,8 @@ pub struct Session<S: Stacks> {
     recorded_symbols: HashSet<Addr>,
     /// Set when stdout was closed (e.g. piped into `head`): stop printing.
     output_closed: bool,
+    /// Detection latency of each finding shown, in ns (live sessions).
+    latencies: Vec<u64>,
 }
 
 impl<S: Stacks> Session<S> {
@@ -112,6 +124,7 @@ impl<S: Stacks> Session<S> {
             recorded_stacks: HashSet::new(),
             recorded_symbols: HashSet::new(),
             output_closed: false,
+            latencies: Vec::new(),
         }
     }
 
@@ -181,11 +194,17 @@ impl<S: Stacks> Session<S> {
             return;
         }
         let mut findings = std::mem::take(&mut self.findings);
+        let now = self.opts.measure_latency.then(monotonic_ns);
         for finding in &findings {
             if !self.opts.filter.selects_finding(finding) {
                 continue;
             }
             self.findings_shown += 1;
+            if let Some(now) = now
+                && self.latencies.len() < MAX_LATENCY_SAMPLES
+            {
+                self.latencies.push(now.saturating_sub(finding.ts));
+            }
             let text = match self.opts.events {
                 EventOutput::Json => {
                     format!("{}\n", report::json::to_line(finding, self.stacks.table()))
@@ -206,6 +225,13 @@ impl<S: Stacks> Session<S> {
     /// The engine's counters so far.
     pub fn engine_stats(&self) -> EngineStats {
         self.engine.stats()
+    }
+
+    /// Detection latency of the findings shown so far (live sessions).
+    pub fn latency(&self) -> Option<Latency> {
+        self.opts
+            .measure_latency
+            .then(|| Latency::of(&self.latencies))
     }
 
     fn show(&mut self, ev: &Event, stack: Option<(StackId, Arc<Stack>)>) -> io::Result<()> {

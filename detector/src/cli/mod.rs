@@ -199,6 +199,11 @@ pub struct TraceArgs {
     /// stack, and the summary counts them.
     #[arg(long, value_name = "N", default_value_t = 10_000)]
     pub stack_budget: u32,
+    /// At the end, write the session's counters to FILE as one JSON
+    /// object: events read and lost, the summary, the engine's tables,
+    /// detection latency percentiles, CPU time.
+    #[arg(long, value_name = "FILE")]
+    pub stats_json: Option<PathBuf>,
     #[command(flatten)]
     pub output: OutputArgs,
     #[command(flatten)]
@@ -209,6 +214,10 @@ pub struct TraceArgs {
 pub struct ReplayArgs {
     /// A file written by `detector trace --record`, or JSON lines of events.
     pub file: PathBuf,
+    /// At the end, write the session's counters to FILE as one JSON object
+    /// (as `trace --stats-json` does, without what only a live session has).
+    #[arg(long, value_name = "FILE")]
+    pub stats_json: Option<PathBuf>,
     #[command(flatten)]
     pub output: OutputArgs,
     #[command(flatten)]
