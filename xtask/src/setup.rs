@@ -16,14 +16,21 @@ use crate::util::{output, run as run_cmd};
 /// replaced), cpio to pack its initramfs, xz-utils to unpack its kernel,
 /// make to build its test module (the kernel headers it builds against are
 /// installed by `cargo xtask vm-test`: their version follows the kernel).
+/// `cargo xtask bench` compares detector with a bpftrace script, runs
+/// `perf bench` (linux-perf), stages a stalled device behind a FUSE file
+/// system (bindfs) and pins single-core runs with taskset (util-linux).
 const PACKAGES: &[&str] = &[
+    "bindfs",
     "bpftool",
+    "bpftrace",
     "busybox-static",
     "cpio",
     "e2fsprogs",
     "fio",
+    "linux-perf",
     "make",
     "qemu-system-x86",
+    "util-linux",
     "xz-utils",
 ];
 
