@@ -2,11 +2,12 @@
 //! it, print it, record it. `detector trace` and `detector replay` both feed
 //! a [`Session`], so a replay prints exactly what the live session did.
 
-use std::collections::HashSet;
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
 use std::path::Path;
 use std::sync::Arc;
+
+use rustc_hash::FxHashSet;
 
 use crate::clock::monotonic_ns;
 use crate::engine::{Engine, EngineStats, Finding};
@@ -24,6 +25,14 @@ pub trait Stacks {
     fn stack(&mut self, id: StackId) -> Option<Arc<Stack>>;
     fn symbol(&mut self, addr: Addr) -> Option<String>;
     fn table(&self) -> &StackTable;
+
+    /// Makes sure `addr`'s symbol is in the table (without copying it out:
+    /// this runs for every bio event).
+    fn learn_symbol(&mut self, addr: Addr) {
+        if self.table().symbol(addr).is_none() {
+            let _ = self.symbol(addr);
+        }
+    }
 }
 
 impl Stacks for StackResolver {
@@ -101,8 +110,8 @@ pub struct Session<S: Stacks> {
     /// Events from before every hook was attached, left out.
     pub before_start: u64,
     recorder: Option<RecordWriter<BufWriter<File>>>,
-    recorded_stacks: HashSet<StackId>,
-    recorded_symbols: HashSet<Addr>,
+    recorded_stacks: FxHashSet<StackId>,
+    recorded_symbols: FxHashSet<Addr>,
     /// Set when stdout was closed (e.g. piped into `head`): stop printing.
     output_closed: bool,
     /// Detection latency of each finding shown, in ns (live sessions).
@@ -121,8 +130,8 @@ impl<S: Stacks> Session<S> {
             findings_shown: 0,
             before_start: 0,
             recorder: None,
-            recorded_stacks: HashSet::new(),
-            recorded_symbols: HashSet::new(),
+            recorded_stacks: FxHashSet::default(),
+            recorded_symbols: FxHashSet::default(),
             output_closed: false,
             latencies: Vec::new(),
         }
@@ -171,7 +180,7 @@ impl<S: Stacks> Session<S> {
             .stack
             .and_then(|id| self.stacks.stack(id).map(|s| (id, s)));
         if let Some(end_io) = end_io_of(&ev) {
-            let _ = self.stacks.symbol(end_io);
+            self.stacks.learn_symbol(end_io);
         }
         if self.opts.filter.keep(&ev) {
             self.show(&ev, stack)?;

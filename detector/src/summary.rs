@@ -1,9 +1,10 @@
 //! The end-of-session summary: what was seen, per kind and per device, what
 //! was lost, and which bios were still in flight.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 
+use rustc_hash::FxHashMap;
 use serde::Serialize;
 
 use crate::event::{Addr, Dev, Event, EventKind};
@@ -22,11 +23,12 @@ pub struct DeviceStats {
 pub struct Summary {
     first_ts: Option<u64>,
     last_ts: u64,
-    pub by_kind: BTreeMap<&'static str, u64>,
+    /// Events by [`EventKind::index`]: an array, as this runs per event.
+    counts: [u64; EventKind::NAMES.len()],
     pub lost: u64,
     devices: BTreeMap<Dev, DeviceStats>,
     /// Bio -> (disk, sector), for bios submitted during the session.
-    in_flight: HashMap<Addr, (Dev, u64)>,
+    in_flight: FxHashMap<Addr, (Dev, u64)>,
     /// Devices some completion was seen for: a device missing here never
     /// reported completions this kernel's hooks can see.
     completion_seen: BTreeSet<Dev>,
@@ -61,7 +63,7 @@ impl Summary {
     pub fn observe(&mut self, ev: &Event) {
         self.first_ts.get_or_insert(ev.ts);
         self.last_ts = self.last_ts.max(ev.ts);
-        *self.by_kind.entry(ev.kind.name()).or_default() += 1;
+        self.counts[ev.kind.index()] += 1;
         match &ev.kind {
             EventKind::BioQueue {
                 bio,
@@ -128,7 +130,17 @@ impl Summary {
     }
 
     pub fn events(&self) -> u64 {
-        self.by_kind.values().sum()
+        self.counts.iter().sum()
+    }
+
+    /// Events by kind name, kinds seen only.
+    pub fn by_kind(&self) -> BTreeMap<&'static str, u64> {
+        EventKind::NAMES
+            .iter()
+            .zip(self.counts)
+            .filter(|(_, n)| *n > 0)
+            .map(|(name, n)| (*name, n))
+            .collect()
     }
 
     pub fn duration_ns(&self) -> u64 {
@@ -151,7 +163,7 @@ impl Summary {
         SummaryJson {
             duration_ns: self.duration_ns(),
             events: self.events(),
-            by_kind: self.by_kind.clone(),
+            by_kind: self.by_kind(),
             lost: self.lost,
             devices: self
                 .device_table()
@@ -177,9 +189,10 @@ impl Summary {
                 ""
             }
         );
-        if !self.by_kind.is_empty() {
+        let by_kind = self.by_kind();
+        if !by_kind.is_empty() {
             let _ = writeln!(out, "\n  {:<22} {:>10}", "EVENT", "COUNT");
-            for (kind, n) in &self.by_kind {
+            for (kind, n) in &by_kind {
                 let _ = writeln!(out, "  {kind:<22} {n:>10}");
             }
         }
@@ -261,7 +274,7 @@ mod tests {
                 until: 31,
             },
         ));
-        assert_eq!(s.by_kind["bio_queue"], 3);
+        assert_eq!(s.by_kind()["bio_queue"], 3);
         assert_eq!(s.lost, 5);
         assert_eq!(s.in_flight(), 1);
         assert_eq!(s.duration_ns(), 20);

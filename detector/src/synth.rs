@@ -21,6 +21,8 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 
+use compact_str::{CompactString, format_compact};
+
 use crate::event::{Addr, Dev, Event, EventKind, Hook, StackId, TASK_UNINTERRUPTIBLE, WaitVariant};
 
 /// The shape of the synthetic host.
@@ -138,7 +140,7 @@ impl Rng {
 struct Task {
     tid: u32,
     pid: u32,
-    comm: String,
+    comm: CompactString,
     cpu: u32,
     disk: u32,
     /// Async: completions not yet reaped.
@@ -198,9 +200,9 @@ impl Events {
                 tid,
                 pid: if is_async { 3000 + (i / 4) * 12 } else { tid },
                 comm: if is_async {
-                    "fio".to_owned()
+                    "fio".into()
                 } else {
-                    format!("kworker/u{}:{}", cfg.cpus * 2, i % 9)
+                    format_compact!("kworker/u{}:{}", cfg.cpus * 2, i % 9)
                 },
                 cpu: i % cfg.cpus,
                 disk: i % cfg.disks,
@@ -283,7 +285,7 @@ impl Events {
             cpu,
             pid: 0,
             tid: 0,
-            comm: format!("swapper/{cpu}"),
+            comm: format_compact!("swapper/{cpu}"),
             hook,
             stack_base: Addr(IDLE + cpu as u64 * 0x4000),
             sp: Addr(IRQ_STACKS + cpu as u64 * 0x4000 + 0x3e00 - self.rng.below(0x200)),
@@ -306,7 +308,7 @@ impl Events {
                 preempt: false,
                 prev_sp: Addr(prev_sp),
                 next_tid: 0,
-                next_comm: format!("swapper/{cpu}"),
+                next_comm: format_compact!("swapper/{cpu}"),
                 next_stack_base: Addr(IDLE + cpu as u64 * 0x4000),
                 next_saved_sp: Addr(0),
             },
@@ -324,7 +326,7 @@ impl Events {
             cpu,
             pid: 0,
             tid: 0,
-            comm: format!("swapper/{cpu}"),
+            comm: format_compact!("swapper/{cpu}"),
             hook: Hook::TpBtf,
             stack_base: Addr(idle),
             sp: Addr(idle + 0x3f00),
@@ -551,7 +553,7 @@ impl Events {
             preempt: true,
             prev_sp: Addr(base(a) + 0x3c00),
             next_tid: b,
-            next_comm: format!("ksoftirqd/{cpu}"),
+            next_comm: format_compact!("ksoftirqd/{cpu}"),
             next_stack_base: Addr(base(b)),
             next_saved_sp: Addr(base(b) + 0x3c00),
         };
@@ -560,7 +562,7 @@ impl Events {
             cpu,
             pid: a,
             tid: a,
-            comm: format!("kworker/{cpu}:1H"),
+            comm: format_compact!("kworker/{cpu}:1H"),
             hook: Hook::TpBtf,
             stack_base: Addr(base(a)),
             sp: Addr(base(a) + 0x3c00),

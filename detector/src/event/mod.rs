@@ -12,6 +12,7 @@ pub mod samples;
 mod stack;
 mod values;
 
+use compact_str::CompactString;
 use serde::{Deserialize, Serialize};
 pub use stack::{Frame, Stack, StackId, StackTable};
 pub use values::{Addr, Dev};
@@ -138,7 +139,9 @@ pub struct Event {
     pub pid: u32,
     /// Thread id of the task that was current (0: idle or interrupt on idle).
     pub tid: u32,
-    pub comm: String,
+    /// The task's name: at most 15 bytes from the kernel, so it lives
+    /// inline (no allocation per event).
+    pub comm: CompactString,
     pub hook: Hook,
     /// Lowest address of the current task's kernel stack.
     pub stack_base: Addr,
@@ -309,7 +312,7 @@ pub enum EventKind {
         /// Where the outgoing task's stack was.
         prev_sp: Addr,
         next_tid: u32,
-        next_comm: String,
+        next_comm: CompactString,
         next_stack_base: Addr,
         /// Where the incoming task's stack was when it last switched out.
         next_saved_sp: Addr,
@@ -318,12 +321,12 @@ pub enum EventKind {
     /// only for targets seen in an uninterruptible sleep).
     SchedWaking {
         target_tid: u32,
-        target_comm: String,
+        target_comm: CompactString,
     },
     /// `sched_wakeup`: `target_tid` is runnable again (same filter).
     SchedWakeup {
         target_tid: u32,
-        target_comm: String,
+        target_comm: CompactString,
     },
     /// The current task returned to user space from syscall `nr` (reported
     /// once after it submitted I/O or used an on-stack completion).
@@ -364,6 +367,37 @@ impl EventKind {
             Self::SysExit { .. } => "sys_exit",
             Self::TaskExit => "task_exit",
             Self::Lost { .. } => "lost",
+        }
+    }
+
+    /// This kind's place in [`EventKind::NAMES`] (for counting by kind
+    /// in an array).
+    pub fn index(&self) -> usize {
+        match self {
+            Self::BioQueue { .. } => 0,
+            Self::RqComplete { .. } => 1,
+            Self::BioComplete { .. } => 2,
+            Self::BioEndio { .. } => 3,
+            Self::BioEndioExit { .. } => 4,
+            Self::BioInit { .. } => 5,
+            Self::Complete { .. } => 6,
+            Self::CompleteAll { .. } => 7,
+            Self::CompletionInit { .. } => 8,
+            Self::WaitEnter { .. } => 9,
+            Self::WaitExit { .. } => 10,
+            Self::MdSuperWrite { .. } => 11,
+            Self::MdSuperWritten { .. } => 12,
+            Self::MdSuperWait { .. } => 13,
+            Self::MdSuperWaitExit { .. } => 14,
+            Self::MdTeardown { .. } => 15,
+            Self::DelGendisk { .. } => 16,
+            Self::DelGendiskExit { .. } => 17,
+            Self::SchedSwitch { .. } => 18,
+            Self::SchedWaking { .. } => 19,
+            Self::SchedWakeup { .. } => 20,
+            Self::SysExit { .. } => 21,
+            Self::TaskExit => 22,
+            Self::Lost { .. } => 23,
         }
     }
 

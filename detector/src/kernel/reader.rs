@@ -154,7 +154,7 @@ pub fn lost_marker(cpu: u32, count: u64, since: u64, until: u64) -> Event {
         cpu,
         pid: 0,
         tid: 0,
-        comm: String::new(),
+        comm: Default::default(),
         hook: Hook::Detector,
         stack_base: Addr(0),
         sp: Addr(0),
