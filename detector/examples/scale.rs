@@ -6,6 +6,8 @@
 //! - `engine FILE`: replays FILE into the engine alone, timing only the
 //!   engine (events are decoded in batches first): the engine's events/s
 //!   on the one core this runs on. Fails if the engine finds anything.
+//! - `v1 IN OUT`: IN re-framed as record format 1 (raw chunks), to
+//!   compare replay with builds from before format 2.
 //! - `memory`: the engine's heap per tracked bio, from an allocator that
 //!   counts bytes: a busy phase, then a ramp of bios that stay in flight;
 //!   the heap's growth over the ramp divided by the bios it added.
@@ -293,13 +295,61 @@ fn memory(busy_events: u64) -> Result<()> {
     Ok(())
 }
 
+/// IN's records, re-framed as format 1: raw CBOR chunks, no compression.
+fn to_v1(input: &str, out: &str) -> Result<()> {
+    use detector::record::{CHUNK_MAGIC, END_MAGIC, MAGIC};
+    use std::io::Write as _;
+    let file = File::open(input).with_context(|| format!("cannot open {input}"))?;
+    let reader = RecordReader::new(BufReader::new(file))?;
+    let mut header = serde_json::to_value(reader.header())?;
+    header["format_version"] = json!(1);
+    header.as_object_mut().map(|h| h.remove("chunk_encoding"));
+    let header = serde_json::to_vec(&header)?;
+    let mut w = BufWriter::new(File::create(out)?);
+    w.write_all(MAGIC)?;
+    w.write_all(&(header.len() as u32).to_le_bytes())?;
+    w.write_all(&crc32fast::hash(&header).to_le_bytes())?;
+    w.write_all(&header)?;
+    let (mut chunk, mut in_chunk, mut total) = (Vec::new(), 0u32, 0u64);
+    let mut flush = |chunk: &mut Vec<u8>, n: &mut u32| -> Result<()> {
+        if *n > 0 {
+            w.write_all(CHUNK_MAGIC)?;
+            w.write_all(&(chunk.len() as u32).to_le_bytes())?;
+            w.write_all(&n.to_le_bytes())?;
+            w.write_all(&crc32fast::hash(chunk).to_le_bytes())?;
+            w.write_all(chunk)?;
+        }
+        chunk.clear();
+        *n = 0;
+        Ok(())
+    };
+    for record in reader {
+        ciborium::into_writer(&record?, &mut chunk)?;
+        in_chunk += 1;
+        total += 1;
+        if in_chunk == 4096 {
+            flush(&mut chunk, &mut in_chunk)?;
+        }
+    }
+    flush(&mut chunk, &mut in_chunk)?;
+    let total = total.to_le_bytes();
+    w.write_all(END_MAGIC)?;
+    w.write_all(&total)?;
+    w.write_all(&crc32fast::hash(&total).to_le_bytes())?;
+    w.flush()?;
+    Ok(())
+}
+
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let arg = |i: usize| args.get(i).map(String::as_str);
     match (arg(0), arg(1), arg(2)) {
         (Some("write"), Some(path), Some(n)) => write(path, n.parse()?),
         (Some("engine"), Some(path), None) => engine(path),
+        (Some("v1"), Some(input), Some(out)) => to_v1(input, out),
         (Some("memory"), n, None) => memory(n.map_or(Ok(1_000_000), str::parse)?),
-        _ => bail!("usage: scale write FILE EVENTS | engine FILE | memory [BUSY_EVENTS]"),
+        _ => {
+            bail!("usage: scale write FILE EVENTS | engine FILE | v1 IN OUT | memory [BUSY_EVENTS]")
+        }
     }
 }

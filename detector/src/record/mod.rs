@@ -24,6 +24,7 @@
 //! file is truncated or corrupted, and the end mark tells a cleanly
 //! finished session from one that was cut off.
 
+mod flat;
 mod reader;
 mod writer;
 

@@ -3,6 +3,7 @@
 
 use std::io::{self, Read};
 
+use super::flat::FlatRecord;
 use super::{
     CHUNK_MAGIC, END_MAGIC, FORMAT_VERSION, MAGIC, MAX_CHUNK, MAX_HEADER, OLDEST_FORMAT_VERSION,
     Record, RecordHeader, ZSTD_CHUNK_MAGIC,
@@ -46,6 +47,10 @@ pub enum RecordError {
     Io(#[from] io::Error),
 }
 
+/// Longest text a record may hold (a symbol name): what ciborium's
+/// `from_reader` allows too.
+const SCRATCH: usize = 4096;
+
 /// Reads records one at a time from any `Read`.
 pub struct RecordReader<R: Read> {
     input: R,
@@ -58,6 +63,9 @@ pub struct RecordReader<R: Read> {
     chunk: Vec<u8>,
     /// The current chunk's bytes as stored (compressed chunks only).
     stored: Vec<u8>,
+    /// ciborium's buffer for strings, reused: a fresh one per record
+    /// (`from_reader`) costs a 4 KiB memset each.
+    scratch: Box<[u8; SCRATCH]>,
     chunk_pos: usize,
     chunk_left: u32,
     chunk_offset: u64,
@@ -167,6 +175,7 @@ impl<R: Read> RecordReader<R> {
             offset: 16 + len as u64,
             chunk: Vec::new(),
             stored: Vec::new(),
+            scratch: Box::new([0; SCRATCH]),
             chunk_pos: 0,
             chunk_left: 0,
             chunk_offset: 0,
@@ -347,11 +356,19 @@ impl<R: Read> RecordReader<R> {
         }
         let mut rest = &self.chunk[self.chunk_pos..];
         let before = rest.len();
-        let record: Record =
-            ciborium::from_reader(&mut rest).map_err(|e| RecordError::BadChunk {
-                offset: self.chunk_offset,
-                reason: format!("record {} of the chunk does not decode: {e}", self.records),
-            })?;
+        let bad = |reason: String| RecordError::BadChunk {
+            offset: self.chunk_offset,
+            reason,
+        };
+        let flat: FlatRecord =
+            ciborium::de::from_reader_with_buffer(&mut rest, &mut self.scratch[..])
+                .map_err(|e| bad(format!("record {} does not decode: {e}", self.records)))?;
+        let record = flat.into_record().map_err(|field| {
+            bad(format!(
+                "record {} is an event without its `{field}`",
+                self.records
+            ))
+        })?;
         self.chunk_pos += before - rest.len();
         self.chunk_left -= 1;
         self.records += 1;

@@ -83,6 +83,35 @@ pub fn cpu_ns(pid: u32) -> u64 {
     (ticks(11) + ticks(12)) * 1_000_000_000 / hz
 }
 
+/// Whether `child` exits within `limit` (it is not reaped: its output
+/// can still be read).
+fn exited_within(child: &mut Child, limit: Duration) -> Result<bool> {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        // SAFETY: siginfo_t is plain data; zeroes are a valid value.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: waitid with WNOWAIT only looks at our own child and
+        // writes into `info`.
+        let rc = unsafe {
+            libc::waitid(
+                libc::P_PID,
+                child.id(),
+                &mut info,
+                libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+            )
+        };
+        // SAFETY: waitid filled `info`; si_pid is 0 while the child runs.
+        if rc == 0 && unsafe { info.si_pid() } != 0 {
+            return Ok(true);
+        }
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error().into());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(false)
+}
+
 fn wait_for(path: &Path, child: &mut Child, what: &str) -> Result<()> {
     let start = Instant::now();
     while !path.exists() {
@@ -190,8 +219,24 @@ impl Running {
             return Ok(SessionEnd::default());
         };
         let cpu = cpu_ns(child.id()).saturating_sub(self.cpu_at_ready);
-        // SAFETY: kill(2) on our own child.
-        unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+        let mut child = child;
+        // SIGINT, as Ctrl-C; bpftrace now and then misses it while it
+        // starts up, so after a grace period it gets SIGTERM, then SIGKILL.
+        let grace = match self.kind {
+            Tracer::Detector => Duration::from_secs(120),
+            _ => Duration::from_secs(10),
+        };
+        for (signal, wait) in [
+            (libc::SIGINT, grace),
+            (libc::SIGTERM, Duration::from_secs(10)),
+            (libc::SIGKILL, Duration::from_secs(10)),
+        ] {
+            // SAFETY: kill(2) on our own child, not yet reaped.
+            unsafe { libc::kill(child.id() as i32, signal) };
+            if exited_within(&mut child, wait)? {
+                break;
+            }
+        }
         let out = child.wait_with_output()?;
         if self.kind != Tracer::Detector {
             return Ok(SessionEnd::default());
