@@ -54,13 +54,13 @@ pub fn measure(plan: &Plan, bin: &DetectorBin, dir: &Path) -> Result<Row> {
     let first_loss = steps.iter().find(|s| s.lost > 0);
     let text = match first_loss {
         Some(s) => format!(
-            "{} events/s (loss from {} events/s, fio at {} IOPS)",
+            "{} events/s (loss from {} events/s, fio at {})",
             si(best),
             si(s.events_per_s),
             if s.offered_iops == 0 {
                 "full speed".into()
             } else {
-                si(s.offered_iops as f64)
+                format!("{} IOPS", si(s.offered_iops as f64))
             }
         ),
         None => format!(
