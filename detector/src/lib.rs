@@ -15,3 +15,5 @@ pub mod record;
 pub mod report;
 pub mod session;
 pub mod summary;
+#[doc(hidden)]
+pub mod synth;

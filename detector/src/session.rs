@@ -2,12 +2,14 @@
 //! it, print it, record it. `detector trace` and `detector replay` both feed
 //! a [`Session`], so a replay prints exactly what the live session did.
 
-use std::collections::HashSet;
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
 use std::path::Path;
 use std::sync::Arc;
 
+use rustc_hash::FxHashSet;
+
+use crate::clock::monotonic_ns;
 use crate::engine::{Engine, EngineStats, Finding};
 use crate::event::display::line;
 use crate::event::{Addr, Event, EventKind, Stack, StackId, StackTable};
@@ -15,6 +17,7 @@ use crate::filter::EventFilter;
 use crate::kernel::stacks::StackResolver;
 use crate::record::{RecordHeader, RecordWriter};
 use crate::report;
+use crate::report::stats::Latency;
 use crate::summary::Summary;
 
 /// Where stacks and symbols come from: the kernel (live) or a file.
@@ -22,6 +25,14 @@ pub trait Stacks {
     fn stack(&mut self, id: StackId) -> Option<Arc<Stack>>;
     fn symbol(&mut self, addr: Addr) -> Option<String>;
     fn table(&self) -> &StackTable;
+
+    /// Makes sure `addr`'s symbol is in the table (without copying it out:
+    /// this runs for every bio event).
+    fn learn_symbol(&mut self, addr: Addr) {
+        if self.table().symbol(addr).is_none() {
+            let _ = self.symbol(addr);
+        }
+    }
 }
 
 impl Stacks for StackResolver {
@@ -58,6 +69,10 @@ fn end_io_of(ev: &Event) -> Option<Addr> {
     }
 }
 
+/// Findings whose detection latency is kept: enough for percentiles,
+/// bounded for a session that finds something forever.
+const MAX_LATENCY_SAMPLES: usize = 1 << 16;
+
 /// How events are shown.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EventOutput {
@@ -77,6 +92,10 @@ pub struct SessionOptions {
     /// When the session starts (every hook attached): earlier events are
     /// left out. Times in human lines are relative to this.
     pub start_ns: u64,
+    /// Live sessions: record how long after the event that broke an
+    /// invariant each finding was emitted (event times are this host's
+    /// CLOCK_MONOTONIC, so "now" minus the finding's time).
+    pub measure_latency: bool,
 }
 
 pub struct Session<S: Stacks> {
@@ -91,10 +110,12 @@ pub struct Session<S: Stacks> {
     /// Events from before every hook was attached, left out.
     pub before_start: u64,
     recorder: Option<RecordWriter<BufWriter<File>>>,
-    recorded_stacks: HashSet<StackId>,
-    recorded_symbols: HashSet<Addr>,
+    recorded_stacks: FxHashSet<StackId>,
+    recorded_symbols: FxHashSet<Addr>,
     /// Set when stdout was closed (e.g. piped into `head`): stop printing.
     output_closed: bool,
+    /// Detection latency of each finding shown, in ns (live sessions).
+    latencies: Vec<u64>,
 }
 
 impl<S: Stacks> Session<S> {
@@ -109,9 +130,10 @@ impl<S: Stacks> Session<S> {
             findings_shown: 0,
             before_start: 0,
             recorder: None,
-            recorded_stacks: HashSet::new(),
-            recorded_symbols: HashSet::new(),
+            recorded_stacks: FxHashSet::default(),
+            recorded_symbols: FxHashSet::default(),
             output_closed: false,
+            latencies: Vec::new(),
         }
     }
 
@@ -175,7 +197,7 @@ impl<S: Stacks> Session<S> {
             self.engine.learn_stack(*id, stack);
         }
         if let Some(end_io) = end_io_of(&ev) {
-            let _ = self.stacks.symbol(end_io);
+            self.stacks.learn_symbol(end_io);
         }
         if self.opts.filter.keep(&ev) {
             self.show(&ev, stack)?;
@@ -198,11 +220,17 @@ impl<S: Stacks> Session<S> {
             return;
         }
         let mut findings = std::mem::take(&mut self.findings);
+        let now = self.opts.measure_latency.then(monotonic_ns);
         for finding in &findings {
             if !self.opts.filter.selects_finding(finding) {
                 continue;
             }
             self.findings_shown += 1;
+            if let Some(now) = now
+                && self.latencies.len() < MAX_LATENCY_SAMPLES
+            {
+                self.latencies.push(now.saturating_sub(finding.ts));
+            }
             let text = match self.opts.events {
                 EventOutput::Json => {
                     format!("{}\n", report::json::to_line(finding, self.stacks.table()))
@@ -223,6 +251,13 @@ impl<S: Stacks> Session<S> {
     /// The engine's counters so far.
     pub fn engine_stats(&self) -> EngineStats {
         self.engine.stats()
+    }
+
+    /// Detection latency of the findings shown so far (live sessions).
+    pub fn latency(&self) -> Option<Latency> {
+        self.opts
+            .measure_latency
+            .then(|| Latency::of(&self.latencies))
     }
 
     fn show(&mut self, ev: &Event, stack: Option<(StackId, Arc<Stack>)>) -> io::Result<()> {

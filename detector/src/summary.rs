@@ -1,9 +1,10 @@
 //! The end-of-session summary: what was seen, per kind and per device, what
 //! was lost, and which bios were still in flight.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 
+use rustc_hash::FxHashMap;
 use serde::Serialize;
 
 use crate::event::{Addr, Dev, Event, EventKind};
@@ -27,13 +28,14 @@ pub struct DeviceStats {
 pub struct Summary {
     first_ts: Option<u64>,
     last_ts: u64,
-    pub by_kind: BTreeMap<&'static str, u64>,
+    /// Events by [`EventKind::index`]: an array, as this runs per event.
+    counts: [u64; EventKind::NAMES.len()],
     pub lost: u64,
     /// Lost events by cause (`ring_buffer_full`, `sleepers_map_full`, ...).
     pub lost_by_cause: BTreeMap<&'static str, u64>,
     devices: BTreeMap<Dev, DeviceStats>,
     /// Bio -> (disk, sector), for bios submitted during the session.
-    in_flight: HashMap<Addr, (Dev, u64)>,
+    in_flight: FxHashMap<Addr, (Dev, u64)>,
     /// Devices some completion was seen for: a device missing here never
     /// reported completions this kernel's hooks can see.
     completion_seen: BTreeSet<Dev>,
@@ -46,11 +48,11 @@ impl Default for Summary {
         Self {
             first_ts: None,
             last_ts: 0,
-            by_kind: BTreeMap::new(),
+            counts: [0; EventKind::NAMES.len()],
             lost: 0,
             lost_by_cause: BTreeMap::new(),
             devices: BTreeMap::new(),
-            in_flight: HashMap::new(),
+            in_flight: FxHashMap::default(),
             completion_seen: BTreeSet::new(),
             heartbeat: Heartbeat::new(SILENT_CPU_AFTER_NS),
         }
@@ -89,7 +91,7 @@ impl Summary {
     pub fn observe(&mut self, ev: &Event) {
         self.first_ts.get_or_insert(ev.ts);
         self.last_ts = self.last_ts.max(ev.ts);
-        *self.by_kind.entry(ev.kind.name()).or_default() += 1;
+        self.counts[ev.kind.index()] += 1;
         match &ev.kind {
             EventKind::BioQueue {
                 bio,
@@ -159,7 +161,17 @@ impl Summary {
     }
 
     pub fn events(&self) -> u64 {
-        self.by_kind.values().sum()
+        self.counts.iter().sum()
+    }
+
+    /// Events by kind name, kinds seen only.
+    pub fn by_kind(&self) -> BTreeMap<&'static str, u64> {
+        EventKind::NAMES
+            .iter()
+            .zip(self.counts)
+            .filter(|(_, n)| *n > 0)
+            .map(|(name, n)| (*name, n))
+            .collect()
     }
 
     pub fn duration_ns(&self) -> u64 {
@@ -182,7 +194,7 @@ impl Summary {
         SummaryJson {
             duration_ns: self.duration_ns(),
             events: self.events(),
-            by_kind: self.by_kind.clone(),
+            by_kind: self.by_kind(),
             lost: self.lost,
             lost_by_cause: self.lost_by_cause.clone(),
             devices: self
@@ -216,9 +228,10 @@ impl Summary {
         for cpu in self.heartbeat.silent() {
             let _ = writeln!(out, "  {}", cpu.describe());
         }
-        if !self.by_kind.is_empty() {
+        let by_kind = self.by_kind();
+        if !by_kind.is_empty() {
             let _ = writeln!(out, "\n  {:<22} {:>10}", "EVENT", "COUNT");
-            for (kind, n) in &self.by_kind {
+            for (kind, n) in &by_kind {
                 let _ = writeln!(out, "  {kind:<22} {n:>10}");
             }
         }
@@ -309,7 +322,7 @@ mod tests {
                 cause: crate::event::LossCause::RecursionMisses,
             },
         ));
-        assert_eq!(s.by_kind["bio_queue"], 3);
+        assert_eq!(s.by_kind()["bio_queue"], 3);
         assert_eq!(s.lost, 7);
         assert_eq!(s.lost_by_cause["ring_buffer_full"], 5);
         assert_eq!(s.lost_by_cause["recursion_misses"], 2);

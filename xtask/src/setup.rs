@@ -17,16 +17,23 @@ use crate::util::{output, run as run_cmd};
 /// make to build its test module (the kernel headers it builds against are
 /// installed by `cargo xtask vm-test`: their version follows the kernel);
 /// debootstrap builds the Debian guest's root file system, e2fsprogs'
-/// mkfs.ext4 packs it into an image.
+/// mkfs.ext4 packs it into an image. `cargo xtask bench` compares detector
+/// with a bpftrace script, runs `perf bench` (linux-perf), stages a stalled
+/// device behind a FUSE file system (bindfs) and pins single-core runs with
+/// taskset (util-linux).
 const PACKAGES: &[&str] = &[
+    "bindfs",
     "bpftool",
+    "bpftrace",
     "busybox-static",
     "cpio",
     "debootstrap",
     "e2fsprogs",
     "fio",
+    "linux-perf",
     "make",
     "qemu-system-x86",
+    "util-linux",
     "xz-utils",
 ];
 

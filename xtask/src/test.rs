@@ -16,6 +16,9 @@ pub struct TestArgs {
     /// Skip the fuzz smoke run.
     #[arg(long)]
     skip_fuzz: bool,
+    /// Skip the bench smoke run (`cargo xtask bench --quick`).
+    #[arg(long)]
+    skip_bench: bool,
     /// Seconds for each fuzz target's smoke run.
     #[arg(long, default_value_t = 20)]
     fuzz_seconds: u32,
@@ -42,6 +45,14 @@ pub fn run(args: TestArgs) -> Result<()> {
     ]))?;
     if !args.skip_fuzz {
         crate::fuzz::smoke(&root, args.fuzz_seconds)?;
+    }
+    if !args.skip_bench {
+        // Every figure produced and sane; how fast is not a test result.
+        eprintln!("test: bench smoke run (cargo xtask bench --quick)");
+        crate::bench::run(crate::bench::BenchArgs {
+            quick: true,
+            ..Default::default()
+        })?;
     }
     if !args.skip_vm {
         crate::vm::run(crate::vm::VmTestArgs::default())?;

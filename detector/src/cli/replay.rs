@@ -12,6 +12,7 @@ use crate::event::{Event, StackTable};
 use crate::filter::EventFilter;
 use crate::kernel::attach::HookOutcome;
 use crate::record::{MAGIC, Record, RecordReader};
+use crate::report::stats::{CpuTime, StatsJson};
 use crate::session::{EventOutput, Session, SessionOptions, findings_summary};
 
 pub fn run(args: ReplayArgs) -> Result<ExitCode> {
@@ -32,6 +33,7 @@ pub fn run(args: ReplayArgs) -> Result<ExitCode> {
         inline_stacks: args.output.stacks,
         filter: EventFilter::new(args.output.pids.clone(), args.output.devs.clone()),
         start_ns: 0,
+        measure_latency: false,
     };
     let mut failure = None;
     let mut session;
@@ -127,6 +129,17 @@ pub fn run(args: ReplayArgs) -> Result<ExitCode> {
     session.finish()?;
     eprint!("{}", session.summary.render());
     eprint!("{}", findings_summary(&session.engine_stats()));
+    if let Some(path) = &args.stats_json {
+        StatsJson {
+            reader: None,
+            summary: session.summary.to_json(),
+            engine: session.engine_stats(),
+            detection_latency: None,
+            cpu: CpuTime::of_this_process(),
+        }
+        .write(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    }
     match failure {
         Some(e) => Err(e),
         None => Ok(ExitCode::SUCCESS),

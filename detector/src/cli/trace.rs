@@ -19,7 +19,8 @@ use crate::kernel::coverage::{RuleState, coverage};
 use crate::kernel::loss::{LossCounters, Programs};
 use crate::kernel::reader::Reader;
 use crate::kernel::stacks::StackResolver;
-use crate::record::{FORMAT_VERSION, RecordHeader};
+use crate::record::RecordHeader;
+use crate::report::stats::{CpuTime, StatsJson};
 use crate::session::{EventOutput, Session, SessionOptions, findings_summary};
 
 /// How often the reader drains the ring buffer when not woken.
@@ -153,14 +154,13 @@ async fn trace(args: TraceArgs) -> Result<ExitCode> {
             inline_stacks: args.output.stacks,
             filter: EventFilter::new(args.output.pids.clone(), args.output.devs.clone()),
             start_ns,
+            measure_latency: true,
         },
         StackResolver::new(stack_map),
         Engine::new(engine_config),
     );
     if let Some(path) = &args.record {
         let header = RecordHeader {
-            format_version: FORMAT_VERSION,
-            detector_version: env!("CARGO_PKG_VERSION").into(),
             kernel_release: probes.facts().release.clone(),
             machine: probes.facts().machine.clone(),
             hostname: hostname(),
@@ -172,7 +172,7 @@ async fn trace(args: TraceArgs) -> Result<ExitCode> {
                 .iter()
                 .map(|o| (o.name.to_owned(), o.status.label().to_owned()))
                 .collect(),
-            filters: vec![],
+            ..RecordHeader::current()
         };
         session
             .record_to(path, header)
@@ -332,6 +332,17 @@ async fn trace(args: TraceArgs) -> Result<ExitCode> {
     }
     if let (Some(path), Some(n)) = (&args.record, records) {
         eprintln!("  recorded {n} records to {}", path.display());
+    }
+    if let Some(path) = &args.stats_json {
+        StatsJson {
+            reader: Some(totals),
+            summary: session.summary.to_json(),
+            engine: session.engine_stats(),
+            detection_latency: session.latency(),
+            cpu: CpuTime::of_this_process(),
+        }
+        .write(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
     }
     if let Some(path) = &args.ready_file {
         let _ = std::fs::remove_file(path);

@@ -3,6 +3,7 @@
 
 use std::mem::size_of;
 
+use compact_str::CompactString;
 use detector_common as wire;
 use detector_common::{hook, kind, teardown, wait};
 
@@ -45,9 +46,12 @@ fn read_exact<T: Copy>(bytes: &[u8], kind_name: &'static str) -> Result<T, Decod
     Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
 }
 
-fn comm(raw: &[u8; wire::COMM_LEN]) -> String {
+fn comm(raw: &[u8; wire::COMM_LEN]) -> CompactString {
     let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
-    String::from_utf8_lossy(&raw[..end]).into_owned()
+    match std::str::from_utf8(&raw[..end]) {
+        Ok(text) => CompactString::new(text),
+        Err(_) => CompactString::from_utf8_lossy(&raw[..end]),
+    }
 }
 
 fn hook_of(raw: u8) -> Result<Hook, DecodeError> {

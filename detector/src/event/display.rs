@@ -188,7 +188,7 @@ mod tests {
         for ev in kernel_events() {
             let l = line(&ev, 1_000_000_000);
             assert!(l.contains(ev.kind.name()), "{l}");
-            assert!(l.contains(&ev.comm), "{l}");
+            assert!(l.contains(ev.comm.as_str()), "{l}");
         }
     }
 

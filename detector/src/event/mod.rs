@@ -12,6 +12,7 @@ pub mod samples;
 mod stack;
 mod values;
 
+use compact_str::CompactString;
 use serde::{Deserialize, Serialize};
 pub use stack::{Frame, Stack, StackId, StackTable};
 pub use values::{Addr, Dev};
@@ -196,7 +197,9 @@ pub struct Event {
     pub pid: u32,
     /// Thread id of the task that was current (0: idle or interrupt on idle).
     pub tid: u32,
-    pub comm: String,
+    /// The task's name: at most 15 bytes from the kernel, so it lives
+    /// inline (no allocation per event).
+    pub comm: CompactString,
     pub hook: Hook,
     /// Lowest address of the current task's kernel stack.
     pub stack_base: Addr,
@@ -379,7 +382,7 @@ pub enum EventKind {
         /// Where the outgoing task's stack was.
         prev_sp: Addr,
         next_tid: u32,
-        next_comm: String,
+        next_comm: CompactString,
         next_stack_base: Addr,
         /// Where the incoming task's stack was when it last switched out.
         next_saved_sp: Addr,
@@ -388,12 +391,12 @@ pub enum EventKind {
     /// only for targets seen in an uninterruptible sleep).
     SchedWaking {
         target_tid: u32,
-        target_comm: String,
+        target_comm: CompactString,
     },
     /// `sched_wakeup`: `target_tid` is runnable again (same filter).
     SchedWakeup {
         target_tid: u32,
-        target_comm: String,
+        target_comm: CompactString,
     },
     /// The current task returned to user space from syscall `nr` (reported
     /// once after it submitted I/O or used an on-stack completion).
@@ -429,6 +432,12 @@ impl EventKind {
     /// The JSON name of this kind (the `event` field).
     pub fn name(&self) -> &'static str {
         Self::NAMES[self.tag() as usize]
+    }
+
+    /// This kind's place in [`EventKind::NAMES`] (for counting by kind
+    /// in an array).
+    pub fn index(&self) -> usize {
+        self.tag() as usize
     }
 
     /// Every kind's JSON name, in declaration order.

@@ -9,7 +9,7 @@ fn base(i: u64, hook: Hook, kind: EventKind) -> Event {
         cpu: (i % 4) as u32,
         pid: 100 + i as u32,
         tid: 200 + i as u32,
-        comm: format!("task{i}"),
+        comm: format!("task{i}").into(),
         hook,
         stack_base: Addr(0xffff_c900_0010_0000 + i * 0x4000),
         sp: Addr(0xffff_c900_0010_3e00 + i * 0x4000),

@@ -124,3 +124,11 @@ proptest! {
         let _ = decode(&bytes);
     }
 }
+
+#[test]
+fn every_kind_indexes_its_name() {
+    let lost = crate::kernel::reader::lost_marker(0, 1, 0, 1);
+    for event in kernel_events().into_iter().chain([lost]) {
+        assert_eq!(EventKind::NAMES[event.kind.index()], event.kind.name());
+    }
+}

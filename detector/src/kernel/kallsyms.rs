@@ -92,7 +92,14 @@ impl Kallsyms {
             });
             out.syms.push(Sym { addr, name, owner });
         }
-        out.syms.sort_by_key(|s| s.addr);
+        // Lookups take the last symbol at an address: put section and
+        // linker markers (`__sched_text_start` shares its address with
+        // `io_schedule_timeout`) before the function there.
+        let names = &out.names;
+        out.syms.sort_by_key(|s| {
+            let real = s.name.is_some_and(|n| !is_marker(&names[n as usize]));
+            (s.addr, real)
+        });
         let mut vmlinux = out
             .syms
             .iter()
@@ -180,6 +187,14 @@ impl Kallsyms {
         };
         inside.then_some((name.as_str(), addr - sym.addr, owner))
     }
+}
+
+/// A name the linker gives a place, not a function.
+fn is_marker(name: &str) -> bool {
+    matches!(
+        name,
+        "_text" | "_stext" | "_etext" | "_sinittext" | "_einittext" | "_end"
+    ) || (name.starts_with("__") && (name.ends_with("_start") || name.ends_with("_end")))
 }
 
 /// The running kernel's module list (`/proc/modules`), empty without one.

@@ -48,6 +48,13 @@ pub type Programs = Arc<Mutex<Vec<WatchedProgram>>>;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Counts(pub [u64; counter::ALL as usize]);
 
+/// As a map from each counter's name to its total.
+impl serde::Serialize for Counts {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(self.named())
+    }
+}
+
 impl Counts {
     pub fn get(&self, index: u32) -> u64 {
         self.0.get(index as usize).copied().unwrap_or(0)
@@ -173,7 +180,7 @@ pub fn lost_marker(cpu: u32, count: u64, since: u64, until: u64, cause: LossCaus
         cpu,
         pid: 0,
         tid: 0,
-        comm: String::new(),
+        comm: Default::default(),
         hook: Hook::Detector,
         stack_base: Addr(0),
         sp: Addr(0),

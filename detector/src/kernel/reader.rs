@@ -36,7 +36,7 @@ pub struct Batch {
 }
 
 /// Totals over the session.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone, Copy, serde::Serialize)]
 pub struct ReaderTotals {
     pub events: u64,
     pub dropped: u64,

@@ -68,7 +68,7 @@ impl Who {
             cpu: self.cpu,
             pid: self.pid,
             tid: self.tid,
-            comm: self.comm.clone(),
+            comm: self.comm.as_str().into(),
             hook: Hook::Fentry,
             stack_base: Addr(self.base),
             sp: Addr(sp),
@@ -239,7 +239,7 @@ pub fn sleep(who: &Who, ts: u64, d_iowait: bool) -> Event {
             preempt: false,
             prev_sp: Addr(who.at(0x3400)),
             next_tid: 0,
-            next_comm: format!("swapper/{}", who.cpu),
+            next_comm: format!("swapper/{}", who.cpu).into(),
             next_stack_base: Addr(IDLE + who.cpu as u64 * 0x4000),
             next_saved_sp: Addr(0),
         },
@@ -264,7 +264,7 @@ pub fn switch_in(who: &Who, ts: u64) -> Event {
             preempt: false,
             prev_sp: Addr(idle.at(0x3f00)),
             next_tid: who.tid,
-            next_comm: who.comm.clone(),
+            next_comm: who.comm.as_str().into(),
             next_stack_base: Addr(who.base),
             next_saved_sp: Addr(who.at(0x3400)),
         },
@@ -279,7 +279,7 @@ pub fn waking(waker: &Who, ts: u64, target: &Who) -> Event {
         ts,
         EventKind::SchedWaking {
             target_tid: target.tid,
-            target_comm: target.comm.clone(),
+            target_comm: target.comm.as_str().into(),
         },
     );
     ev.hook = Hook::TpBtf;

@@ -95,3 +95,18 @@ fn garbage_lines_are_skipped() {
     );
     assert_eq!(t.frame(0xffffffff81000000).symbol, None);
 }
+
+#[test]
+fn a_function_wins_over_a_section_marker_at_its_address() {
+    // Both orders kallsyms may list them in.
+    for text in [
+        "ffffffff81000000 T _stext\nffffffff81000400 T __sched_text_start\nffffffff81000400 T io_schedule_timeout\nffffffff81e00000 T _etext\n",
+        "ffffffff81000000 T _stext\nffffffff81000400 T io_schedule_timeout\nffffffff81000400 T __sched_text_start\nffffffff81e00000 T _etext\n",
+    ] {
+        let t = Kallsyms::parse(text, "");
+        assert_eq!(
+            t.frame(0xffffffff8100044c).to_string(),
+            "io_schedule_timeout+0x4c"
+        );
+    }
+}
