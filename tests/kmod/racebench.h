@@ -34,6 +34,12 @@ enum rb_mode {
 	RB_DUP,
 	/* the same, with the timeout path claiming the command first */
 	RB_DUP_FIXED,
+	/* RB_DUP behind a stacking driver that hooks bi_end_io (see disk.c) */
+	RB_SWAP_DUP,
+	/* RB_DUP_FIXED behind the same hook: one real completion */
+	RB_SWAP_DUP_FIXED,
+	/* inside ->submit_bio, in the submitter's context */
+	RB_INLINE,
 };
 
 /*
@@ -44,7 +50,10 @@ enum rb_mode {
  */
 #define RB_COMPLETION_CPU 0
 
-/* The timeout path of RB_DUP fires this long after submission. */
+/*
+ * The timeout path of RB_DUP fires this long after the normal completion
+ * (a disk's delay_ms replaces it when set).
+ */
 #define RB_DUP_TIMEOUT_MS 300
 
 struct rb_disk {
@@ -94,6 +103,18 @@ int rb_lost_wakeup(bool fixed);
 int rb_double_complete(bool fixed);
 int rb_stuck_handler(bool fixed);
 int rb_complete_after_teardown(bool fixed);
+int rb_double_complete_lost_events(void);
+int rb_endio_swap(bool fixed);
+int rb_stall_recovers(void);
+int rb_sleeping_handler(void);
+int rb_iowait_folio_lock(void);
+int rb_iowait_timeout(void);
+int rb_late_complete_irq(bool fixed);
+int rb_irq_in_user(bool fixed);
+int rb_irq_in_user_check(void);
+void rb_late_irq_exit(void);
+/* The end_io hook of the RB_SWAP_* modes, for the scenarios' verdicts. */
+void rb_swap_end_io(struct bio *bio);
 int rb_md_prepare(void);
 int rb_md_inject(const char *md_path);
 int rb_md_check(bool expect_injected);
