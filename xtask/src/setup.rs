@@ -15,13 +15,18 @@ use crate::util::{output, run as run_cmd};
 /// VM bench (qemu-utils is already installed, newer, and must not be
 /// replaced), cpio to pack its initramfs, xz-utils to unpack its kernel,
 /// make to build its test module (the kernel headers it builds against are
-/// installed by `cargo xtask vm-test`: their version follows the kernel).
+/// installed by `cargo xtask vm-test`: their version follows the kernel),
+/// gcc and libc6-dev to build its static helpers, dmsetup for its
+/// device-mapper scenarios (copied into the guest with its libraries).
 const PACKAGES: &[&str] = &[
     "bpftool",
     "busybox-static",
     "cpio",
+    "dmsetup",
     "e2fsprogs",
     "fio",
+    "gcc",
+    "libc6-dev",
     "make",
     "qemu-system-x86",
     "xz-utils",
