@@ -8,6 +8,10 @@
  *
  * late_complete_irq: the owner is a kthread on LI_CPU. After it returned it
  * sleeps, and a later interrupt on the same CPU (a second timer) wakes it.
+ * Both interrupts must be taken in kernel mode (the CPU idle, or running
+ * some task in the kernel), so that they run on the CPU's interrupt stack:
+ * one taken in user mode runs on that task's stack (irq_in_user). They
+ * re-arm themselves until they are.
  *
  * irq_in_user: the owner is a user task pinned to one CPU (the guest script
  * runs it under taskset); it wrote to debugfs, gave up, and returned to
@@ -64,6 +68,7 @@ static bool rb_dead_intact(struct completion *c)
 #define LI_GIVE_UP_MS 100
 #define LI_LATE_MS 300
 #define LI_WAKE_MS 600
+#define LI_RETRY_US 200
 
 static struct hrtimer li_late, li_wake;
 static struct completion *li_wait;
@@ -73,10 +78,23 @@ static ktime_t li_returned_at, li_late_at, li_wake_at;
 static int li_late_cpu = -1, li_wake_cpu = -1;
 static DECLARE_COMPLETION(li_owner_done);
 
+/* Whether the interrupt came from user mode; if so, the timer is re-armed. */
+static bool li_from_user(struct hrtimer *t)
+{
+	struct pt_regs *regs = get_irq_regs();
+
+	if (!regs || !user_mode(regs))
+		return false;
+	hrtimer_forward_now(t, ns_to_ktime(LI_RETRY_US * NSEC_PER_USEC));
+	return true;
+}
+
 static enum hrtimer_restart li_late_fire(struct hrtimer *t)
 {
 	struct completion *c = READ_ONCE(li_wait);
 
+	if (li_from_user(t))
+		return HRTIMER_RESTART;
 	li_late_cpu = smp_processor_id();
 	if (li_fixed || rb_dead_intact(c))
 		complete(c);
@@ -89,6 +107,8 @@ static enum hrtimer_restart li_late_fire(struct hrtimer *t)
 
 static enum hrtimer_restart li_wake_fire(struct hrtimer *t)
 {
+	if (li_from_user(t))
+		return HRTIMER_RESTART;
 	li_wake_cpu = smp_processor_id();
 	li_wake_at = ktime_get();
 	WRITE_ONCE(li_woken, true);

@@ -63,6 +63,7 @@ static int rb_run(const char *name, const char *arg)
 		{ "iowait_folio_lock", rb_iowait_folio_lock },
 		{ "iowait_timeout", rb_iowait_timeout },
 		{ "irq_in_user_check", rb_irq_in_user_check },
+		{ "queue_unfreeze", rb_queue_unfreeze },
 		{ "md_prepare", rb_md_prepare },
 	};
 	int i;
@@ -72,6 +73,8 @@ static int rb_run(const char *name, const char *arg)
 			return plain[i].fn();
 	if (!strcmp(name, "md_inject"))
 		return arg ? rb_md_inject(arg) : -EINVAL;
+	if (!strcmp(name, "queue_freeze"))
+		return arg ? rb_queue_freeze(arg) : -EINVAL;
 	for (i = 0; i < ARRAY_SIZE(table); i++)
 		if (!strcmp(name, table[i].name))
 			return table[i].fn(table[i].fixed);
@@ -173,6 +176,7 @@ static void rb_cleanup(void)
 	int i;
 
 	debugfs_remove_recursive(rb_dir);
+	rb_queue_unfreeze();
 	rb_late_irq_exit();
 	rb_md_exit();
 	for (i = 0; i < RB_NR_DISKS; i++) {

@@ -113,6 +113,8 @@ int rb_late_complete_irq(bool fixed);
 int rb_irq_in_user(bool fixed);
 int rb_irq_in_user_check(void);
 void rb_late_irq_exit(void);
+int rb_queue_freeze(const char *path);
+int rb_queue_unfreeze(void);
 /* The end_io hook of the RB_SWAP_* modes, for the scenarios' verdicts. */
 void rb_swap_end_io(struct bio *bio);
 int rb_md_prepare(void);
