@@ -21,6 +21,11 @@ use serde_json::Value;
 
 use crate::vm::events::{Event, Trace, parse_addr};
 
+pub mod disks;
+pub mod hooks;
+pub mod late_irq;
+pub mod lookalikes;
+
 pub struct Ctx<'a> {
     pub trace: &'a Trace,
     /// The test module's verdict lines for this scenario.
@@ -36,8 +41,10 @@ const TASK_UNINTERRUPTIBLE: i64 = 0x2;
 /// x86_64's kernel stack size (THREAD_SIZE, without KASAN).
 const THREAD_SIZE: u64 = 16 << 10;
 
-/// The hex number after `label` in the module's verdict, e.g. "at 0x...".
-fn module_addr(ctx: &Ctx, label: &str) -> Result<u64> {
+/// The word after `label` in the module's verdict (or what the scenario's
+/// steps noted beside it), without trailing punctuation: "disk 8:0," gives
+/// "8:0".
+fn module_word<'a>(ctx: &Ctx<'a>, label: &str) -> Result<&'a str> {
     let at = ctx.module.find(label).with_context(|| {
         format!(
             "no '{label}' in the module's verdict: {}",
@@ -48,11 +55,23 @@ fn module_addr(ctx: &Ctx, label: &str) -> Result<u64> {
         .split_whitespace()
         .next()
         .unwrap_or("");
-    let hex = word.trim_end_matches([',', ':']);
-    let hex = if hex.starts_with("0x") {
-        hex.to_owned()
+    Ok(word.trim_end_matches([',', ':', ')']))
+}
+
+/// The number after `label` in the module's verdict.
+fn module_number(ctx: &Ctx, label: &str) -> Result<u64> {
+    let word = module_word(ctx, label)?;
+    word.parse()
+        .with_context(|| format!("not a number after '{label}': {word}"))
+}
+
+/// The hex number after `label` in the module's verdict, e.g. "at 0x...".
+fn module_addr(ctx: &Ctx, label: &str) -> Result<u64> {
+    let word = module_word(ctx, label)?;
+    let hex = if word.starts_with("0x") {
+        word.to_owned()
     } else {
-        format!("0x{hex}")
+        format!("0x{word}")
     };
     parse_addr(&Value::String(hex)).with_context(|| format!("bad address after '{label}': {word}"))
 }
@@ -112,6 +131,57 @@ const STACK_KINDS: &[&str] = &[
 
 fn is_final_endio(e: &Event) -> bool {
     e.kind == "bio_endio" && e.flag("is_final").unwrap_or(false)
+}
+
+/// One life of a bio address: from a submission or initialisation
+/// (`start`; `None` for what came before the first one seen) to the next,
+/// with every bio_endio at that address in between, in order.
+struct Life<'a> {
+    start: Option<&'a Event>,
+    endios: Vec<&'a Event>,
+}
+
+/// Every bio address's lives, in time order. `bio_init` always begins a
+/// new life; a `bio_queue` only when the current one already ended or was
+/// submitted (a bio is initialised, then submitted).
+fn bio_lives(trace: &Trace) -> HashMap<u64, Vec<Life<'_>>> {
+    let mut lives: HashMap<u64, Vec<Life>> = HashMap::new();
+    for e in &trace.events {
+        let Some(bio) = e.addr("bio") else { continue };
+        let of_bio = lives.entry(bio).or_default();
+        match e.kind.as_str() {
+            "bio_init" | "bio_queue" => {
+                let goes_on = e.kind == "bio_queue"
+                    && of_bio.last().is_some_and(|l| {
+                        l.endios.is_empty() && l.start.is_some_and(|s| s.kind == "bio_init")
+                    });
+                match of_bio.last_mut() {
+                    Some(life) if goes_on => life.start = Some(e),
+                    _ => of_bio.push(Life {
+                        start: Some(e),
+                        endios: Vec::new(),
+                    }),
+                }
+            }
+            "bio_endio" => match of_bio.last_mut() {
+                Some(life) => life.endios.push(e),
+                None => of_bio.push(Life {
+                    start: None,
+                    endios: vec![e],
+                }),
+            },
+            _ => {}
+        }
+    }
+    lives
+}
+
+/// The life that `queued` began.
+fn life_of<'a, 'b>(lives: &'b HashMap<u64, Vec<Life<'a>>>, queued: &Event) -> Option<&'b Life<'a>> {
+    lives
+        .get(&queued.addr("bio")?)?
+        .iter()
+        .find(|l| l.start.is_some_and(|s| std::ptr::eq(s, queued)))
 }
 
 /// The bios the scenario submitted: those with the end_io function the
@@ -691,6 +761,55 @@ mod tests {
         );
         assert_eq!(module_addr(&ctx, "mddev ").unwrap(), 0xffff88800634f000);
         assert!(module_addr(&ctx, "absent ").is_err());
+    }
+
+    #[test]
+    fn reads_words_and_numbers_from_the_steps_notes() {
+        let (trace, module) = ctx_with(
+            "ok integrity_reads: disk 8:0 reads 32 format T10-DIF-TYPE1-CRC read_verify 1 \
+             bio_integrity_verify_fn 0xffffffff8e6f2a10\n\
+             ok late_complete_irq: completion at 0xffffc9000061bd58 of rb_late_owner (pid 231, cpu 1)",
+        );
+        let ctx = Ctx {
+            trace: &trace,
+            module: &module,
+        };
+        assert_eq!(module_word(&ctx, "disk ").unwrap(), "8:0");
+        assert_eq!(module_number(&ctx, "reads ").unwrap(), 32);
+        assert_eq!(module_number(&ctx, "(pid ").unwrap(), 231);
+        assert_eq!(module_number(&ctx, "cpu ").unwrap(), 1);
+        assert_eq!(
+            module_addr(&ctx, "bio_integrity_verify_fn ").unwrap(),
+            0xffffffff8e6f2a10
+        );
+        assert!(module_number(&ctx, "format ").is_err());
+    }
+
+    #[test]
+    fn splits_a_bio_address_into_lives() {
+        let lines = [
+            r#"{"ts":1,"tid":1,"event":"bio_init","bio":"0x10"}"#,
+            r#"{"ts":2,"tid":1,"event":"bio_queue","bio":"0x10"}"#,
+            r#"{"ts":3,"tid":2,"event":"bio_endio","bio":"0x10","is_final":true}"#,
+            r#"{"ts":4,"tid":2,"event":"bio_endio","bio":"0x10","is_final":true}"#,
+            r#"{"ts":5,"tid":1,"event":"bio_queue","bio":"0x10"}"#,
+            r#"{"ts":6,"tid":2,"event":"bio_endio","bio":"0x10","is_final":true}"#,
+            r#"{"ts":7,"tid":3,"event":"bio_endio","bio":"0x20","is_final":true}"#,
+        ];
+        let trace = Trace::parse(&lines.join("\n")).unwrap();
+        let lives = bio_lives(&trace);
+        let at_10 = &lives[&0x10];
+        assert_eq!(at_10.len(), 2);
+        assert_eq!(
+            at_10[0].start.unwrap().ts,
+            2,
+            "the submission after bio_init"
+        );
+        assert_eq!(at_10[0].endios.len(), 2);
+        assert_eq!(at_10[1].endios.len(), 1);
+        assert!(lives[&0x20][0].start.is_none());
+        let second = trace.of_kind("bio_queue").nth(1).unwrap();
+        assert_eq!(life_of(&lives, second).unwrap().endios[0].ts, 6);
     }
 
     #[test]

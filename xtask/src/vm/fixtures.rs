@@ -80,14 +80,20 @@ fn kinds(kinds: &[&str]) -> String {
 }
 
 /// What each recording must give, for the engine's tests to check:
-/// `{"flags": ..., "scenarios": {name: {"must": [...], "may": [...]}}}`.
+/// `{"flags": ..., "scenarios": {name: {"must": [...], "may": [...],
+/// "indeterminate": [rules], "known_failure": why or null}}}`.
 fn expected(saved: &[Saved]) -> Result<String> {
     let scenarios: serde_json::Map<String, serde_json::Value> = saved
         .iter()
         .map(|Saved { scenario: sc, .. }| {
             (
                 sc.name.to_owned(),
-                serde_json::json!({"must": sc.findings, "may": sc.also}),
+                serde_json::json!({
+                    "must": sc.findings,
+                    "may": sc.also,
+                    "indeterminate": sc.indeterminate,
+                    "known_failure": sc.known_failure,
+                }),
             )
         })
         .collect();
@@ -117,6 +123,12 @@ fn readme(saved: &[Saved], release: &str) -> String {
         let mut must = kinds(sc.findings);
         if !sc.also.is_empty() {
             must.push_str(&format!(" (may add {})", kinds(sc.also)));
+        }
+        if !sc.indeterminate.is_empty() {
+            must.push_str(&format!(", indeterminate: {}", kinds(sc.indeterminate)));
+        }
+        if let Some(why) = sc.known_failure {
+            must.push_str(&format!(" (known failure: {why})"));
         }
         let gave = match gave {
             Some(found) => kinds(&found.iter().map(String::as_str).collect::<Vec<_>>()),
