@@ -21,6 +21,7 @@
  * freed, say), and the guest would deadlock.
  */
 #include <linux/bit_spinlock.h>
+#include <linux/delay.h>
 #include <linux/hrtimer.h>
 #include <linux/kthread.h>
 #include <linux/module.h>
@@ -49,23 +50,43 @@ static void dc_end_io(struct bio *bio)
 /*
  * Test hook of double_complete_lost_events: events the tracer must record
  * between the two completions, complete() on a completion nobody waits
- * for, fast enough to overrun a small ring buffer.
+ * for, fast enough to overrun a small ring buffer. The timeout path is
+ * armed far out and run once the burst is over and the tracer's reader
+ * had DC_DRAIN_MS to catch up, so that the second completion is recorded
+ * however long the burst took.
  */
 #define DC_BURST 20000
-/* The timeout path then comes this long after the normal completion. */
-#define DC_BURST_TIMEOUT_MS 3000
+#define DC_BURST_TIMEOUT_MS 60000
+#define DC_DRAIN_MS 1000
 static DECLARE_COMPLETION(dc_burst);
+static ktime_t dc_burst_end;
+
+/* The burst, then the armed timeout path run now. */
+static void dc_burst_then_timeout(struct rb_disk *d, unsigned int burst, s64 *burst_us)
+{
+	ktime_t t0 = ktime_get();
+	int i;
+
+	for (i = 0; i < burst; i++)
+		complete(&dc_burst);
+	dc_burst_end = ktime_get();
+	*burst_us = ktime_us_delta(dc_burst_end, t0);
+	reinit_completion(&dc_burst);
+	msleep(DC_DRAIN_MS);
+	for (i = 0; i < 1000 && !rb_disk_fire_timeout(d); i++)
+		msleep(1);
+}
 
 /* Completes rb2's next bio under `mode`; returns how many times it ran. */
 static int dc_run(enum rb_mode mode, bool fixed, unsigned int timeout_ms, unsigned int burst,
 		  s64 *burst_us)
 {
 	struct rb_disk *d = rb_disks[RB_SCRATCH];
-	unsigned int wait_ms = (timeout_ms ?: RB_DUP_TIMEOUT_MS) + (fixed ? 1000 : 20000);
+	unsigned int wait_ms = (burst ? 0 : (timeout_ms ?: RB_DUP_TIMEOUT_MS)) +
+			       (fixed ? 1000 : 20000);
 	struct bio *bio;
 	unsigned long left;
-	ktime_t t0;
-	int calls, i;
+	int calls;
 
 	atomic_set(&dc_calls, 0);
 	reinit_completion(&dc_first);
@@ -74,14 +95,13 @@ static int dc_run(enum rb_mode mode, bool fixed, unsigned int timeout_ms, unsign
 	bio = rb_disk_write_bio(d, 8, dc_end_io, NULL);
 	submit_bio(bio);
 	wait_for_completion(&dc_first);
-	t0 = ktime_get();
-	for (i = 0; i < burst; i++)
-		complete(&dc_burst);
-	*burst_us = ktime_us_delta(ktime_get(), t0);
-	reinit_completion(&dc_burst);
+	*burst_us = 0;
+	if (burst)
+		dc_burst_then_timeout(d, burst, burst_us);
 	/*
-	 * The timeout path runs timeout_ms after the first completion. The
-	 * buggy one completes the bio again: the bio must live until then.
+	 * The timeout path runs timeout_ms after the first completion (or
+	 * after the burst). The buggy one completes the bio again: the bio
+	 * must live until then.
 	 */
 	left = wait_for_completion_timeout(&dc_second, msecs_to_jiffies(wait_ms));
 	rb_disk_set_mode(d, RB_NORMAL, 0);
@@ -133,8 +153,8 @@ int rb_double_complete_lost_events(void)
 		return calls;
 	}
 	gap_ms = ktime_ms_delta(dc_at[1], dc_at[0]);
-	/* the burst must lie between the two completions, with time to spare */
-	if (calls != 2 || burst_us / 1000 + 500 > gap_ms)
+	/* the burst lies between the two completions */
+	if (calls != 2 || ktime_before(dc_at[1], dc_burst_end))
 		err = -EPROTO;
 	rb_result("%s double_complete_lost_events: end_io 0x%px ran %d time(s), status %d then %d, "
 		  "%d complete() calls in %lld us between them (%lld ms apart)",

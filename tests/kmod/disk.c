@@ -97,8 +97,23 @@ static void rb_cmd_done(struct work_struct *w)
 
 	if (!cmd->fixed || !test_and_set_bit(RB_CMD_CLAIMED, &cmd->flags))
 		bio_endio(cmd->bio);
+	spin_lock_irq(&d->lock);
+	d->armed = cmd;
 	queue_delayed_work_on(RB_COMPLETION_CPU, d->wq, &cmd->timeout,
 			      msecs_to_jiffies(cmd->timeout_ms));
+	spin_unlock_irq(&d->lock);
+}
+
+bool rb_disk_fire_timeout(struct rb_disk *d)
+{
+	bool armed;
+
+	spin_lock_irq(&d->lock);
+	armed = d->armed;
+	if (armed)
+		mod_delayed_work_on(RB_COMPLETION_CPU, d->wq, &d->armed->timeout, 0);
+	spin_unlock_irq(&d->lock);
+	return armed;
 }
 
 /*
@@ -110,7 +125,12 @@ static void rb_cmd_done(struct work_struct *w)
 static void rb_cmd_timeout(struct work_struct *w)
 {
 	struct rb_cmd *cmd = container_of(to_delayed_work(w), struct rb_cmd, timeout);
+	struct rb_disk *d = cmd->disk;
 
+	spin_lock_irq(&d->lock);
+	if (d->armed == cmd)
+		d->armed = NULL;
+	spin_unlock_irq(&d->lock);
 	if (!cmd->fixed || !test_and_set_bit(RB_CMD_CLAIMED, &cmd->flags)) {
 		cmd->bio->bi_status = BLK_STS_IOERR;
 		bio_endio(cmd->bio);

@@ -22,6 +22,8 @@
 
 #define RB_NAME "racebench"
 
+struct rb_cmd;
+
 /* How a test disk completes the bios submitted to it. */
 enum rb_mode {
 	/* from its workqueue, right away */
@@ -69,6 +71,8 @@ struct rb_disk {
 	unsigned int delay_ms;
 	/* when set, only bios submitted by this task are held */
 	struct task_struct *hold_only;
+	/* the dup-mode command whose timeout path is armed */
+	struct rb_cmd *armed;
 
 	struct workqueue_struct *wq;
 	struct delayed_work work;
@@ -88,6 +92,8 @@ unsigned int rb_disk_release(struct rb_disk *d);
 /* Takes the held bios out, for a caller that completes them itself. */
 struct bio *rb_disk_take_held(struct rb_disk *d);
 unsigned int rb_disk_nr_held(struct rb_disk *d);
+/* Runs the armed dup-mode timeout path now; false if none is armed yet. */
+bool rb_disk_fire_timeout(struct rb_disk *d);
 /* A one-page write to the disk, not yet submitted. */
 struct bio *rb_disk_write_bio(struct rb_disk *d, sector_t sector,
 			      bio_end_io_t *end_io, void *private);
