@@ -9,6 +9,7 @@ pub mod clock;
 pub mod engine;
 pub mod event;
 pub mod filter;
+pub mod heartbeat;
 pub mod kernel;
 pub mod record;
 pub mod report;

@@ -145,18 +145,35 @@ impl<S: Stacks> Session<S> {
         // would read as a broken lifecycle. Losses still count.
         if ev.ts < self.opts.start_ns {
             match ev.kind {
-                EventKind::Lost { .. } => ev.ts = self.opts.start_ns,
+                EventKind::Lost { .. } | EventKind::LossChecked { .. } => {
+                    ev.ts = self.opts.start_ns
+                }
                 _ => {
                     self.before_start += 1;
                     return Ok(());
                 }
             }
         }
+        if let EventKind::LossChecked { .. } = ev.kind {
+            // Bookkeeping for the engine and the record file, not news.
+            if let Some(rec) = &mut self.recorder {
+                rec.event(&ev)?;
+            }
+            self.engine.push_into(ev, &mut self.findings);
+            self.report_findings();
+            return Ok(());
+        }
+        if !matches!(ev.kind, EventKind::Lost { .. }) {
+            self.summary.heartbeat.observe(ev.cpu, ev.ts);
+        }
         // Every stack and handler is resolved, shown or not: a finding may
         // quote it.
         let stack = ev
             .stack
             .and_then(|id| self.stacks.stack(id).map(|s| (id, s)));
+        if let Some((id, stack)) = &stack {
+            self.engine.learn_stack(*id, stack);
+        }
         if let Some(end_io) = end_io_of(&ev) {
             let _ = self.stacks.symbol(end_io);
         }

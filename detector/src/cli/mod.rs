@@ -199,6 +199,11 @@ pub struct TraceArgs {
     /// stack, and the summary counts them.
     #[arg(long, value_name = "N", default_value_t = 10_000)]
     pub stack_budget: u32,
+    /// Tasks the programs can follow at once in each per-task map (tasks
+    /// whose syscall return, wakeup or function exit is awaited). Past it,
+    /// those events are lost, counted and reported as loss.
+    #[arg(long, value_name = "N", default_value_t = 65536, value_parser = clap::value_parser!(u32).range(1..))]
+    pub task_map_entries: u32,
     #[command(flatten)]
     pub output: OutputArgs,
     #[command(flatten)]

@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::io::IsTerminal as _;
 use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, anyhow};
@@ -15,6 +16,7 @@ use crate::engine::Engine;
 use crate::filter::EventFilter;
 use crate::kernel::attach::{HookStatus, LoadOptions, Probes};
 use crate::kernel::coverage::{RuleState, coverage};
+use crate::kernel::loss::{LossCounters, Programs};
 use crate::kernel::reader::Reader;
 use crate::kernel::stacks::StackResolver;
 use crate::record::{FORMAT_VERSION, RecordHeader};
@@ -28,6 +30,9 @@ const RECORD_FLUSH_EVERY: Duration = Duration::from_secs(1);
 const MODULE_POLL_EVERY: Duration = Duration::from_secs(1);
 
 pub fn run(args: TraceArgs) -> Result<ExitCode> {
+    // Threads inherit this: the reader must be free to run on any CPU, so
+    // that one CPU stuck in a kernel bug cannot hold it.
+    unpin_from_cpus();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -35,6 +40,25 @@ pub fn run(args: TraceArgs) -> Result<ExitCode> {
         .context("cannot start the async runtime")?;
     runtime.block_on(trace(args))
 }
+
+/// Allows this thread (and the threads it starts) on every CPU.
+fn unpin_from_cpus() {
+    // SAFETY: cpu_set_t is plain data; CPU_SET writes inside it;
+    // sched_setaffinity reads it. Failure leaves the inherited mask.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        let cpus = libc::sysconf(libc::_SC_NPROCESSORS_CONF).clamp(1, libc::CPU_SETSIZE as i64);
+        for cpu in 0..cpus as usize {
+            libc::CPU_SET(cpu, &mut set);
+        }
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
+/// How long the main loop waits for the reader at the end, and how long
+/// without a batch from it before saying so: a reader stuck on a CPU that
+/// a kernel bug holds must not hang the session.
+const READER_STALL: Duration = Duration::from_secs(5);
 
 fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -90,6 +114,7 @@ async fn trace(args: TraceArgs) -> Result<ExitCode> {
     let opts = LoadOptions {
         ring_bytes: args.buffer_size,
         stack_budget: args.stack_budget,
+        task_map_entries: args.task_map_entries,
         ..LoadOptions::default()
     };
     let mut probes = Probes::load(opts)?;
@@ -106,7 +131,11 @@ async fn trace(args: TraceArgs) -> Result<ExitCode> {
         .take_counters()
         .context("the counters map is missing")?;
     let stack_map = probes.take_stacks().context("the stack map is missing")?;
-    let reader = Reader::new(ring, counters, DRAIN_EVERY).context("cannot poll the ring buffer")?;
+    let programs: Programs = Arc::new(Mutex::new(probes.attached_programs()));
+    let loss = LossCounters::new(counters, programs.clone());
+    let task_maps = probes.take_task_maps();
+    let reader = Reader::new(ring, loss, Some(task_maps), DRAIN_EVERY)
+        .context("cannot poll the ring buffer")?;
 
     let start_ns = monotonic_ns();
     let json = args.output.json;
@@ -174,11 +203,17 @@ async fn trace(args: TraceArgs) -> Result<ExitCode> {
     let mut status_tick = tokio::time::interval(Duration::from_secs(1));
     let mut last_record_flush = Instant::now();
     let mut last_status = (Instant::now(), 0u64);
+    let mut last_batch = Instant::now();
+    let mut warned_stall = false;
+    let mut warned_silent: Vec<u32> = Vec::new();
+    let mut health_tick = tokio::time::interval(Duration::from_secs(1));
 
     loop {
         tokio::select! {
             batch = rx.recv() => {
                 let Some(batch) = batch else { break };
+                last_batch = Instant::now();
+                warned_stall = false;
                 for ev in batch.events {
                     session.event(ev).context("writing the record file")?;
                 }
@@ -196,10 +231,31 @@ async fn trace(args: TraceArgs) -> Result<ExitCode> {
             _ = sigterm.recv() => break,
             _ = &mut deadline => break,
             _ = module_poll.tick() => {
+                // Modules come and go: symbolize with the current ones.
+                session.stacks.refresh_modules();
                 if probes.attach_module("md_mod") {
-                    session.stacks.refresh_modules();
+                    if let Ok(mut watched) = programs.lock() {
+                        *watched = probes.attached_programs();
+                    }
                     eprintln!("detector: md_mod loaded; md hooks attached");
                 }
+            }
+            _ = health_tick.tick() => {
+                let stalled = last_batch.elapsed();
+                if stalled >= READER_STALL && !warned_stall {
+                    warned_stall = true;
+                    eprintln!(
+                        "\ndetector: no events read for {}s: the reader is not running (its CPU may be stuck)",
+                        stalled.as_secs()
+                    );
+                }
+                let silent = session.summary.heartbeat.silent();
+                for cpu in &silent {
+                    if !warned_silent.contains(&cpu.cpu) {
+                        eprintln!("\ndetector: {}", cpu.describe());
+                    }
+                }
+                warned_silent = silent.iter().map(|c| c.cpu).collect();
             }
             _ = status_tick.tick(), if status_line => {
                 let (at, before) = last_status;
@@ -217,20 +273,51 @@ async fn trace(args: TraceArgs) -> Result<ExitCode> {
             }
         }
     }
-    // Stop the reader, then take everything it still had.
+    // Stop the reader, then take everything it still had; a reader that
+    // does not answer (stuck on a CPU) is left behind, and said so.
     let _ = stop_tx.send(true);
-    while let Some(batch) = rx.recv().await {
-        for ev in batch.events {
-            session.event(ev).context("writing the record file")?;
+    let drained = tokio::time::timeout(READER_STALL, async {
+        while let Some(batch) = rx.recv().await {
+            for ev in batch.events {
+                session.event(ev)?;
+            }
         }
-    }
-    let totals = reader_task.await.unwrap_or_default();
+        Ok::<_, std::io::Error>(())
+    })
+    .await;
+    let totals = match drained {
+        Ok(result) => {
+            result.context("writing the record file")?;
+            tokio::time::timeout(READER_STALL, reader_task)
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .unwrap_or_default()
+        }
+        Err(_) => {
+            eprintln!(
+                "\ndetector: the event reader did not stop within {}s (its CPU may be stuck); \
+                 events after its last drain are missing",
+                READER_STALL.as_secs()
+            );
+            Default::default()
+        }
+    };
     let records = session.finish().context("finishing the record file")?;
     if status_line {
         eprint!("\r\x1b[K");
     }
     eprint!("\n{}", session.summary.render());
     eprint!("{}", findings_summary(&session.engine_stats()));
+    let counters: Vec<String> = totals
+        .counters
+        .named()
+        .filter(|(_, n)| *n > 0)
+        .map(|(name, n)| format!("{name} {n}"))
+        .collect();
+    if !counters.is_empty() {
+        eprintln!("  kernel-side counters: {}", counters.join(", "));
+    }
     if totals.stacks_over_budget > 0 {
         eprintln!(
             "  events without a stack (over --stack-budget): {}",

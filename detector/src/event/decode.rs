@@ -141,6 +141,7 @@ fn kind_name(kind: u16) -> &'static str {
         kind::SCHED_WAKING => "sched_waking",
         kind::SCHED_WAKEUP => "sched_wakeup",
         kind::SYS_EXIT => "sys_exit",
+        kind::SYS_ENTER => "sys_enter",
         kind::TASK_EXIT => "task_exit",
         _ => "unknown",
     }
@@ -219,6 +220,9 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
                 remaining: r.remaining,
                 is_final: r.is_final != 0,
                 chain_depth: r.chain_depth,
+                opf: r.opf,
+                has_blkg: r.has_blkg != 0,
+                integrity: r.integrity != 0,
             }
         }
         kind::BIO_ENDIO_EXIT => {
@@ -351,7 +355,12 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
             EventKind::SysExit {
                 nr: r.nr,
                 ret: r.ret,
+                enter_reported: r.enter_reported != 0,
             }
+        }
+        kind::SYS_ENTER => {
+            let r: wire::SysExit = read_exact(bytes, name)?;
+            EventKind::SysEnter { nr: r.nr }
         }
         kind::TASK_EXIT => {
             let _: wire::TaskExit = read_exact(bytes, name)?;

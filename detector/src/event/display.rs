@@ -169,9 +169,11 @@ pub fn line(ev: &Event, start_ns: u64) -> String {
             target_tid,
             target_comm,
         } => write!(s, " {target_comm} {target_tid}"),
-        EventKind::SysExit { nr, ret } => write!(s, " nr={nr} ret={ret}"),
+        EventKind::SysExit { nr, ret, .. } => write!(s, " nr={nr} ret={ret}"),
+        EventKind::SysEnter { nr } => write!(s, " nr={nr}"),
         EventKind::TaskExit => Ok(()),
         EventKind::Lost { count, .. } => write!(s, " {count} events lost"),
+        EventKind::LossChecked { until } => write!(s, " losses accounted until {until}"),
     };
     s
 }

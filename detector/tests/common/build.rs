@@ -3,7 +3,8 @@
 //! stacks at `0xffffc90001000000` and above.
 
 use detector::event::{
-    Addr, Dev, Event, EventKind, Hook, StackId, TASK_UNINTERRUPTIBLE, TeardownStage, WaitVariant,
+    Addr, Dev, Event, EventKind, Hook, Stack, StackId, TASK_UNINTERRUPTIBLE, TeardownStage,
+    WaitVariant,
 };
 
 pub const S: u64 = 1_000_000_000;
@@ -94,8 +95,37 @@ pub fn queue(who: &Who, ts: u64, b: u64, disk: Dev) -> Event {
     queue_end_io(who, ts, b, disk, END_IO)
 }
 
+/// The stack every built submission quotes: a direct-I/O read.
+pub const SUBMIT_STACK: StackId = StackId(0x1_0001);
+/// The stack every built sleep quotes: the same read waiting for its bios.
+pub const SLEEP_STACK: StackId = StackId(0x1_0002);
+
+/// The functions on [`SUBMIT_STACK`] and [`SLEEP_STACK`].
+pub fn known_stacks() -> Vec<(StackId, Stack)> {
+    vec![
+        (
+            SUBMIT_STACK,
+            super::stack_of(&[
+                "submit_bio",
+                "__blkdev_direct_IO_simple",
+                "blkdev_read_iter",
+            ]),
+        ),
+        (
+            SLEEP_STACK,
+            super::stack_of(&[
+                "__schedule",
+                "schedule",
+                "io_schedule",
+                "__blkdev_direct_IO_simple",
+                "blkdev_read_iter",
+            ]),
+        ),
+    ]
+}
+
 pub fn queue_end_io(who: &Who, ts: u64, b: u64, disk: Dev, end_io: Addr) -> Event {
-    who.ev(
+    let mut ev = who.ev(
         ts,
         EventKind::BioQueue {
             bio: bio(b),
@@ -107,7 +137,9 @@ pub fn queue_end_io(who: &Who, ts: u64, b: u64, disk: Dev, end_io: Addr) -> Even
             end_io,
             private: Addr(0),
         },
-    )
+    );
+    ev.stack = Some(SUBMIT_STACK);
+    ev
 }
 
 pub fn endio(who: &Who, ts: u64, b: u64, disk: Dev, remaining: i32, depth: u8) -> Event {
@@ -138,6 +170,9 @@ pub fn endio_with(
             remaining,
             is_final: remaining <= 1,
             chain_depth: depth,
+            opf: 1,
+            has_blkg: false,
+            integrity: false,
         },
     )
 }
@@ -210,6 +245,7 @@ pub fn sleep(who: &Who, ts: u64, d_iowait: bool) -> Event {
         },
     );
     ev.hook = Hook::TpBtf;
+    ev.stack = Some(SLEEP_STACK);
     ev
 }
 
@@ -252,7 +288,15 @@ pub fn waking(waker: &Who, ts: u64, target: &Who) -> Event {
 }
 
 pub fn sys_exit(who: &Who, ts: u64) -> Event {
-    let mut ev = who.ev_at(ts, 0x3f80, EventKind::SysExit { nr: 16, ret: 0 });
+    let mut ev = who.ev_at(
+        ts,
+        0x3f80,
+        EventKind::SysExit {
+            nr: 16,
+            ret: 0,
+            enter_reported: false,
+        },
+    );
     ev.hook = Hook::TpBtf;
     ev.stack = None;
     ev

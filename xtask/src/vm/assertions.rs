@@ -640,6 +640,7 @@ const TRACEPOINT_HOOKS: &[&str] = &[
     "sched_waking",
     "sched_wakeup",
     "sys_exit",
+    "sys_enter",
     "sched_process_exit",
 ];
 

@@ -112,7 +112,8 @@ pub const SCENARIOS: &[Scenario] = &[
     Scenario {
         name: "lost_io",
         about: "a direct write whose bio the disk holds for 5 s",
-        findings: &["lost-io-completion"],
+        // the stall at the threshold, and its end when the disk lets go
+        findings: &["lost-io-completion", "late-io-completion"],
         also: &[],
         indeterminate: &[],
         known_failure: None,
