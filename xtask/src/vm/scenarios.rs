@@ -154,9 +154,7 @@ pub const SCENARIOS: &[Scenario] = &[
         findings: &[],
         also: &[],
         indeterminate: &[],
-        known_failure: Some(
-            "issue 8 case 1: the deferred verification's second bio_endio reads as a double completion",
-        ),
+        known_failure: None,
         check: assertions::disks::integrity_reads,
     },
     Scenario {
@@ -174,9 +172,7 @@ pub const SCENARIOS: &[Scenario] = &[
         findings: &[],
         also: &[],
         indeterminate: &[],
-        known_failure: Some(
-            "issue 8 case 2: a reused clone address completing without a visible submission reads as a double completion",
-        ),
+        known_failure: None,
         check: assertions::disks::dm_thin_unprovisioned,
     },
     Scenario {
@@ -185,9 +181,7 @@ pub const SCENARIOS: &[Scenario] = &[
         findings: &[],
         also: &[],
         indeterminate: &[],
-        known_failure: Some(
-            "issue 8 case 2: a reused clone address completing without a visible submission reads as a double completion",
-        ),
+        known_failure: None,
         check: assertions::disks::dm_zero_linear,
     },
     Scenario {
@@ -220,8 +214,9 @@ pub const SCENARIOS: &[Scenario] = &[
     Scenario {
         name: "stall_recovers",
         about: "issue 8 case 5: a disk holds 16 bios 5 s (a transport stall), then completes them all with status 0",
-        // while they are pending: a stall, not (yet) a lost completion
-        findings: &["lost-io-completion"],
+        // the stall at the threshold, while they are pending, and its end
+        // when they complete
+        findings: &["lost-io-completion", "late-io-completion"],
         also: &[],
         indeterminate: &[],
         known_failure: None,
@@ -233,9 +228,7 @@ pub const SCENARIOS: &[Scenario] = &[
         findings: &[],
         also: &[],
         indeterminate: &[],
-        known_failure: Some(
-            "issue 8 case 6: any iowait sleep after the task's own I/O completed reads as a lost wakeup",
-        ),
+        known_failure: None,
         check: assertions::lookalikes::iowait_folio_lock,
     },
     Scenario {
@@ -244,9 +237,7 @@ pub const SCENARIOS: &[Scenario] = &[
         findings: &[],
         also: &[],
         indeterminate: &[],
-        known_failure: Some(
-            "issue 8 case 6: any iowait sleep after the task's own I/O completed reads as a lost wakeup",
-        ),
+        known_failure: None,
         check: assertions::lookalikes::iowait_timeout,
     },
     Scenario {
@@ -255,9 +246,7 @@ pub const SCENARIOS: &[Scenario] = &[
         findings: &[],
         also: &[],
         indeterminate: &[],
-        known_failure: Some(
-            "issue 8 case 7: a long bio_endio reads as a handler spinning, on or off the CPU",
-        ),
+        known_failure: None,
         check: assertions::lookalikes::sleeping_handler,
     },
     Scenario {
@@ -266,9 +255,7 @@ pub const SCENARIOS: &[Scenario] = &[
         findings: &["complete-after-return"],
         also: &["unsynchronized-onstack-complete"],
         indeterminate: &[],
-        known_failure: Some(
-            "issue 8 case 8: the owner woken from an interrupt on the completer's CPU is taken as proof complete() returned first",
-        ),
+        known_failure: None,
         check: assertions::late_irq::late_complete_irq,
     },
     Scenario {
@@ -286,9 +273,7 @@ pub const SCENARIOS: &[Scenario] = &[
         findings: &["complete-after-return"],
         also: &["unsynchronized-onstack-complete"],
         indeterminate: &[],
-        known_failure: Some(
-            "issue 8 case 9: an interrupt on the owner's kernel stack reads as the owner completing its own completion",
-        ),
+        known_failure: None,
         check: assertions::late_irq::irq_in_user,
     },
     Scenario {
@@ -306,9 +291,7 @@ pub const SCENARIOS: &[Scenario] = &[
         findings: &["bio-double-complete"],
         also: &[],
         indeterminate: &[],
-        known_failure: Some(
-            "issue 8 case 10: the second real completion is compared with the hooked end_io and taken for a reuse",
-        ),
+        known_failure: None,
         check: assertions::hooks::endio_swap,
     },
     Scenario {

@@ -104,10 +104,14 @@ pub fn iowait_folio_lock(ctx: &Ctx) -> Result<()> {
 }
 
 /// iowait_timeout: the task sleeps in io_schedule_timeout and is woken
-/// ~5 s later.
+/// ~5 s later. (The stack is checked for schedule_timeout, which it calls:
+/// io_schedule_timeout is the first function of .sched.text and shares its
+/// address with the __sched_text_start marker, which a symbolizer may name
+/// instead; the sleep's iowait flag says it is the io_ variant.)
 pub fn iowait_timeout(ctx: &Ctx) -> Result<()> {
     let (sleep, wakeup) = iowait_after_own_io(ctx)?;
-    stack_shows(sleep, "io_schedule_timeout")?;
+    stack_shows(sleep, "schedule_timeout")?;
+    stack_shows(sleep, "rb_iowait_timeout")?;
     let ms = (wakeup.ts - sleep.ts) / MS;
     ensure!(ms >= 4500, "woken after {ms} ms; the timeout is 5 s");
     Ok(())
