@@ -139,6 +139,7 @@ const EXPECTED: &[(&str, &[FindingKind])] = &[
     ),
     ("bio_chain_children_end_together", &[]),
     ("md_freed_array_address_reused", &[]),
+    ("bio_chain_count_raised_between_calls", &[]),
 ];
 
 /// Names of every fixture file.

@@ -17,11 +17,14 @@ use crate::util::{output, run as run_cmd};
 /// make to build its test module (the kernel headers it builds against are
 /// installed by `cargo xtask vm-test`: their version follows the kernel),
 /// gcc and libc6-dev to build its static helpers, dmsetup for its
-/// device-mapper scenarios (copied into the guest with its libraries).
+/// device-mapper scenarios (copied into the guest with its libraries);
+/// debootstrap builds the Debian guest's root file system, e2fsprogs'
+/// mkfs.ext4 packs it into an image.
 const PACKAGES: &[&str] = &[
     "bpftool",
     "busybox-static",
     "cpio",
+    "debootstrap",
     "dmsetup",
     "e2fsprogs",
     "fio",

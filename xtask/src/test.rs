@@ -9,7 +9,8 @@ use crate::util::{run as run_cmd, workspace_root};
 
 #[derive(Args)]
 pub struct TestArgs {
-    /// Skip the VM bench (it boots a kernel under emulation: minutes).
+    /// Skip the VM bench and the benign suite (they boot a kernel under
+    /// emulation: minutes).
     #[arg(long)]
     skip_vm: bool,
     /// Skip the fuzz smoke run.
@@ -44,6 +45,8 @@ pub fn run(args: TestArgs) -> Result<()> {
     }
     if !args.skip_vm {
         crate::vm::run(crate::vm::VmTestArgs::default())?;
+        eprintln!("test: the benign suite in a Debian guest (zero findings)");
+        crate::vm::run(crate::vm::VmTestArgs::benign_suite())?;
     }
     eprintln!("test: all passed");
     Ok(())

@@ -125,9 +125,9 @@ pub struct Bio {
     pub done: Option<Completion>,
     /// Some `bio_endio` ran for it, final or not: the device answered.
     pub endio_activity: bool,
-    /// A chained bio's `__bi_remaining` after the decrements seen so far
-    /// (each `bio_endio` of it is one), when any was seen.
-    pub chain_left: Option<i32>,
+    /// A chained bio's latest `bio_endio`: the `__bi_remaining` it read
+    /// and its call (`handlers::Call::id`).
+    pub chain_read: Option<(i32, u64)>,
     pub lost_reported: bool,
     pub seen: Seen,
 }
@@ -339,7 +339,7 @@ impl Bios {
             episode: sub.episode,
             done: None,
             endio_activity: false,
-            chain_left: None,
+            chain_read: None,
             lost_reported: false,
             seen: sub.seen,
         };
@@ -447,7 +447,7 @@ impl Bios {
                 episode: 0,
                 done: Some(*done),
                 endio_activity: true,
-                chain_left: None,
+                chain_read: None,
                 lost_reported: false,
                 seen,
             },
@@ -489,20 +489,28 @@ impl Bios {
         }
     }
 
-    /// A `bio_endio` of a chained bio read `__bi_remaining == remaining`
-    /// before its decrement. Returns whether the decrements seen so far
-    /// bring the count to zero: two children ending at once on two CPUs
-    /// may both read 2, and the second of them completes the parent.
-    pub fn chain_drop(&mut self, addr: Addr, remaining: i32) -> bool {
+    /// A `bio_endio` of a chained bio, in call `call`, read
+    /// `__bi_remaining == remaining` before its decrement. Returns whether
+    /// it is the bio's final completion all the same: two children ending
+    /// at once on two CPUs may both read 2, and then one of them completes
+    /// the parent. Only overlapping calls say so: the count also goes up
+    /// (`bio_inc_remaining`: dm resubmitting the rest of a split bio, a new
+    /// child chained), so two reads of 2 one after the other mean nothing.
+    pub fn chain_drop(
+        &mut self,
+        addr: Addr,
+        remaining: i32,
+        call: u64,
+        open: impl Fn(u64) -> bool,
+    ) -> bool {
         let Some(bio) = self.bios.get_mut(&addr).filter(|b| b.in_flight()) else {
             return remaining <= 1;
         };
-        let after_this = remaining.saturating_sub(1);
-        let left = bio
-            .chain_left
-            .map_or(after_this, |left| left.saturating_sub(1).min(after_this));
-        bio.chain_left = Some(left);
-        left <= 0
+        let concurrent = bio
+            .chain_read
+            .is_some_and(|(read, other)| read == remaining && other != call && open(other));
+        bio.chain_read = Some((remaining, call));
+        remaining <= 1 || (remaining == 2 && concurrent)
     }
 
     /// In-flight bios on `disk` whose last sector lies in `[from, to)`.

@@ -318,14 +318,27 @@ impl World {
             };
             self.handlers.enter(actor, call, facts)
         });
-        let last = *is_final || self.bios.chain_drop(*bio, *remaining);
+        // A chained parent's decrement belongs to the call that ended its
+        // child: the innermost one of this context.
+        let call_id = match call {
+            Some(c) => c.id,
+            None => self
+                .handlers
+                .innermost_id(Exec::of(actor))
+                .unwrap_or(u64::MAX),
+        };
+        let handlers = &self.handlers;
+        let last = *is_final
+            || self
+                .bios
+                .chain_drop(*bio, *remaining, call_id, |id| handlers.call_open(id));
         if !last {
             self.bios.endio_activity(*bio);
             return;
         }
         let endio_call = EndioCall {
             // A chained parent shares the call of the child that ended it.
-            id: call.map_or(u64::MAX, |c| c.id),
+            id: call_id,
             identity: Identity {
                 end_io: *end_io,
                 private: *private,

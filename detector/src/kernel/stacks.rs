@@ -114,6 +114,14 @@ pub fn without_own_frames(mut frames: Vec<Frame>) -> Vec<Frame> {
         .rposition(is_bpf)
         .map_or(0, |last| last + 1);
     frames.drain(..own);
+    // Deeper down, a traced function called through its trampoline (fexit
+    // runs the function inside the trampoline's frame) shows the
+    // trampoline between it and its caller: that is detector's too.
+    frames.retain(|f| {
+        !f.symbol
+            .as_deref()
+            .is_some_and(|s| s.starts_with("bpf_trampoline_"))
+    });
     frames
 }
 
@@ -163,6 +171,28 @@ ffffffffc0401000 t bpf_prog_1a2b3c4d5e6f_enter_bio_endio\t[bpf]
             &[0xffffffffc0501010, 0xffffffffc0400030, 0xffffffff81000105],
         );
         assert_eq!(names(&stack), ["bio_endio+0x5"]);
+    }
+
+    #[test]
+    fn trampolines_of_traced_callers_go_too() {
+        // bio_endio nested in bio_endio: the outer call runs inside its
+        // fexit trampoline, which shows between it and the inner one.
+        let t = Kallsyms::parse(KALLSYMS, "");
+        let stack = symbolize(
+            &t,
+            &[
+                0xffffffffc0401010,
+                0xffffffffc0400030,
+                0xffffffff81000105,
+                0xffffffff81000310,
+                0xffffffffc0400070,
+                0xffffffff81000105,
+            ],
+        );
+        assert_eq!(
+            names(&stack),
+            ["bio_endio+0x5", "blk_update_request+0x10", "bio_endio+0x5"]
+        );
     }
 
     #[test]

@@ -9,7 +9,11 @@
 //! `tests/kmod`.
 
 mod assertions;
+mod benign;
+mod blktests;
 mod debian;
+mod debian_guest;
+mod debian_run;
 mod events;
 mod fixtures;
 mod guests;
@@ -17,9 +21,13 @@ mod helpers;
 mod initramfs;
 mod kernel;
 mod kmod;
+mod markers;
+mod mirror;
 mod qemu;
 mod results;
+mod rootfs;
 mod scenarios;
+mod tally;
 
 use std::collections::HashSet;
 use std::fs;
@@ -89,7 +97,7 @@ const MODULE_SETS: &[ModuleSet] = &[
 const BASE_TIMEOUT_SECS: u64 = 240;
 const TIMEOUT_SECS_PER_SCENARIO: u64 = 90;
 /// Seconds `detector trace` may take to attach under emulation.
-const ATTACH_TIMEOUT_SECS: u64 = 180;
+pub(crate) const ATTACH_TIMEOUT_SECS: u64 = 180;
 
 #[derive(Args, Default)]
 pub struct VmTestArgs {
@@ -130,6 +138,38 @@ pub struct VmTestArgs {
     /// assertions.
     #[arg(long)]
     rejudge: bool,
+    /// Instead of the seed races: the benign suite of real workloads in a
+    /// Debian guest (md raid1, dm-thin, integrity, NVMe passthrough, a disk
+    /// deleted under I/O, null_blk), which must give zero findings.
+    #[arg(long, conflicts_with_all = ["scenarios", "no_detector", "save_fixtures"])]
+    benign: bool,
+    /// With --benign: run only this workload (repeatable); see --list.
+    #[arg(long = "workload", value_name = "NAME", requires = "benign")]
+    workloads: Vec<String>,
+    /// Instead of the seed races: blktests from this checkout (built with
+    /// `make`) in the Debian guest, detector attached, groups block, loop,
+    /// scsi, md, dm, throtl and nvme (over TCP). The long run: an hour or
+    /// more under emulation.
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["scenarios", "no_detector", "save_fixtures", "benign"])]
+    blktests: Option<PathBuf>,
+    /// With --blktests: only these groups or tests (repeatable), e.g.
+    /// `--only loop --only block/027`.
+    #[arg(long = "only", value_name = "GROUP|TEST", requires = "blktests")]
+    only: Vec<String>,
+    /// With --blktests: blktests' quick run (only tests marked quick or
+    /// timed, timed ones cut to 20 s): the representative subset.
+    #[arg(long, requires = "blktests")]
+    quick: bool,
+}
+
+impl VmTestArgs {
+    /// `vm-test --benign` as `cargo xtask test` runs it.
+    pub fn benign_suite() -> Self {
+        Self {
+            benign: true,
+            ..Self::default()
+        }
+    }
 }
 
 pub fn run(args: VmTestArgs) -> Result<()> {
@@ -137,7 +177,17 @@ pub fn run(args: VmTestArgs) -> Result<()> {
         for s in SCENARIOS {
             println!("{:<32} {}", s.name, s.about);
         }
+        println!("\nbenign workloads (--benign --workload NAME):");
+        for w in benign::WORKLOADS {
+            println!("{:<32} {}", w.name, w.about);
+        }
         return Ok(());
+    }
+    if args.benign {
+        return debian_run::benign(&args);
+    }
+    if let Some(dir) = &args.blktests {
+        return debian_run::blktests(&args, dir);
     }
     let started = Instant::now();
     let selected = select(&args.scenarios)?;
@@ -238,7 +288,7 @@ pub fn run(args: VmTestArgs) -> Result<()> {
 }
 
 /// One guest per core (each keeps one busy), at most four.
-fn default_jobs() -> usize {
+pub(crate) fn default_jobs() -> usize {
     std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1)
@@ -275,6 +325,8 @@ fn boot_all(guests: &[Guest], vmlinux: &Path, timeout: Duration) -> Result<Vec<q
             share: g.share(),
             log: g.log(),
             timeout,
+            append: String::new(),
+            extra_args: Vec::new(),
         })
         .collect();
     std::thread::scope(|scope| {
