@@ -15,7 +15,9 @@ use crate::util::{output, run as run_cmd};
 /// VM bench (qemu-utils is already installed, newer, and must not be
 /// replaced), cpio to pack its initramfs, xz-utils to unpack its kernel,
 /// make to build its test module (the kernel headers it builds against are
-/// installed by `cargo xtask vm-test`: their version follows the kernel);
+/// installed by `cargo xtask vm-test`: their version follows the kernel),
+/// gcc and libc6-dev to build its static helpers, dmsetup for its
+/// device-mapper scenarios (copied into the guest with its libraries);
 /// debootstrap builds the Debian guest's root file system, e2fsprogs'
 /// mkfs.ext4 packs it into an image. `cargo xtask bench` compares detector
 /// with a bpftrace script, runs `perf bench` (linux-perf), stages a stalled
@@ -28,8 +30,11 @@ const PACKAGES: &[&str] = &[
     "busybox-static",
     "cpio",
     "debootstrap",
+    "dmsetup",
     "e2fsprogs",
     "fio",
+    "gcc",
+    "libc6-dev",
     "linux-perf",
     "make",
     "qemu-system-x86",
