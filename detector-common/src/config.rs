@@ -48,6 +48,10 @@ pub struct BioOffsets {
     pub private: u32,
     /// Bit number of `BIO_CHAIN` in `bi_flags` (an enum value in BTF).
     pub flag_chain_bit: u32,
+    /// `bi_blkg` (cgroup kernels only).
+    pub blkg: u32,
+    /// Bit number of `REQ_INTEGRITY` in `bi_opf` (`__REQ_INTEGRITY`).
+    pub req_integrity_bit: u32,
     pub _pad: u32,
 }
 
@@ -99,7 +103,8 @@ pub struct ProbeConfig {
     pub completion_done: u32,
     /// `completion.wait`: `__init_swait_queue_head` sees `&x->wait`, not `x`.
     pub completion_wait: u32,
-    /// Size of a task's kernel stack (THREAD_SIZE); it is not in BTF.
+    /// Size of a task's kernel stack (THREAD_SIZE); it is not in BTF and
+    /// is derived from the architecture, page size and KASAN.
     pub thread_size: u32,
     /// `pt_regs.orig_ax` (x86) / `pt_regs.syscallno` (arm64): the syscall nr.
     pub pt_regs_syscall_nr: u32,
@@ -108,20 +113,27 @@ pub struct ProbeConfig {
     /// events (submissions, completions, I/O sleeps) would otherwise take one
     /// each; past the budget events go without a stack (counted).
     pub stack_budget: u32,
-    pub _pad: u32,
+    /// Index of `prev_state` among `sched_switch`'s arguments (3 since 5.18),
+    /// or `NO_OFFSET` when the tracepoint does not pass it: the programs
+    /// then read `prev->__state` ([`ProbeConfig::task_state`]).
+    pub sched_switch_prev_state_arg: u32,
     /// Address of `bio_chain_endio`, to follow chained bios (0 if unknown).
     pub bio_chain_endio: u64,
     /// Bytes of unread ring-buffer data past which a producer wakes the
     /// reader. Below it events are submitted silently and the reader's drain
     /// timer picks them up: a wakeup per event costs more than the I/O.
     pub wakeup_threshold: u64,
+    /// `task_struct.__state`, for kernels whose `sched_switch` does not
+    /// pass `prev_state` (before 5.18).
+    pub task_state: u32,
+    pub _pad: u32,
 }
 
 const _: () = assert!(core::mem::size_of::<TaskOffsets>() == 24);
-const _: () = assert!(core::mem::size_of::<BioOffsets>() == 48);
+const _: () = assert!(core::mem::size_of::<BioOffsets>() == 56);
 const _: () = assert!(core::mem::size_of::<BlockOffsets>() == 32);
 const _: () = assert!(core::mem::size_of::<MdOffsets>() == 16);
-const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 160);
+const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 176);
 
 impl ProbeConfig {
     /// A config with every offset unknown: programs read nothing.
@@ -146,6 +158,8 @@ impl ProbeConfig {
             end_io: NO_OFFSET,
             private: NO_OFFSET,
             flag_chain_bit: NO_OFFSET,
+            blkg: NO_OFFSET,
+            req_integrity_bit: NO_OFFSET,
             _pad: 0,
         },
         block: BlockOffsets {
@@ -169,9 +183,11 @@ impl ProbeConfig {
         thread_size: 0,
         pt_regs_syscall_nr: NO_OFFSET,
         stack_budget: 0,
-        _pad: 0,
+        sched_switch_prev_state_arg: NO_OFFSET,
         bio_chain_endio: 0,
         wakeup_threshold: 0,
+        task_state: NO_OFFSET,
+        _pad: 0,
     };
 }
 

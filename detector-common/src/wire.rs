@@ -59,8 +59,11 @@ pub mod kind {
     pub const BIO_INIT: u16 = 22;
     /// `del_gendisk()` returned: the disk is gone.
     pub const DEL_GENDISK_EXIT: u16 = 23;
+    /// `raw_syscalls:sys_enter` for a task whose return to user space was
+    /// reported with `SysExit::enter_reported`: it is back in the kernel.
+    pub const SYS_ENTER: u16 = 24;
     /// Highest kind in use.
-    pub const MAX: u16 = 23;
+    pub const MAX: u16 = 24;
 }
 
 /// How the program that produced a record was attached (`Header::hook`).
@@ -199,6 +202,8 @@ pub struct BioEndio {
     pub size: u32,
     /// `__bi_remaining` on entry.
     pub remaining: i32,
+    /// `bi_opf`: the operation (low 8 bits) and flags.
+    pub opf: u32,
     pub flags: u16,
     pub status: u8,
     /// 1 when this call runs the bio's `bi_end_io` (its final completion):
@@ -207,7 +212,14 @@ pub struct BioEndio {
     /// 0 for the bio passed to `bio_endio`; n for the n-th parent the
     /// kernel completes in the same call by following `bio_chain_endio`.
     pub chain_depth: u8,
-    pub _pad: [u8; 3],
+    /// 1 when `bi_blkg` was set on entry. `bio_uninit()` clears it on the
+    /// final completion, so a bio completed before shows 0, while a new
+    /// bio at the same address (a clone, a split) usually shows 1 again.
+    pub has_blkg: u8,
+    /// 1 when `REQ_INTEGRITY` was set on entry: a successful read then
+    /// defers to integrity verification, which calls `bio_endio` again.
+    pub integrity: u8,
+    pub _pad: [u8; 5],
 }
 
 /// `BIO_ENDIO_EXIT`, `BIO_INIT`: a bare bio pointer.
@@ -298,13 +310,17 @@ pub struct SchedWake {
     pub target_comm: [u8; COMM_LEN],
 }
 
-/// `SYS_EXIT`.
+/// `SYS_EXIT`, `SYS_ENTER` (`ret` is 0).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SysExit {
     pub header: Header,
     pub nr: i64,
     pub ret: i64,
+    /// `SYS_EXIT`: the task's next syscall entry will be reported too, so
+    /// until then it is known to be in user space.
+    pub enter_reported: u8,
+    pub _pad: [u8; 7],
 }
 
 /// `TASK_EXIT` carries the header alone.
@@ -314,14 +330,14 @@ const _: () = assert!(core::mem::size_of::<Header>() == 64);
 const _: () = assert!(core::mem::size_of::<BioQueue>() == 112);
 const _: () = assert!(core::mem::size_of::<RqComplete>() == 64 + 32 + 8 * RQ_MAX_BIOS);
 const _: () = assert!(core::mem::size_of::<BioComplete>() == 96);
-const _: () = assert!(core::mem::size_of::<BioEndio>() == 120);
+const _: () = assert!(core::mem::size_of::<BioEndio>() == 128);
 const _: () = assert!(core::mem::size_of::<BioRef>() == 72);
 const _: () = assert!(core::mem::size_of::<CompletionEvent>() == 88);
 const _: () = assert!(core::mem::size_of::<MdEvent>() == 112);
 const _: () = assert!(core::mem::size_of::<DiskEvent>() == 80);
 const _: () = assert!(core::mem::size_of::<SchedSwitch>() == 120);
 const _: () = assert!(core::mem::size_of::<SchedWake>() == 88);
-const _: () = assert!(core::mem::size_of::<SysExit>() == 80);
+const _: () = assert!(core::mem::size_of::<SysExit>() == 88);
 
 /// The size of a record of `kind`, or `None` for an unknown kind.
 pub const fn record_size(kind: u16) -> Option<usize> {
@@ -345,13 +361,16 @@ pub const fn record_size(kind: u16) -> Option<usize> {
         kind::DEL_GENDISK | kind::DEL_GENDISK_EXIT => size_of::<DiskEvent>(),
         kind::SCHED_SWITCH => size_of::<SchedSwitch>(),
         kind::SCHED_WAKING | kind::SCHED_WAKEUP => size_of::<SchedWake>(),
-        kind::SYS_EXIT => size_of::<SysExit>(),
+        kind::SYS_EXIT | kind::SYS_ENTER => size_of::<SysExit>(),
         kind::TASK_EXIT => size_of::<TaskExit>(),
         _ => return None,
     })
 }
 
-/// Indexes of the per-CPU `COUNTERS` array.
+/// Counters, by index. The first [`counter::COUNT`] are the per-CPU
+/// `COUNTERS` array the programs bump; the rest are read by userspace from
+/// the kernel's own accounting of the programs. Every counter has a name
+/// ([`counter::NAMES`]) under which it is reported and exported.
 pub mod counter {
     /// A ring-buffer reserve failed: the event is lost.
     pub const DROPPED: u32 = 0;
@@ -361,25 +380,42 @@ pub mod counter {
     pub const STACK_ERRORS: u32 = 2;
     /// A stack was not taken: the CPU's stack budget was spent.
     pub const STACKS_OVER_BUDGET: u32 = 3;
-    /// Number of counters.
-    pub const COUNT: u32 = 4;
+    /// `WATCHED` was full: a task's return to user space goes unreported.
+    pub const WATCHED_FULL: u32 = 4;
+    /// `SLEEPERS` was full: a sleeping task's wakeup goes unreported.
+    pub const SLEEPERS_FULL: u32 = 5;
+    /// `ENTRY_ARGS` or `MD_WRITES` was full: an exit or completion event
+    /// loses what its entry knew (a kretprobe exit is not reported at all).
+    pub const ARGS_FULL: u32 = 6;
+    /// Number of counters the programs keep (entries of `COUNTERS`).
+    pub const COUNT: u32 = 7;
+    /// Runs of detector's programs the kernel skipped because a program
+    /// was already running on that CPU (`recursion_misses` in each
+    /// program's `bpf_prog_info`: fentry, fexit, tp_btf and raw
+    /// tracepoints; kprobes too since 6.7). Read by userspace.
+    pub const RECURSION_MISSES: u32 = 7;
+    /// Number of counters, kernel-kept and userspace-read.
+    pub const ALL: u32 = 8;
 
-    /// Each counter's name, by index: userspace exports counter `i` as the
-    /// Prometheus counter `detector_<NAMES[i]>_total`, so a new index only
-    /// needs its name here (the array length makes the build fail without
-    /// it). Names are lower_snake_case and say what was lost.
-    pub const NAMES: [&str; COUNT as usize] = [
-        "events_lost",
-        "kernel_read_errors",
+    /// Each counter's name, by index.
+    pub const NAMES: [&str; ALL as usize] = [
+        "ring_buffer_full",
+        "read_errors",
         "stack_errors",
         "stacks_over_budget",
+        "watched_map_full",
+        "sleepers_map_full",
+        "entry_args_map_full",
+        "recursion_misses",
     ];
 
-    /// One line of help per counter, by index (the metric's `# HELP`).
-    pub const HELP: [&str; COUNT as usize] = [
-        "Events lost in the kernel: the ring buffer was full when a program reserved a record",
-        "Kernel memory reads by the programs that failed (the field read as zero)",
-        "Kernel stack captures that failed (the event carries no stack)",
-        "Kernel stacks not captured because a CPU had spent its per-second stack budget",
-    ];
+    /// Whether the counter counts events that never reached userspace (or
+    /// reached it without what a rule needs): each increase becomes a loss
+    /// marker.
+    pub const fn is_loss(index: u32) -> bool {
+        matches!(
+            index,
+            DROPPED | WATCHED_FULL | SLEEPERS_FULL | ARGS_FULL | RECURSION_MISSES
+        )
+    }
 }

@@ -13,8 +13,8 @@ pub mod site {
     pub const CHAIN_CUT: u32 = 0;
     /// A request's bio walk stopped at `RQ_MAX_BIOS`.
     pub const RQ_WALK_CUT: u32 = 1;
-    /// A task could not be added to `WATCHED`.
-    pub const WATCH_FAILED: u32 = 2;
+    /// A per-task map was full: an insert failed.
+    pub const MAP_FULL: u32 = 2;
     pub const COUNT: u32 = 3;
 }
 

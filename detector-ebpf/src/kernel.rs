@@ -36,6 +36,24 @@ pub fn read<T: Copy + Default>(base: u64, offset: u32) -> T {
     }
 }
 
+/// Reads a `T` at `base + offset` without a branch: the helper zero-fills
+/// its destination when the read fails, and a missing field (`NO_OFFSET`)
+/// or a null base make an address it rejects. For hot paths with many
+/// reads, where every branch multiplies the states the verifier walks
+/// (bio_endio's chain loop); failures are not counted.
+#[inline(always)]
+pub fn peek<T: Copy>(base: u64, offset: u32) -> T {
+    let mut value = core::mem::MaybeUninit::<T>::zeroed();
+    unsafe {
+        aya_ebpf::helpers::generated::bpf_probe_read_kernel(
+            value.as_mut_ptr().cast(),
+            core::mem::size_of::<T>() as u32,
+            base.wrapping_add(offset as u64) as *const core::ffi::c_void,
+        );
+        value.assume_init()
+    }
+}
+
 #[inline(always)]
 pub fn current_task() -> u64 {
     unsafe { bpf_get_current_task() }
@@ -56,6 +74,17 @@ pub fn bio_devs(cfg: &ProbeConfig, bio: u64) -> (u32, u32) {
     let dev: u32 = read(bdev, cfg.block.bdev_dev);
     let disk: u64 = read(bdev, cfg.block.bdev_disk);
     (dev, disk_dev(cfg, disk))
+}
+
+/// [`bio_devs`] with [`peek`]s.
+#[inline(always)]
+pub fn bio_devs_peek(cfg: &ProbeConfig, bio: u64) -> (u32, u32) {
+    let bdev: u64 = peek(bio, cfg.bio.bdev);
+    let dev: u32 = peek(bdev, cfg.block.bdev_dev);
+    let disk: u64 = peek(bdev, cfg.block.bdev_disk);
+    let major: i32 = peek(disk, cfg.block.disk_major);
+    let minor: i32 = peek(disk, cfg.block.disk_first_minor);
+    (dev, ((major as u32) << 20) | (minor as u32 & 0xfffff))
 }
 
 /// Whether `addr` lies in the kernel stack that starts at `stack_base`.

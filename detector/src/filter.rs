@@ -247,6 +247,9 @@ mod tests {
                 remaining: 1,
                 is_final: true,
                 chain_depth: 0,
+                opf: 0,
+                has_blkg: false,
+                integrity: false,
             },
         )
     }

@@ -11,6 +11,7 @@ pub mod clock;
 pub mod engine;
 pub mod event;
 pub mod filter;
+pub mod heartbeat;
 pub mod kernel;
 pub mod metrics;
 pub mod record;
@@ -18,3 +19,5 @@ pub mod report;
 pub mod service;
 pub mod session;
 pub mod summary;
+#[doc(hidden)]
+pub mod synth;

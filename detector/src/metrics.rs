@@ -38,8 +38,8 @@ pub const IO_BUCKETS: [f64; 16] = [
     5.0, 30.0,
 ];
 
-/// The kind of the reader's loss markers (not kernel events).
-const LOSS_MARKER: &str = "lost";
+/// Kinds the reader makes (loss markers, loss checks), not kernel events.
+const NOT_KERNEL_EVENTS: [&str; 2] = ["lost", "loss_checked"];
 
 /// Every state a rule can be in, for `detector_rule_state`.
 const RULE_STATES: [&str; 5] = [
@@ -58,8 +58,10 @@ pub struct Metrics {
     registry: Registry,
     events: IntCounterVec,
     decode_errors: IntCounter,
-    /// One per `detector_common::counter` index.
-    kernel: Vec<IntCounter>,
+    /// Kernel-side counters that count lost events, by cause.
+    lost: IntCounterVec,
+    /// The other kernel-side counters, one metric each, by counter index.
+    kernel: Vec<(u32, IntCounter)>,
     findings: IntCounterVec,
     pub store_errors: IntCounter,
     rule_active: GaugeVec,
@@ -81,12 +83,12 @@ fn counter(name: &str, help: &str) -> Result<IntCounter, prometheus::Error> {
 impl Metrics {
     pub fn new() -> Result<Self, MetricsError> {
         let registry = Registry::new();
-        let kernel = (0..counter::COUNT as usize)
+        let kernel = (0..counter::ALL)
+            .filter(|i| !counter::is_loss(*i))
             .map(|i| {
-                counter(
-                    &format!("detector_{}_total", counter::NAMES[i]),
-                    counter::HELP[i],
-                )
+                let name = counter::NAMES[i as usize];
+                let help = format!("Kernel-side count {name} (detector_common::counter {i})");
+                counter(&format!("detector_kernel_{name}_total"), &help).map(|c| (i, c))
             })
             .collect::<Result<Vec<_>, _>>()?;
         let histogram = |name: &str, help: &str| {
@@ -100,6 +102,14 @@ impl Metrics {
             decode_errors: counter(
                 "detector_decode_errors_total",
                 "Ring-buffer records that did not decode (counted and skipped)",
+            )?,
+            lost: IntCounterVec::new(
+                Opts::new(
+                    "detector_events_lost_total",
+                    "Events lost on the kernel side, by cause: ring_buffer_full (a ring-buffer \
+                     reserve failed), a per-task map full, recursion misses",
+                ),
+                &["cause"],
             )?,
             kernel,
             findings: IntCounterVec::new(
@@ -174,7 +184,8 @@ impl Metrics {
         let r = &self.registry;
         r.register(Box::new(self.events.clone()))?;
         r.register(Box::new(self.decode_errors.clone()))?;
-        for c in &self.kernel {
+        r.register(Box::new(self.lost.clone()))?;
+        for (_, c) in &self.kernel {
             r.register(Box::new(c.clone()))?;
         }
         r.register(Box::new(self.findings.clone()))?;
@@ -204,8 +215,14 @@ impl Metrics {
         for mechanism in Mechanism::ALL {
             self.hooks_attached.with_label_values(&[mechanism.name()]);
         }
-        for kind in EventKind::NAMES.iter().filter(|k| **k != LOSS_MARKER) {
+        for kind in EventKind::NAMES
+            .iter()
+            .filter(|k| !NOT_KERNEL_EVENTS.contains(k))
+        {
             self.events.with_label_values(&[kind]);
+        }
+        for i in (0..counter::ALL).filter(|i| counter::is_loss(*i)) {
+            self.lost.with_label_values(&[counter::NAMES[i as usize]]);
         }
         let mut engine = self.lock_engine();
         for rule in Rule::ALL {
@@ -300,8 +317,13 @@ impl Metrics {
     /// Copies in what the engine and the reader keep.
     pub fn publish(&self, stats: &EngineStats, reader: Option<&ReaderTotals>) {
         if let Some(totals) = reader {
-            for (c, &value) in self.kernel.iter().zip(totals.kernel.iter()) {
-                c.inc_by(value.saturating_sub(c.get()));
+            let up_to = |c: &IntCounter, value: u64| c.inc_by(value.saturating_sub(c.get()));
+            for (i, c) in &self.kernel {
+                up_to(c, totals.counters.get(*i));
+            }
+            for i in (0..counter::ALL).filter(|i| counter::is_loss(*i)) {
+                let c = self.lost.with_label_values(&[counter::NAMES[i as usize]]);
+                up_to(&c, totals.counters.get(i));
             }
             let d = &self.decode_errors;
             d.inc_by(totals.decode_errors.saturating_sub(d.get()));
@@ -317,7 +339,7 @@ impl Metrics {
         MetricsSink {
             events: EventKind::NAMES
                 .iter()
-                .filter(|k| **k != LOSS_MARKER)
+                .filter(|k| !NOT_KERNEL_EVENTS.contains(k))
                 .map(|k| (*k, self.events.with_label_values(&[k])))
                 .collect(),
             metrics: self.clone(),
@@ -339,9 +361,9 @@ pub struct MetricsSink {
 impl MetricsSink {
     fn count(&mut self, ev: &Event) {
         let name = ev.kind.name();
-        if name == LOSS_MARKER {
-            // Made by the reader, not the kernel: the losses it stands for
-            // are counted by detector_events_lost_total.
+        if NOT_KERNEL_EVENTS.contains(&name) {
+            // Made by the reader, not the kernel: the losses they stand
+            // for are counted by detector_events_lost_total.
             return;
         }
         match self

@@ -1,12 +1,18 @@
 //! The end-of-session summary: what was seen, per kind and per device, what
 //! was lost, and which bios were still in flight.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 
+use rustc_hash::FxHashMap;
 use serde::Serialize;
 
 use crate::event::{Addr, Dev, Event, EventKind};
+use crate::heartbeat::{Heartbeat, SilentCpu};
+
+/// A CPU silent this long while others report is named in the summary
+/// (half the kernel's default soft-lockup threshold of 20 s).
+pub const SILENT_CPU_AFTER_NS: u64 = 10_000_000_000;
 
 #[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
 pub struct DeviceStats {
@@ -18,18 +24,39 @@ pub struct DeviceStats {
     pub in_flight: u64,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Summary {
     first_ts: Option<u64>,
     last_ts: u64,
-    pub by_kind: BTreeMap<&'static str, u64>,
+    /// Events by [`EventKind::index`]: an array, as this runs per event.
+    counts: [u64; EventKind::NAMES.len()],
     pub lost: u64,
+    /// Lost events by cause (`ring_buffer_full`, `sleepers_map_full`, ...).
+    pub lost_by_cause: BTreeMap<&'static str, u64>,
     devices: BTreeMap<Dev, DeviceStats>,
     /// Bio -> (disk, sector), for bios submitted during the session.
-    in_flight: HashMap<Addr, (Dev, u64)>,
+    in_flight: FxHashMap<Addr, (Dev, u64)>,
     /// Devices some completion was seen for: a device missing here never
     /// reported completions this kernel's hooks can see.
     completion_seen: BTreeSet<Dev>,
+    /// Fed every event, shown or not (see [`Summary::heartbeat`]).
+    pub heartbeat: Heartbeat,
+}
+
+impl Default for Summary {
+    fn default() -> Self {
+        Self {
+            first_ts: None,
+            last_ts: 0,
+            counts: [0; EventKind::NAMES.len()],
+            lost: 0,
+            lost_by_cause: BTreeMap::new(),
+            devices: BTreeMap::new(),
+            in_flight: FxHashMap::default(),
+            completion_seen: BTreeSet::new(),
+            heartbeat: Heartbeat::new(SILENT_CPU_AFTER_NS),
+        }
+    }
 }
 
 /// The summary as JSON (`--json` sessions print it to stderr as text and
@@ -40,8 +67,11 @@ pub struct SummaryJson {
     pub events: u64,
     pub by_kind: BTreeMap<&'static str, u64>,
     pub lost: u64,
+    pub lost_by_cause: BTreeMap<&'static str, u64>,
     pub devices: BTreeMap<String, DeviceStats>,
     pub in_flight: u64,
+    /// CPUs that stopped reporting events while others went on.
+    pub silent_cpus: Vec<SilentCpu>,
 }
 
 impl Summary {
@@ -61,7 +91,7 @@ impl Summary {
     pub fn observe(&mut self, ev: &Event) {
         self.first_ts.get_or_insert(ev.ts);
         self.last_ts = self.last_ts.max(ev.ts);
-        *self.by_kind.entry(ev.kind.name()).or_default() += 1;
+        self.counts[ev.kind.index()] += 1;
         match &ev.kind {
             EventKind::BioQueue {
                 bio,
@@ -122,13 +152,26 @@ impl Summary {
                     }
                 }
             }
-            EventKind::Lost { count, .. } => self.lost += count,
+            EventKind::Lost { count, cause, .. } => {
+                self.lost += count;
+                *self.lost_by_cause.entry(cause.name()).or_default() += count;
+            }
             _ => {}
         }
     }
 
     pub fn events(&self) -> u64 {
-        self.by_kind.values().sum()
+        self.counts.iter().sum()
+    }
+
+    /// Events by kind name, kinds seen only.
+    pub fn by_kind(&self) -> BTreeMap<&'static str, u64> {
+        EventKind::NAMES
+            .iter()
+            .zip(self.counts)
+            .filter(|(_, n)| *n > 0)
+            .map(|(name, n)| (*name, n))
+            .collect()
     }
 
     pub fn duration_ns(&self) -> u64 {
@@ -151,14 +194,16 @@ impl Summary {
         SummaryJson {
             duration_ns: self.duration_ns(),
             events: self.events(),
-            by_kind: self.by_kind.clone(),
+            by_kind: self.by_kind(),
             lost: self.lost,
+            lost_by_cause: self.lost_by_cause.clone(),
             devices: self
                 .device_table()
                 .into_iter()
                 .map(|(d, s)| (d.to_string(), s))
                 .collect(),
             in_flight: self.in_flight(),
+            silent_cpus: self.heartbeat.silent(),
         }
     }
 
@@ -177,9 +222,16 @@ impl Summary {
                 ""
             }
         );
-        if !self.by_kind.is_empty() {
+        for (cause, n) in &self.lost_by_cause {
+            let _ = writeln!(out, "  lost ({cause}): {n}");
+        }
+        for cpu in self.heartbeat.silent() {
+            let _ = writeln!(out, "  {}", cpu.describe());
+        }
+        let by_kind = self.by_kind();
+        if !by_kind.is_empty() {
             let _ = writeln!(out, "\n  {:<22} {:>10}", "EVENT", "COUNT");
-            for (kind, n) in &self.by_kind {
+            for (kind, n) in &by_kind {
                 let _ = writeln!(out, "  {kind:<22} {n:>10}");
             }
         }
@@ -259,16 +311,29 @@ mod tests {
             EventKind::Lost {
                 count: 5,
                 until: 31,
+                cause: crate::event::LossCause::RingBufferFull,
             },
         ));
-        assert_eq!(s.by_kind["bio_queue"], 3);
-        assert_eq!(s.lost, 5);
+        s.observe(&ev(
+            32,
+            EventKind::Lost {
+                count: 2,
+                until: 33,
+                cause: crate::event::LossCause::RecursionMisses,
+            },
+        ));
+        assert_eq!(s.by_kind()["bio_queue"], 3);
+        assert_eq!(s.lost, 7);
+        assert_eq!(s.lost_by_cause["ring_buffer_full"], 5);
+        assert_eq!(s.lost_by_cause["recursion_misses"], 2);
         assert_eq!(s.in_flight(), 1);
-        assert_eq!(s.duration_ns(), 20);
+        assert_eq!(s.duration_ns(), 22);
         let dev = &s.device_table()[&Dev::new(8, 0)];
         assert_eq!((dev.submitted, dev.completed, dev.in_flight), (2, 1, 1));
         let text = s.render();
-        assert!(text.contains("8:0") && text.contains("5 lost"), "{text}");
+        assert!(text.contains("8:0") && text.contains("7 lost"), "{text}");
+        assert!(text.contains("lost (recursion_misses): 2"), "{text}");
+        assert_eq!(s.to_json().lost_by_cause["ring_buffer_full"], 5);
         assert_eq!(s.to_json().devices["8:0"].bytes, 8192);
     }
 }

@@ -97,6 +97,49 @@ const EXPECTED: &[(&str, &[FindingKind])] = &[
         &[UnsynchronizedOnstackComplete],
     ),
     ("reorder_benign_out_of_order", &[]),
+    ("bio_integrity_read_verified", &[]),
+    (
+        "bio_integrity_read_then_double_complete",
+        &[BioDoubleComplete],
+    ),
+    ("bio_reused_dm_thin_unprovisioned", &[]),
+    ("bio_reused_passthrough_other_disk", &[]),
+    ("bio_reused_split_front", &[]),
+    ("bio_failed_in_submission_after_del_gendisk", &[]),
+    (
+        "bio_complete_after_del_gendisk_submitter_gone",
+        &[BioCompleteAfterTeardown],
+    ),
+    (
+        "lost_io_stall_recovers",
+        &[LostIoCompletion, LateIoCompletion],
+    ),
+    ("lost_wakeup_own_completion_then_page_lock", &[]),
+    ("lost_wakeup_irq_completion_then_page_lock", &[]),
+    ("lost_wakeup_irq_completion_then_mempool", &[]),
+    ("lost_wakeup_irq_completion_then_dio_wait", &[LostWakeup]),
+    ("lost_wakeup_sleep_without_stack", &[]),
+    ("stuck_handler_sleeps_in_workqueue", &[]),
+    (
+        "stuck_handler_spins_in_workqueue",
+        &[StuckCompletionHandler],
+    ),
+    (
+        "onstack_timeout_late_irq_complete_later_irq_wakes",
+        &[CompleteAfterReturn],
+    ),
+    ("onstack_timeout_late_irq_complete_same_irq_wakes", &[]),
+    ("onstack_irq_from_user_above_frame", &[CompleteAfterReturn]),
+    ("onstack_irq_from_user_over_frame", &[CompleteAfterReturn]),
+    ("onstack_reentered_then_own_complete", &[]),
+    ("bio_end_io_hooked_and_restored", &[]),
+    (
+        "bio_end_io_restored_then_double_complete",
+        &[BioDoubleComplete],
+    ),
+    ("bio_chain_children_end_together", &[]),
+    ("md_freed_array_address_reused", &[]),
+    ("bio_chain_count_raised_between_calls", &[]),
 ];
 
 /// Names of every fixture file.

@@ -365,6 +365,9 @@ fn kinds(findings: &[Finding]) -> Vec<FindingKind> {
 /// time pushed: what the reader knows at that point).
 fn replay_ticking(events: &[Event], every: usize) -> Vec<Finding> {
     let mut engine = Engine::new(EngineConfig::default());
+    for (id, stack) in common::build::known_stacks() {
+        engine.learn_stack(id, &stack);
+    }
     let mut out = Vec::new();
     let mut newest = 0;
     for (i, ev) in events.iter().enumerate() {

@@ -204,6 +204,54 @@ fn direct_io_is_seen_submitted_and_completed() {
     assert!(stderr.contains(" 0 lost"), "{stderr}");
 }
 
+/// Loss the programs notice becomes loss markers with their cause, counted
+/// per cause in the summary: a one-page ring buffer overflows under direct
+/// I/O from four writers, and per-task maps of one entry cannot follow four
+/// tasks at once.
+#[test]
+#[ignore = "needs root and a live kernel; run by cargo xtask test"]
+fn losses_become_markers_counted_by_cause() {
+    let scratch = scratch_dir();
+    let trace = Trace::start(&["--json", "--buffer-size", "4K", "--task-map-entries", "1"]);
+    let writers: Vec<_> = (0..4)
+        .map(|i| {
+            let file = scratch.path().join(format!("data{i}"));
+            std::thread::spawn(move || direct_io(&file, 512))
+        })
+        .collect();
+    for w in writers {
+        w.join().unwrap();
+    }
+    let out = trace.stop();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let mut by_cause: BTreeMap<&str, u64> = BTreeMap::new();
+    for e in events(&json_lines(&out.stdout)) {
+        if let EventKind::Lost { count, cause, .. } = e.kind {
+            assert!(count > 0, "a marker for no loss: {e:?}");
+            *by_cause.entry(cause.name()).or_default() += count;
+        }
+    }
+    assert!(
+        by_cause.get("ring_buffer_full").is_some_and(|&n| n > 0),
+        "no ring-buffer loss with a 4K buffer: {by_cause:?}\n{stderr}"
+    );
+    let map_full = ["watched_map_full", "sleepers_map_full"]
+        .iter()
+        .filter_map(|c| by_cause.get(c))
+        .sum::<u64>();
+    assert!(
+        map_full > 0,
+        "four writers fit in one-entry maps: {by_cause:?}\n{stderr}"
+    );
+    for (cause, n) in &by_cause {
+        assert!(
+            stderr.contains(&format!("lost ({cause}): {n}")),
+            "summary does not count {cause}: {stderr}"
+        );
+    }
+    assert!(stderr.contains("kernel-side counters: "), "{stderr}");
+}
+
 fn counts_by_kind(evs: &[Event]) -> BTreeMap<String, u64> {
     let mut counts = BTreeMap::new();
     for e in evs {

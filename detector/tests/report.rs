@@ -175,6 +175,7 @@ fn every_kind_renders() {
         "bio_complete_after_del_gendisk",
         "stuck_seed001_nested",
         "lost_io_never_completes",
+        "lost_io_stall_recovers",
     ] {
         for f in replay_fixture(name).findings {
             let text = human::render(&f, &StackTable::new());

@@ -123,8 +123,20 @@ fn replayed_findings_are_stored_counted_logged_and_rendered_as_trace_does() {
     assert_eq!(count(&["--rule", "complete-after-return"]), 1);
     assert_eq!(count(&["--rule", "onstack-completion"]), 2);
     assert_eq!(count(&["--rule", "lost-wakeup"]), 0);
-    // The recording was made long ago: its findings happened then.
-    assert_eq!(count(&["--since", "1h"]), 0);
+    // Findings are dated when they happened (the recording's clock), not
+    // when they were stored.
+    let times: Vec<std::time::SystemTime> = json
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            humantime::parse_rfc3339(v["wall_time"].as_str().unwrap()).unwrap()
+        })
+        .collect();
+    let at = |t: std::time::SystemTime| humantime::format_rfc3339_nanos(t).to_string();
+    assert_eq!(count(&["--since", &at(times[0])]), 2);
+    assert_eq!(count(&["--since", &at(times[1])]), 1);
+    let later = times[1] + Duration::from_secs(1);
+    assert_eq!(count(&["--since", &at(later)]), 0);
     assert_eq!(count(&["--since", "2000-01-01T00:00:00Z"]), 2);
 }
 

@@ -1,7 +1,9 @@
 //! The VM bench's recordings (Debian's stock 6.1 kernel, real bios, real
-//! completions, real md) replayed through `detector replay`: each seed race
-//! gives exactly its findings, each benign twin none. `cargo xtask vm-test
-//! --save-fixtures` writes them and `expected.json`, from the bench's table.
+//! completions, real md, scsi_debug and device-mapper) replayed through
+//! `detector replay`: each race gives exactly its findings, each benign
+//! scenario none, and a scenario that loses events the indeterminate
+//! verdicts it must. `cargo xtask vm-test --save-fixtures` writes them and
+//! `expected.json`, from the bench's table.
 
 use std::collections::BTreeSet;
 use std::io::Read as _;
@@ -22,6 +24,30 @@ fn kinds(v: &Value) -> BTreeSet<String> {
         .collect()
 }
 
+/// The rules listed under "indeterminate verdicts" in replay's summary.
+fn indeterminate_rules(summary: &str) -> BTreeSet<String> {
+    let mut lines = summary.lines();
+    if !lines
+        .by_ref()
+        .any(|l| l.trim_start().starts_with("indeterminate verdicts"))
+    {
+        return BTreeSet::new();
+    }
+    lines
+        .map_while(|l| {
+            let mut words = l.split_whitespace();
+            match (
+                words.next(),
+                words.next().map(str::parse::<u64>),
+                words.next(),
+            ) {
+                (Some(rule), Some(Ok(n)), None) if n > 0 => Some(rule.to_owned()),
+                _ => None,
+            }
+        })
+        .collect()
+}
+
 #[test]
 fn every_vm_recording_gives_exactly_its_findings() {
     let expected: Value = serde_json::from_slice(
@@ -34,7 +60,7 @@ fn every_vm_recording_gives_exactly_its_findings() {
         .split_whitespace()
         .collect();
     let scenarios = expected["scenarios"].as_object().unwrap();
-    assert!(scenarios.len() >= 14, "{} recordings", scenarios.len());
+    assert!(scenarios.len() >= 31, "{} recordings", scenarios.len());
     let dir = tempfile::tempdir().unwrap();
     let mut failures = Vec::new();
     for (name, want) in scenarios {
@@ -67,6 +93,13 @@ fn every_vm_recording_gives_exactly_its_findings() {
         if !must.is_subset(&found) || !found.is_subset(&allowed) {
             failures.push(format!(
                 "{name}: must {must:?} (may {may:?}), found {found:?}"
+            ));
+        }
+        let undecided = indeterminate_rules(&String::from_utf8_lossy(&out.stderr));
+        let want_undecided = kinds(&want["indeterminate"]);
+        if !want_undecided.is_subset(&undecided) {
+            failures.push(format!(
+                "{name}: indeterminate verdicts expected from {want_undecided:?}, counted {undecided:?}"
             ));
         }
     }

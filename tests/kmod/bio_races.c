@@ -7,6 +7,10 @@
  * test disk's RB_DUP mode is that driver; RB_DUP_FIXED claims the command
  * before completing, so only one path does.
  *
+ * double_complete_lost_events and endio_swap: the same race, with events
+ * lost between the two completions, or behind a stacking driver's end_io
+ * hook.
+ *
  * stuck_handler (seed 001): ext4_finish_bio() spun with interrupts off on
  * BH_Uptodate_Lock, a bit spinlock held elsewhere, until the hard-lockup
  * watchdog fired. Here the end_io does the same on a bit lock held for
@@ -17,6 +21,7 @@
  * freed, say), and the guest would deadlock.
  */
 #include <linux/bit_spinlock.h>
+#include <linux/delay.h>
 #include <linux/hrtimer.h>
 #include <linux/kthread.h>
 #include <linux/module.h>
@@ -28,52 +33,158 @@ static DECLARE_COMPLETION(dc_first);
 static DECLARE_COMPLETION(dc_second);
 static atomic_t dc_calls;
 static blk_status_t dc_status[2];
+static ktime_t dc_at[2];
 
 static void dc_end_io(struct bio *bio)
 {
 	int n = atomic_inc_return(&dc_calls);
 
-	if (n <= 2)
+	if (n <= 2) {
 		dc_status[n - 1] = bio->bi_status;
+		dc_at[n - 1] = ktime_get();
+	}
 	/* The bio stays ours until both calls had their chance: no bio_put here. */
 	complete(n == 1 ? &dc_first : &dc_second);
 }
 
-int rb_double_complete(bool fixed)
+/*
+ * Test hook of double_complete_lost_events: events the tracer must record
+ * between the two completions, complete() on a completion nobody waits
+ * for, fast enough to overrun a small ring buffer. The timeout path is
+ * armed far out and run once the burst is over and the tracer's reader
+ * had DC_DRAIN_MS to catch up, so that the second completion is recorded
+ * however long the burst took.
+ */
+#define DC_BURST 20000
+#define DC_BURST_TIMEOUT_MS 60000
+#define DC_DRAIN_MS 1000
+static DECLARE_COMPLETION(dc_burst);
+static ktime_t dc_burst_end;
+
+/* The burst, then the armed timeout path run now. */
+static void dc_burst_then_timeout(struct rb_disk *d, unsigned int burst, s64 *burst_us)
+{
+	ktime_t t0 = ktime_get();
+	int i;
+
+	for (i = 0; i < burst; i++)
+		complete(&dc_burst);
+	dc_burst_end = ktime_get();
+	*burst_us = ktime_us_delta(dc_burst_end, t0);
+	reinit_completion(&dc_burst);
+	msleep(DC_DRAIN_MS);
+	for (i = 0; i < 1000 && !rb_disk_fire_timeout(d); i++)
+		msleep(1);
+}
+
+/* Completes rb2's next bio under `mode`; returns how many times it ran. */
+static int dc_run(enum rb_mode mode, bool fixed, unsigned int timeout_ms, unsigned int burst,
+		  s64 *burst_us)
 {
 	struct rb_disk *d = rb_disks[RB_SCRATCH];
+	unsigned int wait_ms = (burst ? 0 : (timeout_ms ?: RB_DUP_TIMEOUT_MS)) +
+			       (fixed ? 1000 : 20000);
 	struct bio *bio;
 	unsigned long left;
-	int calls, err = 0;
+	int calls;
 
 	atomic_set(&dc_calls, 0);
 	reinit_completion(&dc_first);
 	reinit_completion(&dc_second);
-	rb_disk_set_mode(d, fixed ? RB_DUP_FIXED : RB_DUP, 0);
+	rb_disk_set_mode(d, mode, timeout_ms);
 	bio = rb_disk_write_bio(d, 8, dc_end_io, NULL);
 	submit_bio(bio);
 	wait_for_completion(&dc_first);
+	*burst_us = 0;
+	if (burst)
+		dc_burst_then_timeout(d, burst, burst_us);
 	/*
-	 * The timeout path runs RB_DUP_TIMEOUT_MS after the first completion.
-	 * The buggy one completes the bio again: the bio must live until then.
+	 * The timeout path runs timeout_ms after the first completion (or
+	 * after the burst). The buggy one completes the bio again: the bio
+	 * must live until then.
 	 */
-	left = wait_for_completion_timeout(&dc_second,
-					   msecs_to_jiffies(fixed ? RB_DUP_TIMEOUT_MS + 1000 : 20000));
+	left = wait_for_completion_timeout(&dc_second, msecs_to_jiffies(wait_ms));
 	rb_disk_set_mode(d, RB_NORMAL, 0);
-	if (!fixed && !left) {
+	if (!fixed && !left)
 		/* still armed: leak the bio rather than let it be completed freed */
-		rb_result("fail double_complete: no second completion within 20 s");
 		return -ETIMEDOUT;
-	}
 	/* Let a fixed timeout path finish with its command. */
 	flush_workqueue(d->wq);
 	calls = atomic_read(&dc_calls);
 	bio_put(bio);
+	return calls;
+}
 
+int rb_double_complete(bool fixed)
+{
+	s64 burst_us;
+	int calls = dc_run(fixed ? RB_DUP_FIXED : RB_DUP, fixed, 0, 0, &burst_us);
+	int err = 0;
+
+	if (calls < 0) {
+		rb_result("fail double_complete: no second completion within 20 s");
+		return calls;
+	}
 	if (calls != (fixed ? 1 : 2))
 		err = -EPROTO;
 	rb_result("%s double_complete%s: end_io 0x%px ran %d time(s), status %d then %d",
 		  err ? "fail" : "ok", fixed ? "_fixed" : "", dc_end_io, calls,
+		  blk_status_to_errno(dc_status[0]),
+		  calls > 1 ? blk_status_to_errno(dc_status[1]) : 0);
+	return err;
+}
+
+/*
+ * double_complete_lost_events: double_complete, with DC_BURST events
+ * between the two completions. Traced with a small ring buffer, events are
+ * lost between the two sides: what the tracer says about the bio can no
+ * longer be proven. The burst ends well before the second completion, so
+ * both completions themselves are recorded.
+ */
+int rb_double_complete_lost_events(void)
+{
+	s64 burst_us;
+	int calls = dc_run(RB_DUP, false, DC_BURST_TIMEOUT_MS, DC_BURST, &burst_us);
+	s64 gap_ms;
+	int err = 0;
+
+	if (calls < 0) {
+		rb_result("fail double_complete_lost_events: no second completion within 20 s");
+		return calls;
+	}
+	gap_ms = ktime_ms_delta(dc_at[1], dc_at[0]);
+	/* the burst lies between the two completions */
+	if (calls != 2 || ktime_before(dc_at[1], dc_burst_end))
+		err = -EPROTO;
+	rb_result("%s double_complete_lost_events: end_io 0x%px ran %d time(s), status %d then %d, "
+		  "%d complete() calls in %lld us between them (%lld ms apart)",
+		  err ? "fail" : "ok", dc_end_io, calls, blk_status_to_errno(dc_status[0]),
+		  calls > 1 ? blk_status_to_errno(dc_status[1]) : 0, DC_BURST, burst_us, gap_ms);
+	return err;
+}
+
+/*
+ * endio_swap: the bio reaches the dup-mode disk through a stacking driver
+ * that hooks its bi_end_io (disk.c, RB_SWAP_*). The normal completion runs
+ * the hook, which restores the owner's end_io and ends the bio again; the
+ * buggy timeout path then completes it a second time, with the owner's
+ * end_io: it runs twice. The fixed twin claims the command first: the
+ * owner's end_io runs once, after the hook.
+ */
+int rb_endio_swap(bool fixed)
+{
+	s64 burst_us;
+	int calls = dc_run(fixed ? RB_SWAP_DUP_FIXED : RB_SWAP_DUP, fixed, 0, 0, &burst_us);
+	int err = 0;
+
+	if (calls < 0) {
+		rb_result("fail endio_swap: no second completion within 20 s");
+		return calls;
+	}
+	if (calls != (fixed ? 1 : 2))
+		err = -EPROTO;
+	rb_result("%s endio_swap%s: end_io 0x%px ran %d time(s) behind hook 0x%px, status %d then %d",
+		  err ? "fail" : "ok", fixed ? "_fixed" : "", dc_end_io, calls, rb_swap_end_io,
 		  blk_status_to_errno(dc_status[0]),
 		  calls > 1 ? blk_status_to_errno(dc_status[1]) : 0);
 	return err;

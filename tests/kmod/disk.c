@@ -6,6 +6,12 @@
  * RB_COMPLETION_CPU. The per-disk mode decides when: right away, after a
  * delay, never until released, or twice (a buggy timeout path).
  *
+ * RB_SWAP_DUP and RB_SWAP_DUP_FIXED put a stacking driver in front of the
+ * dup modes: it saves the bio's bi_end_io and bi_private at submission and
+ * hooks its own (dm_hook_bio() in dm-bio-record.h, as dm-thin, dm-cache
+ * and dm-snapshot do); the hook restores them and ends the bio again, so
+ * one real completion runs bio_endio() twice, with two different end_io.
+ *
  * Bio-based disks hold q_usage_counter only while ->submit_bio runs, so
  * del_gendisk() does not wait for held bios: that is what lets the
  * complete-after-teardown scenario complete a bio on a deleted disk.
@@ -20,11 +26,15 @@
 struct rb_disk *rb_disks[RB_NR_DISKS];
 static struct rb_disk *rb_extra_disk;
 
-/* A command of a disk in RB_DUP/RB_DUP_FIXED mode. */
+/* A command of a disk in a dup mode (RB_DUP, RB_SWAP_DUP and their fixed twins). */
 struct rb_cmd {
 	struct rb_disk *disk;
 	struct bio *bio;
 	bool fixed;
+	unsigned int timeout_ms;
+	/* what the stacking driver's hook saved (RB_SWAP_*) */
+	bio_end_io_t *saved_end_io;
+	void *saved_private;
 #define RB_CMD_CLAIMED 0
 	unsigned long flags;
 	struct work_struct done;
@@ -62,9 +72,23 @@ static blk_status_t rb_copy(struct rb_disk *d, struct bio *bio)
 }
 
 /*
- * The normal completion of a RB_DUP command. The timeout path is armed
- * only now, RB_DUP_TIMEOUT_MS later, so that it always comes second, even
- * when a loaded host delays the workers.
+ * The stacking driver's end_io hook: puts the owner's end_io back and ends
+ * the bio again, from inside the first bio_endio() (dm_unhook_bio(), then
+ * bio_endio()).
+ */
+void rb_swap_end_io(struct bio *bio)
+{
+	struct rb_cmd *cmd = bio->bi_private;
+
+	bio->bi_end_io = cmd->saved_end_io;
+	bio->bi_private = cmd->saved_private;
+	bio_endio(bio);
+}
+
+/*
+ * The normal completion of a dup-mode command. The timeout path is armed
+ * only now, timeout_ms later, so that it always comes second, even when a
+ * loaded host delays the workers.
  */
 static void rb_cmd_done(struct work_struct *w)
 {
@@ -73,8 +97,23 @@ static void rb_cmd_done(struct work_struct *w)
 
 	if (!cmd->fixed || !test_and_set_bit(RB_CMD_CLAIMED, &cmd->flags))
 		bio_endio(cmd->bio);
+	spin_lock_irq(&d->lock);
+	d->armed = cmd;
 	queue_delayed_work_on(RB_COMPLETION_CPU, d->wq, &cmd->timeout,
-			      msecs_to_jiffies(RB_DUP_TIMEOUT_MS));
+			      msecs_to_jiffies(cmd->timeout_ms));
+	spin_unlock_irq(&d->lock);
+}
+
+bool rb_disk_fire_timeout(struct rb_disk *d)
+{
+	bool armed;
+
+	spin_lock_irq(&d->lock);
+	armed = d->armed;
+	if (armed)
+		mod_delayed_work_on(RB_COMPLETION_CPU, d->wq, &d->armed->timeout, 0);
+	spin_unlock_irq(&d->lock);
+	return armed;
 }
 
 /*
@@ -86,7 +125,12 @@ static void rb_cmd_done(struct work_struct *w)
 static void rb_cmd_timeout(struct work_struct *w)
 {
 	struct rb_cmd *cmd = container_of(to_delayed_work(w), struct rb_cmd, timeout);
+	struct rb_disk *d = cmd->disk;
 
+	spin_lock_irq(&d->lock);
+	if (d->armed == cmd)
+		d->armed = NULL;
+	spin_unlock_irq(&d->lock);
 	if (!cmd->fixed || !test_and_set_bit(RB_CMD_CLAIMED, &cmd->flags)) {
 		cmd->bio->bi_status = BLK_STS_IOERR;
 		bio_endio(cmd->bio);
@@ -94,7 +138,8 @@ static void rb_cmd_timeout(struct work_struct *w)
 	kfree(cmd);
 }
 
-static void rb_submit_dup(struct rb_disk *d, struct bio *bio, bool fixed)
+static void rb_submit_dup(struct rb_disk *d, struct bio *bio, bool fixed, bool swap,
+			  unsigned int timeout_ms)
 {
 	struct rb_cmd *cmd = kzalloc(sizeof(*cmd), GFP_NOIO);
 
@@ -105,6 +150,14 @@ static void rb_submit_dup(struct rb_disk *d, struct bio *bio, bool fixed)
 	cmd->disk = d;
 	cmd->bio = bio;
 	cmd->fixed = fixed;
+	cmd->timeout_ms = timeout_ms ?: RB_DUP_TIMEOUT_MS;
+	if (swap) {
+		/* dm_hook_bio() */
+		cmd->saved_end_io = bio->bi_end_io;
+		cmd->saved_private = bio->bi_private;
+		bio->bi_end_io = rb_swap_end_io;
+		bio->bi_private = cmd;
+	}
 	INIT_WORK(&cmd->done, rb_cmd_done);
 	INIT_DELAYED_WORK(&cmd->timeout, rb_cmd_timeout);
 	queue_work_on(RB_COMPLETION_CPU, d->wq, &cmd->done);
@@ -135,8 +188,20 @@ static void rb_submit_bio(struct bio *bio)
 		break;
 	case RB_DUP:
 	case RB_DUP_FIXED:
+	case RB_SWAP_DUP:
+	case RB_SWAP_DUP_FIXED: {
+		enum rb_mode mode = d->mode;
+		unsigned int timeout_ms = d->delay_ms;
+
 		spin_unlock_irqrestore(&d->lock, flags);
-		rb_submit_dup(d, bio, d->mode == RB_DUP_FIXED);
+		rb_submit_dup(d, bio, mode == RB_DUP_FIXED || mode == RB_SWAP_DUP_FIXED,
+			      mode == RB_SWAP_DUP || mode == RB_SWAP_DUP_FIXED, timeout_ms);
+		return;
+	}
+	case RB_INLINE:
+		/* a driver that completes in its submission path (or a polled one) */
+		spin_unlock_irqrestore(&d->lock, flags);
+		bio_endio(bio);
 		return;
 	case RB_DELAY:
 		delay = msecs_to_jiffies(d->delay_ms);

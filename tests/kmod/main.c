@@ -44,15 +44,37 @@ static int rb_run(const char *name, const char *arg)
 		{ "stuck_handler_fixed", rb_stuck_handler, true },
 		{ "complete_after_teardown", rb_complete_after_teardown, false },
 		{ "complete_after_teardown_fixed", rb_complete_after_teardown, true },
+		{ "endio_swap", rb_endio_swap, false },
+		{ "endio_swap_fixed", rb_endio_swap, true },
+		{ "late_complete_irq", rb_late_complete_irq, false },
+		{ "late_complete_irq_fixed", rb_late_complete_irq, true },
+		{ "irq_in_user", rb_irq_in_user, false },
+		{ "irq_in_user_fixed", rb_irq_in_user, true },
 		{ "md_check", rb_md_check, true },
 		{ "md_check_clean", rb_md_check, false },
 	};
+	static const struct {
+		const char *name;
+		int (*fn)(void);
+	} plain[] = {
+		{ "double_complete_lost_events", rb_double_complete_lost_events },
+		{ "stall_recovers", rb_stall_recovers },
+		{ "sleeping_handler", rb_sleeping_handler },
+		{ "iowait_folio_lock", rb_iowait_folio_lock },
+		{ "iowait_timeout", rb_iowait_timeout },
+		{ "irq_in_user_check", rb_irq_in_user_check },
+		{ "queue_unfreeze", rb_queue_unfreeze },
+		{ "md_prepare", rb_md_prepare },
+	};
 	int i;
 
-	if (!strcmp(name, "md_prepare"))
-		return rb_md_prepare();
+	for (i = 0; i < ARRAY_SIZE(plain); i++)
+		if (!strcmp(name, plain[i].name))
+			return plain[i].fn();
 	if (!strcmp(name, "md_inject"))
 		return arg ? rb_md_inject(arg) : -EINVAL;
+	if (!strcmp(name, "queue_freeze"))
+		return arg ? rb_queue_freeze(arg) : -EINVAL;
 	for (i = 0; i < ARRAY_SIZE(table); i++)
 		if (!strcmp(name, table[i].name))
 			return table[i].fn(table[i].fixed);
@@ -100,6 +122,8 @@ static ssize_t disk_write(struct file *f, const char __user *ubuf, size_t len, l
 	static const char *const modes[] = {
 		[RB_NORMAL] = "normal", [RB_HOLD] = "hold", [RB_DELAY] = "delay",
 		[RB_DUP] = "dup", [RB_DUP_FIXED] = "dup_fixed",
+		[RB_SWAP_DUP] = "swap_dup", [RB_SWAP_DUP_FIXED] = "swap_dup_fixed",
+		[RB_INLINE] = "inline",
 	};
 	char buf[64], *arg, *ms;
 	struct rb_disk *d;
@@ -152,6 +176,8 @@ static void rb_cleanup(void)
 	int i;
 
 	debugfs_remove_recursive(rb_dir);
+	rb_queue_unfreeze();
+	rb_late_irq_exit();
 	rb_md_exit();
 	for (i = 0; i < RB_NR_DISKS; i++) {
 		if (!IS_ERR_OR_NULL(rb_disks[i]))

@@ -22,6 +22,8 @@
 
 #define RB_NAME "racebench"
 
+struct rb_cmd;
+
 /* How a test disk completes the bios submitted to it. */
 enum rb_mode {
 	/* from its workqueue, right away */
@@ -34,6 +36,12 @@ enum rb_mode {
 	RB_DUP,
 	/* the same, with the timeout path claiming the command first */
 	RB_DUP_FIXED,
+	/* RB_DUP behind a stacking driver that hooks bi_end_io (see disk.c) */
+	RB_SWAP_DUP,
+	/* RB_DUP_FIXED behind the same hook: one real completion */
+	RB_SWAP_DUP_FIXED,
+	/* inside ->submit_bio, in the submitter's context */
+	RB_INLINE,
 };
 
 /*
@@ -44,7 +52,10 @@ enum rb_mode {
  */
 #define RB_COMPLETION_CPU 0
 
-/* The timeout path of RB_DUP fires this long after submission. */
+/*
+ * The timeout path of RB_DUP fires this long after the normal completion
+ * (a disk's delay_ms replaces it when set).
+ */
 #define RB_DUP_TIMEOUT_MS 300
 
 struct rb_disk {
@@ -60,6 +71,8 @@ struct rb_disk {
 	unsigned int delay_ms;
 	/* when set, only bios submitted by this task are held */
 	struct task_struct *hold_only;
+	/* the dup-mode command whose timeout path is armed */
+	struct rb_cmd *armed;
 
 	struct workqueue_struct *wq;
 	struct delayed_work work;
@@ -79,6 +92,8 @@ unsigned int rb_disk_release(struct rb_disk *d);
 /* Takes the held bios out, for a caller that completes them itself. */
 struct bio *rb_disk_take_held(struct rb_disk *d);
 unsigned int rb_disk_nr_held(struct rb_disk *d);
+/* Runs the armed dup-mode timeout path now; false if none is armed yet. */
+bool rb_disk_fire_timeout(struct rb_disk *d);
 /* A one-page write to the disk, not yet submitted. */
 struct bio *rb_disk_write_bio(struct rb_disk *d, sector_t sector,
 			      bio_end_io_t *end_io, void *private);
@@ -94,6 +109,20 @@ int rb_lost_wakeup(bool fixed);
 int rb_double_complete(bool fixed);
 int rb_stuck_handler(bool fixed);
 int rb_complete_after_teardown(bool fixed);
+int rb_double_complete_lost_events(void);
+int rb_endio_swap(bool fixed);
+int rb_stall_recovers(void);
+int rb_sleeping_handler(void);
+int rb_iowait_folio_lock(void);
+int rb_iowait_timeout(void);
+int rb_late_complete_irq(bool fixed);
+int rb_irq_in_user(bool fixed);
+int rb_irq_in_user_check(void);
+void rb_late_irq_exit(void);
+int rb_queue_freeze(const char *path);
+int rb_queue_unfreeze(void);
+/* The end_io hook of the RB_SWAP_* modes, for the scenarios' verdicts. */
+void rb_swap_end_io(struct bio *bio);
 int rb_md_prepare(void);
 int rb_md_inject(const char *md_path);
 int rb_md_check(bool expect_injected);

@@ -3,7 +3,11 @@
 # A scenario file (/bench/scenarios/NAME.sh) sets NEEDS_MD=0|1 and defines
 # trigger(), which runs while detector traces and fails (non-zero) when the
 # race did not happen as scripted; it may define setup(), run before
-# detector starts. $OUT is the scenario's directory in the 9p share.
+# detector starts, and cleanup(), run after it stopped, and set TRACE_FLAGS
+# (more `detector trace` options, e.g. a smaller ring buffer). $OUT is the
+# scenario's directory in the 9p share; what the scenario's own steps found
+# out (devices, addresses) goes to $OUT/module.txt, beside the test
+# module's verdicts, as "label value" words the host's checks look up.
 
 RB=/sys/kernel/debug/racebench
 export MDADM_NO_UDEV=1
@@ -22,6 +26,19 @@ load_modules() {
 		[ -n "$ko" ] || continue
 		insmod "/lib/modules/$ko" || { say "insmod $ko failed"; return 1; }
 	done < "$1"
+}
+
+# Loads the modules of /lib/modules/$1.list once (the scenarios that need
+# scsi_debug or device-mapper load them; the others never see them).
+load_list() {
+	[ -e "/tmp/loaded-$1" ] && return 0
+	load_modules "/lib/modules/$1.list" || return 1
+	: > "/tmp/loaded-$1"
+}
+
+# The address of kernel function $1 in /proc/kallsyms, as 0x...
+kernel_symbol() {
+	awk -v f="$1" '$3 == f { print "0x" $1; exit }' /proc/kallsyms
 }
 
 # Runs a racebench scenario step; fails unless the module reports "ok".
@@ -50,9 +67,9 @@ detector_check() {
 start_detector() {
 	rm -f /tmp/ready
 	t0=$(uptime_s)
-	# shellcheck disable=SC2086 # DETECTOR_FLAGS is a word list
+	# shellcheck disable=SC2086 # the flags are word lists
 	detector trace --record "$1/trace.rec" --json --ready-file /tmp/ready \
-		$DETECTOR_FLAGS > "$1/live.jsonl" 2> "$1/trace.err" &
+		$DETECTOR_FLAGS $TRACE_FLAGS > "$1/live.jsonl" 2> "$1/trace.err" &
 	DET_PID=$!
 	ticks=0
 	while [ ! -e /tmp/ready ]; do
@@ -110,6 +127,19 @@ load_md_mid_session() {
 	done
 }
 
+# After a scenario, whatever its outcome: its cleanup() (detector has
+# stopped), and its functions and flags forgotten before the next one.
+end_scenario() {
+	end_rc=0
+	if type cleanup > /dev/null 2>&1 && ! (cleanup) >> "$OUT/steps.log" 2>&1; then
+		echo "cleanup failed" >> "$OUT/steps.log"
+		end_rc=1
+	fi
+	unset -f setup trigger cleanup
+	TRACE_FLAGS=
+	return "$end_rc"
+}
+
 run_scenario() {
 	name=$1
 	OUT=/host/scenarios/$name
@@ -122,16 +152,19 @@ run_scenario() {
 		if ! (setup) >> "$OUT/steps.log" 2>&1; then
 			echo "setup failed" > "$OUT/verdict"
 			say "scenario $name FAIL (setup)"
+			end_scenario
 			return 1
 		fi
 	fi
 	if [ "$DETECTOR" = 1 ] && ! start_detector "$OUT"; then
 		say "scenario $name FAIL ($(cat "$OUT/verdict"))"
+		end_scenario
 		return 1
 	fi
 	if [ "$LATE_MD" = 1 ] && ! load_md_mid_session "$OUT"; then
 		[ "$DETECTOR" = 1 ] && stop_detector "$OUT"
 		say "scenario $name FAIL ($(cat "$OUT/verdict"))"
+		end_scenario
 		return 1
 	fi
 	echo "racebench-bench: $name start" > /dev/kmsg
@@ -141,14 +174,18 @@ run_scenario() {
 	sleep 0.5
 	[ "$DETECTOR" = 1 ] && stop_detector "$OUT"
 	dmesg | sed -n "/racebench-bench: $name start/,\$p" > "$OUT/dmesg.txt"
+	verdict=ok
+	[ "$rc" = 0 ] || verdict="trigger failed"
+	if ! end_scenario && [ "$rc" = 0 ]; then
+		verdict="cleanup failed"
+		rc=1
+	fi
 	secs=$(echo "$t0 $(uptime_s)" | awk '{ printf "%.1f", $2 - $1 }')
+	echo "$verdict" > "$OUT/verdict"
 	if [ "$rc" = 0 ]; then
-		echo ok > "$OUT/verdict"
 		say "scenario $name ok (${secs}s)"
 	else
-		echo "trigger failed" > "$OUT/verdict"
-		say "scenario $name FAIL (trigger, ${secs}s)"
+		say "scenario $name FAIL ($verdict, ${secs}s)"
 	fi
-	unset -f setup trigger
 	return "$rc"
 }

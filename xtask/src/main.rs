@@ -39,8 +39,10 @@ enum Command {
     Test(test::TestArgs),
     /// Boot Debian's stock kernel under qemu and run the race scenarios.
     VmTest(vm::VmTestArgs),
-    /// Measure what tracing costs direct I/O on this host (a throughput
-    /// ratio from back-to-back runs) and each program's run time.
+    /// Measure every cost figure of issue 9 in one table: fio IOPS ratios
+    /// against untraced and a bpftrace peer, per-program BPF cost, CPU per
+    /// event, perf bench slowdown, record size, engine scale, loss-free
+    /// event rate, detection latency (`--quick`: a short smoke run).
     Bench(bench::BenchArgs),
 }
 

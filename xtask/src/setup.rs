@@ -16,14 +16,27 @@ use crate::util::{output, run as run_cmd};
 /// replaced), cpio to pack its initramfs, xz-utils to unpack its kernel,
 /// make to build its test module (the kernel headers it builds against are
 /// installed by `cargo xtask vm-test`: their version follows the kernel),
-/// prometheus (server and promtool) for the service tests, util-linux for
-/// their mount namespace (`unshare`).
+/// gcc and libc6-dev to build its static helpers, dmsetup for its
+/// device-mapper scenarios (copied into the guest with its libraries);
+/// debootstrap builds the Debian guest's root file system, e2fsprogs'
+/// mkfs.ext4 packs it into an image. `cargo xtask bench` compares detector
+/// with a bpftrace script, runs `perf bench` (linux-perf), stages a stalled
+/// device behind a FUSE file system (bindfs) and pins single-core runs with
+/// taskset (util-linux). The service tests run a real Prometheus server and
+/// promtool (prometheus) and use a mount namespace (util-linux's unshare).
 const PACKAGES: &[&str] = &[
+    "bindfs",
     "bpftool",
+    "bpftrace",
     "busybox-static",
     "cpio",
+    "debootstrap",
+    "dmsetup",
     "e2fsprogs",
     "fio",
+    "gcc",
+    "libc6-dev",
+    "linux-perf",
     "make",
     "prometheus",
     "qemu-system-x86",

@@ -9,12 +9,16 @@ use crate::util::{run as run_cmd, workspace_root};
 
 #[derive(Args)]
 pub struct TestArgs {
-    /// Skip the VM bench (it boots a kernel under emulation: minutes).
+    /// Skip the VM bench and the benign suite (they boot a kernel under
+    /// emulation: minutes).
     #[arg(long)]
     skip_vm: bool,
     /// Skip the fuzz smoke run.
     #[arg(long)]
     skip_fuzz: bool,
+    /// Skip the bench smoke run (`cargo xtask bench --quick`).
+    #[arg(long)]
+    skip_bench: bool,
     /// Seconds for each fuzz target's smoke run.
     #[arg(long, default_value_t = 20)]
     fuzz_seconds: u32,
@@ -44,8 +48,18 @@ pub fn run(args: TestArgs) -> Result<()> {
     if !args.skip_fuzz {
         crate::fuzz::smoke(&root, args.fuzz_seconds)?;
     }
+    if !args.skip_bench {
+        // Every figure produced and sane; how fast is not a test result.
+        eprintln!("test: bench smoke run (cargo xtask bench --quick)");
+        crate::bench::run(crate::bench::BenchArgs {
+            quick: true,
+            ..Default::default()
+        })?;
+    }
     if !args.skip_vm {
         crate::vm::run(crate::vm::VmTestArgs::default())?;
+        eprintln!("test: the benign suite in a Debian guest (zero findings)");
+        crate::vm::run(crate::vm::VmTestArgs::benign_suite())?;
     }
     eprintln!("test: all passed");
     Ok(())

@@ -10,7 +10,7 @@ use aya_ebpf::{
 };
 use detector_common::{
     BioComplete, BioEndio, BioQueue, BioRef, DiskEvent, Header, ProbeConfig, RQ_MAX_BIOS,
-    RqComplete, hook, kind,
+    RqComplete, counter, hook, kind,
 };
 
 use super::done;
@@ -18,8 +18,8 @@ use crate::{
     context::Hooked,
     diag::{may_log, site},
     emit::{Stack, header, reserve, submit},
-    kernel::{bio_devs, config, disk_dev, read},
-    maps::{ENTRY_ARGS, WATCHED},
+    kernel::{bio_devs, bio_devs_peek, config, disk_dev, peek, read},
+    maps::{ENTRY_ARGS, insert_or_count, watch, watch_task},
 };
 
 // ---- submission ---------------------------------------------------------
@@ -53,13 +53,8 @@ fn try_bio_queue<C: Hooked>(ctx: &C, bio_arg: usize) -> Option<()> {
     let bio = ctx.arg_u64(bio_arg);
     let (dev, disk) = bio_devs(cfg, bio);
     let header = header(ctx, cfg, kind::BIO_QUEUE, Stack::Take);
-    if WATCHED.insert(header.tid, 1u8, 0).is_err() && may_log(site::WATCH_FAILED) {
-        aya_log_ebpf::warn!(
-            ctx,
-            "cannot watch task {} (WATCHED update failed): its return to user space goes unseen",
-            header.tid
-        );
-    }
+    watch_task(header.tid, watch::EXIT);
+    super::md::note_submission(cfg, bio);
     let mut entry = reserve::<BioQueue>()?;
     unsafe {
         entry.as_mut_ptr().write(BioQueue {
@@ -212,15 +207,13 @@ fn try_bio_endio<C: Hooked>(ctx: &C) -> Option<()> {
     let mut unreported: u64 = 0;
     for depth in 0..MAX_CHAIN {
         unreported = 0;
-        let end_io: u64 = read(bio, cfg.bio.end_io);
-        let is_final = emit_endio(cfg, bio, end_io, depth, header);
-        if !is_final || cfg.bio_chain_endio == 0 || end_io != cfg.bio_chain_endio {
+        let end_io: u64 = peek(bio, cfg.bio.end_io);
+        let private: u64 = peek(bio, cfg.bio.private);
+        let is_final = emit_endio(cfg, bio, end_io, private, depth, header);
+        if !is_final || cfg.bio_chain_endio == 0 || end_io != cfg.bio_chain_endio || private == 0 {
             break;
         }
-        bio = read(bio, cfg.bio.private);
-        if bio == 0 {
-            break;
-        }
+        bio = private;
         unreported = bio;
     }
     if unreported != 0 && may_log(site::CHAIN_CUT) {
@@ -236,13 +229,28 @@ fn try_bio_endio<C: Hooked>(ctx: &C) -> Option<()> {
 
 /// Emits one `BIO_ENDIO`; returns whether this call is the bio's final one.
 #[inline(always)]
-fn emit_endio(cfg: &ProbeConfig, bio: u64, end_io: u64, depth: u8, header: Header) -> bool {
-    let flags: u16 = read(bio, cfg.bio.flags);
-    let remaining: i32 = read(bio, cfg.bio.remaining);
+fn emit_endio(
+    cfg: &ProbeConfig,
+    bio: u64,
+    end_io: u64,
+    private: u64,
+    depth: u8,
+    header: Header,
+) -> bool {
+    // Branch-free reads: this runs up to MAX_CHAIN times per call, and the
+    // verifier walks every combination of branches across the levels.
+    let flags: u16 = peek(bio, cfg.bio.flags);
+    let remaining: i32 = peek(bio, cfg.bio.remaining);
     // bio_remaining_done(): a chained bio is done when its count drops to 0.
+    // Read before the kernel's decrement: two children ending on two CPUs
+    // may both read 2; userspace counts the calls to see the last one.
     let chained = cfg.bio.flag_chain_bit < 16 && flags & (1 << cfg.bio.flag_chain_bit) != 0;
     let is_final = !chained || remaining == 1;
-    let (dev, disk) = bio_devs(cfg, bio);
+    let opf: u32 = peek(bio, cfg.bio.opf);
+    // A shift past the word is no bit (NO_OFFSET: the kernel has none).
+    let integrity = opf.checked_shr(cfg.bio.req_integrity_bit).unwrap_or(0) & 1;
+    let blkg: u64 = peek(bio, cfg.bio.blkg);
+    let (dev, disk) = bio_devs_peek(cfg, bio);
     let Some(mut entry) = reserve::<BioEndio>() else {
         return is_final;
     };
@@ -251,17 +259,20 @@ fn emit_endio(cfg: &ProbeConfig, bio: u64, end_io: u64, depth: u8, header: Heade
             header,
             bio,
             end_io,
-            private: read(bio, cfg.bio.private),
-            sector: read(bio, cfg.bio.sector),
+            private,
+            sector: peek(bio, cfg.bio.sector),
             dev,
             disk_dev: disk,
-            size: read(bio, cfg.bio.size),
+            size: peek(bio, cfg.bio.size),
             remaining,
+            opf,
             flags,
-            status: read(bio, cfg.bio.status),
+            status: peek(bio, cfg.bio.status),
             is_final: is_final as u8,
             chain_depth: depth,
-            _pad: [0; 3],
+            has_blkg: (blkg != 0) as u8,
+            integrity: integrity as u8,
+            _pad: [0; 5],
         })
     };
     submit(entry, cfg);
@@ -358,7 +369,12 @@ fn try_del_gendisk<C: Hooked>(ctx: &C) -> Option<()> {
     let cfg = config()?;
     let disk = ctx.arg_u64(0);
     let tid = aya_ebpf::helpers::bpf_get_current_pid_tgid() as u32;
-    let _ = ENTRY_ARGS.insert(((tid as u64) << 8) | SLOT_DEL_GENDISK, disk, 0);
+    insert_or_count(
+        &ENTRY_ARGS,
+        ((tid as u64) << 8) | SLOT_DEL_GENDISK,
+        disk,
+        counter::ARGS_FULL,
+    );
     emit_disk(ctx, cfg, kind::DEL_GENDISK, disk)
 }
 

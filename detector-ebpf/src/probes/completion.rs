@@ -9,14 +9,14 @@ use aya_ebpf::{
     macros::{fentry, fexit, kprobe, kretprobe},
     programs::{FEntryContext, FExitContext, ProbeContext, RetProbeContext},
 };
-use detector_common::{CompletionEvent, hook, kind, wait};
+use detector_common::{CompletionEvent, counter, hook, kind, wait};
 
 use super::done;
 use crate::{
     context::Hooked,
     emit::{Stack, header, reserve, submit},
     kernel::{config, on_stack, read},
-    maps::{ENTRY_ARGS, WATCHED},
+    maps::{ENTRY_ARGS, insert_or_count, watch, watch_task},
 };
 
 /// `ENTRY_ARGS` slot for waits (they do not nest within one task).
@@ -35,8 +35,10 @@ fn emit<C: Hooked>(ctx: &C, kind: u16, x: u64, variant: u8, value: i64) -> Optio
     let header = header(ctx, cfg, kind, Stack::Take);
     let own = on_stack(cfg, header.stack_base, x);
     if own {
-        // The owner's return to user space proves it left the frame.
-        let _ = WATCHED.insert(header.tid, 1u8, 0);
+        // The owner's return to user space proves it left the frame, and
+        // until it enters the kernel again, code on its stack is an
+        // interrupt's.
+        watch_task(header.tid, watch::EXIT | watch::ONSTACK);
     }
     let mut entry = reserve::<CompletionEvent>()?;
     unsafe {
@@ -111,7 +113,12 @@ fn try_init<C: Hooked>(ctx: &C) -> Option<()> {
 fn try_wait_enter<C: Hooked>(ctx: &C, variant: u8, timed: bool) -> Option<()> {
     let x = ctx.arg_u64(0);
     let tid = aya_ebpf::helpers::bpf_get_current_pid_tgid() as u32;
-    let _ = ENTRY_ARGS.insert(entry_key(tid, SLOT_WAIT), x, 0);
+    insert_or_count(
+        &ENTRY_ARGS,
+        entry_key(tid, SLOT_WAIT),
+        x,
+        counter::ARGS_FULL,
+    );
     if variant == wait::TRY || variant == wait::DONE {
         // These never sleep: their exit says it all.
         return Some(());

@@ -8,22 +8,32 @@ use aya_ebpf::{
     macros::{kprobe, kretprobe},
     programs::{ProbeContext, RetProbeContext},
 };
-use detector_common::{MdEvent, ProbeConfig, kind, teardown};
+use detector_common::{MdEvent, ProbeConfig, config::NO_OFFSET, counter, kind, teardown};
 
 use super::done;
 use crate::{
     context::Hooked,
     emit::{Stack, header, reserve, submit},
     kernel::{config, read},
-    maps::ENTRY_ARGS,
+    maps::{ENTRY_ARGS, MD_WRITES, insert_or_count},
 };
 
 /// `ENTRY_ARGS` slot for `md_super_wait`.
 const SLOT_SUPER_WAIT: u64 = 2;
+/// `ENTRY_ARGS` slots for `md_super_write`'s sector and rdev, kept until
+/// the bio it builds is submitted (by the same task, before it returns).
+const SLOT_SUPER_WRITE_SECTOR: u64 = 4;
+const SLOT_SUPER_WRITE_RDEV: u64 = 5;
+
+#[inline(always)]
+fn entry_key(slot: u64) -> u64 {
+    let tid = aya_ebpf::helpers::bpf_get_current_pid_tgid() as u32;
+    ((tid as u64) << 8) | slot
+}
 
 #[inline(always)]
 fn pending_writes(cfg: &ProbeConfig, mddev: u64) -> i32 {
-    if mddev == 0 || cfg.md.mddev_pending_writes == detector_common::config::NO_OFFSET {
+    if mddev == 0 || cfg.md.mddev_pending_writes == NO_OFFSET {
         return -1;
     }
     read(mddev, cfg.md.mddev_pending_writes)
@@ -81,11 +91,46 @@ fn try_super_write(ctx: &ProbeContext) -> Option<()> {
         size: ctx.arg_u64(3) as u32,
         ..Md::default()
     };
+    let full = counter::ARGS_FULL;
+    insert_or_count(
+        &ENTRY_ARGS,
+        entry_key(SLOT_SUPER_WRITE_SECTOR),
+        md.sector,
+        full,
+    );
+    insert_or_count(&ENTRY_ARGS, entry_key(SLOT_SUPER_WRITE_RDEV), md.rdev, full);
     emit(ctx, cfg, kind::MD_SUPER_WRITE, md)
 }
 
+/// Called for every bio submission: a bio submitted by a task inside
+/// `md_super_write`, for the same rdev (`bi_private`), is that write's, and
+/// its sector is remembered for `super_written`. (`md_super_write` may
+/// return early without a bio, for a faulty rdev: the rdev check keeps its
+/// stale entry from claiming an unrelated bio.)
+#[inline(always)]
+pub fn note_submission(cfg: &ProbeConfig, bio: u64) {
+    if cfg.md.rdev_mddev == NO_OFFSET {
+        return; // md_mod is not loaded
+    }
+    let rdev_key = entry_key(SLOT_SUPER_WRITE_RDEV);
+    let sector_key = entry_key(SLOT_SUPER_WRITE_SECTOR);
+    let (Some(&rdev), Some(&sector)) = (unsafe { ENTRY_ARGS.get(rdev_key) }, unsafe {
+        ENTRY_ARGS.get(sector_key)
+    }) else {
+        return;
+    };
+    if read::<u64>(bio, cfg.bio.private) != rdev {
+        return;
+    }
+    let _ = ENTRY_ARGS.remove(rdev_key);
+    let _ = ENTRY_ARGS.remove(sector_key);
+    insert_or_count(&MD_WRITES, bio, sector, counter::ARGS_FULL);
+}
+
 /// `static void super_written(struct bio *bio)`: the end_io of those writes;
-/// `bio->bi_private` is the rdev, `rdev->mddev` the array.
+/// `bio->bi_private` is the rdev, `rdev->mddev` the array. The sector is the
+/// one `md_super_write` was given (drivers/md/md.c, 6.1): the bio's own has
+/// been remapped to the whole disk and advanced by its completion.
 #[kprobe]
 pub fn kprobe_super_written(ctx: ProbeContext) -> u32 {
     done(try_super_written(&ctx))
@@ -96,11 +141,18 @@ fn try_super_written(ctx: &ProbeContext) -> Option<()> {
     let cfg = config()?;
     let bio = ctx.arg_u64(0);
     let rdev: u64 = read(bio, cfg.bio.private);
+    let sector = match unsafe { MD_WRITES.get(bio) } {
+        Some(&sector) => {
+            let _ = MD_WRITES.remove(bio);
+            sector
+        }
+        None => read(bio, cfg.bio.sector),
+    };
     let md = Md {
         mddev: read(rdev, cfg.md.rdev_mddev),
         rdev,
         bio,
-        sector: read(bio, cfg.bio.sector),
+        sector,
         status: read(bio, cfg.bio.status),
         ..Md::default()
     };
@@ -117,8 +169,12 @@ pub fn kprobe_md_super_wait(ctx: ProbeContext) -> u32 {
 fn try_super_wait(ctx: &ProbeContext) -> Option<()> {
     let cfg = config()?;
     let mddev = ctx.arg_u64(0);
-    let tid = aya_ebpf::helpers::bpf_get_current_pid_tgid() as u32;
-    let _ = ENTRY_ARGS.insert(((tid as u64) << 8) | SLOT_SUPER_WAIT, mddev, 0);
+    insert_or_count(
+        &ENTRY_ARGS,
+        entry_key(SLOT_SUPER_WAIT),
+        mddev,
+        counter::ARGS_FULL,
+    );
     let md = Md {
         mddev,
         ..Md::default()
@@ -199,8 +255,7 @@ pub fn kprobe_md_bitmap_free(ctx: ProbeContext) -> u32 {
 pub fn kprobe_md_kobj_release(ctx: ProbeContext) -> u32 {
     let kobj = ctx.arg_u64(0);
     let mddev = config().and_then(|cfg| {
-        (cfg.md.mddev_kobj != detector_common::config::NO_OFFSET && kobj != 0)
-            .then(|| kobj - cfg.md.mddev_kobj as u64)
+        (cfg.md.mddev_kobj != NO_OFFSET && kobj != 0).then(|| kobj - cfg.md.mddev_kobj as u64)
     });
     done(teardown_step(
         &ctx,

@@ -6,14 +6,17 @@ use aya_ebpf::{
     macros::{btf_tracepoint, raw_tracepoint},
     programs::{BtfTracePointContext, RawTracePointContext},
 };
-use detector_common::{COMM_LEN, ProbeConfig, SchedSwitch, SchedWake, SysExit, TaskExit, kind};
+use detector_common::{
+    COMM_LEN, ProbeConfig, SchedSwitch, SchedWake, SysExit, TaskExit, config::NO_OFFSET, counter,
+    kind,
+};
 
 use super::done;
 use crate::{
     context::Hooked,
     emit::{Stack, header, reserve, submit},
     kernel::{config, read},
-    maps::{SLEEPERS, WATCHED},
+    maps::{SLEEPERS, WATCHED, insert_or_count, watch},
 };
 
 /// `TASK_UNINTERRUPTIBLE` in `prev_state`.
@@ -22,7 +25,7 @@ const TASK_UNINTERRUPTIBLE: u32 = 0x2;
 #[inline(always)]
 fn task_comm(cfg: &ProbeConfig, task: u64) -> [u8; COMM_LEN] {
     let mut comm = [0u8; COMM_LEN];
-    if task != 0 && cfg.task.comm != detector_common::config::NO_OFFSET {
+    if task != 0 && cfg.task.comm != NO_OFFSET {
         let src = (task + cfg.task.comm as u64) as *const u8;
         let _ = unsafe { bpf_probe_read_kernel_buf(src, &mut comm) };
     }
@@ -31,7 +34,9 @@ fn task_comm(cfg: &ProbeConfig, task: u64) -> [u8; COMM_LEN] {
 
 /// `sched_switch(bool preempt, struct task_struct *prev,
 /// struct task_struct *next, unsigned int prev_state)` (5.18+; checked on
-/// 6.1 and 6.18). Runs on prev's stack, before the switch.
+/// 6.1 and 6.18); before 5.18 without `prev_state`, which is then read from
+/// `prev->__state` (userspace finds which from the tracepoint's BTF
+/// prototype). Runs on prev's stack, before the switch.
 #[btf_tracepoint(function = "sched_switch")]
 pub fn tp_sched_switch(ctx: BtfTracePointContext) -> u32 {
     done(try_sched_switch(&ctx))
@@ -48,14 +53,18 @@ fn try_sched_switch<C: Hooked>(ctx: &C) -> Option<()> {
     let preempt = ctx.arg_u64(0) as u8;
     let prev = ctx.arg_u64(1);
     let next = ctx.arg_u64(2);
-    let prev_state = ctx.arg_u64(3) as u32;
+    let prev_state = match cfg.sched_switch_prev_state_arg {
+        NO_OFFSET => read(prev, cfg.task_state),
+        // Masked so that a bad config cannot read far past the arguments.
+        arg => ctx.arg_u64((arg & 7) as usize) as u32,
+    };
     // Only uninterruptible sleeps get a stack: they are the ones a lost
     // wakeup leaves hanging, and a stack per switch would be the main cost.
     let sleeps = preempt == 0 && prev_state & TASK_UNINTERRUPTIBLE != 0;
     let stack = if sleeps { Stack::Take } else { Stack::Skip };
     let header = header(ctx, cfg, kind::SCHED_SWITCH, stack);
     if sleeps {
-        let _ = SLEEPERS.insert(header.tid, 1u8, 0);
+        insert_or_count(&SLEEPERS, header.tid, 1u8, counter::SLEEPERS_FULL);
     }
     let iowait: u8 = read(prev, cfg.task.in_iowait_byte);
     let next_tid: i32 = read(next, cfg.task.pid);
@@ -139,17 +148,56 @@ pub fn raw_sys_exit(ctx: RawTracePointContext) -> u32 {
 #[inline(always)]
 fn try_sys_exit<C: Hooked>(ctx: &C) -> Option<()> {
     let tid = aya_ebpf::helpers::bpf_get_current_pid_tgid() as u32;
-    unsafe { WATCHED.get(tid) }?;
+    let flags = WATCHED.get_ptr_mut(tid)?;
+    let watched = unsafe { *flags };
+    if watched & watch::EXIT == 0 {
+        return None;
+    }
+    let enter_reported = watched & watch::ONSTACK != 0;
+    if enter_reported {
+        unsafe { *flags = watch::IN_USER };
+    } else {
+        let _ = WATCHED.remove(tid);
+    }
+    emit_syscall(ctx, kind::SYS_EXIT, ctx.arg_u64(1) as i64, enter_reported)
+}
+
+/// `sys_enter(struct pt_regs *regs, long id)`: reported only for tasks whose
+/// return to user space was reported with `enter_reported`.
+#[btf_tracepoint(function = "sys_enter")]
+pub fn tp_sys_enter(ctx: BtfTracePointContext) -> u32 {
+    done(try_sys_enter(&ctx))
+}
+
+#[raw_tracepoint(tracepoint = "sys_enter")]
+pub fn raw_sys_enter(ctx: RawTracePointContext) -> u32 {
+    done(try_sys_enter(&ctx))
+}
+
+#[inline(always)]
+fn try_sys_enter<C: Hooked>(ctx: &C) -> Option<()> {
+    let tid = aya_ebpf::helpers::bpf_get_current_pid_tgid() as u32;
+    let flags = unsafe { WATCHED.get(tid) }?;
+    if *flags & watch::IN_USER == 0 {
+        return None;
+    }
     let _ = WATCHED.remove(tid);
+    emit_syscall(ctx, kind::SYS_ENTER, 0, false)
+}
+
+#[inline(always)]
+fn emit_syscall<C: Hooked>(ctx: &C, kind: u16, ret: i64, enter_reported: bool) -> Option<()> {
     let cfg = config()?;
     let regs = ctx.arg_u64(0);
-    let header = header(ctx, cfg, kind::SYS_EXIT, Stack::Skip);
+    let header = header(ctx, cfg, kind, Stack::Skip);
     let mut entry = reserve::<SysExit>()?;
     unsafe {
         entry.as_mut_ptr().write(SysExit {
             header,
             nr: read(regs, cfg.pt_regs_syscall_nr),
-            ret: ctx.arg_u64(1) as i64,
+            ret,
+            enter_reported: enter_reported as u8,
+            _pad: [0; 7],
         })
     };
     submit(entry, cfg);

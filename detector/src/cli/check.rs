@@ -11,6 +11,8 @@ use crate::kernel::attach::{HookStatus, LoadError, LoadOptions, Probes};
 use crate::kernel::coverage::{RuleState, coverage, mechanism_verdict};
 use crate::kernel::facts::KernelFacts;
 use crate::kernel::hooks::Mechanism;
+use crate::kernel::layout::SUPPORTED;
+use crate::kernel::loss::accounting;
 
 fn yes_no(ok: bool) -> &'static str {
     if ok { "yes" } else { "no" }
@@ -29,6 +31,7 @@ fn facts_text(f: &KernelFacts) -> String {
     .map(|(_, n)| *n)
     .collect();
     let _ = writeln!(s, "kernel       {} ({})", f.release, f.machine);
+    let _ = writeln!(s, "supported    {SUPPORTED}");
     let _ = writeln!(
         s,
         "privileges   euid {} {}",
@@ -73,11 +76,21 @@ pub fn run(args: CheckArgs) -> Result<ExitCode> {
     let facts = KernelFacts::read();
     let probes = match Probes::load(LoadOptions::default()) {
         Ok(p) => p,
-        Err(e @ (LoadError::NotPrivileged | LoadError::NoBtf)) => {
+        Err(e @ (LoadError::NotPrivileged | LoadError::NoBtf | LoadError::Unsupported { .. })) => {
             if args.json {
+                let reasons = match &e {
+                    LoadError::Unsupported { reasons, .. } => reasons.clone(),
+                    _ => Vec::new(),
+                };
                 println!(
                     "{}",
-                    json!({"kernel": facts, "can_trace": false, "error": e.to_string()})
+                    json!({
+                        "kernel": facts,
+                        "supported_kernels": SUPPORTED,
+                        "can_trace": false,
+                        "error": e.to_string(),
+                        "unsupported_because": reasons,
+                    })
                 );
             } else {
                 print!("{}", facts_text(&facts));
@@ -102,6 +115,7 @@ pub fn run(args: CheckArgs) -> Result<ExitCode> {
             "{}",
             json!({
                 "kernel": facts,
+                "supported_kernels": SUPPORTED,
                 "mechanisms": {
                     "fentry": verdict(&fentry),
                     "kprobe": verdict(&kprobe),
@@ -110,6 +124,7 @@ pub fn run(args: CheckArgs) -> Result<ExitCode> {
                 },
                 "hooks": outcomes,
                 "rules": rules,
+                "loss_accounting": accounting(probes.btf()),
                 "missing_fields": probes.missing_fields.iter().map(|m| json!({
                     "module": m.module, "field": m.field, "reason": m.reason,
                 })).collect::<Vec<_>>(),
@@ -158,7 +173,16 @@ pub fn run(args: CheckArgs) -> Result<ExitCode> {
                 "",
                 vec![format!("not needed: {with} is attached")],
             ),
-            HookStatus::Absent => ("-".into(), "", vec!["this kernel does not have it".into()]),
+            HookStatus::Absent
+                if crate::kernel::hooks::hook(o.name).is_some_and(|h| h.optional) =>
+            {
+                ("-".into(), "", vec!["this kernel does not have it".into()])
+            }
+            HookStatus::Absent => (
+                "-".into(),
+                "",
+                vec!["not found (possibly inlined): its rules cannot see it".into()],
+            ),
             HookStatus::WaitingForModule { module } => (
                 "-".into(),
                 "",
@@ -222,6 +246,10 @@ pub fn run(args: CheckArgs) -> Result<ExitCode> {
             }
         };
         let _ = writeln!(out, "{:<28} {:<10} {}", r.rule, state, details);
+    }
+    let _ = writeln!(out, "\n{:<28} {:<10} HOW", "LOSS", "COUNTED");
+    for l in accounting(probes.btf()) {
+        let _ = writeln!(out, "{:<28} {:<10} {}", l.cause, yes_no(l.counted), l.how);
     }
     if !probes.missing_fields.is_empty() {
         let _ = writeln!(

@@ -291,6 +291,16 @@ pub struct TraceArgs {
     /// stack, and the summary counts them.
     #[arg(long, value_name = "N", default_value_t = 10_000)]
     pub stack_budget: u32,
+    /// Tasks the programs can follow at once in each per-task map (tasks
+    /// whose syscall return, wakeup or function exit is awaited). Past it,
+    /// those events are lost, counted and reported as loss.
+    #[arg(long, value_name = "N", default_value_t = 65536, value_parser = clap::value_parser!(u32).range(1..))]
+    pub task_map_entries: u32,
+    /// At the end, write the session's counters to FILE as one JSON
+    /// object: events read and lost, the summary, the engine's tables,
+    /// detection latency percentiles, CPU time.
+    #[arg(long, value_name = "FILE")]
+    pub stats_json: Option<PathBuf>,
     #[command(flatten)]
     pub output: OutputArgs,
     #[command(flatten)]
@@ -301,6 +311,10 @@ pub struct TraceArgs {
 pub struct ReplayArgs {
     /// A file written by `detector trace --record`, or JSON lines of events.
     pub file: PathBuf,
+    /// At the end, write the session's counters to FILE as one JSON object
+    /// (as `trace --stats-json` does, without what only a live session has).
+    #[arg(long, value_name = "FILE")]
+    pub stats_json: Option<PathBuf>,
     #[command(flatten)]
     pub output: OutputArgs,
     #[command(flatten)]

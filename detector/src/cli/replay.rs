@@ -2,12 +2,13 @@
 
 use std::process::ExitCode;
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 
 use super::ReplayArgs;
 use crate::engine::{Engine, EngineConfig};
 use crate::event::StackTable;
 use crate::kernel::attach::HookOutcome;
+use crate::report::stats::{CpuTime, StatsJson};
 use crate::session::replay::{Item, ReplayFile};
 use crate::session::terminal::Terminal;
 use crate::session::{Session, SessionOptions, Stacks, findings_summary};
@@ -49,6 +50,7 @@ pub fn run(args: ReplayArgs) -> Result<ExitCode> {
             filter: args.output.filter(),
             start_ns,
             summary: true,
+            measure_latency: false,
         },
         StackTable::new(),
         engine,
@@ -62,8 +64,8 @@ pub fn run(args: ReplayArgs) -> Result<ExitCode> {
     while let Some(item) = file.next_item() {
         match item {
             Ok(Item::Event(ev)) => session.event(ev)?,
-            Ok(Item::Stack(id, stack)) => session.stacks.learn_stack(id, stack),
-            Ok(Item::Symbol(addr, name)) => session.stacks.learn_symbol(addr, name),
+            Ok(Item::Stack(id, stack)) => session.stacks.add_stack(id, stack),
+            Ok(Item::Symbol(addr, name)) => session.stacks.add_symbol(addr, name),
             Err(e) => {
                 failure = Some(e);
                 break;
@@ -76,6 +78,17 @@ pub fn run(args: ReplayArgs) -> Result<ExitCode> {
     session.finish()?;
     eprint!("{}", session.summary.render());
     eprint!("{}", findings_summary(&session.engine_stats()));
+    if let Some(path) = &args.stats_json {
+        StatsJson {
+            reader: None,
+            summary: session.summary.to_json(),
+            engine: session.engine_stats(),
+            detection_latency: None,
+            cpu: CpuTime::of_this_process(),
+        }
+        .write(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    }
     match failure {
         Some(e) => Err(e.into()),
         None => Ok(ExitCode::SUCCESS),

@@ -67,6 +67,8 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         )
     })?;
     let metrics = Arc::new(Metrics::new()?);
+    // Threads inherit this: the reader must be free to run on any CPU.
+    crate::session::live::unpin_from_cpus();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -11,11 +11,12 @@ use super::TraceArgs;
 use crate::clock::{monotonic_ns, realtime_ns};
 use crate::engine::Engine;
 use crate::kernel::attach::LoadOptions;
-use crate::kernel::reader::Batch;
+use crate::kernel::reader::{Batch, ReaderTotals};
 use crate::kernel::stacks::StackResolver;
-use crate::record::{FORMAT_VERSION, RecordHeader};
+use crate::record::RecordHeader;
+use crate::report::stats::{CpuTime, StatsJson};
 use crate::service::log;
-use crate::session::live::{Live, LiveInput, announcement};
+use crate::session::live::{Health, Live, LiveInput, announcement, unpin_from_cpus};
 use crate::session::recorder::Recorder;
 use crate::session::terminal::Terminal;
 use crate::session::{Session, SessionOptions, findings_summary};
@@ -25,6 +26,8 @@ const RECORD_FLUSH_EVERY: Duration = Duration::from_secs(1);
 
 pub fn run(args: TraceArgs) -> Result<ExitCode> {
     log::init_for_terminal();
+    // Threads inherit this: the reader must be free to run on any CPU.
+    unpin_from_cpus();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -37,8 +40,6 @@ pub fn run(args: TraceArgs) -> Result<ExitCode> {
 fn record_header(live: &Live, filters: Vec<String>) -> RecordHeader {
     let probes = &live.probes;
     RecordHeader {
-        format_version: FORMAT_VERSION,
-        detector_version: env!("CARGO_PKG_VERSION").into(),
         kernel_release: probes.facts().release.clone(),
         machine: probes.facts().machine.clone(),
         hostname: crate::kernel::facts::hostname(),
@@ -51,6 +52,7 @@ fn record_header(live: &Live, filters: Vec<String>) -> RecordHeader {
             .map(|o| (o.name.to_owned(), o.status.label().to_owned()))
             .collect(),
         filters,
+        ..RecordHeader::current()
     }
 }
 
@@ -66,6 +68,7 @@ async fn trace(args: TraceArgs) -> Result<ExitCode> {
     let opts = LoadOptions {
         ring_bytes: args.buffer_size,
         stack_budget: args.stack_budget,
+        task_map_entries: args.task_map_entries,
         ..LoadOptions::default()
     };
     let (live, stacks) = Live::start(opts)?;
@@ -85,6 +88,7 @@ async fn trace(args: TraceArgs) -> Result<ExitCode> {
             filter,
             start_ns,
             summary: true,
+            measure_latency: true,
         },
         stacks,
         Engine::new(engine_config),
@@ -113,16 +117,51 @@ async fn trace(args: TraceArgs) -> Result<ExitCode> {
     }
     let mut live = live;
     let result = trace_loop(&mut live, &mut session, &args, status_line).await;
-    // Stop the reader, then take everything it still had.
-    let (totals, drained) = live.stop(|batch| feed(&mut session, batch)).await;
+    // Stop the reader, then take everything it still had; a reader that
+    // does not answer (stuck on a CPU) is left behind, and said so.
+    let stopped = live.stop(|batch| feed(&mut session, batch)).await;
     result?;
-    drained?;
+    stopped.result?;
+    if let Some(note) = &stopped.reader_stuck {
+        eprintln!("\ndetector: {note}");
+    }
     let notes = session.finish()?;
     if status_line {
         eprint!("\r\x1b[K");
     }
     eprint!("\n{}", session.summary.render());
     eprint!("{}", findings_summary(&session.engine_stats()));
+    print_reader_totals(&stopped.totals);
+    for note in notes {
+        eprintln!("  {note}");
+    }
+    if let Some(path) = &args.stats_json {
+        StatsJson {
+            reader: Some(stopped.totals),
+            summary: session.summary.to_json(),
+            engine: session.engine_stats(),
+            detection_latency: session.latency(),
+            cpu: CpuTime::of_this_process(),
+        }
+        .write(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    if let Some(path) = &args.ready_file {
+        let _ = std::fs::remove_file(path);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_reader_totals(totals: &ReaderTotals) {
+    let counters: Vec<String> = totals
+        .counters
+        .named()
+        .filter(|(_, n)| *n > 0)
+        .map(|(name, n)| format!("{name} {n}"))
+        .collect();
+    if !counters.is_empty() {
+        eprintln!("  kernel-side counters: {}", counters.join(", "));
+    }
     if totals.stacks_over_budget > 0 {
         eprintln!(
             "  events without a stack (over --stack-budget): {}",
@@ -135,13 +174,6 @@ async fn trace(args: TraceArgs) -> Result<ExitCode> {
             totals.decode_errors, totals.read_errors
         );
     }
-    for note in notes {
-        eprintln!("  {note}");
-    }
-    if let Some(path) = &args.ready_file {
-        let _ = std::fs::remove_file(path);
-    }
-    Ok(ExitCode::SUCCESS)
 }
 
 /// Reads until Ctrl-C, SIGTERM, --duration or a closed stdout.
@@ -156,6 +188,8 @@ async fn trace_loop(
     let deadline = tokio::time::sleep(args.duration.unwrap_or(Duration::from_secs(u64::MAX / 4)));
     tokio::pin!(deadline);
     let mut status_tick = tokio::time::interval(Duration::from_secs(1));
+    let mut health_tick = tokio::time::interval(Duration::from_secs(1));
+    let mut health = Health::default();
     let mut last_sync = Instant::now();
     let mut last_status = (Instant::now(), 0u64);
     loop {
@@ -165,6 +199,11 @@ async fn trace_loop(
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
             _ = &mut deadline => break,
+            _ = health_tick.tick() => {
+                for note in health.check(live, &session.summary.heartbeat) {
+                    eprintln!("\ndetector: {note}");
+                }
+            }
             _ = status_tick.tick(), if status_line => {
                 let (at, before) = last_status;
                 let now = session.summary.events();
@@ -191,10 +230,13 @@ async fn trace_loop(
                         break;
                     }
                 }
-                Some(LiveInput::ModuleLoaded(module)) => {
+                Some(LiveInput::Modules { attached }) => {
+                    // Modules come and go: symbolize with the current ones.
                     session.stacks.refresh_modules();
-                    // The VM bench waits for these words.
-                    eprintln!("detector: {module} loaded; md hooks attached");
+                    if let Some(module) = attached {
+                        // The VM bench waits for these words.
+                        eprintln!("detector: {module} loaded; md hooks attached");
+                    }
                 }
             },
         }

@@ -2,13 +2,24 @@
 //! and per-disk in-flight counts. Shared by the bio rules, lost-io and
 //! lost-wakeup.
 //!
-//! A lifecycle starts at the first `BioQueue` of an address (or the first
-//! after it completed or was re-initialised). Stacked drivers and bio
-//! splitting resubmit a bio that is still in flight: that refreshes it.
-//! Completion is seen in one of four ways, from the most to the least
-//! precise: `bio_endio` (final call), a request completion naming the bio,
+//! A life starts at the first `BioQueue` of an address (or the first after
+//! it completed or was re-initialised). Stacked drivers and bio splitting
+//! resubmit a bio that is still in flight: that refreshes it. Completion is
+//! seen in one of four ways, from the most to the least precise:
+//! `bio_endio` (final call), a request completion naming the bio,
 //! `block_bio_complete`, or a request completion whose bio walk was cut
-//! short, which completes every in-flight bio ending inside its sector range.
+//! short, which completes every in-flight bio ending inside its sector
+//! range.
+//!
+//! Lives also start unseen. `bio_init` is inlined into `bio_alloc_bioset`
+//! in distribution kernels, and clones, splits and passthrough bios reach
+//! `bio_endio` without any submission we can see (dm-thin ends its clones
+//! of unprovisioned blocks from its worker; a split front half is handed
+//! straight to the driver). A completed bio's address can therefore be
+//! reused by a new bio that completes without anything in between. Each
+//! final `bio_endio` records what it saw ([`EndioCall`]), and a second one
+//! is only taken for the same bio completing again when nothing says
+//! otherwise (see [`Bios::complete`]).
 
 use super::finding::{Object, ObjectKind};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -42,6 +53,34 @@ impl Via {
     }
 }
 
+/// What one `bio_endio` call saw of the bio: enough to tell the same bio
+/// completing again from a new bio at the same address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Identity {
+    pub end_io: Addr,
+    pub private: Addr,
+    pub dev: Dev,
+    pub sector: u64,
+    pub size: u32,
+}
+
+/// A final `bio_endio` call.
+#[derive(Clone, Copy, Debug)]
+pub struct EndioCall {
+    /// The handler call (`handlers::Call::id`).
+    pub id: u64,
+    pub identity: Identity,
+    /// `bi_blkg` was set. The final completion's `bio_uninit()` clears it,
+    /// so a later call with it set is on a bio set up anew.
+    pub has_blkg: bool,
+    /// `REQ_INTEGRITY` was set.
+    pub integrity: bool,
+    /// A read that succeeded: with `integrity`, the kernel defers `bi_end_io`
+    /// to integrity verification (kintegrityd), which calls `bio_endio`
+    /// again once the integrity payload is freed.
+    pub read_ok: bool,
+}
+
 #[derive(Clone, Copy, Debug)]
 pub struct Completion {
     pub actor: Actor,
@@ -50,13 +89,23 @@ pub struct Completion {
     pub status: i32,
     /// `bi_end_io` as `bio_endio` saw it (null for tracepoints).
     pub end_io: Addr,
+    /// The `bio_endio` call, when that is how it was seen.
+    pub call: Option<EndioCall>,
+    /// It ran inside the submitter's own submission call: the submission
+    /// failed (the disk is going away, say) and the bio never reached the
+    /// device.
+    pub in_submission: bool,
 }
 
 #[derive(Clone, Copy, Debug)]
 pub struct Bio {
     pub addr: Addr,
     pub life: u32,
-    /// The submission that started this lifecycle.
+    /// The life started with a submission we saw (`queued`); otherwise it
+    /// started unseen and was first seen completing.
+    pub submitted: bool,
+    /// The submission that started this life (the completion, for lives
+    /// first seen completing).
     pub queued: Actor,
     /// The latest (re)submission.
     pub last_queued: u64,
@@ -72,10 +121,13 @@ pub struct Bio {
     /// Task the submission is charged to (0: interrupt context).
     pub submitter: u32,
     pub episode: u32,
-    /// Its first completion, if it completed.
+    /// Its latest final completion, if it completed.
     pub done: Option<Completion>,
     /// Some `bio_endio` ran for it, final or not: the device answered.
     pub endio_activity: bool,
+    /// A chained bio's latest `bio_endio`: the `__bi_remaining` it read
+    /// and its call (`handlers::Call::id`).
+    pub chain_read: Option<(i32, u64)>,
     pub lost_reported: bool,
     pub seen: Seen,
 }
@@ -100,9 +152,7 @@ impl Bio {
             self.queued.who()
         )
     }
-}
 
-impl Bio {
     pub fn in_flight(&self) -> bool {
         self.done.is_none()
     }
@@ -121,19 +171,38 @@ pub struct Disk {
 
 /// What a submission did to the table.
 pub enum Queued {
-    /// A new lifecycle.
+    /// A new life.
     New,
     /// The bio was in flight: a resubmission (stacking, splitting).
     Refresh,
 }
 
+/// Where the previous final `bio_endio` call of a bio stands when another
+/// one starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PrevCall {
+    /// It returned (or its return is unknowable: no exit hook).
+    Returned,
+    /// It is still running, and the new call is nested inside it, in the
+    /// same context: its `bi_end_io` called `bio_endio` again.
+    Enclosing,
+    /// It is still running in another context.
+    Concurrent,
+}
+
 /// What a completion did to the table.
 pub enum Completed {
-    /// The bio's first completion in this lifecycle (the bio as it was).
+    /// The bio's first completion in this life (the bio as it was).
     First(Bio),
-    /// It had completed already (`done` says how).
+    /// A second final completion of one life (`done` says the first).
     Again(Bio),
-    /// Never seen submitted (or forgotten).
+    /// The same completion seen again, or the kernel's own second call:
+    /// integrity verification finishing a read, or a stacking driver
+    /// that hooked `bi_end_io` restoring it and completing again.
+    Continued,
+    /// A new bio at a completed bio's address, first seen completing.
+    NewLife,
+    /// Never seen (or forgotten), and not a final `bio_endio`.
     Unknown,
 }
 
@@ -214,6 +283,12 @@ impl Bios {
         self.disks.get(&dev).copied().unwrap_or_default()
     }
 
+    fn next_life(&mut self) -> u32 {
+        let life = self.next_life;
+        self.next_life = self.next_life.wrapping_add(1);
+        life
+    }
+
     /// Records a submission; evicted in-flight bios are pushed to `evicted`.
     pub fn queue(&mut self, sub: Submission<'_>, evicted: &mut Vec<Bio>) -> Queued {
         if let Some(bio) = self.bios.get_mut(&sub.addr)
@@ -243,14 +318,14 @@ impl Bios {
                 evicted.push(bio);
             }
         }
-        let life = self.next_life;
-        self.next_life = self.next_life.wrapping_add(1);
+        let life = self.next_life();
         let end_sector = sub
             .disk_relative
             .then(|| sub.sector + (sub.size as u64).div_ceil(512));
         let bio = Bio {
             addr: sub.addr,
             life,
+            submitted: true,
             queued: *sub.actor,
             last_queued: sub.actor.ts,
             resubmits: 0,
@@ -264,6 +339,7 @@ impl Bios {
             episode: sub.episode,
             done: None,
             endio_activity: false,
+            chain_read: None,
             lost_reported: false,
             seen: sub.seen,
         };
@@ -292,31 +368,91 @@ impl Bios {
         Queued::New
     }
 
-    /// Records a completion of `addr`.
-    pub fn complete(&mut self, addr: Addr, done: Completion) -> Completed {
+    /// Records a completion of `addr`. `prev` tells where the bio's
+    /// previous final `bio_endio` call stands (asked only when there was
+    /// one).
+    pub fn complete(
+        &mut self,
+        addr: Addr,
+        done: Completion,
+        seen: Seen,
+        prev: impl FnOnce(u64) -> PrevCall,
+    ) -> Completed {
         let Some(bio) = self.bios.get_mut(&addr) else {
+            if let Some(call) = done.call {
+                self.start_completed(addr, &done, call, seen);
+            }
             return Completed::Unknown;
         };
-        if let Some(first) = bio.done {
-            let again = *bio;
-            if first.via != Via::Endio && done.via == Via::Endio {
-                // The same completion seen from bio_endio after a
-                // tracepoint saw it: bio_endio is the one that counts.
+        let Some(first) = bio.done else {
+            let before = *bio;
+            bio.done = Some(done);
+            self.leave_flight(&before, done.actor.ts);
+            let disk = self.disks.entry(before.disk).or_default();
+            disk.completions_seen = true;
+            if self.keep_completed && self.max_completed > 0 {
+                self.keep(addr, before.life);
+            } else {
+                self.bios.remove(&addr);
+            }
+            return Completed::First(before);
+        };
+        let (Some(p), Some(c)) = (first.call, done.call) else {
+            // A tracepoint is not a per-call fact (a flush sequence reports
+            // its bios twice); bio_endio seeing the same completion after a
+            // tracepoint did is the one that counts.
+            if first.call.is_none() && done.call.is_some() {
                 bio.done = Some(done);
             }
-            return Completed::Again(again);
+            return Completed::Continued;
+        };
+        match repeat(bio, &p, &c, prev(p.id)) {
+            Repeat::Continued => {
+                bio.done = Some(done);
+                Completed::Continued
+            }
+            Repeat::Again => Completed::Again(*bio),
+            Repeat::NewLife => {
+                self.forget(addr, done.actor.ts);
+                self.start_completed(addr, &done, c, seen);
+                Completed::NewLife
+            }
         }
-        let before = *bio;
-        bio.done = Some(done);
-        self.leave_flight(&before, done.actor.ts);
-        let disk = self.disks.entry(before.disk).or_default();
-        disk.completions_seen = true;
-        if self.keep_completed && self.max_completed > 0 {
-            self.keep(addr, before.life);
-        } else {
-            self.bios.remove(&addr);
+    }
+
+    /// A life first seen at its final completion: kept so that a second
+    /// completion of it can be recognised.
+    fn start_completed(&mut self, addr: Addr, done: &Completion, call: EndioCall, seen: Seen) {
+        if !self.keep_completed || self.max_completed == 0 {
+            return;
         }
-        Completed::First(before)
+        let life = self.next_life();
+        let id = call.identity;
+        self.bios.insert(
+            addr,
+            Bio {
+                addr,
+                life,
+                submitted: false,
+                queued: done.actor,
+                last_queued: done.actor.ts,
+                resubmits: 0,
+                dev: id.dev,
+                disk: id.dev,
+                sector: id.sector,
+                size: id.size,
+                end_io: id.end_io,
+                end_sector: None,
+                submitter: 0,
+                episode: 0,
+                done: Some(*done),
+                endio_activity: true,
+                chain_read: None,
+                lost_reported: false,
+                seen,
+            },
+        );
+        self.keep(addr, life);
     }
 
     fn keep(&mut self, addr: Addr, life: u32) {
@@ -344,12 +480,37 @@ impl Bios {
         }
     }
 
-    /// A non-final `bio_endio` ran for `addr` (a chained bio's count drop).
+    /// A non-final `bio_endio` ran for `addr` (a chained bio's count drop,
+    /// or integrity verification deferred).
     pub fn endio_activity(&mut self, addr: Addr) {
         if let Some(bio) = self.bios.get_mut(&addr) {
             bio.endio_activity = true;
             self.quiet.remove(&(bio.last_queued, bio.life));
         }
+    }
+
+    /// A `bio_endio` of a chained bio, in call `call`, read
+    /// `__bi_remaining == remaining` before its decrement. Returns whether
+    /// it is the bio's final completion all the same: two children ending
+    /// at once on two CPUs may both read 2, and then one of them completes
+    /// the parent. Only overlapping calls say so: the count also goes up
+    /// (`bio_inc_remaining`: dm resubmitting the rest of a split bio, a new
+    /// child chained), so two reads of 2 one after the other mean nothing.
+    pub fn chain_drop(
+        &mut self,
+        addr: Addr,
+        remaining: i32,
+        call: u64,
+        open: impl Fn(u64) -> bool,
+    ) -> bool {
+        let Some(bio) = self.bios.get_mut(&addr).filter(|b| b.in_flight()) else {
+            return remaining <= 1;
+        };
+        let concurrent = bio
+            .chain_read
+            .is_some_and(|(read, other)| read == remaining && other != call && open(other));
+        bio.chain_read = Some((remaining, call));
+        remaining <= 1 || (remaining == 2 && concurrent)
     }
 
     /// In-flight bios on `disk` whose last sector lies in `[from, to)`.
@@ -397,4 +558,39 @@ impl Bios {
             disk.idle_since = ts;
         }
     }
+}
+
+enum Repeat {
+    Continued,
+    Again,
+    NewLife,
+}
+
+/// A final `bio_endio` call `c` on a bio whose last final call was `p`.
+fn repeat(bio: &Bio, p: &EndioCall, c: &EndioCall, prev: PrevCall) -> Repeat {
+    match prev {
+        // bio_endio -> hook end_io, which restores bi_end_io (and
+        // bi_private) and calls bio_endio again: the same life going on.
+        PrevCall::Enclosing if c.identity.end_io != p.identity.end_io => return Repeat::Continued,
+        // Two final completions running at once.
+        PrevCall::Enclosing | PrevCall::Concurrent => return Repeat::Again,
+        PrevCall::Returned => {}
+    }
+    if p.integrity && p.read_ok && !c.integrity {
+        // __bio_integrity_endio() queued verification instead of ending
+        // the bio; bio_integrity_verify_fn() freed the payload (clearing
+        // REQ_INTEGRITY) and called bio_endio again.
+        return Repeat::Continued;
+    }
+    if c.identity != p.identity || c.has_blkg {
+        // Another end_io, private, device or position, or a blkg set up
+        // since bio_uninit() cleared it: a new bio at this address.
+        return Repeat::NewLife;
+    }
+    if !bio.submitted && !p.has_blkg {
+        // Nothing of this life was seen but its completions, and nothing
+        // tells a reinitialised bio from this one: no verdict.
+        return Repeat::NewLife;
+    }
+    Repeat::Again
 }

@@ -69,7 +69,7 @@ impl Rule {
             Self::BioDoubleComplete => &[BioDoubleComplete],
             Self::BioCompleteAfterTeardown => &[BioCompleteAfterTeardown],
             Self::StuckCompletionHandler => &[StuckCompletionHandler],
-            Self::LostIoCompletion => &[LostIoCompletion],
+            Self::LostIoCompletion => &[LostIoCompletion, LateIoCompletion],
         }
     }
 

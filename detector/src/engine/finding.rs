@@ -24,10 +24,11 @@ pub enum FindingKind {
     BioCompleteAfterTeardown,
     StuckCompletionHandler,
     LostIoCompletion,
+    LateIoCompletion,
 }
 
 impl FindingKind {
-    pub const ALL: [FindingKind; 9] = [
+    pub const ALL: [FindingKind; 10] = [
         Self::CompleteAfterReturn,
         Self::UnsynchronizedOnstackComplete,
         Self::LostWakeup,
@@ -37,6 +38,7 @@ impl FindingKind {
         Self::BioCompleteAfterTeardown,
         Self::StuckCompletionHandler,
         Self::LostIoCompletion,
+        Self::LateIoCompletion,
     ];
 
     pub fn name(self) -> &'static str {
@@ -50,6 +52,7 @@ impl FindingKind {
             Self::BioCompleteAfterTeardown => "bio-complete-after-teardown",
             Self::StuckCompletionHandler => "stuck-completion-handler",
             Self::LostIoCompletion => "lost-io-completion",
+            Self::LateIoCompletion => "late-io-completion",
         }
     }
 
@@ -64,7 +67,7 @@ impl FindingKind {
             Self::BioDoubleComplete => Rule::BioDoubleComplete,
             Self::BioCompleteAfterTeardown => Rule::BioCompleteAfterTeardown,
             Self::StuckCompletionHandler => Rule::StuckCompletionHandler,
-            Self::LostIoCompletion => Rule::LostIoCompletion,
+            Self::LostIoCompletion | Self::LateIoCompletion => Rule::LostIoCompletion,
         }
     }
 
@@ -84,6 +87,8 @@ impl FindingKind {
             | Self::StuckCompletionHandler => Severity::Error,
             // Could also be a very slow or failing device.
             Self::LostIoCompletion => Severity::Warning,
+            // What became of a stall reported before.
+            Self::LateIoCompletion => Severity::Info,
         }
     }
 }
@@ -97,6 +102,8 @@ impl fmt::Display for FindingKind {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Severity {
+    /// Not a race: what became of one reported before.
+    Info,
     Warning,
     Error,
     Critical,
@@ -105,6 +112,7 @@ pub enum Severity {
 impl Severity {
     pub fn name(self) -> &'static str {
         match self {
+            Self::Info => "info",
             Self::Warning => "warning",
             Self::Error => "error",
             Self::Critical => "critical",

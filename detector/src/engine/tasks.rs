@@ -11,8 +11,7 @@ use std::collections::{BTreeMap, VecDeque};
 use super::actor::Actor;
 use super::hash::FastMap;
 use super::loss::Seen;
-use super::rules::lost_wakeup::Episode;
-use crate::event::{Addr, Dev, WaitVariant};
+use crate::event::Addr;
 
 /// What an event says about where its task's own frames are.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -55,12 +54,17 @@ pub struct Sleep {
     pub iowait: bool,
 }
 
-/// An open `del_gendisk` call by this task.
+/// A submission the task has not been seen returning from.
 #[derive(Clone, Copy, Debug)]
-pub struct Deleting {
-    pub dev: Dev,
+pub struct OpenSubmit {
+    pub bio: Addr,
+    /// Where the submission hook ran: the task is back above the call once
+    /// seen with its stack pointer higher.
     pub sp: u64,
 }
+
+/// Submissions remembered per task; the oldest are dropped beyond.
+const OPEN_SUBMITS: usize = 16;
 
 #[derive(Debug, Default)]
 pub struct Task {
@@ -72,18 +76,51 @@ pub struct Task {
     pub last_stacked: Option<Obs>,
     /// Asleep since (only sleeps it must be woken from are tracked).
     pub sleep: Option<Sleep>,
-    /// lost-wakeup: the I/O it submitted since it last left the kernel.
-    pub episode: Episode,
-    /// onstack-completion: completions in its stack with an unconsumed
-    /// `complete()` from another context.
-    pub onstack: Vec<Addr>,
-    /// Its latest wait on an on-stack completion that returned without
-    /// consuming a `complete()` (timeout, signal), for diagrams.
-    pub failed_wait: Option<(Addr, Actor, WaitVariant, i64)>,
-    /// bio-complete-after-teardown: its open `del_gendisk` calls.
-    pub deleting: Vec<Deleting>,
+    /// Bumped each time it returns to user space: what it submits between
+    /// two returns belongs to one episode (lost-wakeup).
+    pub episode: u32,
+    /// In user space, as far as the kernel side tracks it (its return was
+    /// reported along with a promise to report its next syscall entry):
+    /// an event with its stack meanwhile is an interrupt taken from user
+    /// mode, which runs on the task's kernel stack.
+    pub in_user: bool,
+    /// Its submissions still running: a bio that completes inside its own
+    /// submission (an I/O error from the submission path) was never in
+    /// flight at the device.
+    pub open_submits: Vec<OpenSubmit>,
     /// For eviction order.
     fifo_life: u32,
+}
+
+impl Task {
+    /// The task is inside its `submit_bio` call for `bio`.
+    pub fn submitting(&self, bio: Addr) -> bool {
+        self.open_submits.iter().any(|s| s.bio == bio)
+    }
+
+    pub fn submit_started(&mut self, bio: Addr, sp: u64) {
+        if sp == 0 {
+            return;
+        }
+        if self.open_submits.len() == OPEN_SUBMITS {
+            self.open_submits.remove(0);
+        }
+        self.open_submits.push(OpenSubmit { bio, sp });
+    }
+
+    /// The task was seen as `obs` says: calls below that are over.
+    pub fn observed(&mut self, obs: &Obs) {
+        if !self.open_submits.is_empty() {
+            self.open_submits.retain(|s| !obs.kind.left(s.sp));
+        }
+        if matches!(obs.kind, ObsKind::User | ObsKind::Exit) {
+            self.episode = self.episode.wrapping_add(1);
+        }
+        self.last_obs = Some(*obs);
+        if obs.actor.stack.is_some() && matches!(obs.kind, ObsKind::Frames(_)) {
+            self.last_stacked = Some(*obs);
+        }
+    }
 }
 
 /// Why a task's state is dropped.

@@ -3,7 +3,7 @@
 //! fixtures and property tests in `detector/tests`.
 
 use super::*;
-use crate::event::{Dev, StackId};
+use crate::event::{Addr, Dev, Hook, StackId};
 
 const S: u64 = 1_000_000_000;
 const MS: u64 = 1_000_000;
@@ -75,6 +75,9 @@ fn endio(ts: u64, bio: u64) -> Event {
             remaining: 1,
             is_final: true,
             chain_depth: 0,
+            opf: 0,
+            has_blkg: false,
+            integrity: false,
         },
     )
 }
@@ -91,7 +94,15 @@ fn complete(ts: u64) -> Event {
 }
 
 fn sys_exit(ts: u64) -> Event {
-    owner(ts, 0x3f80, EventKind::SysExit { nr: 16, ret: 0 })
+    owner(
+        ts,
+        0x3f80,
+        EventKind::SysExit {
+            nr: 16,
+            ret: 0,
+            enter_reported: false,
+        },
+    )
 }
 
 fn lost(ts: u64, until: u64) -> Event {
@@ -139,6 +150,48 @@ fn a_loss_marker_inside_the_window_turns_a_finding_indeterminate() {
     let stats = engine.stats();
     assert_eq!(stats.indeterminate(Rule::OnstackCompletion), 1);
     assert_eq!((stats.loss_records, stats.lost_events), (1, 7));
+}
+
+fn checked(until: u64) -> Event {
+    Event {
+        kind: EventKind::LossChecked { until },
+        ..lost(until, until)
+    }
+}
+
+#[test]
+fn nothing_is_judged_past_the_loss_horizon() {
+    let mut engine = Engine::new(EngineConfig::default());
+    let mut found = Vec::new();
+    found.extend(engine.push(checked(T0 - MS)));
+    for ev in unsynchronized() {
+        found.extend(engine.push(ev));
+    }
+    // The clock is far ahead, but losses are accounted only until before
+    // the race: a marker covering it may still come.
+    found.extend(engine.advance(T0 + 500 * MS));
+    assert!(found.is_empty(), "judged past the loss horizon: {found:?}");
+    found.extend(engine.push(checked(T0 + 400 * MS)));
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0].kind, FindingKind::UnsynchronizedOnstackComplete);
+}
+
+#[test]
+fn a_loss_marker_late_for_the_window_but_inside_the_horizon_counts() {
+    let mut engine = Engine::new(EngineConfig::default());
+    let mut found = Vec::new();
+    found.extend(engine.push(checked(T0 - MS)));
+    for ev in unsynchronized() {
+        found.extend(engine.push(ev));
+    }
+    found.extend(engine.advance(T0 + 500 * MS));
+    // Skipped program runs are read every 50 ms: the marker for a loss in
+    // the race comes 200 ms after the window would have passed it.
+    found.extend(engine.push(lost(T0 - MS, T0 + 300 * MS)));
+    found.extend(engine.push(checked(T0 + 400 * MS)));
+    found.extend(engine.finish());
+    assert!(found.is_empty(), "{found:?}");
+    assert_eq!(engine.stats().indeterminate(Rule::OnstackCompletion), 1);
 }
 
 #[test]

@@ -3,6 +3,7 @@
 
 use std::mem::size_of;
 
+use compact_str::CompactString;
 use detector_common as wire;
 use detector_common::{hook, kind, teardown, wait};
 
@@ -45,9 +46,12 @@ fn read_exact<T: Copy>(bytes: &[u8], kind_name: &'static str) -> Result<T, Decod
     Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
 }
 
-fn comm(raw: &[u8; wire::COMM_LEN]) -> String {
+fn comm(raw: &[u8; wire::COMM_LEN]) -> CompactString {
     let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
-    String::from_utf8_lossy(&raw[..end]).into_owned()
+    match std::str::from_utf8(&raw[..end]) {
+        Ok(text) => CompactString::new(text),
+        Err(_) => CompactString::from_utf8_lossy(&raw[..end]),
+    }
 }
 
 fn hook_of(raw: u8) -> Result<Hook, DecodeError> {
@@ -141,6 +145,7 @@ fn kind_name(kind: u16) -> &'static str {
         kind::SCHED_WAKING => "sched_waking",
         kind::SCHED_WAKEUP => "sched_wakeup",
         kind::SYS_EXIT => "sys_exit",
+        kind::SYS_ENTER => "sys_enter",
         kind::TASK_EXIT => "task_exit",
         _ => "unknown",
     }
@@ -219,6 +224,9 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
                 remaining: r.remaining,
                 is_final: r.is_final != 0,
                 chain_depth: r.chain_depth,
+                opf: r.opf,
+                has_blkg: r.has_blkg != 0,
+                integrity: r.integrity != 0,
             }
         }
         kind::BIO_ENDIO_EXIT => {
@@ -351,7 +359,12 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
             EventKind::SysExit {
                 nr: r.nr,
                 ret: r.ret,
+                enter_reported: r.enter_reported != 0,
             }
+        }
+        kind::SYS_ENTER => {
+            let r: wire::SysExit = read_exact(bytes, name)?;
+            EventKind::SysEnter { nr: r.nr }
         }
         kind::TASK_EXIT => {
             let _: wire::TaskExit = read_exact(bytes, name)?;

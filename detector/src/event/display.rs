@@ -169,9 +169,11 @@ pub fn line(ev: &Event, start_ns: u64) -> String {
             target_tid,
             target_comm,
         } => write!(s, " {target_comm} {target_tid}"),
-        EventKind::SysExit { nr, ret } => write!(s, " nr={nr} ret={ret}"),
+        EventKind::SysExit { nr, ret, .. } => write!(s, " nr={nr} ret={ret}"),
+        EventKind::SysEnter { nr } => write!(s, " nr={nr}"),
         EventKind::TaskExit => Ok(()),
         EventKind::Lost { count, .. } => write!(s, " {count} events lost"),
+        EventKind::LossChecked { until } => write!(s, " losses accounted until {until}"),
     };
     s
 }
@@ -186,7 +188,7 @@ mod tests {
         for ev in kernel_events() {
             let l = line(&ev, 1_000_000_000);
             assert!(l.contains(ev.kind.name()), "{l}");
-            assert!(l.contains(&ev.comm), "{l}");
+            assert!(l.contains(ev.comm.as_str()), "{l}");
         }
     }
 

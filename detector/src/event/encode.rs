@@ -204,6 +204,9 @@ pub fn encode(ev: &Event) -> Result<Vec<u8>, NotAKernelEvent> {
             remaining,
             is_final,
             chain_depth,
+            opf,
+            has_blkg,
+            integrity,
         } => bytes_of(&wire::BioEndio {
             header: k(kind::BIO_ENDIO)?,
             bio: bio.0,
@@ -214,11 +217,14 @@ pub fn encode(ev: &Event) -> Result<Vec<u8>, NotAKernelEvent> {
             disk_dev: disk.0,
             size: *size,
             remaining: *remaining,
+            opf: *opf,
             flags: *flags,
             status: *status,
             is_final: *is_final as u8,
             chain_depth: *chain_depth,
-            _pad: [0; 3],
+            has_blkg: *has_blkg as u8,
+            integrity: *integrity as u8,
+            _pad: [0; 5],
         }),
         EventKind::BioEndioExit { bio } => bytes_of(&wire::BioRef {
             header: k(kind::BIO_ENDIO_EXIT)?,
@@ -397,12 +403,26 @@ pub fn encode(ev: &Event) -> Result<Vec<u8>, NotAKernelEvent> {
             _pad: 0,
             target_comm: comm(target_comm),
         }),
-        EventKind::SysExit { nr, ret } => bytes_of(&wire::SysExit {
+        EventKind::SysExit {
+            nr,
+            ret,
+            enter_reported,
+        } => bytes_of(&wire::SysExit {
             header: k(kind::SYS_EXIT)?,
+            enter_reported: *enter_reported as u8,
+            _pad: [0; 7],
             nr: *nr,
             ret: *ret,
         }),
+        EventKind::SysEnter { nr } => bytes_of(&wire::SysExit {
+            header: k(kind::SYS_ENTER)?,
+            nr: *nr,
+            ret: 0,
+            enter_reported: 0,
+            _pad: [0; 7],
+        }),
         EventKind::TaskExit => bytes_of(&k(kind::TASK_EXIT)?),
         EventKind::Lost { .. } => return Err(NotAKernelEvent("lost")),
+        EventKind::LossChecked { .. } => return Err(NotAKernelEvent("loss_checked")),
     })
 }

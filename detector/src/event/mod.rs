@@ -12,6 +12,7 @@ pub mod samples;
 mod stack;
 mod values;
 
+use compact_str::CompactString;
 use serde::{Deserialize, Serialize};
 pub use stack::{Frame, Stack, StackId, StackTable};
 pub use values::{Addr, Dev};
@@ -29,6 +30,64 @@ pub enum Hook {
     Kretprobe,
     /// Made by detector itself (loss markers).
     Detector,
+}
+
+/// Why events were lost: one cause per loss counter
+/// (`detector_common::counter`), named as the counter is.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum LossCause {
+    /// The ring buffer was full (records made before causes were recorded
+    /// say nothing, and this was the only cause then).
+    #[default]
+    RingBufferFull,
+    /// The per-task map of tasks whose syscall return is reported was full.
+    WatchedMapFull,
+    /// The per-task map of sleepers whose wakeup is reported was full.
+    SleepersMapFull,
+    /// The map keeping entry arguments for exits and completions was full.
+    EntryArgsMapFull,
+    /// The kernel skipped a program run: another program was running on
+    /// that CPU (fentry/fexit/tracepoint recursion protection; kprobes
+    /// skipped while any BPF program runs, counted since Linux 6.7).
+    RecursionMisses,
+}
+
+impl LossCause {
+    pub const ALL: [LossCause; 5] = [
+        Self::RingBufferFull,
+        Self::WatchedMapFull,
+        Self::SleepersMapFull,
+        Self::EntryArgsMapFull,
+        Self::RecursionMisses,
+    ];
+
+    /// The cause counted by counter `index`, if that counter counts a loss.
+    pub fn of_counter(index: u32) -> Option<Self> {
+        use detector_common::counter;
+        Some(match index {
+            counter::DROPPED => Self::RingBufferFull,
+            counter::WATCHED_FULL => Self::WatchedMapFull,
+            counter::SLEEPERS_FULL => Self::SleepersMapFull,
+            counter::ARGS_FULL => Self::EntryArgsMapFull,
+            counter::RECURSION_MISSES => Self::RecursionMisses,
+            _ => return None,
+        })
+    }
+
+    /// The counter's name (`ring_buffer_full`, ...), also the JSON value.
+    pub fn name(self) -> &'static str {
+        let index = match self {
+            Self::RingBufferFull => detector_common::counter::DROPPED,
+            Self::WatchedMapFull => detector_common::counter::WATCHED_FULL,
+            Self::SleepersMapFull => detector_common::counter::SLEEPERS_FULL,
+            Self::EntryArgsMapFull => detector_common::counter::ARGS_FULL,
+            Self::RecursionMisses => detector_common::counter::RECURSION_MISSES,
+        };
+        detector_common::counter::NAMES[index as usize]
+    }
 }
 
 /// Which `wait_for_completion*` function.
@@ -138,7 +197,9 @@ pub struct Event {
     pub pid: u32,
     /// Thread id of the task that was current (0: idle or interrupt on idle).
     pub tid: u32,
-    pub comm: String,
+    /// The task's name: at most 15 bytes from the kernel, so it lives
+    /// inline (no allocation per event).
+    pub comm: CompactString,
     pub hook: Hook,
     /// Lowest address of the current task's kernel stack.
     pub stack_base: Addr,
@@ -211,6 +272,18 @@ pub enum EventKind {
         /// 0: the bio passed to `bio_endio`; n: its n-th chained parent,
         /// completed inside the same call.
         chain_depth: u8,
+        /// `bi_opf`: the operation (low 8 bits, `REQ_OP_*`) and flags.
+        #[serde(default)]
+        opf: u32,
+        /// `bi_blkg` was set: cleared by the final completion's
+        /// `bio_uninit()`, so it marks a bio not completed since it was set
+        /// up.
+        #[serde(default)]
+        has_blkg: bool,
+        /// `REQ_INTEGRITY` was set: a successful read then defers to
+        /// integrity verification, which calls `bio_endio` again.
+        #[serde(default)]
+        integrity: bool,
     },
     /// `bio_endio` returned (`bio` is unknown for kretprobes: the
     /// innermost open `bio_endio` of this context returned).
@@ -309,7 +382,7 @@ pub enum EventKind {
         /// Where the outgoing task's stack was.
         prev_sp: Addr,
         next_tid: u32,
-        next_comm: String,
+        next_comm: CompactString,
         next_stack_base: Addr,
         /// Where the incoming task's stack was when it last switched out.
         next_saved_sp: Addr,
@@ -318,53 +391,53 @@ pub enum EventKind {
     /// only for targets seen in an uninterruptible sleep).
     SchedWaking {
         target_tid: u32,
-        target_comm: String,
+        target_comm: CompactString,
     },
     /// `sched_wakeup`: `target_tid` is runnable again (same filter).
     SchedWakeup {
         target_tid: u32,
-        target_comm: String,
+        target_comm: CompactString,
     },
     /// The current task returned to user space from syscall `nr` (reported
     /// once after it submitted I/O or used an on-stack completion).
-    SysExit { nr: i64, ret: i64 },
+    SysExit {
+        nr: i64,
+        ret: i64,
+        /// Its next syscall entry is reported too (`SysEnter`): until then
+        /// it is in user space, and events on its stack are interrupts.
+        #[serde(default)]
+        enter_reported: bool,
+    },
+    /// The current task entered syscall `nr` (reported after a `SysExit`
+    /// that said so).
+    SysEnter { nr: i64 },
     /// The current task exits.
     TaskExit,
-    /// Made by detector: `count` events were lost (ring buffer full) at some
+    /// Made by detector: every loss up to `until` has been accounted for
+    /// (loss markers, if any, came before this). Judging past `until`
+    /// would risk judging on events a later marker says were lost.
+    LossChecked { until: u64 },
+    /// Made by detector: `count` events were lost (for `cause`) at some
     /// moment in `[ts, until]`. Every object with an event in that interval,
     /// or alive during it, has an indeterminate verdict.
-    Lost { count: u64, until: u64 },
+    Lost {
+        count: u64,
+        until: u64,
+        #[serde(default)]
+        cause: LossCause,
+    },
 }
 
 impl EventKind {
     /// The JSON name of this kind (the `event` field).
     pub fn name(&self) -> &'static str {
-        match self {
-            Self::BioQueue { .. } => "bio_queue",
-            Self::RqComplete { .. } => "rq_complete",
-            Self::BioComplete { .. } => "bio_complete",
-            Self::BioEndio { .. } => "bio_endio",
-            Self::BioEndioExit { .. } => "bio_endio_exit",
-            Self::BioInit { .. } => "bio_init",
-            Self::Complete { .. } => "complete",
-            Self::CompleteAll { .. } => "complete_all",
-            Self::CompletionInit { .. } => "completion_init",
-            Self::WaitEnter { .. } => "wait_enter",
-            Self::WaitExit { .. } => "wait_exit",
-            Self::MdSuperWrite { .. } => "md_super_write",
-            Self::MdSuperWritten { .. } => "md_super_written",
-            Self::MdSuperWait { .. } => "md_super_wait",
-            Self::MdSuperWaitExit { .. } => "md_super_wait_exit",
-            Self::MdTeardown { .. } => "md_teardown",
-            Self::DelGendisk { .. } => "del_gendisk",
-            Self::DelGendiskExit { .. } => "del_gendisk_exit",
-            Self::SchedSwitch { .. } => "sched_switch",
-            Self::SchedWaking { .. } => "sched_waking",
-            Self::SchedWakeup { .. } => "sched_wakeup",
-            Self::SysExit { .. } => "sys_exit",
-            Self::TaskExit => "task_exit",
-            Self::Lost { .. } => "lost",
-        }
+        Self::NAMES[self.tag() as usize]
+    }
+
+    /// This kind's place in [`EventKind::NAMES`] (for counting by kind
+    /// in an array).
+    pub fn index(&self) -> usize {
+        self.tag() as usize
     }
 
     /// Every kind's JSON name, in declaration order.
@@ -391,9 +464,81 @@ impl EventKind {
         "sched_waking",
         "sched_wakeup",
         "sys_exit",
+        "sys_enter",
         "task_exit",
+        "loss_checked",
         "lost",
     ];
+}
+
+/// An [`EventKind`] without its fields: what the engine routes on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[repr(u8)]
+pub enum EventTag {
+    BioQueue,
+    RqComplete,
+    BioComplete,
+    BioEndio,
+    BioEndioExit,
+    BioInit,
+    Complete,
+    CompleteAll,
+    CompletionInit,
+    WaitEnter,
+    WaitExit,
+    MdSuperWrite,
+    MdSuperWritten,
+    MdSuperWait,
+    MdSuperWaitExit,
+    MdTeardown,
+    DelGendisk,
+    DelGendiskExit,
+    SchedSwitch,
+    SchedWaking,
+    SchedWakeup,
+    SysExit,
+    SysEnter,
+    TaskExit,
+    LossChecked,
+    Lost,
+}
+
+impl EventTag {
+    /// Number of tags (for tables indexed by tag).
+    pub const COUNT: usize = EventKind::NAMES.len();
+}
+
+impl EventKind {
+    pub fn tag(&self) -> EventTag {
+        match self {
+            Self::BioQueue { .. } => EventTag::BioQueue,
+            Self::RqComplete { .. } => EventTag::RqComplete,
+            Self::BioComplete { .. } => EventTag::BioComplete,
+            Self::BioEndio { .. } => EventTag::BioEndio,
+            Self::BioEndioExit { .. } => EventTag::BioEndioExit,
+            Self::BioInit { .. } => EventTag::BioInit,
+            Self::Complete { .. } => EventTag::Complete,
+            Self::CompleteAll { .. } => EventTag::CompleteAll,
+            Self::CompletionInit { .. } => EventTag::CompletionInit,
+            Self::WaitEnter { .. } => EventTag::WaitEnter,
+            Self::WaitExit { .. } => EventTag::WaitExit,
+            Self::MdSuperWrite { .. } => EventTag::MdSuperWrite,
+            Self::MdSuperWritten { .. } => EventTag::MdSuperWritten,
+            Self::MdSuperWait { .. } => EventTag::MdSuperWait,
+            Self::MdSuperWaitExit { .. } => EventTag::MdSuperWaitExit,
+            Self::MdTeardown { .. } => EventTag::MdTeardown,
+            Self::DelGendisk { .. } => EventTag::DelGendisk,
+            Self::DelGendiskExit { .. } => EventTag::DelGendiskExit,
+            Self::SchedSwitch { .. } => EventTag::SchedSwitch,
+            Self::SchedWaking { .. } => EventTag::SchedWaking,
+            Self::SchedWakeup { .. } => EventTag::SchedWakeup,
+            Self::SysExit { .. } => EventTag::SysExit,
+            Self::SysEnter { .. } => EventTag::SysEnter,
+            Self::TaskExit => EventTag::TaskExit,
+            Self::LossChecked { .. } => EventTag::LossChecked,
+            Self::Lost { .. } => EventTag::Lost,
+        }
+    }
 }
 
 /// `TASK_UNINTERRUPTIBLE` in `SchedSwitch::prev_state`.

@@ -9,7 +9,7 @@ fn base(i: u64, hook: Hook, kind: EventKind) -> Event {
         cpu: (i % 4) as u32,
         pid: 100 + i as u32,
         tid: 200 + i as u32,
-        comm: format!("task{i}"),
+        comm: format!("task{i}").into(),
         hook,
         stack_base: Addr(0xffff_c900_0010_0000 + i * 0x4000),
         sp: Addr(0xffff_c900_0010_3e00 + i * 0x4000),
@@ -90,6 +90,9 @@ pub fn kernel_events() -> Vec<Event> {
                 remaining: 2,
                 is_final: false,
                 chain_depth: 1,
+                opf: 1,
+                has_blkg: true,
+                integrity: false,
             },
         ),
         (Hook::Fexit, EventKind::BioEndioExit { bio: Some(a(7)) }),
@@ -240,7 +243,15 @@ pub fn kernel_events() -> Vec<Event> {
                 target_comm: "fio".into(),
             },
         ),
-        (Hook::TpBtf, EventKind::SysExit { nr: 17, ret: 4096 }),
+        (
+            Hook::TpBtf,
+            EventKind::SysExit {
+                nr: 17,
+                ret: 4096,
+                enter_reported: true,
+            },
+        ),
+        (Hook::TpBtf, EventKind::SysEnter { nr: 0 }),
         (Hook::TpBtf, EventKind::TaskExit),
     ];
     kinds

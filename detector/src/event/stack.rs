@@ -1,6 +1,6 @@
 //! Kernel stacks quoted by events, symbolized once and shared.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 use std::fmt;
 use std::sync::Arc;
 
@@ -84,8 +84,8 @@ fn is_hook_machinery(symbol: &str) -> bool {
 /// the symbols of code addresses events carry (a bio's `bi_end_io`).
 #[derive(Clone, Debug, Default)]
 pub struct StackTable {
-    stacks: HashMap<StackId, Arc<Stack>>,
-    symbols: HashMap<Addr, String>,
+    stacks: FxHashMap<StackId, Arc<Stack>>,
+    symbols: FxHashMap<Addr, String>,
 }
 
 impl StackTable {

@@ -14,8 +14,9 @@ fn every_kind_round_trips_through_the_wire() {
     let mut kinds: Vec<&str> = events.iter().map(|e| e.kind.name()).collect();
     kinds.sort();
     kinds.dedup();
-    // Every kernel kind is sampled (only `lost` is made by detector).
-    assert_eq!(kinds.len(), EventKind::NAMES.len() - 1, "{kinds:?}");
+    // Every kernel kind is sampled (`lost` and `loss_checked` are made by
+    // detector).
+    assert_eq!(kinds.len(), EventKind::NAMES.len() - 2, "{kinds:?}");
     for event in events {
         let bytes = encode(&event).unwrap();
         assert_eq!(
@@ -121,5 +122,13 @@ proptest! {
         bytes[..2].copy_from_slice(&kind.to_ne_bytes());
         bytes[2] = wire::hook::FENTRY;
         let _ = decode(&bytes);
+    }
+}
+
+#[test]
+fn every_kind_indexes_its_name() {
+    let lost = crate::kernel::reader::lost_marker(0, 1, 0, 1);
+    for event in kernel_events().into_iter().chain([lost]) {
+        assert_eq!(EventKind::NAMES[event.kind.index()], event.kind.name());
     }
 }

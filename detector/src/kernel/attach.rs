@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
-use aya::maps::{Array, MapData, PerCpuArray, RingBuf, StackTraceMap};
+use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf, StackTraceMap};
 use aya::programs::Program;
 use aya::{Ebpf, EbpfLoader};
 use detector_common::ProbeConfig;
@@ -13,7 +13,9 @@ use serde::Serialize;
 use super::btf::{BtfError, KernelBtf};
 use super::facts::KernelFacts;
 use super::hooks::{Candidate, HookSpec, Mechanism, hooks};
+use super::loss::WatchedProgram;
 use super::offsets::{MissingField, probe_config};
+use super::taskmaps::TaskMaps;
 
 /// The programs, built for the bpf target by build.rs.
 static PROGRAMS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/detector"));
@@ -30,6 +32,16 @@ pub enum LoadError {
          layouts from it; use a kernel built with CONFIG_DEBUG_INFO_BTF=y"
     )]
     NoBtf,
+    #[error(
+        "this kernel ({release}, {machine}) is not supported: {}; detector supports {}",
+        reasons.join("; "),
+        super::layout::SUPPORTED
+    )]
+    Unsupported {
+        release: String,
+        machine: String,
+        reasons: Vec<String>,
+    },
     #[error(transparent)]
     Btf(#[from] BtfError),
     #[error("cannot load the eBPF object: {0}")]
@@ -51,6 +63,10 @@ pub struct LoadOptions {
     pub stack_entries: u32,
     /// Stacks each CPU may walk per second (0: unlimited).
     pub stack_budget: u32,
+    /// Entries of each per-task map (`WATCHED`, `SLEEPERS`, `ENTRY_ARGS`):
+    /// tasks at once that can be followed; past it, inserts are lost and
+    /// counted.
+    pub task_map_entries: u32,
     pub btf_dir: PathBuf,
     pub kallsyms: PathBuf,
 }
@@ -62,6 +78,7 @@ impl Default for LoadOptions {
             wakeup_threshold: 256 << 10,
             stack_entries: 16384,
             stack_budget: 10_000,
+            task_map_entries: 65536,
             btf_dir: PathBuf::from(super::btf::SYS_BTF_DIR),
             kallsyms: PathBuf::from("/proc/kallsyms"),
         }
@@ -249,7 +266,16 @@ impl Probes {
         for module in module_names() {
             btf.load_module(&opts.btf_dir, module)?;
         }
-        let (mut config, missing_fields) = probe_config(&btf, opts.wakeup_threshold);
+        let reasons = super::layout::unsupported(&btf, &facts.machine);
+        if !reasons.is_empty() {
+            return Err(LoadError::Unsupported {
+                release: facts.release.clone(),
+                machine: facts.machine.clone(),
+                reasons,
+            });
+        }
+        let (mut config, missing_fields) =
+            probe_config(&btf, &facts.machine, opts.wakeup_threshold);
         config.stack_budget = opts.stack_budget;
         config.bio_chain_endio =
             super::symbols::lookup(&opts.kallsyms, "bio_chain_endio").unwrap_or(0);
@@ -257,6 +283,9 @@ impl Probes {
         let ebpf = EbpfLoader::new()
             .map_max_entries("EVENTS", opts.ring_bytes)
             .map_max_entries("STACKS", opts.stack_entries)
+            .map_max_entries("WATCHED", opts.task_map_entries)
+            .map_max_entries("SLEEPERS", opts.task_map_entries)
+            .map_max_entries("ENTRY_ARGS", opts.task_map_entries)
             .load(PROGRAMS)
             .map_err(LoadError::Object)?;
         let targets: Vec<&str> = hooks()
@@ -278,6 +307,10 @@ impl Probes {
         probes.write_config()?;
         probes.attach_all();
         Ok(probes)
+    }
+
+    pub fn btf(&self) -> &KernelBtf {
+        &self.btf
     }
 
     pub fn facts(&self) -> &KernelFacts {
@@ -457,7 +490,8 @@ impl Probes {
         if !waiting || self.btf.load_module(&self.opts.btf_dir, module).is_err() {
             return false;
         }
-        let (config, missing) = probe_config(&self.btf, self.opts.wakeup_threshold);
+        let (config, missing) =
+            probe_config(&self.btf, &self.facts.machine, self.opts.wakeup_threshold);
         self.config.md = config.md;
         self.missing_fields
             .retain(|m| m.module != Some(module_name(module)));
@@ -501,6 +535,42 @@ impl Probes {
     /// Takes the per-CPU counters (once).
     pub fn take_counters(&mut self) -> Option<PerCpuArray<MapData, u64>> {
         PerCpuArray::try_from(self.ebpf.take_map("COUNTERS")?).ok()
+    }
+
+    /// Takes the per-task maps (once), for pruning.
+    pub fn take_task_maps(&mut self) -> TaskMaps {
+        let mut take = |name| self.ebpf.take_map(name);
+        TaskMaps::new(
+            take("WATCHED").and_then(|m| BpfHashMap::try_from(m).ok()),
+            take("SLEEPERS").and_then(|m| BpfHashMap::try_from(m).ok()),
+            take("ENTRY_ARGS").and_then(|m| BpfHashMap::try_from(m).ok()),
+        )
+    }
+
+    /// The programs attached now, for counting the runs the kernel skips.
+    pub fn attached_programs(&self) -> Vec<WatchedProgram> {
+        let mut out = Vec::new();
+        for (spec, outcome) in hooks().iter().zip(&self.outcomes) {
+            let HookStatus::Attached { mechanism, target } = outcome.status else {
+                continue;
+            };
+            let Some(cand) = spec
+                .candidates
+                .iter()
+                .find(|c| c.mechanism == mechanism && c.target == target)
+            else {
+                continue;
+            };
+            let fd = self
+                .ebpf
+                .program(cand.program)
+                .and_then(|p| p.fd().ok())
+                .and_then(|fd| fd.try_clone().ok());
+            if let Some(fd) = fd {
+                out.push(WatchedProgram::new(cand.program.to_owned(), fd));
+            }
+        }
+        out
     }
 
     /// Outcomes by hook name.

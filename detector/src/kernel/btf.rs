@@ -45,6 +45,16 @@ pub struct MemberLocation {
     pub bitfield: Option<(u32, u32)>,
 }
 
+/// What a tracepoint argument is, as far as the programs care.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ArgKind {
+    /// A pointer to `struct <name>` (`None`: to something else).
+    StructPointer(Option<String>),
+    /// An integer, `bool` or enum: a plain number in the argument array.
+    Integer,
+    Other,
+}
+
 /// The running kernel's BTF: vmlinux plus whatever module BTF was loaded.
 pub struct KernelBtf {
     vmlinux: Btf,
@@ -122,6 +132,38 @@ impl KernelBtf {
         self.vmlinux
             .resolve_types_by_name(&format!("btf_trace_{name}"))
             .is_ok_and(|types| types.iter().any(|t| matches!(t, Type::Typedef(_))))
+    }
+
+    /// The arguments a BTF or raw tracepoint program sees for tracepoint
+    /// `name`, in order: the prototype of its `btf_trace_<name>` typedef
+    /// without the leading `void *__data`. This is where a tracepoint's
+    /// signature changes between kernels show (`sched_switch` gained
+    /// `prev_state` in 5.18).
+    pub fn tracepoint_args(&self, name: &str) -> Result<Vec<ArgKind>, BtfError> {
+        let btf = &self.vmlinux;
+        let what = format!("btf_trace_{name}");
+        let typedef = btf
+            .resolve_types_by_name(&what)
+            .ok()
+            .and_then(|types| {
+                types.into_iter().find_map(|t| match t {
+                    Type::Typedef(t) => Some(t),
+                    _ => None,
+                })
+            })
+            .ok_or_else(|| BtfError::NoStruct { name: what.clone() })?;
+        let Type::Ptr(ptr) = strip(btf, &typedef)? else {
+            return Err(broken(&what, "not a function pointer"));
+        };
+        let Type::FuncProto(proto) = strip(btf, &ptr)? else {
+            return Err(broken(&what, "not a function pointer"));
+        };
+        proto
+            .parameters
+            .iter()
+            .skip(1)
+            .map(|param| arg_kind(btf, param))
+            .collect()
     }
 
     /// The value of enumerator `name` (e.g. `BIO_CHAIN`).
@@ -230,6 +272,17 @@ fn strip(btf: &Btf, ty: &dyn BtfType) -> Result<Type, BtfError> {
     Err(broken("a typedef chain", "more than 32 levels"))
 }
 
+fn arg_kind(btf: &Btf, param: &btf_rs::Parameter) -> Result<ArgKind, BtfError> {
+    Ok(match strip(btf, param)? {
+        Type::Int(_) | Type::Enum(_) | Type::Enum64(_) => ArgKind::Integer,
+        Type::Ptr(ptr) => match strip(btf, &ptr)? {
+            Type::Struct(s) => ArgKind::StructPointer(btf.resolve_name(&s).ok()),
+            _ => ArgKind::StructPointer(None),
+        },
+        _ => ArgKind::Other,
+    })
+}
+
 /// Finds member `name` of `strct`, descending into anonymous members.
 /// Returns its bit offset, the member, and its bitfield width if any.
 fn find_member(
@@ -252,6 +305,9 @@ fn find_member(
     }
     Ok(None)
 }
+
+#[cfg(test)]
+pub mod testing;
 
 #[cfg(test)]
 mod tests {

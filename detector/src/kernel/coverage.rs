@@ -4,7 +4,7 @@
 use serde::Serialize;
 
 use super::attach::{HookOutcome, HookStatus};
-use super::hooks::{Mechanism, RULES, RuleSpec};
+use super::hooks::{Mechanism, RULES, RuleSpec, hook};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(tag = "state", rename_all = "snake_case")]
@@ -50,8 +50,11 @@ fn attached(outcomes: &[HookOutcome], name: &str) -> bool {
     )
 }
 
+/// The hook's target is absent from this kernel in a way that means nothing
+/// can call it (see [`HookSpec::optional`](super::hooks::HookSpec)).
 fn absent(outcomes: &[HookOutcome], name: &str) -> bool {
     matches!(status(outcomes, name), Some(HookStatus::Absent))
+        && hook(name).is_some_and(|h| h.optional)
 }
 
 fn cover(rule: &'static RuleSpec, outcomes: &[HookOutcome]) -> RuleCoverage {
@@ -63,8 +66,8 @@ fn cover(rule: &'static RuleSpec, outcomes: &[HookOutcome]) -> RuleCoverage {
     let state = if let Some(module) = waiting {
         RuleState::WaitingForModule { module }
     } else {
-        // A function the kernel does not have cannot be called, so its hook
-        // is not needed, as long as the rule has some real hook at all.
+        // An optional function the kernel does not have cannot be called, so
+        // its hook is not needed, as long as the rule has some real hook.
         let any_attached = all.iter().any(|n| attached(outcomes, n));
         let missing: Vec<&'static str> = rule
             .needs
@@ -219,6 +222,43 @@ mod tests {
             state(&coverage(&o), "onstack-completion"),
             RuleState::Active
         );
+    }
+
+    /// md's `super_written` is static: a kernel whose BTF and kallsyms lack
+    /// it may have inlined it, and superblock writes still complete, unseen.
+    #[test]
+    fn an_absent_static_function_leaves_its_rule_inactive() {
+        let o = outcomes(|n| {
+            if n == "super_written" {
+                HookStatus::Absent
+            } else {
+                HookStatus::Attached {
+                    mechanism: Mechanism::Kprobe,
+                    target: "x",
+                }
+            }
+        });
+        assert_eq!(
+            state(&coverage(&o), "md-teardown"),
+            RuleState::Inactive {
+                missing: vec!["super_written"]
+            }
+        );
+        // An absent improving hook degrades instead of passing unnoticed.
+        let o = outcomes(|n| {
+            if n == "__md_stop_writes" {
+                HookStatus::Absent
+            } else {
+                HookStatus::Attached {
+                    mechanism: Mechanism::Kprobe,
+                    target: "x",
+                }
+            }
+        });
+        assert!(matches!(
+            state(&coverage(&o), "md-teardown"),
+            RuleState::Degraded { .. }
+        ));
     }
 
     #[test]

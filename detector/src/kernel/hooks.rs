@@ -71,6 +71,12 @@ pub struct HookSpec {
     pub redundant_with: Option<&'static str>,
     /// What the hook reports.
     pub what: &'static str,
+    /// The target comes and goes between kernel versions and is never
+    /// inlined away (an exported function): a kernel without it cannot call
+    /// it, so a rule does not need the hook there. Any other absent target
+    /// (a static function such as md's `super_written` may be inlined into
+    /// its callers) leaves the rule blind, not satisfied.
+    pub optional: bool,
 }
 
 const fn c(mechanism: Mechanism, target: &'static str, program: &'static str) -> Candidate {
@@ -94,6 +100,7 @@ macro_rules! entry {
             },
             redundant_with: None,
             what: $what,
+            optional: false,
         }
     };
 }
@@ -110,6 +117,7 @@ macro_rules! exit {
             },
             redundant_with: None,
             what: $what,
+            optional: false,
         }
     };
 }
@@ -131,6 +139,7 @@ macro_rules! tracepoint {
             },
             redundant_with: $redundant,
             what: $what,
+            optional: false,
         }
     };
 }
@@ -146,6 +155,7 @@ macro_rules! md {
             },
             redundant_with: None,
             what: $what,
+            optional: false,
         }
     };
 }
@@ -153,20 +163,28 @@ macro_rules! md {
 macro_rules! waits {
     ($hooks:ident, $($sym:literal),+ $(,)?) => {
         $(
-            $hooks.push(entry!(
-                $sym,
-                $sym,
-                concat!("enter_", $sym),
-                concat!("kprobe_", $sym),
-                "a task starts waiting on a completion"
-            ));
-            $hooks.push(exit!(
-                concat!($sym, ":exit"),
-                $sym,
-                concat!("exit_", $sym),
-                concat!("kretprobe_", $sym),
-                "the wait returns, with its result"
-            ));
+            // Exported from kernel/sched/completion.c; variants were added
+            // over the years (wait_for_completion_state in 5.18).
+            $hooks.push(HookSpec {
+                optional: true,
+                ..entry!(
+                    $sym,
+                    $sym,
+                    concat!("enter_", $sym),
+                    concat!("kprobe_", $sym),
+                    "a task starts waiting on a completion"
+                )
+            });
+            $hooks.push(HookSpec {
+                optional: true,
+                ..exit!(
+                    concat!($sym, ":exit"),
+                    $sym,
+                    concat!("exit_", $sym),
+                    concat!("kretprobe_", $sym),
+                    "the wait returns, with its result"
+                )
+            });
         )+
     };
 }
@@ -189,6 +207,7 @@ pub fn hooks() -> &'static [HookSpec] {
                 },
                 redundant_with: None,
                 what: "a bio is submitted",
+                optional: false,
             },
             entry!(
                 "bio_init",
@@ -300,6 +319,11 @@ pub fn hooks() -> &'static [HookSpec] {
                 "sys_exit",
                 "sys_exit",
                 "a watched task returns to user space"
+            ),
+            tracepoint!(
+                "sys_enter",
+                "sys_enter",
+                "a task that returned with a completion on its stack enters the kernel again"
             ),
             tracepoint!("sched_process_exit", "sched_process_exit", "a task exits"),
             md!(
@@ -427,7 +451,12 @@ pub static RULES: &[RuleSpec] = &[
         // Every wait variant: a wait detector cannot see would look like a
         // missing wait, i.e. a false finding.
         needs: WAIT_HOOKS,
-        improves: &["complete_all", "sys_exit", "sched_process_exit"],
+        improves: &[
+            "complete_all",
+            "sys_exit",
+            "sys_enter",
+            "sched_process_exit",
+        ],
         degraded: "frames left by returning to user space or exiting are noticed later",
     },
     RuleSpec {

@@ -6,6 +6,7 @@ use detector_common::ProbeConfig;
 use detector_common::config::NO_OFFSET;
 
 use super::btf::{BtfError, KernelBtf};
+use super::layout;
 
 /// One struct member the programs read.
 struct Field {
@@ -40,6 +41,7 @@ const FIELDS: &[Field] = &[
     field!("bio", ["__bi_remaining"], |c, v| c.bio.remaining = v),
     field!("bio", ["bi_end_io"], |c, v| c.bio.end_io = v),
     field!("bio", ["bi_private"], |c, v| c.bio.private = v),
+    field!("bio", ["bi_blkg"], |c, v| c.bio.blkg = v),
     field!("block_device", ["bd_dev"], |c, v| c.block.bdev_dev = v),
     field!("block_device", ["bd_disk"], |c, v| c.block.bdev_disk = v),
     field!("gendisk", ["major"], |c, v| c.block.disk_major = v),
@@ -71,7 +73,11 @@ pub struct MissingField {
 
 /// The config for this kernel, and what it lacks. md fields are filled only
 /// when md_mod's BTF is loaded (see [`KernelBtf::load_module`]).
-pub fn probe_config(btf: &KernelBtf, wakeup_threshold: u64) -> (ProbeConfig, Vec<MissingField>) {
+pub fn probe_config(
+    btf: &KernelBtf,
+    machine: &str,
+    wakeup_threshold: u64,
+) -> (ProbeConfig, Vec<MissingField>) {
     let mut cfg = ProbeConfig::UNKNOWN;
     let mut missing = Vec::new();
     for field in FIELDS {
@@ -122,20 +128,34 @@ pub fn probe_config(btf: &KernelBtf, wakeup_threshold: u64) -> (ProbeConfig, Vec
             reason: "not in BTF (chained bios' intermediate completions look final)".into(),
         }),
     }
-    cfg.thread_size = thread_size(btf);
+    match btf.enum_value("__REQ_INTEGRITY") {
+        Some(bit) if (0..32).contains(&bit) => cfg.bio.req_integrity_bit = bit as u32,
+        _ => missing.push(MissingField {
+            module: None,
+            field: "enum __REQ_INTEGRITY".into(),
+            reason: "not in BTF (integrity-verified reads look completed twice)".into(),
+        }),
+    }
+    cfg.sched_switch_prev_state_arg = layout::sched_switch_prev_state_arg(btf).unwrap_or(NO_OFFSET);
+    if cfg.sched_switch_prev_state_arg == NO_OFFSET {
+        match btf.member(None, "task_struct", "__state") {
+            Ok(loc) => cfg.task_state = loc.byte_offset,
+            Err(e) => missing.push(MissingField {
+                module: None,
+                field: "task_struct.__state".into(),
+                reason: format!("{e} (and sched_switch does not pass prev_state)"),
+            }),
+        }
+    }
+    cfg.thread_size = thread_size(btf, machine);
     cfg.wakeup_threshold = wakeup_threshold;
     (cfg, missing)
 }
 
-/// THREAD_SIZE is a build constant, not in BTF: 16 KiB on x86_64 and arm64,
-/// doubled by KASAN (whose runtime shows up in BTF).
-pub fn thread_size(btf: &KernelBtf) -> u32 {
-    let base = 16 * 1024;
-    if btf.has_func(None, "kasan_report") {
-        base * 2
-    } else {
-        base
-    }
+/// THREAD_SIZE for this kernel (see [`layout::thread_size`]); 16 KiB on an
+/// architecture detector does not support (it refuses to trace there).
+pub fn thread_size(btf: &KernelBtf, machine: &str) -> u32 {
+    layout::thread_size(machine, layout::page_size(), layout::has_kasan(btf)).unwrap_or(16 << 10)
 }
 
 /// Whether every offset a group of programs needs is known.
@@ -158,13 +178,16 @@ mod tests {
             return;
         }
         let btf = KernelBtf::load(dir).unwrap();
-        let (cfg, missing) = probe_config(&btf, 4096);
+        let machine = crate::kernel::facts::KernelFacts::read().machine;
+        let (cfg, missing) = probe_config(&btf, &machine, 4096);
         let vmlinux_missing: Vec<_> = missing.iter().filter(|m| m.module.is_none()).collect();
         assert!(vmlinux_missing.is_empty(), "missing: {vmlinux_missing:?}");
         assert_ne!(cfg.task.in_iowait_mask, 0);
         assert_eq!(cfg.completion_wait, 8);
         assert_eq!(cfg.wakeup_threshold, 4096);
         assert!(cfg.thread_size >= 16 * 1024);
+        // 6.18 passes prev_state to sched_switch: no need for __state.
+        assert_eq!(cfg.sched_switch_prev_state_arg, 3);
         // md is not loaded (or not available) on this host: its offsets stay unknown.
         if !btf.has_module("md_mod") {
             assert_eq!(cfg.md.mddev_pending_writes, NO_OFFSET);

@@ -1,20 +1,27 @@
 //! Draining the ring buffer into decoded events.
 //!
 //! The programs wake the reader only past a fill threshold, so the reader
-//! also drains on a short timer; after every drain it reads the per-CPU drop
-//! counters and turns any increase into a [`EventKind::Lost`] marker that
-//! covers the interval since the previous drain.
+//! also drains on a short timer; after every drain it reads the loss
+//! counters ([`super::loss`]) and turns any increase into an
+//! [`EventKind::Lost`] marker that covers the interval since the previous
+//! drain.
 
 use std::time::Duration;
 
-use aya::maps::{MapData, PerCpuArray, RingBuf};
+use aya::maps::{MapData, RingBuf};
 use detector_common::counter;
 use tokio::io::unix::AsyncFd;
 use tokio::sync::{mpsc, watch};
 
+use super::loss::{Counts, LossCounters};
+use super::taskmaps::TaskMaps;
 use crate::clock::monotonic_ns;
 use crate::event::decode::decode;
-use crate::event::{Addr, Event, EventKind, Hook};
+use crate::event::{Event, LossCause};
+
+/// How often entries of tasks that no longer exist are dropped from the
+/// programs' per-task maps.
+const PRUNE_EVERY: Duration = Duration::from_secs(5);
 
 /// What one drain produced.
 #[derive(Debug, Default)]
@@ -32,8 +39,14 @@ pub struct Batch {
     pub totals: ReaderTotals,
 }
 
+/// Events per batch at most. A reader that fell behind drains the ring
+/// buffer in several batches rather than one huge one, so that the
+/// pipeline's backlog (batches in flight times this) stays bounded and a
+/// signal waits for one batch at most.
+pub const MAX_BATCH: usize = 1 << 16;
+
 /// Totals over the session.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone, Copy, serde::Serialize)]
 pub struct ReaderTotals {
     pub events: u64,
     pub dropped: u64,
@@ -42,22 +55,15 @@ pub struct ReaderTotals {
     pub stack_errors: u64,
     /// Stacks not taken because a CPU's stack budget was spent.
     pub stacks_over_budget: u64,
-    /// Every kernel-side counter summed over CPUs, by
-    /// `detector_common::counter` index (named by `counter::NAMES`).
-    pub kernel: [u64; counter::COUNT as usize],
+    /// Every counter by index (`detector_common::counter`), loss or not.
+    pub counters: Counts,
 }
-
-/// Events per batch at most. A reader that fell behind drains the ring
-/// buffer in several batches rather than one huge one, so that the
-/// pipeline's backlog (batches in flight times this) stays bounded and a
-/// signal waits for one batch at most.
-pub const MAX_BATCH: usize = 1 << 16;
 
 pub struct Reader {
     ring: AsyncFd<RingBuf<MapData>>,
-    counters: PerCpuArray<MapData, u64>,
+    loss: LossCounters,
+    task_maps: Option<TaskMaps>,
     drain_every: Duration,
-    dropped_per_cpu: Vec<u64>,
     last_drain: u64,
     pub totals: ReaderTotals,
 }
@@ -65,7 +71,8 @@ pub struct Reader {
 impl Reader {
     pub fn new(
         ring: RingBuf<MapData>,
-        counters: PerCpuArray<MapData, u64>,
+        loss: LossCounters,
+        task_maps: Option<TaskMaps>,
         drain_every: Duration,
     ) -> std::io::Result<Self> {
         // SAFETY: the ring buffer owns its map fd and keeps it open, unchanged,
@@ -74,9 +81,9 @@ impl Reader {
             .map_err(|e| e.into_parts().1)?;
         Ok(Self {
             ring,
-            counters,
+            loss,
+            task_maps,
             drain_every,
-            dropped_per_cpu: Vec::new(),
             last_drain: monotonic_ns(),
             totals: ReaderTotals::default(),
         })
@@ -91,9 +98,17 @@ impl Reader {
     ) -> ReaderTotals {
         let mut tick = tokio::time::interval(self.drain_every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut prune = tokio::time::interval(PRUNE_EVERY);
+        prune.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let stopping = tokio::select! {
                 _ = stop.changed() => true,
+                _ = prune.tick() => {
+                    if let Some(maps) = &mut self.task_maps {
+                        maps.prune();
+                    }
+                    false
+                }
                 guard = self.ring.readable_mut() => {
                     if let Ok(mut guard) = guard {
                         guard.clear_ready();
@@ -132,7 +147,8 @@ impl Reader {
     }
 
     /// Takes up to [`MAX_BATCH`] events from the ring buffer now; the
-    /// batch's `now` is 0 when more remain.
+    /// batch's `now` is 0 when more remain (losses are accounted, and the
+    /// clock given, only once the ring buffer was emptied).
     pub fn drain(&mut self) -> Batch {
         let mut batch = Batch::default();
         let ring = self.ring.get_mut();
@@ -144,8 +160,7 @@ impl Reader {
                 Err(_) => batch.decode_errors += 1,
             }
         }
-        let full = batch.events.len() >= MAX_BATCH;
-        if !full {
+        if batch.events.len() < MAX_BATCH {
             let now = monotonic_ns();
             self.account_losses(&mut batch.events, now);
             batch.now = now;
@@ -158,48 +173,18 @@ impl Reader {
     }
 
     fn account_losses(&mut self, events: &mut Vec<Event>, now: u64) {
-        let Ok(dropped) = self.counters.get(&counter::DROPPED, 0) else {
-            return;
-        };
-        if self.dropped_per_cpu.len() < dropped.len() {
-            self.dropped_per_cpu.resize(dropped.len(), 0);
-        }
-        for (cpu, (&total, seen)) in dropped
-            .iter()
-            .zip(self.dropped_per_cpu.iter_mut())
-            .enumerate()
-        {
-            if total > *seen {
-                let count = total - *seen;
-                *seen = total;
-                self.totals.dropped += count;
-                events.push(lost_marker(cpu as u32, count, self.last_drain, now));
-            }
-        }
-        for (index, total) in (0..counter::COUNT).zip(self.totals.kernel.iter_mut()) {
-            if let Ok(per_cpu) = self.counters.get(&index, 0) {
-                *total = per_cpu.iter().sum();
-            }
-        }
-        let kernel = &self.totals.kernel;
-        self.totals.read_errors = kernel[counter::READ_ERRORS as usize];
-        self.totals.stack_errors = kernel[counter::STACK_ERRORS as usize];
-        self.totals.stacks_over_budget = kernel[counter::STACKS_OVER_BUDGET as usize];
+        self.loss.poll(self.last_drain, now, events);
+        let c = self.loss.totals;
+        self.totals.counters = c;
+        self.totals.dropped = c.get(counter::DROPPED);
+        self.totals.read_errors = c.get(counter::READ_ERRORS);
+        self.totals.stack_errors = c.get(counter::STACK_ERRORS);
+        self.totals.stacks_over_budget = c.get(counter::STACKS_OVER_BUDGET);
     }
 }
 
-/// `count` events were lost on `cpu` at some moment in `[since, until]`.
+/// `count` events were lost to a full ring buffer on `cpu` at some moment
+/// in `[since, until]` (other causes: [`super::loss::lost_marker`]).
 pub fn lost_marker(cpu: u32, count: u64, since: u64, until: u64) -> Event {
-    Event {
-        ts: since,
-        cpu,
-        pid: 0,
-        tid: 0,
-        comm: String::new(),
-        hook: Hook::Detector,
-        stack_base: Addr(0),
-        sp: Addr(0),
-        stack: None,
-        kind: EventKind::Lost { count, until },
-    }
+    super::loss::lost_marker(cpu, count, since, until, LossCause::RingBufferFull)
 }

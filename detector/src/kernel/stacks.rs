@@ -1,42 +1,57 @@
 //! Kernel stack ids from the `STACKS` map, turned into symbolized stacks.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use aya::maps::{MapData, StackTraceMap};
-use blazesym::MaybeDefault;
-use blazesym::symbolize::source::{Kernel, Source};
-use blazesym::symbolize::{Input, Symbolized, Symbolizer};
 
-use super::symbols::{ModuleRange, module_of, parse_modules};
+use super::kallsyms::{Kallsyms, UNKNOWN_MODULE, read_modules};
 use crate::event::{Addr, Frame, Stack, StackId, StackTable};
+
+/// How long a module list is trusted before a stack is symbolized: module
+/// loads and unloads between a stack's capture and its symbolization are
+/// what turn frames into wrong names.
+const MODULES_CHECK_EVERY: Duration = Duration::from_millis(100);
 
 /// Resolves and caches stacks. Ids are stable for a session (the programs do
 /// not reuse stack ids), so each id is read and symbolized once.
 pub struct StackResolver {
     map: StackTraceMap<MapData>,
-    symbolizer: Symbolizer,
-    modules: Vec<ModuleRange>,
+    /// Read on first use: parsing kallsyms takes a while, and the session
+    /// starts its reader before it needs a symbol.
+    symbols: Option<Kallsyms>,
+    modules_checked: Instant,
     table: StackTable,
 }
 
 impl StackResolver {
     pub fn new(map: StackTraceMap<MapData>) -> Self {
-        let mut resolver = Self {
+        Self {
             map,
-            symbolizer: Symbolizer::new(),
-            modules: Vec::new(),
+            symbols: None,
+            modules_checked: Instant::now(),
             table: StackTable::new(),
-        };
-        resolver.refresh_modules();
-        resolver
+        }
     }
 
-    /// Re-reads the module list (a module was loaded or unloaded). The
-    /// symbolizer caches kallsyms, so it is rebuilt too.
+    /// Takes a new kallsyms snapshot if modules were loaded or unloaded.
     pub fn refresh_modules(&mut self) {
-        let text = std::fs::read_to_string("/proc/modules").unwrap_or_default();
-        self.modules = parse_modules(&text);
-        self.symbolizer = Symbolizer::new();
+        self.modules_checked = Instant::now();
+        if self
+            .symbols
+            .as_ref()
+            .is_some_and(|s| s.stale(&read_modules()))
+        {
+            self.symbols = Some(Kallsyms::read());
+        }
+    }
+
+    /// The current snapshot, checked against the module list if due.
+    fn symbols(&mut self) -> &Kallsyms {
+        if self.modules_checked.elapsed() >= MODULES_CHECK_EVERY {
+            self.refresh_modules();
+        }
+        self.symbols.get_or_insert_with(Kallsyms::read)
     }
 
     /// The stack for `id`, reading and symbolizing it on first use. `None`
@@ -47,7 +62,7 @@ impl StackResolver {
         }
         let trace = self.map.get(&id.0, 0).ok()?;
         let addrs: Vec<u64> = trace.frames().iter().map(|f| f.ip).collect();
-        let stack = symbolize(&self.symbolizer, &self.modules, &addrs);
+        let stack = symbolize(self.symbols(), &addrs);
         Some(self.table.insert(id, stack))
     }
 
@@ -56,8 +71,7 @@ impl StackResolver {
         if let Some(symbol) = self.table.symbol(addr) {
             return Some(symbol.to_owned());
         }
-        let stack = symbolize(&self.symbolizer, &self.modules, &[addr.0]);
-        let frame = stack.frames.first()?;
+        let frame = self.symbols().frame(addr.0);
         frame.symbol.as_ref()?;
         let text = frame.to_string();
         self.table.insert_symbol(addr, text.clone());
@@ -70,32 +84,125 @@ impl StackResolver {
     }
 }
 
-/// Symbolizes kernel addresses through kallsyms; unknown addresses keep
-/// their raw value.
-pub fn symbolize(symbolizer: &Symbolizer, modules: &[ModuleRange], addrs: &[u64]) -> Stack {
-    let src = Source::Kernel(Kernel {
-        vmlinux: MaybeDefault::None,
-        debug_syms: false,
-        ..Kernel::default()
-    });
-    let symbolized = symbolizer
-        .symbolize(&src, Input::AbsAddr(addrs))
-        .unwrap_or_default();
-    let frames = addrs
+/// Symbolizes kernel addresses, without detector's own BPF frames on top.
+pub fn symbolize(symbols: &Kallsyms, addrs: &[u64]) -> Stack {
+    let frames: Vec<Frame> = addrs.iter().map(|&a| symbols.frame(a)).collect();
+    Stack {
+        frames: without_own_frames(frames),
+    }
+}
+
+/// Drops the frames of detector's own programs from the top of a stack: a
+/// stack taken from a fentry or tracepoint program starts in the program
+/// (`bpf_prog_*`) and its trampoline (`bpf_trampoline_*`), before the
+/// hooked function. Unnamed frames among them (a program whose symbol is
+/// hidden, `net.core.bpf_jit_kallsyms=0`) go too, up to the last BPF frame.
+pub fn without_own_frames(mut frames: Vec<Frame>) -> Vec<Frame> {
+    let is_bpf = |f: &Frame| {
+        f.module.as_deref() == Some("bpf")
+            || f.symbol
+                .as_deref()
+                .is_some_and(|s| s.starts_with("bpf_prog_") || s.starts_with("bpf_trampoline_"))
+    };
+    let unnamed = |f: &Frame| f.symbol.is_none() && f.module.as_deref() == Some(UNKNOWN_MODULE);
+    let leading = frames
         .iter()
-        .enumerate()
-        .map(|(i, &addr)| {
-            let (symbol, offset) = match symbolized.get(i) {
-                Some(Symbolized::Sym(sym)) => (Some(sym.name.to_string()), sym.offset as u64),
-                _ => (None, 0),
-            };
-            Frame {
-                addr: Addr(addr),
-                symbol,
-                offset,
-                module: module_of(modules, addr).map(str::to_owned),
-            }
-        })
-        .collect();
-    Stack { frames }
+        .take_while(|f| is_bpf(f) || unnamed(f))
+        .count();
+    let own = frames[..leading]
+        .iter()
+        .rposition(is_bpf)
+        .map_or(0, |last| last + 1);
+    frames.drain(..own);
+    // Deeper down, a traced function called through its trampoline (fexit
+    // runs the function inside the trampoline's frame) shows the
+    // trampoline between it and its caller: that is detector's too.
+    frames.retain(|f| {
+        !f.symbol
+            .as_deref()
+            .is_some_and(|s| s.starts_with("bpf_trampoline_"))
+    });
+    frames
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KALLSYMS: &str = "\
+ffffffff81000000 T _stext
+ffffffff81000100 T bio_endio
+ffffffff81000300 T blk_update_request
+ffffffff81e00000 T _etext
+ffffffffc0400000 t bpf_trampoline_6442\t[bpf]
+ffffffffc0401000 t bpf_prog_1a2b3c4d5e6f_enter_bio_endio\t[bpf]
+";
+
+    fn names(stack: &Stack) -> Vec<String> {
+        stack.frames.iter().map(|f| f.to_string()).collect()
+    }
+
+    #[test]
+    fn fentry_stacks_start_at_the_hooked_function() {
+        let t = Kallsyms::parse(KALLSYMS, "");
+        let stack = symbolize(
+            &t,
+            &[
+                0xffffffffc0401010,
+                0xffffffffc0400030,
+                0xffffffff81000105,
+                0xffffffff81000310,
+            ],
+        );
+        assert_eq!(names(&stack), ["bio_endio+0x5", "blk_update_request+0x10"]);
+    }
+
+    #[test]
+    fn hidden_program_symbols_go_with_their_trampoline() {
+        // The program's own symbol is hidden; its trampoline is not.
+        let t = Kallsyms::parse(
+            &KALLSYMS
+                .replace("bpf_prog_1a2b3c4d5e6f_enter_bio_endio", "x")
+                .replace("ffffffffc0401000 t x\t[bpf]\n", ""),
+            "",
+        );
+        let stack = symbolize(
+            &t,
+            &[0xffffffffc0501010, 0xffffffffc0400030, 0xffffffff81000105],
+        );
+        assert_eq!(names(&stack), ["bio_endio+0x5"]);
+    }
+
+    #[test]
+    fn trampolines_of_traced_callers_go_too() {
+        // bio_endio nested in bio_endio: the outer call runs inside its
+        // fexit trampoline, which shows between it and the inner one.
+        let t = Kallsyms::parse(KALLSYMS, "");
+        let stack = symbolize(
+            &t,
+            &[
+                0xffffffffc0401010,
+                0xffffffffc0400030,
+                0xffffffff81000105,
+                0xffffffff81000310,
+                0xffffffffc0400070,
+                0xffffffff81000105,
+            ],
+        );
+        assert_eq!(
+            names(&stack),
+            ["bio_endio+0x5", "blk_update_request+0x10", "bio_endio+0x5"]
+        );
+    }
+
+    #[test]
+    fn unknown_frames_without_bpf_stay() {
+        // An unloaded module's frame on top of a kprobe stack is evidence.
+        let t = Kallsyms::parse(KALLSYMS, "");
+        let stack = symbolize(&t, &[0xffffffffc0601010, 0xffffffff81000105]);
+        assert_eq!(
+            names(&stack),
+            ["0xffffffffc0601010 [unknown module]", "bio_endio+0x5"]
+        );
+    }
 }

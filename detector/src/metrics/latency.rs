@@ -153,6 +153,9 @@ mod tests {
                 remaining: 1,
                 is_final: true,
                 chain_depth: depth,
+                opf: 0,
+                has_blkg: false,
+                integrity: false,
             },
         )
     }

@@ -27,11 +27,18 @@ fn names_follow_prometheus_rules() {
         }
     }
     assert!(families > 20, "{text}");
-    // Every kernel counter is exported under its name.
-    for name in counter::NAMES {
-        assert!(
-            value(&text, &format!("detector_{name}_total")) == Some(0.0),
-            "detector_{name}_total missing:\n{text}"
+    // Every kernel counter is exported under its name: losses by cause,
+    // the others one metric each.
+    for (i, name) in counter::NAMES.iter().enumerate() {
+        let series = if counter::is_loss(i as u32) {
+            format!("detector_events_lost_total{{cause=\"{name}\"}}")
+        } else {
+            format!("detector_kernel_{name}_total")
+        };
+        assert_eq!(
+            value(&text, &series),
+            Some(0.0),
+            "{series} missing:\n{text}"
         );
     }
 }
@@ -59,7 +66,8 @@ fn engine_and_reader_state_is_copied_in() {
     stats.lost_events = 5;
     stats.indeterminate.insert(Rule::LostWakeup, 1);
     let mut totals = ReaderTotals::default();
-    totals.kernel[counter::DROPPED as usize] = 11;
+    totals.counters.0[counter::DROPPED as usize] = 11;
+    totals.counters.0[counter::READ_ERRORS as usize] = 3;
     totals.decode_errors = 4;
     m.publish(&stats, Some(&totals));
     let text = m.encode().unwrap();
@@ -77,7 +85,15 @@ fn engine_and_reader_state_is_copied_in() {
             "detector_verdicts_indeterminate_total{rule=\"md-teardown\"}",
             0.0,
         ),
-        ("detector_events_lost_total", 11.0),
+        (
+            "detector_events_lost_total{cause=\"ring_buffer_full\"}",
+            11.0,
+        ),
+        (
+            "detector_events_lost_total{cause=\"recursion_misses\"}",
+            0.0,
+        ),
+        ("detector_kernel_read_errors_total", 3.0),
         ("detector_decode_errors_total", 4.0),
     ] {
         assert_eq!(value(&text, series), Some(want), "{series}:\n{text}");
@@ -85,10 +101,16 @@ fn engine_and_reader_state_is_copied_in() {
     // Totals only grow: a second publication moves counters to the new
     // totals, gauges follow.
     stats.live.tasks = 1;
-    totals.kernel[counter::DROPPED as usize] = 12;
+    totals.counters.0[counter::DROPPED as usize] = 12;
     m.publish(&stats, Some(&totals));
     let text = m.encode().unwrap();
-    assert_eq!(value(&text, "detector_events_lost_total"), Some(12.0));
+    assert_eq!(
+        value(
+            &text,
+            "detector_events_lost_total{cause=\"ring_buffer_full\"}"
+        ),
+        Some(12.0)
+    );
     assert_eq!(
         value(&text, "detector_tracked_objects{type=\"tasks\"}"),
         Some(1.0)

@@ -3,8 +3,10 @@
 
 use std::io::{self, Read};
 
+use super::flat::FlatRecord;
 use super::{
-    CHUNK_MAGIC, END_MAGIC, FORMAT_VERSION, MAGIC, MAX_CHUNK, MAX_HEADER, Record, RecordHeader,
+    CHUNK_MAGIC, END_MAGIC, FORMAT_VERSION, MAGIC, MAX_CHUNK, MAX_HEADER, OLDEST_FORMAT_VERSION,
+    Record, RecordHeader, ZSTD_CHUNK_MAGIC,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -12,9 +14,13 @@ pub enum RecordError {
     #[error("not a detector record file (bad magic at byte 0)")]
     BadMagic,
     #[error(
-        "record format version {found} is not supported (this detector reads version {supported})"
+        "record format version {found} is not supported (this detector reads versions {oldest} to {newest})"
     )]
-    UnsupportedVersion { found: u32, supported: u32 },
+    UnsupportedVersion {
+        found: u32,
+        oldest: u32,
+        newest: u32,
+    },
     #[error("header at byte {offset} is corrupted: {reason}")]
     BadHeader { offset: u64, reason: String },
     #[error("chunk at byte {offset} is corrupted: {reason}")]
@@ -41,12 +47,25 @@ pub enum RecordError {
     Io(#[from] io::Error),
 }
 
+/// Longest text a record may hold (a symbol name): what ciborium's
+/// `from_reader` allows too.
+const SCRATCH: usize = 4096;
+
 /// Reads records one at a time from any `Read`.
 pub struct RecordReader<R: Read> {
     input: R,
     header: RecordHeader,
+    /// Version 2 and later: chunks are zstd frames (else raw CBOR).
+    compressed: bool,
+    decompressor: Option<zstd::bulk::Decompressor<'static>>,
     offset: u64,
+    /// The current chunk's records, decompressed.
     chunk: Vec<u8>,
+    /// The current chunk's bytes as stored (compressed chunks only).
+    stored: Vec<u8>,
+    /// ciborium's buffer for strings, reused: a fresh one per record
+    /// (`from_reader`) costs a 4 KiB memset each.
+    scratch: Box<[u8; SCRATCH]>,
     chunk_pos: usize,
     chunk_left: u32,
     chunk_offset: u64,
@@ -114,12 +133,15 @@ impl<R: Read> RecordReader<R> {
         let version = serde_json::from_slice::<serde_json::Value>(&header)
             .ok()
             .and_then(|v| v.get("format_version")?.as_u64());
-        match version {
-            Some(v) if v == FORMAT_VERSION as u64 => {}
+        let version = match version {
+            Some(v) if (OLDEST_FORMAT_VERSION as u64..=FORMAT_VERSION as u64).contains(&v) => {
+                v as u32
+            }
             Some(v) => {
                 return Err(RecordError::UnsupportedVersion {
                     found: v.min(u32::MAX as u64) as u32,
-                    supported: FORMAT_VERSION,
+                    oldest: OLDEST_FORMAT_VERSION,
+                    newest: FORMAT_VERSION,
                 });
             }
             None => {
@@ -128,17 +150,32 @@ impl<R: Read> RecordReader<R> {
                     reason: "no format_version".into(),
                 });
             }
-        }
+        };
         let header: RecordHeader =
             serde_json::from_slice(&header).map_err(|e| RecordError::BadHeader {
                 offset: 16,
                 reason: e.to_string(),
             })?;
+        let compressed = version >= 2;
+        if compressed && header.chunk_encoding != super::CHUNK_ENCODING {
+            return Err(RecordError::BadHeader {
+                offset: 16,
+                reason: format!(
+                    "chunk encoding {:?} is not {:?}",
+                    header.chunk_encoding,
+                    super::CHUNK_ENCODING
+                ),
+            });
+        }
         Ok(Self {
             input,
             header,
+            compressed,
+            decompressor: None,
             offset: 16 + len as u64,
             chunk: Vec::new(),
+            stored: Vec::new(),
+            scratch: Box::new([0; SCRATCH]),
             chunk_pos: 0,
             chunk_left: 0,
             chunk_offset: 0,
@@ -201,15 +238,20 @@ impl<R: Read> RecordReader<R> {
             self.offset += 16;
             return Ok(false);
         }
-        if &tag != CHUNK_MAGIC {
+        let (magic, head_len) = if self.compressed {
+            (ZSTD_CHUNK_MAGIC, 16)
+        } else {
+            (CHUNK_MAGIC, 12)
+        };
+        if &tag != magic {
             return Err(RecordError::BadChunk {
                 offset: at,
                 reason: format!("expected a chunk tag, found {tag:02x?}"),
             });
         }
-        let mut head = [0u8; 12];
-        let n = read_full(&mut self.input, &mut head)?;
-        if n < head.len() {
+        let mut head = [0u8; 16];
+        let n = read_full(&mut self.input, &mut head[..head_len])?;
+        if n < head_len {
             return Err(RecordError::Truncated {
                 offset: at + 4 + n as u64,
                 what: "a chunk header",
@@ -223,26 +265,62 @@ impl<R: Read> RecordReader<R> {
                 reason: format!("length {len} exceeds the {MAX_CHUNK}-byte limit"),
             });
         }
-        self.chunk.resize(len as usize, 0);
-        let n = read_full(&mut self.input, &mut self.chunk)?;
+        let body_at = at + 4 + head_len as u64;
+        let buf = if self.compressed {
+            &mut self.stored
+        } else {
+            &mut self.chunk
+        };
+        buf.resize(len as usize, 0);
+        let n = read_full(&mut self.input, buf)?;
         if n < len as usize {
             return Err(RecordError::Truncated {
-                offset: at + 16 + n as u64,
+                offset: body_at + n as u64,
                 what: "a chunk",
                 records: self.records,
             });
         }
-        if crc32fast::hash(&self.chunk) != crc {
+        if crc32fast::hash(buf) != crc {
             return Err(RecordError::BadChunk {
                 offset: at,
                 reason: "checksum mismatch".into(),
             });
         }
+        if self.compressed {
+            self.decompress(at, u32_at(&head, 12))?;
+        }
         self.chunk_offset = at;
-        self.offset = at + 16 + len as u64;
+        self.offset = body_at + len as u64;
         self.chunk_pos = 0;
         self.chunk_left = count;
         Ok(true)
+    }
+
+    /// Turns the stored chunk at `at` into its `raw_len` bytes of records.
+    fn decompress(&mut self, at: u64, raw_len: u32) -> Result<(), RecordError> {
+        let bad = |reason: String| RecordError::BadChunk { offset: at, reason };
+        if raw_len > MAX_CHUNK {
+            return Err(bad(format!(
+                "raw length {raw_len} exceeds the {MAX_CHUNK}-byte limit"
+            )));
+        }
+        let decompressor = match &mut self.decompressor {
+            Some(d) => d,
+            None => self
+                .decompressor
+                .insert(zstd::bulk::Decompressor::new().map_err(RecordError::Io)?),
+        };
+        self.chunk.clear();
+        self.chunk.reserve(raw_len as usize);
+        let n = decompressor
+            .decompress_to_buffer(&self.stored, &mut self.chunk)
+            .map_err(|e| bad(format!("does not decompress: {e}")))?;
+        if n != raw_len as usize {
+            return Err(bad(format!(
+                "decompresses to {n} bytes, its header says {raw_len}"
+            )));
+        }
+        Ok(())
     }
 
     /// The next record, `None` after the end mark.
@@ -278,11 +356,19 @@ impl<R: Read> RecordReader<R> {
         }
         let mut rest = &self.chunk[self.chunk_pos..];
         let before = rest.len();
-        let record: Record =
-            ciborium::from_reader(&mut rest).map_err(|e| RecordError::BadChunk {
-                offset: self.chunk_offset,
-                reason: format!("record {} of the chunk does not decode: {e}", self.records),
-            })?;
+        let bad = |reason: String| RecordError::BadChunk {
+            offset: self.chunk_offset,
+            reason,
+        };
+        let flat: FlatRecord =
+            ciborium::de::from_reader_with_buffer(&mut rest, &mut self.scratch[..])
+                .map_err(|e| bad(format!("record {} does not decode: {e}", self.records)))?;
+        let record = flat.into_record().map_err(|field| {
+            bad(format!(
+                "record {} is an event without its `{field}`",
+                self.records
+            ))
+        })?;
         self.chunk_pos += before - rest.len();
         self.chunk_left -= 1;
         self.records += 1;

@@ -5,7 +5,6 @@ use crate::event::{Addr, Dev, EventKind, Frame, Hook};
 
 fn header() -> RecordHeader {
     RecordHeader {
-        format_version: FORMAT_VERSION,
         detector_version: "test".into(),
         kernel_release: "6.1.0-test".into(),
         machine: "x86_64".into(),
@@ -14,7 +13,7 @@ fn header() -> RecordHeader {
         started_ns: 5,
         thread_size: 16384,
         hooks: [("bio_endio".to_owned(), "fentry".to_owned())].into(),
-        filters: vec![],
+        ..RecordHeader::current()
     }
 }
 
@@ -84,7 +83,7 @@ fn read_all(bytes: &[u8]) -> (Vec<Record>, Option<RecordError>) {
 
 #[test]
 fn round_trip_across_several_chunks() {
-    let n = 10_000; // more than two chunks
+    let n = 40_000; // more than two chunks
     let bytes = file(n);
     let reader = RecordReader::new(bytes.as_slice()).unwrap();
     assert_eq!(reader.header(), &header());
@@ -167,20 +166,105 @@ fn other_files_and_versions_are_refused() {
         .finish()
         .unwrap();
     match read_all(&out).1 {
-        Some(RecordError::UnsupportedVersion { found, supported }) => {
-            assert_eq!((found, supported), (FORMAT_VERSION + 1, FORMAT_VERSION));
+        Some(
+            e @ RecordError::UnsupportedVersion {
+                found,
+                oldest,
+                newest,
+            },
+        ) => {
+            assert_eq!(
+                (found, oldest, newest),
+                (FORMAT_VERSION + 1, 1, FORMAT_VERSION)
+            );
+            assert!(
+                e.to_string()
+                    .contains(&format!("version {} is not supported", FORMAT_VERSION + 1)),
+                "{e}"
+            );
         }
         other => panic!("{other:?}"),
     }
 }
 
-#[test]
-fn empty_session_round_trips() {
+/// A version 1 file, framed by hand as version 1 writers did: raw CBOR
+/// records in `CHNK` chunks of `per_chunk` records.
+fn v1_file(records: &[Record], per_chunk: usize) -> Vec<u8> {
+    let mut header = header();
+    header.format_version = 1;
+    let mut json = serde_json::to_value(&header).unwrap();
+    json.as_object_mut().unwrap().remove("chunk_encoding");
+    let json = serde_json::to_vec(&json).unwrap();
     let mut out = Vec::new();
-    RecordWriter::new(&mut out, &header())
-        .unwrap()
-        .finish()
-        .unwrap();
-    let (records, err) = read_all(&out);
-    assert!(records.is_empty() && err.is_none());
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&(json.len() as u32).to_le_bytes());
+    out.extend_from_slice(&crc32fast::hash(&json).to_le_bytes());
+    out.extend_from_slice(&json);
+    for chunk in records.chunks(per_chunk) {
+        let mut payload = Vec::new();
+        for r in chunk {
+            ciborium::into_writer(r, &mut payload).unwrap();
+        }
+        out.extend_from_slice(CHUNK_MAGIC);
+        out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        out.extend_from_slice(&(chunk.len() as u32).to_le_bytes());
+        out.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+        out.extend_from_slice(&payload);
+    }
+    let total = (records.len() as u64).to_le_bytes();
+    out.extend_from_slice(END_MAGIC);
+    out.extend_from_slice(&total);
+    out.extend_from_slice(&crc32fast::hash(&total).to_le_bytes());
+    out
+}
+
+#[test]
+fn version_1_files_still_read() {
+    let mut records = vec![Record::Stack {
+        id: StackId(7),
+        stack: stack(),
+    }];
+    records.extend((0..100).map(|i| Record::Event(event(i))));
+    let bytes = v1_file(&records, 30);
+    let reader = RecordReader::new(bytes.as_slice()).unwrap();
+    assert_eq!(reader.header().format_version, 1);
+    assert_eq!(reader.header().chunk_encoding, "cbor");
+    let (read, err) = read_all(&bytes);
+    assert!(err.is_none(), "{err:?}");
+    assert_eq!(read, records);
+    // Damage in a version 1 chunk is still found and placed.
+    let mut bad = bytes.clone();
+    let last = bad.len() - 30;
+    bad[last] ^= 1;
+    assert!(matches!(
+        read_all(&bad).1,
+        Some(RecordError::BadChunk { .. })
+    ));
+}
+
+#[test]
+fn a_chunk_whose_raw_length_lies_is_refused() {
+    let mut bytes = file(10);
+    let header_len = u32::from_le_bytes(bytes[8..12].try_into().unwrap()) as usize;
+    let raw_len_at = 16 + header_len + 16;
+    let raw = u32::from_le_bytes(bytes[raw_len_at..raw_len_at + 4].try_into().unwrap());
+    for lie in [raw - 1, raw + 1, MAX_CHUNK + 1] {
+        bytes[raw_len_at..raw_len_at + 4].copy_from_slice(&lie.to_le_bytes());
+        match read_all(&bytes).1 {
+            Some(RecordError::BadChunk { offset, .. }) => {
+                assert_eq!(offset, (16 + header_len) as u64)
+            }
+            other => panic!("raw length {lie}: {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn an_unknown_chunk_encoding_is_named() {
+    let mut h = header();
+    h.chunk_encoding = "cbor+lz4".into();
+    let mut out = Vec::new();
+    RecordWriter::new(&mut out, &h).unwrap().finish().unwrap();
+    let err = read_all(&out).1.unwrap();
+    assert!(err.to_string().contains("cbor+lz4"), "{err}");
 }

@@ -1,10 +1,12 @@
 //! Findings for people ([`human`]: text with the two-column interleaving
 //! diagram) and for programs ([`json`]: one object per finding whose
 //! `finding` field holds its kind). Both resolve stack ids against the
-//! session's [`crate::event::StackTable`].
+//! session's [`crate::event::StackTable`]. [`stats`] is the session's
+//! counters as one JSON object (`--stats-json`).
 
 pub mod human;
 pub mod json;
+pub mod stats;
 
 use crate::event::{Frame, StackId, StackTable};
 

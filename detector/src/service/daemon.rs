@@ -23,7 +23,7 @@ use crate::event::StackTable;
 use crate::kernel::attach::{HookOutcome, LoadOptions};
 use crate::kernel::reader::{Batch, ReaderTotals};
 use crate::metrics::Metrics;
-use crate::session::live::{Live, LiveInput, announcement};
+use crate::session::live::{Health, Live, LiveInput, announcement};
 use crate::session::replay::{Item, Paced, PacedBatch, ReplayFile};
 use crate::session::{Session, SessionOptions, Stacks};
 
@@ -50,7 +50,7 @@ pub enum Source {
 
 enum Input {
     Batch(Batch),
-    Module(&'static str),
+    Modules { attached: Option<&'static str> },
     Replayed(PacedBatch),
 }
 
@@ -69,6 +69,7 @@ impl Source {
                 let opts = LoadOptions {
                     ring_bytes: kernel.ring_buffer_size.0,
                     stack_budget: kernel.stack_budget,
+                    task_map_entries: kernel.task_map_entries.0,
                     ..LoadOptions::default()
                 };
                 let (live, stacks) = Live::start(opts)?;
@@ -82,7 +83,7 @@ impl Source {
         match self {
             Source::Live(live) => match live.next().await? {
                 LiveInput::Batch(b) => Some(Input::Batch(b)),
-                LiveInput::ModuleLoaded(m) => Some(Input::Module(m)),
+                LiveInput::Modules { attached } => Some(Input::Modules { attached }),
             },
             Source::Replay(paced) if paced.done() => std::future::pending().await,
             Source::Replay(paced) => Some(Input::Replayed(paced.next().await)),
@@ -156,8 +157,8 @@ fn replayed(session: &mut Session<Box<dyn Stacks>>, batch: PacedBatch) -> Result
     for item in batch.items {
         match item {
             Item::Event(ev) => session.event(ev)?,
-            Item::Stack(id, stack) => session.stacks.learn_stack(id, stack),
-            Item::Symbol(addr, name) => session.stacks.learn_symbol(addr, name),
+            Item::Stack(id, stack) => session.stacks.add_stack(id, stack),
+            Item::Symbol(addr, name) => session.stacks.add_symbol(addr, name),
         }
     }
     if batch.now > 0 {
@@ -232,6 +233,7 @@ pub async fn run(
             filter: daemon.loaded.config.event_filter(),
             start_ns,
             summary: false,
+            measure_latency: matches!(source, Source::Live(_)),
         },
         stacks,
         engine,
@@ -260,6 +262,7 @@ pub async fn run(
         daemon.log.destination
     );
     let mut publish = tokio::time::interval(PUBLISH_EVERY);
+    let mut health = Health::default();
     let result: Result<()> = async {
         loop {
             // Signals and the publication timer before input: a pipeline
@@ -274,6 +277,11 @@ pub async fn run(
                     daemon.notifier.reloaded(&line);
                 }
                 _ = publish.tick() => {
+                    if let Source::Live(live) = &source {
+                        for note in health.check(live, &session.summary.heartbeat) {
+                            tracing::warn!("{note}");
+                        }
+                    }
                     metrics.publish(&session.engine_stats(), source.totals().as_ref());
                     let line = status.line(&session);
                     daemon.notifier.status(&line);
@@ -293,11 +301,14 @@ pub async fn run(
                         feed(&mut session, batch)?;
                         daemon.notifier.alive();
                     }
-                    Some(Input::Module(module)) => {
+                    Some(Input::Modules { attached }) => {
+                        // Modules come and go: symbolize with the current ones.
                         session.stacks.modules_changed();
-                        let config = &daemon.loaded.config;
-                        metrics.set_coverage(source.hooks().1.as_deref(), |r| config.enabled(r));
-                        tracing::info!("{module} loaded; md hooks attached");
+                        if let Some(module) = attached {
+                            let config = &daemon.loaded.config;
+                            metrics.set_coverage(source.hooks().1.as_deref(), |r| config.enabled(r));
+                            tracing::info!("{module} loaded; md hooks attached");
+                        }
                     }
                     Some(Input::Replayed(batch)) => {
                         replayed(&mut session, batch)?;
@@ -312,7 +323,13 @@ pub async fn run(
     daemon.notifier.stopping();
     tracing::info!("stopping: draining the ring buffer, flushing findings");
     let drained = match source {
-        Source::Live(live) => live.stop(|batch| feed(&mut session, batch)).await.1,
+        Source::Live(live) => {
+            let stopped = live.stop(|batch| feed(&mut session, batch)).await;
+            if let Some(note) = &stopped.reader_stuck {
+                tracing::error!("{note}");
+            }
+            stopped.result
+        }
         Source::Replay(_) => Ok(()),
     };
     let finished = session.finish();

@@ -132,8 +132,9 @@ pub fn init_for_terminal() {
         .try_init();
 }
 
-/// The log sink: each finding once, at warning or error level, with its
-/// facts as fields (journal fields under systemd).
+/// The log sink: each finding once, at its severity's level (critical
+/// ones at error), with its facts as fields (journal fields under
+/// systemd).
 pub struct FindingLog;
 
 impl Sink for FindingLog {
@@ -173,6 +174,7 @@ impl Sink for FindingLog {
             };
         }
         match f.severity {
+            Severity::Info => log_finding!(info),
             Severity::Warning => log_finding!(warn),
             Severity::Error | Severity::Critical => log_finding!(error),
         }

@@ -1,25 +1,30 @@
 //! Events from the running kernel: the programs loaded and attached, the
-//! ring buffer drained into batches, md hooks attached when md_mod loads,
-//! and the programs' own diagnostics (aya-log) forwarded to the log. Both
+//! ring buffer drained into batches with the kernel side's loss counters,
+//! md hooks attached when md_mod loads, the programs' own diagnostics
+//! (aya-log) forwarded to the log, and a watch on the reader itself. Both
 //! `trace` and `run` read the kernel through this.
 
 use std::collections::BTreeMap;
 use std::io;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use tokio::io::unix::AsyncFd;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::clock::monotonic_ns;
+use crate::heartbeat::Heartbeat;
 use crate::kernel::attach::{HookStatus, LoadError, LoadOptions, Probes};
 use crate::kernel::coverage::{RuleState, coverage};
+use crate::kernel::loss::{LossCounters, Programs};
 use crate::kernel::reader::{Batch, Reader, ReaderTotals};
 use crate::kernel::stacks::StackResolver;
 
 /// How often the reader drains the ring buffer when not woken.
 const DRAIN_EVERY: Duration = Duration::from_millis(20);
-/// How often loaded modules are checked (md_mod may load mid-session).
+/// How often loaded modules are checked (md_mod may load mid-session, and
+/// stacks are symbolized with the modules loaded now).
 const MODULE_POLL_EVERY: Duration = Duration::from_secs(1);
 /// Batches waiting for the pipeline; past it the reader waits, and the
 /// kernel's ring buffer takes up the slack (and counts what it drops).
@@ -27,6 +32,10 @@ const MODULE_POLL_EVERY: Duration = Duration::from_secs(1);
 /// stop must still take through the engine to this many times
 /// `reader::MAX_BATCH` events.
 const BATCHES_IN_FLIGHT: usize = 64;
+/// How long without a batch before the reader counts as stuck (its CPU held
+/// by a kernel bug, say): said once, and at the end a stuck reader is left
+/// behind instead of hanging the session.
+pub const READER_STALL: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum LiveError {
@@ -43,8 +52,11 @@ pub enum LiveError {
 /// What the kernel side produced.
 pub enum LiveInput {
     Batch(Batch),
-    /// A module's hooks were attached (it loaded during the session).
-    ModuleLoaded(&'static str),
+    /// The module poll came round: symbolize with the modules loaded now;
+    /// `attached` names a module whose hooks were just attached.
+    Modules {
+        attached: Option<&'static str>,
+    },
 }
 
 /// A live session's source. Dropping it detaches every program.
@@ -52,12 +64,24 @@ pub struct Live {
     pub probes: Probes,
     /// CLOCK_MONOTONIC when every hook was attached: the session's start.
     pub start_ns: u64,
+    programs: Programs,
     rx: mpsc::Receiver<Batch>,
     stop_tx: watch::Sender<bool>,
     reader: JoinHandle<ReaderTotals>,
     logger: Option<JoinHandle<()>>,
     module_poll: tokio::time::Interval,
     totals: ReaderTotals,
+    last_batch: Instant,
+}
+
+/// How a live source ended.
+pub struct Stopped {
+    pub totals: ReaderTotals,
+    /// The first error the pipeline gave while taking the last batches.
+    pub result: io::Result<()>,
+    /// Set when the reader did not answer (stuck on a CPU): what is
+    /// missing.
+    pub reader_stuck: Option<String>,
 }
 
 impl Live {
@@ -78,7 +102,11 @@ impl Live {
         let stacks = probes
             .take_stacks()
             .ok_or(LiveError::MissingMap("STACKS"))?;
-        let reader = Reader::new(ring, counters, DRAIN_EVERY).map_err(LiveError::Poll)?;
+        let programs: Programs = Arc::new(Mutex::new(probes.attached_programs()));
+        let loss = LossCounters::new(counters, programs.clone());
+        let task_maps = probes.take_task_maps();
+        let reader =
+            Reader::new(ring, loss, Some(task_maps), DRAIN_EVERY).map_err(LiveError::Poll)?;
         let (tx, rx) = mpsc::channel(BATCHES_IN_FLIGHT);
         let (stop_tx, stop_rx) = watch::channel(false);
         let reader = tokio::spawn(reader.run(tx, stop_rx));
@@ -87,32 +115,38 @@ impl Live {
         let live = Self {
             probes,
             start_ns: monotonic_ns(),
+            programs,
             rx,
             stop_tx,
             reader,
             logger,
             module_poll,
             totals: ReaderTotals::default(),
+            last_batch: Instant::now(),
         };
         Ok((live, StackResolver::new(stacks)))
     }
 
-    /// The next batch, or a module's hooks attached. Cancel-safe: nothing
-    /// is lost when another branch of a `select!` wins. `None` once the
-    /// reader is gone.
+    /// The next batch, or the module poll's turn. Cancel-safe: nothing is
+    /// lost when another branch of a `select!` wins. `None` once the reader
+    /// is gone.
     pub async fn next(&mut self) -> Option<LiveInput> {
-        loop {
-            tokio::select! {
-                batch = self.rx.recv() => {
-                    let batch = batch?;
-                    self.totals = batch.totals;
-                    return Some(LiveInput::Batch(batch));
+        tokio::select! {
+            batch = self.rx.recv() => {
+                let batch = batch?;
+                self.totals = batch.totals;
+                self.last_batch = Instant::now();
+                Some(LiveInput::Batch(batch))
+            }
+            _ = self.module_poll.tick() => {
+                let attached = self.probes.attach_module("md_mod").then_some("md_mod");
+                if attached.is_some()
+                    && let Ok(mut watched) = self.programs.lock()
+                {
+                    // Their recursion misses count as losses too.
+                    *watched = self.probes.attached_programs();
                 }
-                _ = self.module_poll.tick() => {
-                    if self.probes.attach_module("md_mod") {
-                        return Some(LiveInput::ModuleLoaded("md_mod"));
-                    }
-                }
+                Some(LiveInput::Modules { attached })
             }
         }
     }
@@ -122,27 +156,105 @@ impl Live {
         self.totals
     }
 
+    /// How long since the reader last handed over a batch (it does every
+    /// drain interval, empty or not).
+    pub fn since_last_batch(&self) -> Duration {
+        self.last_batch.elapsed()
+    }
+
     /// Stops reading; hands every batch still queued to `each` (the ring
-    /// buffer is drained a last time), then detaches. Returns the totals and
-    /// the first error `each` gave.
-    pub async fn stop(
-        mut self,
-        mut each: impl FnMut(Batch) -> io::Result<()>,
-    ) -> (ReaderTotals, io::Result<()>) {
+    /// buffer is drained a last time), then detaches. A reader that hands
+    /// nothing over for [`READER_STALL`] is left behind.
+    pub async fn stop(mut self, mut each: impl FnMut(Batch) -> io::Result<()>) -> Stopped {
         let _ = self.stop_tx.send(true);
         let mut result = Ok(());
-        while let Some(batch) = self.rx.recv().await {
-            if let Err(e) = each(batch)
-                && result.is_ok()
-            {
-                result = Err(e);
+        let mut reader_stuck = None;
+        loop {
+            match tokio::time::timeout(READER_STALL, self.rx.recv()).await {
+                Ok(Some(batch)) => {
+                    if let Err(e) = each(batch)
+                        && result.is_ok()
+                    {
+                        result = Err(e);
+                    }
+                }
+                Ok(None) => break,
+                Err(_) => {
+                    reader_stuck = Some(format!(
+                        "the event reader did not stop within {}s (its CPU may be stuck); \
+                         events after its last drain are missing",
+                        READER_STALL.as_secs()
+                    ));
+                    break;
+                }
             }
         }
-        let totals = self.reader.await.unwrap_or(self.totals);
+        let totals = if reader_stuck.is_none() {
+            tokio::time::timeout(READER_STALL, &mut self.reader)
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .unwrap_or(self.totals)
+        } else {
+            self.totals
+        };
         if let Some(logger) = self.logger.take() {
             logger.abort();
         }
-        (totals, result)
+        Stopped {
+            totals,
+            result,
+            reader_stuck,
+        }
+    }
+}
+
+/// Notices about the session's own health, each said once: a reader that
+/// stopped handing over batches, CPUs that went silent while others report
+/// (a CPU held by a kernel bug runs no traced code).
+#[derive(Default)]
+pub struct Health {
+    warned_stall: bool,
+    warned_silent: Vec<u32>,
+}
+
+impl Health {
+    /// What is new to say now.
+    pub fn check(&mut self, live: &Live, heartbeat: &Heartbeat) -> Vec<String> {
+        let mut notes = Vec::new();
+        let stalled = live.since_last_batch();
+        if stalled < READER_STALL {
+            self.warned_stall = false;
+        } else if !std::mem::replace(&mut self.warned_stall, true) {
+            notes.push(format!(
+                "no events read for {}s: the reader is not running (its CPU may be stuck)",
+                stalled.as_secs()
+            ));
+        }
+        let silent = heartbeat.silent();
+        for cpu in &silent {
+            if !self.warned_silent.contains(&cpu.cpu) {
+                notes.push(cpu.describe());
+            }
+        }
+        self.warned_silent = silent.iter().map(|c| c.cpu).collect();
+        notes
+    }
+}
+
+/// Allows this thread (and the threads it starts) on every CPU: the reader
+/// must be free to run anywhere, so that one CPU stuck in a kernel bug
+/// cannot hold it. Call before starting the runtime.
+pub fn unpin_from_cpus() {
+    // SAFETY: cpu_set_t is plain data; CPU_SET writes inside it;
+    // sched_setaffinity reads it. Failure leaves the inherited mask.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        let cpus = libc::sysconf(libc::_SC_NPROCESSORS_CONF).clamp(1, libc::CPU_SETSIZE as i64);
+        for cpu in 0..cpus as usize {
+            libc::CPU_SET(cpu, &mut set);
+        }
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
     }
 }
 

@@ -13,10 +13,12 @@ pub mod terminal;
 use std::io;
 use std::sync::Arc;
 
+use crate::clock::monotonic_ns;
 use crate::engine::{Engine, EngineConfig, EngineStats, Finding};
 use crate::event::{Addr, Event, EventKind, Stack, StackId, StackTable};
 use crate::filter::EventFilter;
 use crate::kernel::stacks::StackResolver;
+use crate::report::stats::Latency;
 use crate::summary::Summary;
 
 /// Where stacks and symbols come from: the kernel (live) or a file.
@@ -25,9 +27,17 @@ pub trait Stacks {
     fn symbol(&mut self, addr: Addr) -> Option<String>;
     fn table(&self) -> &StackTable;
     /// A stack a file carries (record files store each stack once).
-    fn learn_stack(&mut self, id: StackId, stack: Stack);
+    fn add_stack(&mut self, id: StackId, stack: Stack);
     /// A symbol a file carries.
-    fn learn_symbol(&mut self, addr: Addr, name: String);
+    fn add_symbol(&mut self, addr: Addr, name: String);
+
+    /// Makes sure `addr`'s symbol is in the table (without copying it out:
+    /// this runs for every bio event).
+    fn learn_symbol(&mut self, addr: Addr) {
+        if self.table().symbol(addr).is_none() {
+            let _ = self.symbol(addr);
+        }
+    }
     /// Kernel modules were loaded or unloaded: addresses may mean new
     /// symbols.
     fn modules_changed(&mut self) {}
@@ -43,10 +53,10 @@ impl Stacks for StackResolver {
     fn table(&self) -> &StackTable {
         StackResolver::table(self)
     }
-    fn learn_stack(&mut self, _id: StackId, _stack: Stack) {
+    fn add_stack(&mut self, _id: StackId, _stack: Stack) {
         // Live stacks come from the kernel's map, never from a file.
     }
-    fn learn_symbol(&mut self, _addr: Addr, _name: String) {}
+    fn add_symbol(&mut self, _addr: Addr, _name: String) {}
     fn modules_changed(&mut self) {
         self.refresh_modules();
     }
@@ -62,10 +72,10 @@ impl Stacks for StackTable {
     fn table(&self) -> &StackTable {
         self
     }
-    fn learn_stack(&mut self, id: StackId, stack: Stack) {
+    fn add_stack(&mut self, id: StackId, stack: Stack) {
         self.insert(id, stack);
     }
-    fn learn_symbol(&mut self, addr: Addr, name: String) {
+    fn add_symbol(&mut self, addr: Addr, name: String) {
         self.insert_symbol(addr, name);
     }
 }
@@ -80,11 +90,14 @@ impl Stacks for Box<dyn Stacks> {
     fn table(&self) -> &StackTable {
         (**self).table()
     }
-    fn learn_stack(&mut self, id: StackId, stack: Stack) {
-        (**self).learn_stack(id, stack)
+    fn add_stack(&mut self, id: StackId, stack: Stack) {
+        (**self).add_stack(id, stack)
     }
-    fn learn_symbol(&mut self, addr: Addr, name: String) {
-        (**self).learn_symbol(addr, name)
+    fn add_symbol(&mut self, addr: Addr, name: String) {
+        (**self).add_symbol(addr, name)
+    }
+    fn learn_symbol(&mut self, addr: Addr) {
+        (**self).learn_symbol(addr)
     }
     fn modules_changed(&mut self) {
         (**self).modules_changed()
@@ -107,6 +120,9 @@ pub struct SessionEvent<'a> {
     /// The filters keep it: it is shown and recorded. Sinks that count
     /// (metrics) see every event; sinks that show, only kept ones.
     pub kept: bool,
+    /// Bookkeeping for the engine and the record file (a loss check), not
+    /// news: only a record file takes it.
+    pub bookkeeping: bool,
     /// Its stack, when it has one and the kernel still had it.
     pub stack: Option<(StackId, &'a Arc<Stack>)>,
     pub stacks: &'a StackTable,
@@ -157,9 +173,17 @@ pub struct SessionOptions {
     /// Keep the end-of-session summary (per device, bios in flight). A
     /// daemon leaves it off: it is for a session that ends, and its table
     /// of bios in flight would grow for weeks on devices whose completions
-    /// cannot be seen.
+    /// cannot be seen. The per-CPU heartbeat is kept either way.
     pub summary: bool,
+    /// Live sessions: record how long after the event that broke an
+    /// invariant each finding was emitted (event times are this host's
+    /// CLOCK_MONOTONIC, so "now" minus the finding's time).
+    pub measure_latency: bool,
 }
+
+/// Findings whose detection latency is kept: enough for percentiles,
+/// bounded for a session that finds something forever.
+const MAX_LATENCY_SAMPLES: usize = 1 << 16;
 
 pub struct Session<S: Stacks> {
     opts: SessionOptions,
@@ -173,6 +197,8 @@ pub struct Session<S: Stacks> {
     /// Events from before every hook was attached, left out.
     pub before_start: u64,
     finished: bool,
+    /// Detection latency of each finding shown, in ns (live sessions).
+    latencies: Vec<u64>,
 }
 
 impl<S: Stacks> Session<S> {
@@ -187,6 +213,7 @@ impl<S: Stacks> Session<S> {
             findings_shown: 0,
             before_start: 0,
             finished: false,
+            latencies: Vec::new(),
         }
     }
 
@@ -212,20 +239,42 @@ impl<S: Stacks> Session<S> {
         // would read as a broken lifecycle. Losses still count.
         if ev.ts < self.opts.start_ns {
             match ev.kind {
-                EventKind::Lost { .. } => ev.ts = self.opts.start_ns,
+                EventKind::Lost { .. } | EventKind::LossChecked { .. } => {
+                    ev.ts = self.opts.start_ns
+                }
                 _ => {
                     self.before_start += 1;
                     return Ok(());
                 }
             }
         }
+        if let EventKind::LossChecked { .. } = ev.kind {
+            let view = SessionEvent {
+                ev: &ev,
+                kept: false,
+                bookkeeping: true,
+                stack: None,
+                stacks: self.stacks.table(),
+            };
+            for sink in &mut self.sinks {
+                sink.event(&view)?;
+            }
+            self.engine.push_into(ev, &mut self.findings);
+            return self.report_findings();
+        }
+        if !matches!(ev.kind, EventKind::Lost { .. }) {
+            self.summary.heartbeat.observe(ev.cpu, ev.ts);
+        }
         // Every stack and handler is resolved, shown or not: a finding may
         // quote it.
         let stack = ev
             .stack
             .and_then(|id| self.stacks.stack(id).map(|s| (id, s)));
+        if let Some((id, stack)) = &stack {
+            self.engine.learn_stack(*id, stack);
+        }
         if let Some(end_io) = end_io_of(&ev) {
-            let _ = self.stacks.symbol(end_io);
+            self.stacks.learn_symbol(end_io);
         }
         let kept = self.opts.filter.keep(&ev);
         if kept && self.opts.summary {
@@ -234,6 +283,7 @@ impl<S: Stacks> Session<S> {
         let view = SessionEvent {
             ev: &ev,
             kept,
+            bookkeeping: false,
             stack: stack.as_ref().map(|(id, s)| (*id, s)),
             stacks: self.stacks.table(),
         };
@@ -262,11 +312,17 @@ impl<S: Stacks> Session<S> {
         }
         let mut findings = std::mem::take(&mut self.findings);
         let mut result = Ok(());
+        let now = self.opts.measure_latency.then(monotonic_ns);
         for finding in &findings {
             if !self.opts.filter.selects_finding(finding) {
                 continue;
             }
             self.findings_shown += 1;
+            if let Some(now) = now
+                && self.latencies.len() < MAX_LATENCY_SAMPLES
+            {
+                self.latencies.push(now.saturating_sub(finding.ts));
+            }
             let id = finding.id();
             let found = Emitted {
                 finding,
@@ -293,6 +349,13 @@ impl<S: Stacks> Session<S> {
     /// The engine's counters so far.
     pub fn engine_stats(&self) -> EngineStats {
         self.engine.stats()
+    }
+
+    /// Detection latency of the findings shown so far (live sessions).
+    pub fn latency(&self) -> Option<Latency> {
+        self.opts
+            .measure_latency
+            .then(|| Latency::of(&self.latencies))
     }
 
     /// The engine's configuration as it stands.

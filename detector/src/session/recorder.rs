@@ -1,10 +1,11 @@
 //! The record-file sink (`trace -o FILE`): the kept events, each stack and
 //! handler symbol once, before the first event quoting it.
 
-use std::collections::HashSet;
 use std::fs::File;
 use std::io::{self, BufWriter};
 use std::path::{Path, PathBuf};
+
+use rustc_hash::FxHashSet;
 
 use super::{SessionEvent, Sink, end_io_of};
 use crate::event::{Addr, StackId};
@@ -13,8 +14,8 @@ use crate::record::{RecordHeader, RecordWriter};
 pub struct Recorder {
     path: PathBuf,
     writer: RecordWriter<BufWriter<File>>,
-    stacks: HashSet<StackId>,
-    symbols: HashSet<Addr>,
+    stacks: FxHashSet<StackId>,
+    symbols: FxHashSet<Addr>,
 }
 
 impl Recorder {
@@ -24,8 +25,8 @@ impl Recorder {
         Ok(Self {
             path: path.to_owned(),
             writer: RecordWriter::new(BufWriter::new(file), header)?,
-            stacks: HashSet::new(),
-            symbols: HashSet::new(),
+            stacks: FxHashSet::default(),
+            symbols: FxHashSet::default(),
         })
     }
 
@@ -54,7 +55,9 @@ impl Recorder {
 
 impl Sink for Recorder {
     fn event(&mut self, seen: &SessionEvent<'_>) -> io::Result<()> {
-        if !seen.kept {
+        // Loss checks go to the file whatever the filters: a replay's
+        // engine needs them to judge as the live one did.
+        if !seen.kept && !seen.bookkeeping {
             return Ok(());
         }
         self.write(seen).map_err(|e| self.context(e))

@@ -54,7 +54,7 @@ impl Terminal {
 
 impl Sink for Terminal {
     fn event(&mut self, seen: &SessionEvent<'_>) -> io::Result<()> {
-        if !seen.kept {
+        if !seen.kept || seen.bookkeeping {
             return Ok(());
         }
         match self.events {

@@ -3,7 +3,8 @@
 //! stacks at `0xffffc90001000000` and above.
 
 use detector::event::{
-    Addr, Dev, Event, EventKind, Hook, StackId, TASK_UNINTERRUPTIBLE, TeardownStage, WaitVariant,
+    Addr, Dev, Event, EventKind, Hook, Stack, StackId, TASK_UNINTERRUPTIBLE, TeardownStage,
+    WaitVariant,
 };
 
 pub const S: u64 = 1_000_000_000;
@@ -67,7 +68,7 @@ impl Who {
             cpu: self.cpu,
             pid: self.pid,
             tid: self.tid,
-            comm: self.comm.clone(),
+            comm: self.comm.as_str().into(),
             hook: Hook::Fentry,
             stack_base: Addr(self.base),
             sp: Addr(sp),
@@ -94,8 +95,37 @@ pub fn queue(who: &Who, ts: u64, b: u64, disk: Dev) -> Event {
     queue_end_io(who, ts, b, disk, END_IO)
 }
 
+/// The stack every built submission quotes: a direct-I/O read.
+pub const SUBMIT_STACK: StackId = StackId(0x1_0001);
+/// The stack every built sleep quotes: the same read waiting for its bios.
+pub const SLEEP_STACK: StackId = StackId(0x1_0002);
+
+/// The functions on [`SUBMIT_STACK`] and [`SLEEP_STACK`].
+pub fn known_stacks() -> Vec<(StackId, Stack)> {
+    vec![
+        (
+            SUBMIT_STACK,
+            super::stack_of(&[
+                "submit_bio",
+                "__blkdev_direct_IO_simple",
+                "blkdev_read_iter",
+            ]),
+        ),
+        (
+            SLEEP_STACK,
+            super::stack_of(&[
+                "__schedule",
+                "schedule",
+                "io_schedule",
+                "__blkdev_direct_IO_simple",
+                "blkdev_read_iter",
+            ]),
+        ),
+    ]
+}
+
 pub fn queue_end_io(who: &Who, ts: u64, b: u64, disk: Dev, end_io: Addr) -> Event {
-    who.ev(
+    let mut ev = who.ev(
         ts,
         EventKind::BioQueue {
             bio: bio(b),
@@ -107,7 +137,9 @@ pub fn queue_end_io(who: &Who, ts: u64, b: u64, disk: Dev, end_io: Addr) -> Even
             end_io,
             private: Addr(0),
         },
-    )
+    );
+    ev.stack = Some(SUBMIT_STACK);
+    ev
 }
 
 pub fn endio(who: &Who, ts: u64, b: u64, disk: Dev, remaining: i32, depth: u8) -> Event {
@@ -138,6 +170,9 @@ pub fn endio_with(
             remaining,
             is_final: remaining <= 1,
             chain_depth: depth,
+            opf: 1,
+            has_blkg: false,
+            integrity: false,
         },
     )
 }
@@ -204,12 +239,13 @@ pub fn sleep(who: &Who, ts: u64, d_iowait: bool) -> Event {
             preempt: false,
             prev_sp: Addr(who.at(0x3400)),
             next_tid: 0,
-            next_comm: format!("swapper/{}", who.cpu),
+            next_comm: format!("swapper/{}", who.cpu).into(),
             next_stack_base: Addr(IDLE + who.cpu as u64 * 0x4000),
             next_saved_sp: Addr(0),
         },
     );
     ev.hook = Hook::TpBtf;
+    ev.stack = Some(SLEEP_STACK);
     ev
 }
 
@@ -228,7 +264,7 @@ pub fn switch_in(who: &Who, ts: u64) -> Event {
             preempt: false,
             prev_sp: Addr(idle.at(0x3f00)),
             next_tid: who.tid,
-            next_comm: who.comm.clone(),
+            next_comm: who.comm.as_str().into(),
             next_stack_base: Addr(who.base),
             next_saved_sp: Addr(who.at(0x3400)),
         },
@@ -243,7 +279,7 @@ pub fn waking(waker: &Who, ts: u64, target: &Who) -> Event {
         ts,
         EventKind::SchedWaking {
             target_tid: target.tid,
-            target_comm: target.comm.clone(),
+            target_comm: target.comm.as_str().into(),
         },
     );
     ev.hook = Hook::TpBtf;
@@ -252,7 +288,15 @@ pub fn waking(waker: &Who, ts: u64, target: &Who) -> Event {
 }
 
 pub fn sys_exit(who: &Who, ts: u64) -> Event {
-    let mut ev = who.ev_at(ts, 0x3f80, EventKind::SysExit { nr: 16, ret: 0 });
+    let mut ev = who.ev_at(
+        ts,
+        0x3f80,
+        EventKind::SysExit {
+            nr: 16,
+            ret: 0,
+            enter_reported: false,
+        },
+    );
     ev.hook = Hook::TpBtf;
     ev.stack = None;
     ev

@@ -7,8 +7,10 @@ pub mod busy;
 
 use std::path::PathBuf;
 
+use std::collections::BTreeMap;
+
 use detector::engine::{Engine, EngineConfig, EngineStats, Finding, FindingKind};
-use detector::event::Event;
+use detector::event::{Addr, Event, Frame, Stack, StackId};
 
 /// Path of fixture `name` (without `.jsonl`).
 pub fn fixture_path(name: &str) -> PathBuf {
@@ -32,6 +34,36 @@ pub fn load(name: &str) -> Vec<Event> {
         .collect()
 }
 
+/// The stacks of fixture `name`: `<name>.stacks.json` beside it, a map
+/// from stack id to function names, innermost first (none if absent).
+pub fn load_stacks(name: &str) -> Vec<(StackId, Stack)> {
+    let path = fixture_path(name).with_extension("stacks.json");
+    let Ok(text) = std::fs::read_to_string(&path) else {
+        return Vec::new();
+    };
+    let table: BTreeMap<u32, Vec<String>> =
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    table
+        .into_iter()
+        .map(|(id, functions)| (StackId(id), stack_of(&functions)))
+        .collect()
+}
+
+/// A stack of these functions, innermost first.
+pub fn stack_of(functions: &[impl AsRef<str>]) -> Stack {
+    Stack {
+        frames: functions
+            .iter()
+            .map(|f| Frame {
+                addr: Addr(0),
+                symbol: Some(f.as_ref().to_owned()),
+                offset: 0,
+                module: None,
+            })
+            .collect(),
+    }
+}
+
 /// What a replay produced.
 pub struct Replay {
     pub findings: Vec<Finding>,
@@ -51,7 +83,19 @@ impl Replay {
 
 /// Pushes `events` in order, then ends the stream.
 pub fn replay_with(events: impl IntoIterator<Item = Event>, cfg: EngineConfig) -> Replay {
+    replay_with_stacks(events, &build::known_stacks(), cfg)
+}
+
+/// [`replay_with`], the engine knowing `stacks` first.
+pub fn replay_with_stacks(
+    events: impl IntoIterator<Item = Event>,
+    stacks: &[(StackId, Stack)],
+    cfg: EngineConfig,
+) -> Replay {
     let mut engine = Engine::new(cfg);
+    for (id, stack) in stacks {
+        engine.learn_stack(*id, stack);
+    }
     let mut findings = Vec::new();
     for ev in events {
         findings.extend(engine.push(ev));
@@ -68,7 +112,9 @@ pub fn replay(events: impl IntoIterator<Item = Event>) -> Replay {
 }
 
 pub fn replay_fixture(name: &str) -> Replay {
-    replay(load(name))
+    let mut stacks = load_stacks(name);
+    stacks.extend(build::known_stacks());
+    replay_with_stacks(load(name), &stacks, EngineConfig::default())
 }
 
 /// The same events as the reader may deliver them: each instant delayed by

@@ -21,6 +21,14 @@ use serde_json::Value;
 
 use crate::vm::events::{Event, Trace, parse_addr};
 
+pub mod disks;
+pub mod hooks;
+pub mod late_irq;
+mod lives;
+pub mod lookalikes;
+
+use lives::{Life, bio_lives, life_of};
+
 pub struct Ctx<'a> {
     pub trace: &'a Trace,
     /// The test module's verdict lines for this scenario.
@@ -36,8 +44,10 @@ const TASK_UNINTERRUPTIBLE: i64 = 0x2;
 /// x86_64's kernel stack size (THREAD_SIZE, without KASAN).
 const THREAD_SIZE: u64 = 16 << 10;
 
-/// The hex number after `label` in the module's verdict, e.g. "at 0x...".
-fn module_addr(ctx: &Ctx, label: &str) -> Result<u64> {
+/// The word after `label` in the module's verdict (or what the scenario's
+/// steps noted beside it), without trailing punctuation: "disk 8:0," gives
+/// "8:0".
+fn module_word<'a>(ctx: &Ctx<'a>, label: &str) -> Result<&'a str> {
     let at = ctx.module.find(label).with_context(|| {
         format!(
             "no '{label}' in the module's verdict: {}",
@@ -48,11 +58,23 @@ fn module_addr(ctx: &Ctx, label: &str) -> Result<u64> {
         .split_whitespace()
         .next()
         .unwrap_or("");
-    let hex = word.trim_end_matches([',', ':']);
-    let hex = if hex.starts_with("0x") {
-        hex.to_owned()
+    Ok(word.trim_end_matches([',', ':', ')']))
+}
+
+/// The number after `label` in the module's verdict.
+fn module_number(ctx: &Ctx, label: &str) -> Result<u64> {
+    let word = module_word(ctx, label)?;
+    word.parse()
+        .with_context(|| format!("not a number after '{label}': {word}"))
+}
+
+/// The hex number after `label` in the module's verdict, e.g. "at 0x...".
+fn module_addr(ctx: &Ctx, label: &str) -> Result<u64> {
+    let word = module_word(ctx, label)?;
+    let hex = if word.starts_with("0x") {
+        word.to_owned()
     } else {
-        format!("0x{hex}")
+        format!("0x{word}")
     };
     parse_addr(&Value::String(hex)).with_context(|| format!("bad address after '{label}': {word}"))
 }
@@ -618,6 +640,7 @@ const TRACEPOINT_HOOKS: &[&str] = &[
     "sched_waking",
     "sched_wakeup",
     "sys_exit",
+    "sys_enter",
     "sched_process_exit",
 ];
 
@@ -691,6 +714,28 @@ mod tests {
         );
         assert_eq!(module_addr(&ctx, "mddev ").unwrap(), 0xffff88800634f000);
         assert!(module_addr(&ctx, "absent ").is_err());
+    }
+
+    #[test]
+    fn reads_words_and_numbers_from_the_steps_notes() {
+        let (trace, module) = ctx_with(
+            "ok integrity_reads: disk 8:0 reads 32 format T10-DIF-TYPE1-CRC read_verify 1 \
+             bio_integrity_verify_fn 0xffffffff8e6f2a10\n\
+             ok late_complete_irq: completion at 0xffffc9000061bd58 of rb_late_owner (pid 231, cpu 1)",
+        );
+        let ctx = Ctx {
+            trace: &trace,
+            module: &module,
+        };
+        assert_eq!(module_word(&ctx, "disk ").unwrap(), "8:0");
+        assert_eq!(module_number(&ctx, "reads ").unwrap(), 32);
+        assert_eq!(module_number(&ctx, "(pid ").unwrap(), 231);
+        assert_eq!(module_number(&ctx, "cpu ").unwrap(), 1);
+        assert_eq!(
+            module_addr(&ctx, "bio_integrity_verify_fn ").unwrap(),
+            0xffffffff8e6f2a10
+        );
+        assert!(module_number(&ctx, "format ").is_err());
     }
 
     #[test]

@@ -5,13 +5,12 @@
 //! contract promises (field names, "0x..." addresses, "MAJ:MIN" devices),
 //! not detector's Rust types.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
 
 use anyhow::{Context as _, Result, bail};
 use serde_json::Value;
-
-use crate::util::output;
 
 pub struct Event {
     pub ts: u64,
@@ -109,21 +108,29 @@ pub fn parse_addr(v: &Value) -> Option<u64> {
 pub struct Trace {
     pub events: Vec<Event>,
     pub findings: Vec<Value>,
+    /// Indeterminate verdicts by rule, from replay's summary.
+    pub indeterminate: BTreeMap<String, u64>,
 }
 
 impl Trace {
     /// `detector replay FILE --json --stacks`, run on the host with the
     /// engine thresholds the session had (`flags`).
     pub fn replay(detector: &Path, record: &Path, flags: &str) -> Result<Self> {
-        let out = output(
-            Command::new(detector)
-                .arg("replay")
-                .arg(record)
-                .args(["--json", "--stacks"])
-                .args(flags.split_whitespace()),
-        )
-        .with_context(|| format!("detector replay {}", record.display()))?;
-        Self::parse(&out)
+        let mut cmd = Command::new(detector);
+        cmd.arg("replay")
+            .arg(record)
+            .args(["--json", "--stacks"])
+            .args(flags.split_whitespace());
+        let out = cmd
+            .output()
+            .with_context(|| format!("cannot start {cmd:?}"))?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if !out.status.success() {
+            bail!("{cmd:?} failed: {}\n{stderr}", out.status);
+        }
+        let mut trace = Self::parse(&String::from_utf8_lossy(&out.stdout))?;
+        trace.indeterminate = indeterminate_verdicts(&stderr);
+        Ok(trace)
     }
 
     pub fn parse(jsonl: &str) -> Result<Self> {
@@ -158,7 +165,11 @@ impl Trace {
                 });
             }
         }
-        Ok(Self { events, findings })
+        Ok(Self {
+            events,
+            findings,
+            indeterminate: BTreeMap::new(),
+        })
     }
 
     pub fn of_kind<'a>(&'a self, kind: &'a str) -> impl Iterator<Item = &'a Event> + 'a {
@@ -176,6 +187,28 @@ impl Trace {
         kinds.dedup();
         kinds
     }
+}
+
+/// The rules under "indeterminate verdicts (evidence possibly lost): N"
+/// in the summary replay prints on stderr, one "    rule   count" line
+/// each; the summary has no JSON form.
+fn indeterminate_verdicts(summary: &str) -> BTreeMap<String, u64> {
+    let mut by_rule = BTreeMap::new();
+    let mut lines = summary.lines();
+    if lines
+        .by_ref()
+        .any(|l| l.trim_start().starts_with("indeterminate verdicts"))
+    {
+        for line in lines {
+            let mut words = line.split_whitespace();
+            let (Some(rule), Some(n), None) = (words.next(), words.next(), words.next()) else {
+                break;
+            };
+            let Ok(n) = n.parse() else { break };
+            by_rule.insert(rule.to_owned(), n);
+        }
+    }
+    by_rule
 }
 
 /// One hook as `detector check --json` lists it.
@@ -230,6 +263,19 @@ mod tests {
         assert!(!c.called_from("zo_end"));
         assert!(!t.events[1].has_stack());
         assert_eq!(t.events[1].text("dev"), Some("259:2"));
+    }
+
+    #[test]
+    fn reads_indeterminate_verdicts_from_the_summary() {
+        let summary = "412 events in 9.0s, 37 lost (verdicts on objects alive then are indeterminate)\n\n  \
+                       findings: 0\n  indeterminate verdicts (evidence possibly lost): 3\n    \
+                       bio-double-complete                     2\n    \
+                       lost-io-completion                      1\n\n  DEVICE ...\n";
+        let by_rule = indeterminate_verdicts(summary);
+        assert_eq!(by_rule.get("bio-double-complete"), Some(&2));
+        assert_eq!(by_rule.get("lost-io-completion"), Some(&1));
+        assert_eq!(by_rule.len(), 2);
+        assert!(indeterminate_verdicts("  findings: 1\n    lost-wakeup 1\n").is_empty());
     }
 
     #[test]

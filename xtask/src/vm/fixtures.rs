@@ -80,14 +80,19 @@ fn kinds(kinds: &[&str]) -> String {
 }
 
 /// What each recording must give, for the engine's tests to check:
-/// `{"flags": ..., "scenarios": {name: {"must": [...], "may": [...]}}}`.
+/// `{"flags": ..., "scenarios": {name: {"must": [...], "may": [...],
+/// "indeterminate": [rules]}}}`.
 fn expected(saved: &[Saved]) -> Result<String> {
     let scenarios: serde_json::Map<String, serde_json::Value> = saved
         .iter()
         .map(|Saved { scenario: sc, .. }| {
             (
                 sc.name.to_owned(),
-                serde_json::json!({"must": sc.findings, "may": sc.also}),
+                serde_json::json!({
+                    "must": sc.findings,
+                    "may": sc.also,
+                    "indeterminate": sc.indeterminate,
+                }),
             )
         })
         .collect();
@@ -117,6 +122,9 @@ fn readme(saved: &[Saved], release: &str) -> String {
         let mut must = kinds(sc.findings);
         if !sc.also.is_empty() {
             must.push_str(&format!(" (may add {})", kinds(sc.also)));
+        }
+        if !sc.indeterminate.is_empty() {
+            must.push_str(&format!(", indeterminate: {}", kinds(sc.indeterminate)));
         }
         let gave = match gave {
             Some(found) => kinds(&found.iter().map(String::as_str).collect::<Vec<_>>()),

@@ -9,16 +9,25 @@
 //! `tests/kmod`.
 
 mod assertions;
+mod benign;
+mod blktests;
 mod debian;
+mod debian_guest;
+mod debian_run;
 mod events;
 mod fixtures;
 mod guests;
+mod helpers;
 mod initramfs;
 mod kernel;
 mod kmod;
+mod markers;
+mod mirror;
 mod qemu;
 mod results;
+mod rootfs;
 mod scenarios;
+mod tally;
 
 use std::collections::HashSet;
 use std::fs;
@@ -34,15 +43,61 @@ use initramfs::Initramfs;
 use kernel::{Kernel, Modules};
 use scenarios::{SCENARIOS, Scenario};
 
-/// Modules the guest loads at boot: the 9p share over virtio-pci.
-const BASE_MODULES: &[&str] = &["virtio_pci", "9pnet_virtio", "9p"];
-/// Loaded later, so that `detector check` runs once without md and once with.
-const MD_MODULES: &[&str] = &["md_mod", "raid1"];
+/// device-mapper's command line tool, from the host (package dmsetup),
+/// with its libraries.
+const DMSETUP: &str = "/usr/sbin/dmsetup";
 
-/// Seconds the whole guest run may take before qemu is killed.
-const DEFAULT_TIMEOUT_SECS: u64 = 480;
+/// A set of modules the guest loads at one time, from
+/// `/lib/modules/<list>.list` (with their dependencies, each module in the
+/// first list that needs it).
+struct ModuleSet {
+    list: &'static str,
+    wanted: &'static [&'static str],
+    /// Put in the initramfs but left out of the list: the scenarios load
+    /// them with their own parameters (`insmod /lib/modules/NAME.ko ...`).
+    by_hand: &'static [&'static str],
+}
+
+/// `base` loads at boot (the 9p share over virtio-pci); `md` later, so
+/// that `detector check` runs once without md and once with; `scsi` and
+/// `dm` only in the scenarios that use them (`load_list` in lib.sh). The
+/// crypto providers come before what needs them: the kernel would ask
+/// modprobe for them (softdeps), and the guest has no modprobe.
+const MODULE_SETS: &[ModuleSet] = &[
+    ModuleSet {
+        list: "base",
+        wanted: &["virtio_pci", "9pnet_virtio", "9p"],
+        by_hand: &[],
+    },
+    ModuleSet {
+        list: "md",
+        wanted: &["md_mod", "raid1"],
+        by_hand: &[],
+    },
+    ModuleSet {
+        list: "scsi",
+        wanted: &[
+            "crct10dif_generic",
+            "crc64_rocksoft_generic",
+            "sd_mod",
+            "scsi_debug",
+        ],
+        by_hand: &["scsi_debug"],
+    },
+    ModuleSet {
+        list: "dm",
+        wanted: &["crc32c_generic", "dm_thin_pool", "dm_zero", "loop"],
+        by_hand: &[],
+    },
+];
+
+/// Seconds a guest may take before qemu is killed: boot and checks, then
+/// per scenario (attaching takes 10-20 s under emulation, the longest
+/// scenario runs ~15 s).
+const BASE_TIMEOUT_SECS: u64 = 240;
+const TIMEOUT_SECS_PER_SCENARIO: u64 = 90;
 /// Seconds `detector trace` may take to attach under emulation.
-const ATTACH_TIMEOUT_SECS: u64 = 180;
+pub(crate) const ATTACH_TIMEOUT_SECS: u64 = 180;
 
 #[derive(Args, Default)]
 pub struct VmTestArgs {
@@ -64,11 +119,13 @@ pub struct VmTestArgs {
     /// reproduces each race.
     #[arg(long)]
     no_detector: bool,
-    /// Copy each scenario's recording, gzipped, to detector/tests/fixtures/vm/
-    /// as a replay fixture (with a README of what each must give).
-    #[arg(long)]
-    save_fixtures: bool,
-    /// Kill the guest after this many seconds.
+    /// Copy each scenario's recording, gzipped, to DIR (default:
+    /// detector/tests/fixtures/vm/) as a replay fixture, with a README and
+    /// expected.json saying what each must give.
+    #[arg(long, value_name = "DIR", num_args = 0..=1, default_missing_value = "detector/tests/fixtures/vm")]
+    save_fixtures: Option<PathBuf>,
+    /// Kill a guest after this many seconds [default: 240 + 90 per
+    /// scenario it runs].
     #[arg(long, value_name = "SECS")]
     timeout: Option<u64>,
     /// Judge the last run again (what its guests left in
@@ -76,6 +133,38 @@ pub struct VmTestArgs {
     /// assertions.
     #[arg(long)]
     rejudge: bool,
+    /// Instead of the seed races: the benign suite of real workloads in a
+    /// Debian guest (md raid1, dm-thin, integrity, NVMe passthrough, a disk
+    /// deleted under I/O, null_blk), which must give zero findings.
+    #[arg(long, conflicts_with_all = ["scenarios", "no_detector", "save_fixtures"])]
+    benign: bool,
+    /// With --benign: run only this workload (repeatable); see --list.
+    #[arg(long = "workload", value_name = "NAME", requires = "benign")]
+    workloads: Vec<String>,
+    /// Instead of the seed races: blktests from this checkout (built with
+    /// `make`) in the Debian guest, detector attached, groups block, loop,
+    /// scsi, md, dm, throtl and nvme (over TCP). The long run: an hour or
+    /// more under emulation.
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["scenarios", "no_detector", "save_fixtures", "benign"])]
+    blktests: Option<PathBuf>,
+    /// With --blktests: only these groups or tests (repeatable), e.g.
+    /// `--only loop --only block/027`.
+    #[arg(long = "only", value_name = "GROUP|TEST", requires = "blktests")]
+    only: Vec<String>,
+    /// With --blktests: blktests' quick run (only tests marked quick or
+    /// timed, timed ones cut to 20 s): the representative subset.
+    #[arg(long, requires = "blktests")]
+    quick: bool,
+}
+
+impl VmTestArgs {
+    /// `vm-test --benign` as `cargo xtask test` runs it.
+    pub fn benign_suite() -> Self {
+        Self {
+            benign: true,
+            ..Self::default()
+        }
+    }
 }
 
 pub fn run(args: VmTestArgs) -> Result<()> {
@@ -83,7 +172,17 @@ pub fn run(args: VmTestArgs) -> Result<()> {
         for s in SCENARIOS {
             println!("{:<32} {}", s.name, s.about);
         }
+        println!("\nbenign workloads (--benign --workload NAME):");
+        for w in benign::WORKLOADS {
+            println!("{:<32} {}", w.name, w.about);
+        }
         return Ok(());
+    }
+    if args.benign {
+        return debian_run::benign(&args);
+    }
+    if let Some(dir) = &args.blktests {
+        return debian_run::blktests(&args, dir);
     }
     let started = Instant::now();
     let selected = select(&args.scenarios)?;
@@ -105,6 +204,7 @@ pub fn run(args: VmTestArgs) -> Result<()> {
     let vmlinux = kernel.vmlinux()?;
     let headers = debian::kernel_headers(&kernel.release)?;
     let mdadm = debian::unpacked(&cache, "mdadm", &cache.join("mdadm"))?.join("sbin/mdadm");
+    let helpers = helpers::build(&root.join("tests/vm/helpers"), &cache.join("helpers"))?;
     let module = kmod::build(
         &root.join("tests/kmod"),
         &cache.join(format!("kmod-{}", kernel.release)),
@@ -123,9 +223,12 @@ pub fn run(args: VmTestArgs) -> Result<()> {
         &root,
         &cache.join("initramfs"),
         &kernel,
-        &mdadm,
-        &module,
-        detector.as_deref(),
+        &Binaries {
+            mdadm: &mdadm,
+            helpers: &helpers,
+            module: &module,
+            detector: detector.as_deref(),
+        },
     )?;
     for guest in &guests {
         fs::create_dir_all(guest.share())?;
@@ -145,7 +248,11 @@ pub fn run(args: VmTestArgs) -> Result<()> {
         },
         started.elapsed()
     );
-    let timeout = Duration::from_secs(args.timeout.unwrap_or(DEFAULT_TIMEOUT_SECS));
+    let most = guests.iter().map(|g| g.scenarios.len()).max().unwrap_or(0) as u64;
+    let timeout = Duration::from_secs(
+        args.timeout
+            .unwrap_or(BASE_TIMEOUT_SECS + TIMEOUT_SECS_PER_SCENARIO * most),
+    );
     let outcomes = boot_all(&guests, &vmlinux, timeout)?;
     if let Some(keep) = &args.keep_log {
         keep_logs(&guests, keep)?;
@@ -157,13 +264,12 @@ pub fn run(args: VmTestArgs) -> Result<()> {
         .map(|(guest, outcome)| results::GuestRun { guest, outcome })
         .collect();
     let judged = results::judge(&runs, detector.as_deref());
-    if args.save_fixtures
+    if let Some(dest) = &args.save_fixtures
         && let Some(detector) = &detector
     {
         // also when detector's verdicts fail: the recordings are what the
         // engine's tests need to get them right
-        let dest = root.join("detector/tests/fixtures/vm");
-        fixtures::save(&guests, &dest, &kernel.release, detector)?;
+        fixtures::save(&guests, &root.join(dest), &kernel.release, detector)?;
     }
     judged?;
     let slowest = outcomes.iter().map(|o| o.elapsed).max().unwrap_or_default();
@@ -177,7 +283,7 @@ pub fn run(args: VmTestArgs) -> Result<()> {
 }
 
 /// One guest per core (each keeps one busy), at most four.
-fn default_jobs() -> usize {
+pub(crate) fn default_jobs() -> usize {
     std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1)
@@ -214,6 +320,8 @@ fn boot_all(guests: &[Guest], vmlinux: &Path, timeout: Duration) -> Result<Vec<q
             share: g.share(),
             log: g.log(),
             timeout,
+            append: String::new(),
+            extra_args: Vec::new(),
         })
         .collect();
     std::thread::scope(|scope| {
@@ -247,13 +355,12 @@ fn keep_logs(guests: &[Guest], keep: &Path) -> Result<()> {
 fn rejudge(args: &VmTestArgs, root: &Path, cache: &Path) -> Result<()> {
     let guests = guests::last_run(cache)?;
     let detector = (!args.no_detector).then(|| root.join("target/release/detector"));
-    if args.save_fixtures
+    if let Some(dest) = &args.save_fixtures
         && let Some(detector) = &detector
     {
         let info = fs::read_to_string(guests[0].share().join("guest-info.txt")).unwrap_or_default();
         let release = info.lines().next().unwrap_or("unknown").to_owned();
-        let dest = root.join("detector/tests/fixtures/vm");
-        fixtures::save(&guests, &dest, &release, detector)?;
+        fixtures::save(&guests, &root.join(dest), &release, detector)?;
     }
     let finished = qemu::Outcome {
         elapsed: Duration::ZERO,
@@ -288,16 +395,20 @@ fn select(names: &[String]) -> Result<Vec<&'static Scenario>> {
     Ok(picked)
 }
 
-/// Everything the guests share: init, scripts, busybox, mdadm, detector,
-/// the modules. Each guest's `/bench/config` is written before packing.
-fn initramfs_base(
-    root: &Path,
-    tree: &Path,
-    kernel: &Kernel,
-    mdadm: &Path,
-    module: &Path,
-    detector: Option<&Path>,
-) -> Result<Initramfs> {
+/// The programs the guests get besides busybox.
+struct Binaries<'a> {
+    mdadm: &'a Path,
+    /// tests/vm/helpers, built static.
+    helpers: &'a [PathBuf],
+    /// The test module (tests/kmod).
+    module: &'a Path,
+    detector: Option<&'a Path>,
+}
+
+/// Everything the guests share: init, scripts, busybox, mdadm, dmsetup,
+/// the helpers, detector, the modules. Each guest's `/bench/config` is
+/// written before packing.
+fn initramfs_base(root: &Path, tree: &Path, kernel: &Kernel, bins: &Binaries) -> Result<Initramfs> {
     let img = Initramfs::new(tree)?;
     let guest = root.join("tests/vm");
     img.file(&guest.join("init"), "/init", 0o755)?;
@@ -310,33 +421,42 @@ fn initramfs_base(
     }
     // busybox-static: no libraries to bring
     img.file(Path::new("/bin/busybox"), "/bin/busybox", 0o755)?;
-    img.binary(mdadm, "/sbin/mdadm")?;
-    if let Some(detector) = detector {
+    img.binary(bins.mdadm, "/sbin/mdadm")?;
+    img.binary(Path::new(DMSETUP), "/sbin/dmsetup")?;
+    for helper in bins.helpers {
+        let name = helper
+            .file_name()
+            .and_then(|n| n.to_str())
+            .context("helper name")?;
+        img.file(helper, &format!("/usr/bin/{name}"), 0o755)?;
+    }
+    if let Some(detector) = bins.detector {
         img.binary(detector, "/usr/bin/detector")?;
     }
 
     let modules = Modules::scan(&kernel.modules_dir())?;
     let mut loaded = HashSet::new();
-    let base = modules.load_order(BASE_MODULES, &mut loaded)?;
-    let md = modules.load_order(MD_MODULES, &mut loaded)?;
-    let mut base_list = String::new();
-    let mut md_list = String::new();
-    for (list, kos) in [(&mut base_list, &base), (&mut md_list, &md)] {
-        for ko in kos {
-            let name = ko
+    for set in MODULE_SETS {
+        let mut list = String::new();
+        for ko in modules.load_order(set.wanted, &mut loaded)? {
+            let file = ko
                 .file_name()
                 .and_then(|n| n.to_str())
                 .context("module name")?;
-            img.file(ko, &format!("/lib/modules/{name}"), 0o644)?;
-            list.push_str(name);
-            list.push('\n');
+            img.file(&ko, &format!("/lib/modules/{file}"), 0o644)?;
+            let name = file.trim_end_matches(".ko").replace('-', "_");
+            if !set.by_hand.contains(&name.as_str()) {
+                list.push_str(file);
+                list.push('\n');
+            }
         }
+        if set.list == "base" {
+            // the test module loads with the base set: its disks are md's members
+            img.file(bins.module, "/lib/modules/racebench.ko", 0o644)?;
+            list.push_str("racebench.ko\n");
+        }
+        img.write(&format!("/lib/modules/{}.list", set.list), &list, 0o644)?;
     }
-    // the test module loads with the base set: its disks are md's members
-    img.file(module, "/lib/modules/racebench.ko", 0o644)?;
-    base_list.push_str("racebench.ko\n");
-    img.write("/lib/modules/base.list", &base_list, 0o644)?;
-    img.write("/lib/modules/md.list", &md_list, 0o644)?;
     Ok(img)
 }
 

@@ -22,6 +22,10 @@ pub struct Boot {
     /// The serial console, written as it arrives.
     pub log: PathBuf,
     pub timeout: Duration,
+    /// Appended to the kernel command line.
+    pub append: String,
+    /// More qemu arguments: disks, memory.
+    pub extra_args: Vec<String>,
 }
 
 pub struct Outcome {
@@ -58,12 +62,14 @@ pub fn boot(b: &Boot) -> Result<Outcome> {
         .arg(&b.vmlinux)
         .arg("-initrd")
         .arg(&b.initrd)
-        .args(["-append", CMDLINE])
+        .arg("-append")
+        .arg(format!("{CMDLINE} {}", b.append).trim_end())
         .arg("-virtfs")
         .arg(format!(
             "local,path={},mount_tag=host,security_model=none",
             b.share.display()
         ))
+        .args(&b.extra_args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());

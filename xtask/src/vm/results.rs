@@ -159,8 +159,25 @@ fn judge_scenario(
         trace: &trace,
         module: &module,
     };
+    // what happened in the kernel
     (s.check)(&ctx)?;
 
+    let attach = read(&dir.join("attach-seconds"));
+    let summary = format!(
+        "{} events, findings [{}], attach {}s",
+        trace.events.len(),
+        trace.finding_kinds().join(", "),
+        attach.trim()
+    );
+    match findings_mismatch(s, &trace) {
+        None => Ok(summary),
+        Some(text) => bail!(text),
+    }
+}
+
+/// What is wrong with the findings and indeterminate verdicts (`None`:
+/// nothing).
+fn findings_mismatch(s: &Scenario, trace: &Trace) -> Option<String> {
     let got = trace.finding_kinds();
     let missing: Vec<&str> = s
         .findings
@@ -172,29 +189,44 @@ fn judge_scenario(
         .iter()
         .filter(|g| !s.findings.contains(&g.as_str()) && !s.also.contains(&g.as_str()))
         .collect();
-    if !missing.is_empty() || !unexpected.is_empty() {
-        let mut text = format!(
-            "findings: expected [{}]{}, detector replay reported [{}]",
-            s.findings.join(", "),
-            if s.also.is_empty() {
-                String::new()
-            } else {
-                format!(" (and maybe [{}])", s.also.join(", "))
-            },
-            got.join(", ")
-        );
-        for f in trace.findings.iter().take(10) {
-            text.push_str(&format!("\n  {}", finding_line(f)));
-        }
-        bail!(text);
+    let undecided: Vec<&str> = s
+        .indeterminate
+        .iter()
+        .copied()
+        .filter(|rule| trace.indeterminate.get(*rule).copied().unwrap_or(0) == 0)
+        .collect();
+    if missing.is_empty() && unexpected.is_empty() && undecided.is_empty() {
+        return None;
     }
-    let attach = read(&dir.join("attach-seconds"));
-    Ok(format!(
-        "{} events, findings [{}], attach {}s",
-        trace.events.len(),
-        got.join(", "),
-        attach.trim()
-    ))
+    let mut text = format!(
+        "findings: expected [{}]{}, detector replay reported [{}]",
+        s.findings.join(", "),
+        if s.also.is_empty() {
+            String::new()
+        } else {
+            format!(" (and maybe [{}])", s.also.join(", "))
+        },
+        got.join(", ")
+    );
+    if !s.indeterminate.is_empty() {
+        let counted: Vec<String> = trace
+            .indeterminate
+            .iter()
+            .map(|(rule, n)| format!("{rule} {n}"))
+            .collect();
+        text.push_str(&format!(
+            "; indeterminate verdicts expected from [{}], replay counted [{}]",
+            s.indeterminate.join(", "),
+            counted.join(", ")
+        ));
+    }
+    for f in trace.findings.iter().take(10) {
+        text.push_str(&format!("\n  {}", finding_line(f)));
+    }
+    if trace.findings.len() > 10 {
+        text.push_str(&format!("\n  ... {} findings in all", trace.findings.len()));
+    }
+    Some(text)
 }
 
 /// A finding, on one line: kind and explanation.
@@ -205,4 +237,62 @@ fn finding_line(f: &serde_json::Value) -> String {
         .and_then(|k| k.as_str())
         .unwrap_or_default();
     format!("{kind}: {text}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scenario(
+        findings: &'static [&'static str],
+        indeterminate: &'static [&'static str],
+    ) -> Scenario {
+        Scenario {
+            name: "t",
+            about: "",
+            findings,
+            also: &[],
+            indeterminate,
+            check: |_| Ok(()),
+        }
+    }
+
+    fn trace(findings: &[&str], indeterminate: &[(&str, u64)]) -> Trace {
+        let lines: Vec<String> = findings
+            .iter()
+            .map(|f| format!(r#"{{"finding":"{f}","explanation":"x"}}"#))
+            .collect();
+        let mut t = Trace::parse(&lines.join("\n")).unwrap();
+        t.indeterminate = indeterminate
+            .iter()
+            .map(|(r, n)| ((*r).to_owned(), *n))
+            .collect();
+        t
+    }
+
+    #[test]
+    fn findings_must_match_exactly() {
+        let racy = scenario(&["bio-double-complete"], &[]);
+        assert!(findings_mismatch(&racy, &trace(&["bio-double-complete"], &[])).is_none());
+        assert!(findings_mismatch(&racy, &trace(&[], &[])).is_some());
+        let benign = scenario(&[], &[]);
+        let extra = findings_mismatch(&benign, &trace(&["lost-wakeup"], &[])).unwrap();
+        assert!(extra.contains("lost-wakeup"), "{extra}");
+    }
+
+    #[test]
+    fn an_expected_indeterminate_verdict_must_be_counted() {
+        let lossy = scenario(&[], &["bio-double-complete"]);
+        assert!(findings_mismatch(&lossy, &trace(&[], &[("bio-double-complete", 1)])).is_none());
+        let missing = findings_mismatch(&lossy, &trace(&[], &[("lost-wakeup", 2)])).unwrap();
+        assert!(missing.contains("indeterminate"), "{missing}");
+        // a definite finding is no substitute
+        assert!(
+            findings_mismatch(
+                &lossy,
+                &trace(&["bio-double-complete"], &[("bio-double-complete", 1)])
+            )
+            .is_some()
+        );
+    }
 }

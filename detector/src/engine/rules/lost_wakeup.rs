@@ -30,6 +30,16 @@
 //!    `lost_wakeup_any_device`). A task sleeping on someone else's I/O to
 //!    the same device, such as a page under writeback by the flusher or a
 //!    journal commit, is waiting for that, not for its own.
+//! 6. That completion ran in another context than T's own task context: a
+//!    bio T completed itself (polled, or failed inline) is one it saw
+//!    complete, not one whose wakeup it waits for.
+//! 7. The sleep is tied to the I/O: the code that sleeps (the first frame
+//!    of the sleep's stack above the scheduler), or one of its two
+//!    callers, also submitted the I/O (it is on the stack of T's last
+//!    submission), and it is not a wait on a lock, bit, pool, throttle or
+//!    completion (`stacks::tie`). A task whose own I/O completed and that
+//!    then sleeps on a page lock another task holds waits for that task.
+//!    Without both stacks the verdict is indeterminate.
 //!
 //! Why the devices T used rather than every device: on a busy host some
 //! device always has I/O in flight, and the seed's database host would never
@@ -39,13 +49,19 @@
 
 use std::collections::BTreeSet;
 
-use super::Ctx;
+use super::{Ctx, Interest, Invariant};
 use crate::engine::actor::Actor;
 use crate::engine::bios::{Bio, Bios, Completion, Via};
-use crate::engine::config::Rule;
+use crate::engine::config::{EngineConfig, Rule};
+use crate::engine::facts::{Fact, FactTag};
 use crate::engine::finding::{Finding, FindingBuilder, FindingKind, Object, ObjectKind, duration};
+use crate::engine::handlers::Call;
+use crate::engine::hash::FastMap;
 use crate::engine::loss::Seen;
-use crate::engine::tasks::{Sleep, Task, Tasks};
+use crate::engine::stacks::{Tie, tie};
+use crate::engine::stats::EngineStats;
+use crate::engine::tasks::{ObsKind, Sleep};
+use crate::engine::world::World;
 use crate::event::{Addr, Dev};
 
 const MAX_DISKS: usize = 4;
@@ -63,6 +79,7 @@ pub struct BioAct {
 /// What a task submitted since it last left the kernel.
 #[derive(Clone, Debug, Default)]
 pub struct Episode {
+    /// The task's episode number (`Task::episode`) this describes.
     pub id: u32,
     pub submitted: u32,
     pub inflight: u32,
@@ -75,6 +92,9 @@ pub struct Episode {
     pub last_done: Option<BioAct>,
     /// When the completion handler of `last_done` returned.
     pub done_until: Option<u64>,
+    /// The latest submission of the episode that came with a stack: what
+    /// the sleep is tied to.
+    pub last_submit_stacked: Option<Actor>,
     /// T was woken after `last_done`.
     pub woken_since_done: bool,
     pub seen: Option<Seen>,
@@ -85,9 +105,9 @@ pub struct Episode {
 }
 
 impl Episode {
-    fn reset(&mut self) {
+    fn reset(&mut self, id: u32) {
         *self = Episode {
-            id: self.id.wrapping_add(1),
+            id,
             timer: self.timer,
             ..Episode::default()
         };
@@ -114,71 +134,65 @@ enum Verdict {
     Now,
 }
 
+#[derive(Default)]
 pub struct LostWakeup {
-    after: u64,
-    race: u64,
-    any_device: bool,
-    /// Re-check interval while a disk of the task is busy.
-    poll: u64,
+    episodes: FastMap<u32, Episode>,
     /// (deadline, tid).
     timers: BTreeSet<(u64, u32)>,
 }
 
 impl LostWakeup {
-    pub fn new(after: u64, race: u64, any_device: bool) -> Self {
-        Self {
-            after,
-            race,
-            any_device,
-            poll: (after / 8).max(1),
-            timers: BTreeSet::new(),
+    /// The episode of `tid`, started afresh if the task began a new one.
+    fn episode(&mut self, tid: u32, w: &World) -> Option<&mut Episode> {
+        let id = w.tasks.get(tid)?.episode;
+        let ep = self.episodes.entry(tid).or_default();
+        if ep.id != id {
+            ep.reset(id);
         }
+        Some(ep)
     }
 
-    pub fn next_deadline(&self) -> Option<u64> {
-        self.timers.first().map(|(d, _)| *d)
-    }
-
-    /// A new threshold, as of `now`: every armed sleeper is judged again
-    /// against it (its timer moves, or it is reported at once).
-    pub fn set_after(&mut self, after: u64, tasks: &mut Tasks, bios: &Bios, now: u64) {
-        self.after = after;
-        self.poll = (after / 8).max(1);
-        let armed: Vec<u32> = self.timers.iter().map(|(_, tid)| *tid).collect();
-        for tid in armed {
-            if let Some(task) = tasks.get_mut(tid) {
-                self.arm(tid, task, bios, now);
-            }
+    /// T submitted a bio (a new life, in task context).
+    fn submitted(&mut self, bio: &Bio, w: &World) {
+        let tid = bio.submitter;
+        if tid == 0 || bio.queued.irq {
+            return;
         }
-    }
-
-    pub fn armed(&self) -> usize {
-        self.timers.len()
-    }
-
-    /// T submitted a bio (a new lifecycle, in task context).
-    pub fn submitted(&mut self, tid: u32, task: &mut Task, act: BioAct, seen: Seen) {
-        let ep = &mut task.episode;
+        let seen = bio.seen;
+        let Some(ep) = self.episode(tid, w) else {
+            return;
+        };
+        if bio.episode != ep.id {
+            return;
+        }
         if ep.submitted == 0 {
             ep.seen = Some(seen);
         }
         ep.submitted += 1;
         ep.inflight += 1;
-        ep.add_disk(act.disk);
-        ep.last_submit = Some(act);
-        self.disarm(tid, task);
+        ep.add_disk(bio.disk);
+        ep.last_submit = Some(BioAct {
+            actor: bio.queued,
+            bio: bio.addr,
+            dev: bio.dev,
+            disk: bio.disk,
+            via: None,
+        });
+        if bio.queued.stack.is_some() {
+            ep.last_submit_stacked = Some(bio.queued);
+        }
+        self.disarm(tid);
     }
 
-    /// A bio charged to `tid`'s episode completed (first completion).
-    pub fn completed(
-        &mut self,
-        tid: u32,
-        task: &mut Task,
-        bio: &Bio,
-        done: &Completion,
-        bios: &Bios,
-    ) {
-        let ep = &mut task.episode;
+    /// A bio charged to an episode completed (first completion).
+    fn completed(&mut self, bio: &Bio, done: &Completion, w: &World, cfg: &EngineConfig) {
+        let tid = bio.submitter;
+        if tid == 0 {
+            return;
+        }
+        let Some(ep) = self.episode(tid, w) else {
+            return;
+        };
         if bio.episode != ep.id || ep.submitted == 0 {
             return;
         }
@@ -196,147 +210,240 @@ impl LostWakeup {
             ep.done_until = None;
             ep.woken_since_done = false;
         }
-        self.arm(tid, task, bios, done.actor.ts);
+        self.arm(tid, w, cfg, done.actor.ts);
     }
 
-    /// The `bio_endio` call that completed `bio` returned at `ts`.
-    pub fn handler_returned(&mut self, tid: u32, task: &mut Task, bio: &Bio, ts: u64, bios: &Bios) {
-        let ep = &mut task.episode;
+    /// The `bio_endio` call `call` returned at `ts`: if it completed the
+    /// last bio of its submitter's episode, that completion lasted until
+    /// now (the wakeup, or the skipped one, is the handler's last act).
+    fn handler_returned(&mut self, call: &Call, ts: u64, w: &World, cfg: &EngineConfig) {
+        let Some(bio) = w.bios.get(call.bio).filter(|b| !b.in_flight()) else {
+            return;
+        };
+        let tid = bio.submitter;
+        if tid == 0 {
+            return;
+        }
+        let Some(ep) = self.episodes.get_mut(&tid) else {
+            return;
+        };
         if bio.episode != ep.id || ep.last_done.is_none_or(|d| d.bio != bio.addr) {
             return;
         }
         ep.done_until = Some(ts);
-        if task.sleep.is_some() {
-            self.arm(tid, task, bios, ts);
+        if w.tasks.get(tid).is_some_and(|t| t.sleep.is_some()) {
+            self.arm(tid, w, cfg, ts);
         }
     }
 
-    /// A bio of `tid`'s episode is no longer known (evicted, re-initialised).
-    pub fn lost_track(&mut self, task: &mut Task, bio: &Bio) {
-        let ep = &mut task.episode;
-        if bio.episode == ep.id && ep.submitted > 0 {
+    /// A bio of an episode is no longer known (evicted, re-initialised).
+    fn untracked(&mut self, bio: &Bio) {
+        if let Some(ep) = self.episodes.get_mut(&bio.submitter)
+            && bio.episode == ep.id
+            && ep.submitted > 0
+        {
             ep.inflight = ep.inflight.saturating_sub(1);
             ep.uncertain = true;
         }
     }
 
-    /// T went to sleep (any state: only iowait D sleeps are judged).
-    pub fn slept(&mut self, tid: u32, task: &mut Task, bios: &Bios) {
-        let now = task.sleep.map_or(0, |s| s.actor.ts);
-        self.arm(tid, task, bios, now);
-    }
-
-    /// T was woken (or seen running) after the sleep in `task.sleep`.
-    pub fn woken(&mut self, tid: u32, task: &mut Task) {
-        self.disarm(tid, task);
-        let ep = &mut task.episode;
+    /// T was woken (or seen running) after its sleep.
+    fn woken(&mut self, tid: u32, w: &mut World) {
+        self.disarm(tid);
+        let Some(ep) = self.episodes.get_mut(&tid) else {
+            return;
+        };
         if ep.inflight == 0 {
             // Everything it submitted had completed and it was woken after:
-            // whatever it waited for, it had its chance to see.
-            ep.reset();
+            // whatever it waited for, it had its chance to see. A kernel
+            // thread never returns to user space: this ends its episode.
+            if let Some(task) = w.tasks.get_mut(tid) {
+                task.episode = task.episode.wrapping_add(1);
+                ep.reset(task.episode);
+            }
         } else if ep.last_done.is_some() {
             ep.woken_since_done = true;
         }
     }
 
-    /// T returned to user space or exits: its waits are over.
-    pub fn left_kernel(&mut self, tid: u32, task: &mut Task) {
-        self.disarm(tid, task);
-        task.episode.reset();
-    }
-
-    fn disarm(&mut self, tid: u32, task: &mut Task) {
-        if let Some(at) = task.episode.timer.take() {
+    fn disarm(&mut self, tid: u32) {
+        if let Some(ep) = self.episodes.get_mut(&tid)
+            && let Some(at) = ep.timer.take()
+        {
             self.timers.remove(&(at, tid));
         }
     }
 
-    fn arm(&mut self, tid: u32, task: &mut Task, bios: &Bios, now: u64) {
-        self.disarm(tid, task);
-        let at = match self.judge(task, bios, now) {
+    fn arm(&mut self, tid: u32, w: &World, cfg: &EngineConfig, now: u64) {
+        self.disarm(tid);
+        let (Some(task), Some(ep)) = (w.tasks.get(tid), self.episodes.get_mut(&tid)) else {
+            return;
+        };
+        let at = match judge(task.sleep, ep, &w.bios, now, cfg) {
             Verdict::Never => return,
             Verdict::At(at) => at,
             Verdict::Now => now,
         };
-        task.episode.timer = Some(at);
+        ep.timer = Some(at);
         self.timers.insert((at, tid));
     }
 
-    /// When (if ever) T's sleep becomes reportable, as of `now`.
-    fn judge(&self, task: &Task, bios: &Bios, now: u64) -> Verdict {
-        let Some(sleep) = task.sleep else {
-            return Verdict::Never;
-        };
-        let ep = &task.episode;
-        if !sleep.uninterruptible
-            || !sleep.iowait
-            || ep.submitted == 0
-            || ep.inflight > 0
-            || ep.uncertain
-            || ep.woken_since_done
-            || ep.reported == Some(sleep.actor.ts)
-        {
-            return Verdict::Never;
-        }
-        let Some(done) = ep.last_done else {
-            return Verdict::Never;
-        };
-        let done_until = ep.done_until.unwrap_or(done.actor.ts);
-        if done_until.saturating_add(self.race) < sleep.actor.ts {
-            return Verdict::Never;
-        }
-        let mut since = sleep.actor.ts.max(done_until);
-        if self.any_device || ep.many_disks {
-            if bios.inflight > 0 {
-                return Verdict::At(now + self.poll);
-            }
-            since = since.max(bios.idle_since);
-        } else {
-            for disk in &ep.disks[..ep.n_disks as usize] {
-                let d = bios.disk(*disk);
-                if d.inflight > 0 {
-                    return Verdict::At(now + self.poll);
-                }
-                since = since.max(d.idle_since);
-            }
-        }
-        let due = since.saturating_add(self.after);
-        if due <= now {
-            Verdict::Now
-        } else {
-            Verdict::At(due)
-        }
-    }
-
     /// Judges the sleepers due at or before `now`.
-    pub fn fire(&mut self, now: u64, tasks: &mut Tasks, bios: &Bios, ctx: &mut Ctx<'_>) {
+    fn fire_due(&mut self, now: u64, w: &World, ctx: &mut Ctx<'_>) {
         while let Some(&(at, tid)) = self.timers.first() {
             if at > now {
                 break;
             }
             self.timers.remove(&(at, tid));
-            let Some(task) = tasks.get_mut(tid) else {
+            let (Some(task), Some(ep)) = (w.tasks.get(tid), self.episodes.get_mut(&tid)) else {
                 continue;
             };
-            if task.episode.timer != Some(at) {
+            if ep.timer != Some(at) {
                 continue;
             }
-            task.episode.timer = None;
-            match self.judge(task, bios, at) {
+            ep.timer = None;
+            match judge(task.sleep, ep, &w.bios, at, ctx.cfg) {
                 Verdict::Never => {}
                 Verdict::At(later) => {
-                    task.episode.timer = Some(later);
+                    ep.timer = Some(later);
                     self.timers.insert((later, tid));
                 }
                 Verdict::Now => {
                     let sleep = task.sleep.expect("judged asleep");
-                    task.episode.reported = Some(sleep.actor.ts);
-                    let tainted = task.episode.seen.is_none_or(|s| ctx.tainted(s));
-                    let ep = task.episode.clone();
-                    ctx.report(Rule::LostWakeup, tainted, || finding(&sleep, &ep, at));
+                    ep.reported = Some(sleep.actor.ts);
+                    match sleep_tie(&sleep, ep, w) {
+                        Some(Tie::Tied) => {
+                            let tainted = ep.seen.is_none_or(|s| w.loss.tainted(s));
+                            let ep = ep.clone();
+                            ctx.report_if(Rule::LostWakeup, tainted, || finding(&sleep, &ep, at));
+                        }
+                        Some(Tie::Unrelated) => {}
+                        None => ctx.indeterminate(Rule::LostWakeup),
+                    }
                 }
             }
         }
+    }
+}
+
+/// How often a sleeper whose disks are busy is judged again.
+fn poll(cfg: &EngineConfig) -> u64 {
+    (cfg.lost_wakeup_after_ns / 8).max(1)
+}
+
+/// What the sleep's stack and the last submission's say (None: a stack
+/// is missing).
+fn sleep_tie(sleep: &Sleep, ep: &Episode, w: &World) -> Option<Tie> {
+    let sleep_fns = w.stacks.get(sleep.actor.stack?)?;
+    let submit_fns = w.stacks.get(ep.last_submit_stacked?.stack?)?;
+    Some(tie(sleep_fns, submit_fns))
+}
+
+/// When (if ever) a sleep becomes reportable, as of `now`.
+fn judge(sleep: Option<Sleep>, ep: &Episode, bios: &Bios, now: u64, cfg: &EngineConfig) -> Verdict {
+    let Some(sleep) = sleep else {
+        return Verdict::Never;
+    };
+    if !sleep.uninterruptible
+        || !sleep.iowait
+        || ep.submitted == 0
+        || ep.inflight > 0
+        || ep.uncertain
+        || ep.woken_since_done
+        || ep.reported == Some(sleep.actor.ts)
+    {
+        return Verdict::Never;
+    }
+    let Some(done) = ep.last_done else {
+        return Verdict::Never;
+    };
+    if !done.actor.irq && done.actor.tid == sleep.actor.tid {
+        // It completed its own bio: nothing to be woken for.
+        return Verdict::Never;
+    }
+    let done_until = ep.done_until.unwrap_or(done.actor.ts);
+    let race = cfg.lost_wakeup_race_ns;
+    if done_until.saturating_add(race) < sleep.actor.ts {
+        return Verdict::Never;
+    }
+    let mut since = sleep.actor.ts.max(done_until);
+    if cfg.lost_wakeup_any_device || ep.many_disks {
+        if bios.inflight > 0 {
+            return Verdict::At(now + poll(cfg));
+        }
+        since = since.max(bios.idle_since);
+    } else {
+        for disk in &ep.disks[..ep.n_disks as usize] {
+            let d = bios.disk(*disk);
+            if d.inflight > 0 {
+                return Verdict::At(now + poll(cfg));
+            }
+            since = since.max(d.idle_since);
+        }
+    }
+    let due = since.saturating_add(cfg.lost_wakeup_after_ns);
+    if due <= now {
+        Verdict::Now
+    } else {
+        Verdict::At(due)
+    }
+}
+
+impl Invariant for LostWakeup {
+    fn interest(&self) -> Interest {
+        Interest {
+            events: &[],
+            facts: &[
+                FactTag::Submitted,
+                FactTag::Completed,
+                FactTag::HandlerReturned,
+                FactTag::Untracked,
+                FactTag::Slept,
+                FactTag::Woken,
+                FactTag::Observed,
+                FactTag::Retired,
+            ],
+        }
+    }
+
+    fn on_fact(&mut self, fact: &Fact, w: &mut World, ctx: &mut Ctx<'_>) {
+        let cfg = ctx.cfg;
+        match fact {
+            Fact::Submitted { bio, new: true } => self.submitted(bio, w),
+            Fact::Completed { bio, done } => self.completed(bio, done, w, cfg),
+            Fact::HandlerReturned { call, ts, .. } => self.handler_returned(call, *ts, w, cfg),
+            Fact::Untracked { bio } => self.untracked(bio),
+            Fact::Slept { tid } => {
+                let now = w
+                    .tasks
+                    .get(*tid)
+                    .and_then(|t| t.sleep)
+                    .map_or(0, |s| s.actor.ts);
+                self.arm(*tid, w, cfg, now);
+            }
+            Fact::Woken { tid } => self.woken(*tid, w),
+            Fact::Observed { tid, obs } if matches!(obs.kind, ObsKind::User | ObsKind::Exit) => {
+                // Its waits are over; the world started a new episode.
+                self.disarm(*tid);
+            }
+            Fact::Retired { tid, .. } => {
+                self.disarm(*tid);
+                self.episodes.remove(tid);
+            }
+            _ => {}
+        }
+    }
+
+    fn next_deadline(&self, _w: &World, _cfg: &EngineConfig) -> Option<u64> {
+        self.timers.first().map(|(d, _)| *d)
+    }
+
+    fn fire(&mut self, now: u64, w: &mut World, ctx: &mut Ctx<'_>) {
+        self.fire_due(now, w, ctx);
+    }
+
+    fn stats(&self, stats: &mut EngineStats) {
+        stats.live.sleepers_judged = self.timers.len() as u64;
     }
 }
 

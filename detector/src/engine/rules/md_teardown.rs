@@ -20,16 +20,22 @@
 //! - `md-write-after-teardown`: `super_written` runs after that point. Both
 //!   may be reported for one write: the first says the race window was open,
 //!   the second that the completion really ran on a torn-down array.
+//!
+//! Once `md_kobj_release` freed the mddev, its address can hold a new
+//! array: only a late `super_written` of a write the old array had pending
+//! is still judged against the old one; anything else starts a new array.
 
 use std::collections::VecDeque;
 
-use super::Ctx;
+use super::{Ctx, Interest, Invariant};
 use crate::engine::actor::Actor;
 use crate::engine::config::Rule;
 use crate::engine::finding::{Finding, FindingBuilder, FindingKind, Object, ObjectKind, duration};
 use crate::engine::hash::FastMap;
 use crate::engine::loss::Seen;
-use crate::event::{Addr, TeardownStage};
+use crate::engine::stats::EngineStats;
+use crate::engine::world::World;
+use crate::event::{Addr, Event, EventKind, EventTag, TeardownStage};
 
 /// Pending writes remembered per array for the diagram.
 const KEEP_WRITES: usize = 8;
@@ -55,6 +61,8 @@ struct Array {
     /// The point of no return and the stage that marked it.
     torn: Option<(Actor, TeardownStage, Seen)>,
     reported_inflight: bool,
+    /// `md_kobj_release` ran: the mddev is freed.
+    freed: bool,
 }
 
 impl Array {
@@ -68,6 +76,7 @@ impl Array {
             stop: None,
             torn: None,
             reported_inflight: false,
+            freed: false,
         }
     }
 }
@@ -77,7 +86,7 @@ pub struct MdTeardown {
     arrays: FastMap<Addr, Array>,
     fifo: VecDeque<(Addr, u32)>,
     next_life: u32,
-    pub evicted: u64,
+    evicted: u64,
 }
 
 impl MdTeardown {
@@ -91,12 +100,12 @@ impl MdTeardown {
         }
     }
 
-    /// Objects tracked now.
-    pub fn tracked(&self) -> usize {
-        self.arrays.len()
-    }
-
+    /// The array at `mddev`: a new one if none is known or the one known
+    /// was freed.
     fn array(&mut self, mddev: Addr) -> &mut Array {
+        if self.arrays.get(&mddev).is_some_and(|a| a.freed) {
+            self.arrays.remove(&mddev);
+        }
         if !self.arrays.contains_key(&mddev) {
             while self.arrays.len() >= self.max {
                 let Some((victim, life)) = self.fifo.pop_front() else {
@@ -115,7 +124,7 @@ impl MdTeardown {
         self.arrays.get_mut(&mddev).expect("inserted")
     }
 
-    pub fn super_write(&mut self, actor: &Actor, mddev: Addr, rdev: Addr, sector: u64, seen: Seen) {
+    fn super_write(&mut self, actor: &Actor, mddev: Addr, rdev: Addr, sector: u64, seen: Seen) {
         let array = self.array(mddev);
         if array.torn.is_some() {
             // Nothing issues superblock writes once the array is detached
@@ -136,18 +145,19 @@ impl MdTeardown {
         });
     }
 
-    pub fn super_wait(&mut self, actor: &Actor, mddev: Addr) {
-        if let Some(array) = self.arrays.get_mut(&mddev) {
+    fn super_wait(&mut self, actor: &Actor, mddev: Addr) {
+        if let Some(array) = self.arrays.get_mut(&mddev).filter(|a| !a.freed) {
             array.last_wait = Some(*actor);
         }
     }
 
-    pub fn super_written(
+    fn super_written(
         &mut self,
         actor: &Actor,
         mddev: Addr,
         rdev: Addr,
         sector: u64,
+        w: &World,
         ctx: &mut Ctx<'_>,
     ) {
         let Some(array) = self.arrays.get_mut(&mddev) else {
@@ -157,6 +167,11 @@ impl MdTeardown {
             .writes
             .iter()
             .position(|w| w.rdev == rdev && w.sector == sector);
+        if array.freed && at.is_none() {
+            // A write of a new array at the freed one's address.
+            self.arrays.remove(&mddev);
+            return;
+        }
         let write = match at {
             Some(i) => array.writes.remove(i),
             None => array.writes.pop_front(),
@@ -165,9 +180,8 @@ impl MdTeardown {
         let Some((torn_by, stage, torn_seen)) = array.torn else {
             return;
         };
-        let tainted = ctx.tainted(torn_seen);
         let stop = array.stop;
-        ctx.report(Rule::MdTeardown, tainted, || {
+        ctx.report(Rule::MdTeardown, &w.loss, torn_seen, || {
             let mut b = FindingBuilder::new(
                 FindingKind::MdWriteAfterTeardown,
                 actor.ts,
@@ -208,15 +222,16 @@ impl MdTeardown {
         });
     }
 
-    pub fn teardown(
+    fn teardown(
         &mut self,
         actor: &Actor,
         mddev: Addr,
         stage: TeardownStage,
         pending_writes: Option<i32>,
-        seen: Seen,
+        w: &World,
         ctx: &mut Ctx<'_>,
     ) {
+        let seen = w.loss.seen(actor.ts);
         let array = self.array(mddev);
         match stage {
             TeardownStage::StopWrites => {
@@ -234,13 +249,19 @@ impl MdTeardown {
         if array.torn.is_none() {
             array.torn = Some((*actor, stage, seen));
         }
+        if stage == TeardownStage::KobjRelease {
+            array.freed = true;
+        }
         // The kernel's count is exact; ours misses writes issued before
         // tracing started and is only as good as the events that arrived.
         let (pending, tainted) = match pending_writes {
             Some(n) => (n.max(0) as u32, false),
             None => (
                 array.pending_seen,
-                array.writes.front().is_some_and(|w| ctx.tainted(w.seen)),
+                array
+                    .writes
+                    .front()
+                    .is_some_and(|wr| w.loss.tainted(wr.seen)),
             ),
         };
         if pending == 0 || array.reported_inflight {
@@ -248,7 +269,53 @@ impl MdTeardown {
         }
         array.reported_inflight = true;
         let finding = inflight_finding(array, actor, mddev, stage, pending);
-        ctx.report(Rule::MdTeardown, tainted, || finding);
+        ctx.report_if(Rule::MdTeardown, tainted, || finding);
+    }
+}
+
+impl Invariant for MdTeardown {
+    fn interest(&self) -> Interest {
+        Interest {
+            events: &[
+                EventTag::MdSuperWrite,
+                EventTag::MdSuperWritten,
+                EventTag::MdSuperWait,
+                EventTag::MdTeardown,
+            ],
+            facts: &[],
+        }
+    }
+
+    fn on_event(&mut self, ev: &Event, actor: &Actor, w: &mut World, ctx: &mut Ctx<'_>) {
+        match &ev.kind {
+            EventKind::MdSuperWrite {
+                mddev,
+                rdev,
+                sector,
+                ..
+            } => {
+                let seen = w.loss.seen(ev.ts);
+                self.super_write(actor, *mddev, *rdev, *sector, seen);
+            }
+            EventKind::MdSuperWritten {
+                mddev,
+                rdev,
+                sector,
+                ..
+            } => self.super_written(actor, *mddev, *rdev, *sector, w, ctx),
+            EventKind::MdSuperWait { mddev, .. } => self.super_wait(actor, *mddev),
+            EventKind::MdTeardown {
+                mddev,
+                stage,
+                pending_writes,
+            } => self.teardown(actor, *mddev, *stage, *pending_writes, w, ctx),
+            _ => {}
+        }
+    }
+
+    fn stats(&self, stats: &mut EngineStats) {
+        stats.live.md_arrays = self.arrays.len() as u64;
+        stats.evictions.md_arrays = self.evicted;
     }
 }
 

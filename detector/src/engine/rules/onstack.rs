@@ -32,17 +32,33 @@
 //!   `onstack_confirm`: T could have re-entered a frame at the same address
 //!   and handed `x` over without any hooked call, but then it waits on `x`
 //!   within microseconds.
+//!
+//! Two shapes are proven by the `complete()` event alone: `x` lies in the
+//! current task's stack *below* the stack pointer (a popped frame: whoever
+//! runs there, the frame holding `x` is gone), and T is in user space (an
+//! interrupt taken from user mode runs on T's kernel stack, so it looks
+//! like T's own code; T cannot hold a live kernel frame then).
+//!
+//! "Woken by the completer's context" needs one program order: the same
+//! task, or the same interrupt. Every interrupt on a CPU has the same tid
+//! and comes off the same stack, so an interrupt is only the same one when
+//! the CPU ran no task code in between and little time passed (see
+//! `World::same_context`); a later interrupt that wakes T proves nothing
+//! about an earlier `complete()`.
 
 use std::collections::{BTreeSet, VecDeque};
 
-use super::Ctx;
-use crate::engine::actor::{Actor, Exec};
-use crate::engine::config::Rule;
+use super::{Ctx, Interest, Invariant};
+use crate::engine::actor::Actor;
+use crate::engine::config::{EngineConfig, Rule};
+use crate::engine::facts::{Fact, FactTag};
 use crate::engine::finding::{Finding, FindingBuilder, FindingKind, Object, ObjectKind, duration};
 use crate::engine::hash::FastMap;
 use crate::engine::loss::Seen;
-use crate::engine::tasks::{Obs, ObsKind, Retire, Task, Tasks};
-use crate::event::{Addr, WaitVariant};
+use crate::engine::stats::EngineStats;
+use crate::engine::tasks::{Obs, ObsKind, Retire};
+use crate::engine::world::World;
+use crate::event::{Addr, Event, EventKind, EventTag, WaitVariant};
 
 /// On-stack completions tracked per owner; more are evicted.
 const PER_TASK: usize = 16;
@@ -79,9 +95,20 @@ struct Left {
     by_owner: bool,
 }
 
+/// What the rule keeps per owner task.
+#[derive(Debug, Default)]
+struct Owner {
+    /// Completions in its stack with an unconsumed `complete()` from
+    /// another context.
+    onstack: Vec<Addr>,
+    /// Its latest wait on an on-stack completion that returned without
+    /// consuming a `complete()` (timeout, signal), for diagrams.
+    failed_wait: Option<(Addr, Actor, WaitVariant, i64)>,
+}
+
 pub struct Onstack {
-    confirm: u64,
     max: usize,
+    owners: FastMap<u32, Owner>,
     lifecycles: FastMap<Addr, Lifecycle>,
     fifo: VecDeque<(Addr, u32)>,
     /// (deadline, x): `complete-after-return` candidates to confirm.
@@ -91,10 +118,10 @@ pub struct Onstack {
 }
 
 impl Onstack {
-    pub fn new(confirm: u64, max: usize) -> Self {
+    pub fn new(max: usize) -> Self {
         Self {
-            confirm,
             max: max.max(1),
+            owners: FastMap::default(),
             lifecycles: FastMap::default(),
             fifo: VecDeque::new(),
             timers: BTreeSet::new(),
@@ -103,46 +130,48 @@ impl Onstack {
         }
     }
 
-    /// Objects tracked now.
-    pub fn tracked(&self) -> usize {
-        self.lifecycles.len()
-    }
-
-    pub fn next_deadline(&self) -> Option<u64> {
-        self.timers.first().map(|(d, _)| *d)
-    }
-
     /// `complete(x)` or `complete_all(x)` by `actor`.
-    pub fn complete(
+    fn complete(
         &mut self,
         actor: &Actor,
         x: Addr,
         all: bool,
         on_own_stack: bool,
-        tasks: &mut Tasks,
+        w: &mut World,
         ctx: &mut Ctx<'_>,
     ) {
-        let seen_now = ctx.loss.seen(actor.ts);
+        let seen_now = w.loss.seen(actor.ts);
         let owner = if on_own_stack && actor.tid != 0 {
             Some(actor.tid)
         } else {
-            tasks.owner_of(x.0)
+            w.tasks.owner_of(x.0)
         };
         let Some(owner) = owner else {
             return;
         };
-        if owner == actor.tid && !actor.irq {
-            return; // the owner completing its own completion: in its frame
-        }
-        let Some(task) = tasks.get_mut(owner) else {
+        let Some(task) = w.tasks.get(owner) else {
             return;
         };
-        if self.lifecycles.get(&x).is_none_or(|l| l.owner != owner) {
-            self.start(x, owner, task, ctx);
+        let mut actor = *actor;
+        if owner == actor.tid && !actor.irq {
+            if task.in_user {
+                // Interrupted in user space: the kernel stack is the
+                // interrupt's, every frame of the owner's is gone.
+                actor.irq = true;
+            } else if actor.sp != 0 && x.0 < actor.sp {
+                self.dead_frame(x, &actor, all, w, ctx);
+                return;
+            } else {
+                return; // the owner completing its own completion: in its frame
+            }
         }
+        if self.lifecycles.get(&x).is_none_or(|l| l.owner != owner) {
+            self.start(x, owner, w, ctx);
+        }
+        let task = w.tasks.get(owner).expect("checked");
         let lc = self.lifecycles.get_mut(&x).expect("started");
         if lc.pending == 0 {
-            lc.first = *actor;
+            lc.first = actor;
             lc.first_all = all;
             lc.left_before = task.last_obs.filter(|o| o.kind.left(x.0));
             lc.in_frame = task
@@ -151,7 +180,7 @@ impl Onstack {
             lc.saw_owner = false;
             lc.seen = lc.left_before.map_or(seen_now, |o| o.seen);
             if lc.left_before.is_some() {
-                let at = actor.ts.saturating_add(self.confirm);
+                let at = actor.ts.saturating_add(ctx.cfg.onstack_confirm_ns);
                 lc.timer = Some(at);
                 self.timers.insert((at, x));
             }
@@ -160,7 +189,47 @@ impl Onstack {
         lc.all |= all;
     }
 
-    fn start(&mut self, x: Addr, owner: u32, task: &mut Task, ctx: &mut Ctx<'_>) {
+    /// `complete(x)` with `x` in the current task's stack below the stack
+    /// pointer: whoever runs here, the frame that held `x` was popped.
+    fn dead_frame(&mut self, x: Addr, actor: &Actor, all: bool, w: &World, ctx: &mut Ctx<'_>) {
+        let task = w.tasks.get(actor.tid);
+        let left_before = task
+            .and_then(|t| t.last_obs)
+            .filter(|o| o.kind.left(x.0) && o.actor.ts < actor.ts);
+        let lc = Lifecycle {
+            life: 0,
+            owner: actor.tid,
+            pending: 1,
+            all,
+            first: *actor,
+            first_all: all,
+            left_before,
+            in_frame: None,
+            saw_owner: false,
+            seen: w.loss.seen(actor.ts),
+            timer: None,
+        };
+        let left = Left {
+            ts: actor.ts,
+            actor: Some(*actor),
+            text: format!(
+                "runs with stack pointer {:#x}, {} bytes above the completion: the frame \
+                 holding {x} is gone",
+                actor.sp,
+                actor.sp - x.0
+            ),
+            by_owner: false,
+        };
+        let owner_last = task.and_then(|t| t.last_obs.map(|o| o.actor));
+        ctx.report(Rule::OnstackCompletion, &w.loss, lc.seen, || {
+            let mut f = build(x, &lc, &left, None, owner_last);
+            f.kind = FindingKind::CompleteAfterReturn;
+            f.severity = f.kind.severity();
+            f
+        });
+    }
+
+    fn start(&mut self, x: Addr, owner: u32, w: &World, ctx: &mut Ctx<'_>) {
         if let Some(old) = self.lifecycles.remove(&x)
             && let Some(at) = old.timer
         {
@@ -173,23 +242,22 @@ impl Onstack {
             if self.lifecycles.get(&victim).is_some_and(|l| l.life == life) {
                 self.drop_lifecycle(victim);
                 self.evicted += 1;
-                if ctx.enabled(Rule::OnstackCompletion) {
-                    ctx.indeterminate(Rule::OnstackCompletion);
-                }
+                ctx.indeterminate(Rule::OnstackCompletion);
             }
         }
-        if task.onstack.len() >= PER_TASK {
-            let victim = task.onstack.remove(0);
-            if self.drop_lifecycle(victim).is_some_and(|l| l.pending > 0)
-                && ctx.enabled(Rule::OnstackCompletion)
-            {
+        let state = self.owners.entry(owner).or_default();
+        if state.onstack.len() >= PER_TASK {
+            let victim = state.onstack.remove(0);
+            if self.drop_lifecycle(victim).is_some_and(|l| l.pending > 0) {
                 ctx.indeterminate(Rule::OnstackCompletion);
             }
             self.evicted += 1;
         }
-        task.onstack.push(x);
+        let state = self.owners.entry(owner).or_default();
+        state.onstack.push(x);
         let life = self.next_life;
         self.next_life = self.next_life.wrapping_add(1);
+        let last_obs = w.tasks.get(owner).and_then(|t| t.last_obs);
         self.lifecycles.insert(
             x,
             Lifecycle {
@@ -197,12 +265,12 @@ impl Onstack {
                 owner,
                 pending: 0,
                 all: false,
-                first: task.last_obs.map_or_else(Actor::unknown, |o| o.actor),
+                first: last_obs.map_or_else(Actor::unknown, |o| o.actor),
                 first_all: false,
                 left_before: None,
                 in_frame: None,
                 saw_owner: false,
-                seen: ctx.loss.seen(0),
+                seen: w.loss.seen(0),
                 timer: None,
             },
         );
@@ -218,7 +286,7 @@ impl Onstack {
     }
 
     /// A wait on `x` started: if by the owner, it is in the frame.
-    pub fn wait_enter(&mut self, actor: &Actor, x: Addr) {
+    fn wait_enter(&mut self, actor: &Actor, x: Addr) {
         if let Some(lc) = self.owned_by(x, actor) {
             lc.saw_owner = true;
             lc.left_before = None;
@@ -226,20 +294,10 @@ impl Onstack {
     }
 
     /// A wait on `x` returned with `ret`.
-    pub fn wait_exit(
-        &mut self,
-        actor: &Actor,
-        x: Addr,
-        variant: WaitVariant,
-        ret: i64,
-        task: Option<&mut Task>,
-    ) {
+    fn wait_exit(&mut self, actor: &Actor, x: Addr, variant: WaitVariant, ret: i64) {
         let consumed = variant.succeeded(ret);
-        if !consumed
-            && !actor.irq
-            && let Some(task) = task
-        {
-            task.failed_wait = Some((x, *actor, variant, ret));
+        if !consumed && !actor.irq && actor.tid != 0 {
+            self.owners.entry(actor.tid).or_default().failed_wait = Some((x, *actor, variant, ret));
         }
         let Some(lc) = self.owned_by(x, actor) else {
             return;
@@ -264,16 +322,20 @@ impl Onstack {
             .filter(|lc| lc.owner == actor.tid && !actor.irq && lc.pending > 0)
     }
 
-    /// `waker` wakes `task` (`sched_waking`, in the waker's context): if it
+    /// `waker` wakes `tid` (`sched_waking`, in the waker's context): if it
     /// is the context that called `complete()` on one of the task's
-    /// completions, that `complete()` has returned.
-    pub fn woken_by(&mut self, waker: &Actor, tid: u32, task: &mut Task) {
-        for &x in &task.onstack {
+    /// completions, in the same program order, that `complete()` has
+    /// returned.
+    fn woken_by(&mut self, waker: &Actor, tid: u32, w: &World) {
+        let Some(state) = self.owners.get(&tid) else {
+            return;
+        };
+        for &x in &state.onstack {
             if let Some(lc) = self.lifecycles.get_mut(&x)
                 && lc.owner == tid
                 && lc.pending > 0
-                && Exec::of(&lc.first) == Exec::of(waker)
                 && waker.ts > lc.first.ts
+                && w.same_context(&lc.first, waker)
             {
                 lc.pending = 0;
                 lc.all = false;
@@ -285,12 +347,12 @@ impl Onstack {
     }
 
     /// `init_completion(x)`: whatever `x` was, that life is over.
-    pub fn init(&mut self, actor: &Actor, x: Addr, tasks: &mut Tasks, ctx: &mut Ctx<'_>) {
+    fn init(&mut self, actor: &Actor, x: Addr, w: &World, ctx: &mut Ctx<'_>) {
         let Some(lc) = self.drop_lifecycle(x) else {
             return;
         };
-        if let Some(task) = tasks.get_mut(lc.owner) {
-            task.onstack.retain(|&y| y != x);
+        if let Some(state) = self.owners.get_mut(&lc.owner) {
+            state.onstack.retain(|&y| y != x);
         }
         let by_owner = actor.tid == lc.owner && !actor.irq;
         let left = Left {
@@ -299,20 +361,21 @@ impl Onstack {
             text: format!("init_completion({x}): a new life for the completion"),
             by_owner,
         };
-        self.judge(x, &lc, left, tasks.get(lc.owner), ctx);
+        self.judge(x, &lc, left, w, ctx);
     }
 
     /// The owner `tid` was observed: frames below the observation are gone.
-    pub fn observe(&mut self, tid: u32, task: &mut Task, obs: &Obs, ctx: &mut Ctx<'_>) {
-        if task.onstack.is_empty() {
+    fn observe(&mut self, tid: u32, obs: &Obs, w: &World, ctx: &mut Ctx<'_>) {
+        let Some(state) = self.owners.get_mut(&tid) else {
             return;
-        }
+        };
+        let mut onstack = std::mem::take(&mut state.onstack);
         let mut i = 0;
-        while i < task.onstack.len() {
-            let x = task.onstack[i];
+        while i < onstack.len() {
+            let x = onstack[i];
             // Evicted, or taken over by the task that now owns that stack.
             let Some(lc) = self.lifecycles.get_mut(&x).filter(|l| l.owner == tid) else {
-                task.onstack.remove(i);
+                onstack.remove(i);
                 continue;
             };
             if !obs.kind.left(x.0) {
@@ -323,7 +386,7 @@ impl Onstack {
                 i += 1;
                 continue;
             }
-            task.onstack.remove(i);
+            onstack.remove(i);
             let lc = self.drop_lifecycle(x).expect("present");
             let left = Left {
                 ts: obs.actor.ts,
@@ -331,13 +394,19 @@ impl Onstack {
                 text: left_text(obs, x),
                 by_owner: true,
             };
-            self.judge(x, &lc, left, Some(&*task), ctx);
+            self.judge(x, &lc, left, w, ctx);
+        }
+        if let Some(state) = self.owners.get_mut(&tid) {
+            state.onstack = onstack;
         }
     }
 
     /// The owner's state is dropped: if it is gone, so are its frames.
-    pub fn retire(&mut self, tid: u32, task: &Task, how: Retire, now: u64, ctx: &mut Ctx<'_>) {
-        for &x in &task.onstack {
+    fn retire(&mut self, tid: u32, how: Retire, now: u64, w: &World, ctx: &mut Ctx<'_>) {
+        let Some(state) = self.owners.remove(&tid) else {
+            return;
+        };
+        for &x in &state.onstack {
             if self.lifecycles.get(&x).is_none_or(|l| l.owner != tid) {
                 continue;
             }
@@ -352,10 +421,10 @@ impl Onstack {
                         text: "gone: its tid or stack belongs to another task now".into(),
                         by_owner: true,
                     };
-                    self.judge(x, &lc, left, Some(task), ctx);
+                    self.judge_with(x, &lc, left, Some(&state), None, w, ctx);
                 }
-                _ => {
-                    if lc.pending > 0 && ctx.enabled(Rule::OnstackCompletion) {
+                Retire::Evicted => {
+                    if lc.pending > 0 {
                         ctx.indeterminate(Rule::OnstackCompletion);
                     }
                 }
@@ -364,7 +433,7 @@ impl Onstack {
     }
 
     /// Confirms `complete-after-return` candidates whose owner stayed away.
-    pub fn fire(&mut self, now: u64, tasks: &mut Tasks, ctx: &mut Ctx<'_>) {
+    fn fire_due(&mut self, now: u64, w: &World, ctx: &mut Ctx<'_>) {
         while let Some(&(at, x)) = self.timers.first() {
             if at > now {
                 break;
@@ -381,25 +450,25 @@ impl Onstack {
                 continue;
             }
             let lc = self.drop_lifecycle(x).expect("present");
-            if let Some(task) = tasks.get_mut(lc.owner) {
-                task.onstack.retain(|&y| y != x);
+            if let Some(state) = self.owners.get_mut(&lc.owner) {
+                state.onstack.retain(|&y| y != x);
             }
             let left = Left {
                 ts: at,
                 actor: None,
                 text: format!(
                     "not seen back in the frame {} after the complete()",
-                    duration(self.confirm)
+                    duration(ctx.cfg.onstack_confirm_ns)
                 ),
                 by_owner: true,
             };
-            self.judge(x, &lc, left, tasks.get(lc.owner), ctx);
+            self.judge(x, &lc, left, w, ctx);
         }
     }
 
     /// End of the stream: candidates whose owner never came back are
     /// reported; what still waits for its owner's next move is unknown.
-    pub fn finish(&mut self, end: u64, tasks: &mut Tasks, ctx: &mut Ctx<'_>) {
+    fn finish_all(&mut self, end: u64, w: &World, ctx: &mut Ctx<'_>) {
         let mut open: Vec<Addr> = self.lifecycles.keys().copied().collect();
         open.sort_unstable();
         for x in open {
@@ -414,25 +483,104 @@ impl Onstack {
                     text: "not seen back in the frame before the trace ended".into(),
                     by_owner: true,
                 };
-                self.judge(x, &lc, left, tasks.get(lc.owner), ctx);
-            } else if ctx.enabled(Rule::OnstackCompletion) {
+                self.judge(x, &lc, left, w, ctx);
+            } else {
                 ctx.indeterminate(Rule::OnstackCompletion);
             }
         }
     }
 
-    fn judge(&self, x: Addr, lc: &Lifecycle, left: Left, owner: Option<&Task>, ctx: &mut Ctx<'_>) {
+    fn judge(&self, x: Addr, lc: &Lifecycle, left: Left, w: &World, ctx: &mut Ctx<'_>) {
+        let state = self.owners.get(&lc.owner);
+        let owner_last = w
+            .tasks
+            .get(lc.owner)
+            .and_then(|t| t.last_obs.map(|o| o.actor));
+        self.judge_with(x, lc, left, state, owner_last, w, ctx);
+    }
+
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the owner's state comes from two places when it is retired"
+    )]
+    fn judge_with(
+        &self,
+        x: Addr,
+        lc: &Lifecycle,
+        left: Left,
+        state: Option<&Owner>,
+        owner_last: Option<Actor>,
+        w: &World,
+        ctx: &mut Ctx<'_>,
+    ) {
         if lc.pending == 0 {
             return;
         }
-        let tainted = ctx.tainted(lc.seen);
-        let failed_wait = owner
-            .and_then(|t| t.failed_wait)
+        let failed_wait = state
+            .and_then(|s| s.failed_wait)
             .filter(|(y, a, _, _)| *y == x && a.tid == lc.owner);
-        let owner_actor = owner.and_then(|t| t.last_obs.map(|o| o.actor));
-        ctx.report(Rule::OnstackCompletion, tainted, || {
-            build(x, lc, &left, failed_wait, owner_actor)
+        ctx.report(Rule::OnstackCompletion, &w.loss, lc.seen, || {
+            build(x, lc, &left, failed_wait, owner_last)
         });
+    }
+}
+
+impl Invariant for Onstack {
+    fn interest(&self) -> Interest {
+        Interest {
+            events: &[
+                EventTag::Complete,
+                EventTag::CompleteAll,
+                EventTag::CompletionInit,
+                EventTag::WaitEnter,
+                EventTag::WaitExit,
+                EventTag::SchedWaking,
+            ],
+            facts: &[FactTag::Observed, FactTag::Retired],
+        }
+    }
+
+    fn on_event(&mut self, ev: &Event, actor: &Actor, w: &mut World, ctx: &mut Ctx<'_>) {
+        match &ev.kind {
+            EventKind::Complete {
+                x, on_own_stack, ..
+            } => self.complete(actor, *x, false, *on_own_stack, w, ctx),
+            EventKind::CompleteAll {
+                x, on_own_stack, ..
+            } => self.complete(actor, *x, true, *on_own_stack, w, ctx),
+            EventKind::CompletionInit { x, .. } => self.init(actor, *x, w, ctx),
+            EventKind::WaitEnter { x, .. } => self.wait_enter(actor, *x),
+            EventKind::WaitExit {
+                x, variant, ret, ..
+            } => self.wait_exit(actor, *x, *variant, *ret),
+            EventKind::SchedWaking { target_tid, .. } => self.woken_by(actor, *target_tid, w),
+            _ => {}
+        }
+    }
+
+    fn on_fact(&mut self, fact: &Fact, w: &mut World, ctx: &mut Ctx<'_>) {
+        match fact {
+            Fact::Observed { tid, obs } => self.observe(*tid, obs, w, ctx),
+            Fact::Retired { tid, how, ts } => self.retire(*tid, *how, *ts, w, ctx),
+            _ => {}
+        }
+    }
+
+    fn next_deadline(&self, _w: &World, _cfg: &EngineConfig) -> Option<u64> {
+        self.timers.first().map(|(d, _)| *d)
+    }
+
+    fn fire(&mut self, now: u64, w: &mut World, ctx: &mut Ctx<'_>) {
+        self.fire_due(now, w, ctx);
+    }
+
+    fn finish(&mut self, end: u64, w: &mut World, ctx: &mut Ctx<'_>) {
+        self.finish_all(end, w, ctx);
+    }
+
+    fn stats(&self, stats: &mut EngineStats) {
+        stats.live.onstack_completions = self.lifecycles.len() as u64;
+        stats.evictions.completions = self.evicted;
     }
 }
 

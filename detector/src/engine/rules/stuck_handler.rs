@@ -1,286 +1,294 @@
-//! `bio_endio` calls that do not return (seed 001).
+//! `bio_endio` calls that keep their CPU and do not return (seed 001).
 //!
-//! A completion handler runs in the context that called `bio_endio`: an
-//! interrupt (keyed by CPU: interrupts do not migrate, and tid 0 is shared
-//! by every idle CPU) or a task (keyed by tid: a task can be preempted and
-//! resume on another CPU). Calls nest: dm's `clone_endio` ends the original
-//! bio from inside the clone's `bio_endio` (seed 001 shows four levels), so
-//! each context holds a stack of open calls.
-//!
-//! Exits can go missing (a kretprobe out of instances): a call is also
-//! known to have returned when its context is later seen at the same depth
-//! or shallower (a stack pointer at or above the call's), and an
-//! interrupt's calls when its CPU runs task code again.
+//! The handler table (`handlers`) knows which `bio_endio` calls are open in
+//! which context. A call is reported once it has *run* for
+//! `stuck_handler_after`: in interrupt context it cannot leave its CPU, so
+//! that is the time since it started; in task context (a workqueue, a
+//! thread completing its own I/O) the time its task was switched out, asleep
+//! or preempted, does not count. A handler that sleeps for seconds holds
+//! up whatever waits for it, but it is not spinning and it does not wedge
+//! a CPU: that is not this finding.
 //!
 //! Only the innermost open call of a context is reported: the outer ones
 //! are waiting for it, and its entry stack shows them all.
 
-use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 
-use super::Ctx;
-use crate::engine::actor::{Actor, Exec as Key};
-use crate::engine::bios::Bio;
-use crate::engine::config::Rule;
+use super::{Ctx, Interest, Invariant};
+use crate::engine::actor::{Actor, Exec};
+use crate::engine::config::{EngineConfig, Rule};
+use crate::engine::facts::{Fact, FactTag};
 use crate::engine::finding::{FindingBuilder, FindingKind, Object, ObjectKind, duration};
+use crate::engine::handlers::Call;
 use crate::engine::hash::FastMap;
-use crate::engine::loss::Seen;
-use crate::event::{Addr, Dev};
+use crate::engine::stats::EngineStats;
+use crate::engine::world::World;
 
 #[derive(Clone, Copy, Debug)]
-struct Open {
-    id: u64,
-    bio: Addr,
-    end_io: Addr,
-    dev: Dev,
-    disk: Dev,
-    entry: Actor,
+struct Watch {
+    call: Call,
     /// The bio's submission, when it was seen.
     submit: Option<Actor>,
-    seen: Seen,
-    reported: bool,
-    /// Its deadline passed while a nested call was open: judged again
-    /// when it is innermost.
+    /// Time on CPU before `running_since`.
+    ran: u64,
+    /// Back on CPU since (None while its task is switched out).
+    running_since: Option<u64>,
+    /// Time spent switched out.
+    off: u64,
+    switched_out_at: u64,
+    deadline: Option<u64>,
+    /// Its deadline passed while a nested call was open: judged again when
+    /// it is innermost.
     waiting: bool,
+    reported: bool,
 }
 
-/// A `bio_endio` entry.
-pub struct Entry {
-    pub bio: Addr,
-    pub end_io: Addr,
-    pub dev: Dev,
-    pub disk: Dev,
+impl Watch {
+    fn ran_until(&self, now: u64) -> u64 {
+        self.ran + self.running_since.map_or(0, |s| now.saturating_sub(s))
+    }
 }
 
+#[derive(Default)]
 pub struct StuckHandler {
-    after: u64,
-    max_depth: usize,
-    open: FastMap<Key, Vec<Open>>,
-    /// (deadline, id) -> context.
-    timers: BTreeMap<(u64, u64), Key>,
-    next_id: u64,
-    pub open_count: usize,
-    /// Calls closed without their exit event.
-    pub missed_exits: u64,
-    pub evicted: u64,
+    watches: FastMap<u64, Watch>,
+    /// Open calls in task context, by tid (for switches).
+    by_task: FastMap<u32, Vec<u64>>,
+    /// (deadline, call id).
+    timers: BTreeSet<(u64, u64)>,
 }
 
 impl StuckHandler {
-    pub fn new(after: u64, max_depth: usize) -> Self {
-        Self {
-            after,
-            max_depth: max_depth.max(1),
-            open: FastMap::default(),
-            timers: BTreeMap::new(),
-            next_id: 0,
-            open_count: 0,
-            missed_exits: 0,
-            evicted: 0,
+    fn entered(&mut self, call: &Call, w: &World, cfg: &EngineConfig) {
+        let submit = w
+            .bios
+            .get(call.bio)
+            .filter(|b| b.submitted)
+            .map(|b| b.queued);
+        let deadline = call.entry.ts.saturating_add(cfg.stuck_handler_after_ns);
+        self.watches.insert(
+            call.id,
+            Watch {
+                call: *call,
+                submit,
+                ran: 0,
+                running_since: Some(call.entry.ts),
+                off: 0,
+                switched_out_at: 0,
+                deadline: Some(deadline),
+                waiting: false,
+                reported: false,
+            },
+        );
+        self.timers.insert((deadline, call.id));
+        if let Exec::Task(tid) = Exec::of(&call.entry) {
+            self.by_task.entry(tid).or_default().push(call.id);
         }
     }
 
-    pub fn next_deadline(&self) -> Option<u64> {
-        self.timers.first_key_value().map(|((d, _), _)| *d)
-    }
-
-    /// A new threshold: open calls' deadlines move with it, keeping each
-    /// timer's key at `entry + after` where the removals look for it.
-    pub fn set_after(&mut self, after: u64) {
-        let old = std::mem::replace(&mut self.after, after);
-        self.timers = std::mem::take(&mut self.timers)
-            .into_iter()
-            .map(|((deadline, id), key)| {
-                (
-                    (deadline.saturating_sub(old).saturating_add(after), id),
-                    key,
-                )
-            })
-            .collect();
-    }
-
-    /// What any event says about open calls: a CPU running task code has
-    /// left its interrupts; a task seen above a call's depth returned.
-    pub fn observe(&mut self, actor: &Actor) {
-        if self.open_count == 0 {
-            return;
+    fn unwatch(&mut self, id: u64) -> Option<Watch> {
+        let watch = self.watches.remove(&id)?;
+        if let Some(at) = watch.deadline {
+            self.timers.remove(&(at, id));
         }
-        let now = actor.ts;
-        if !actor.irq && actor.tid != 0 {
-            self.close_where(Key::Cpu(actor.cpu), now, |_| true);
-            if actor.sp != 0 {
-                self.close_where(Key::Task(actor.tid), now, |o| actor.sp > o.entry.sp);
+        if let Exec::Task(tid) = Exec::of(&watch.call.entry)
+            && let Some(ids) = self.by_task.get_mut(&tid)
+        {
+            ids.retain(|&i| i != id);
+            if ids.is_empty() {
+                self.by_task.remove(&tid);
             }
-        } else if actor.irq && actor.sp != 0 {
-            self.close_where(Key::Cpu(actor.cpu), now, |o| actor.sp > o.entry.sp);
         }
+        Some(watch)
     }
 
-    fn close_where(&mut self, key: Key, now: u64, gone: impl Fn(&Open) -> bool) {
-        let Some(stack) = self.open.get_mut(&key) else {
+    fn returned(&mut self, call: &Call, ts: u64, seen_exit: bool, w: &World, ctx: &mut Ctx<'_>) {
+        let Some(watch) = self.unwatch(call.id) else {
             return;
         };
-        // Calls nest, so the returned ones are a suffix... except that
-        // `gone` may also hold for outer calls; close from the outermost
-        // one that is gone.
-        let Some(first) = stack.iter().position(&gone) else {
+        if seen_exit && !watch.reported && watch.ran_until(ts) >= ctx.cfg.stuck_handler_after_ns {
+            self.report(&watch, ts, true, w, ctx);
+        }
+        // The context's next call out may have waited for this one.
+        let exec = Exec::of(&call.entry);
+        if let Some(id) = w.handlers.innermost_id(exec)
+            && let Some(outer) = self.watches.get_mut(&id)
+            && outer.waiting
+        {
+            outer.waiting = false;
+            let due = outer
+                .deadline
+                .unwrap_or(ts)
+                .max(ts)
+                .max(outer.call.entry.ts);
+            if let Some(old) = outer.deadline.replace(due) {
+                self.timers.remove(&(old, id));
+            }
+            self.timers.insert((due, id));
+        }
+    }
+
+    /// Task `tid`, inside open calls, switched out (`off`) or back in.
+    fn switched(&mut self, tid: u32, ts: u64, off: bool, cfg: &EngineConfig) {
+        let Some(ids) = self.by_task.get(&tid) else {
             return;
         };
-        for o in stack.drain(first..) {
-            self.timers.remove(&(o.entry.ts + self.after, o.id));
-            self.open_count -= 1;
-            self.missed_exits += 1;
-        }
-        self.resume(key, now);
-    }
-
-    /// The innermost open call of `key` changed: if its deadline passed
-    /// while it waited for a nested call, judge it now.
-    fn resume(&mut self, key: Key, now: u64) {
-        let Some(stack) = self.open.get_mut(&key) else {
-            return;
-        };
-        let Some(top) = stack.last_mut() else {
-            self.open.remove(&key);
-            return;
-        };
-        if top.waiting {
-            top.waiting = false;
-            self.timers
-                .insert((now.max(top.entry.ts + self.after), top.id), key);
+        for id in ids.clone() {
+            let Some(watch) = self.watches.get_mut(&id) else {
+                continue;
+            };
+            if off {
+                if let Some(since) = watch.running_since.take() {
+                    watch.ran += ts.saturating_sub(since);
+                    watch.switched_out_at = ts;
+                }
+                if let Some(at) = watch.deadline.take() {
+                    self.timers.remove(&(at, id));
+                }
+            } else if watch.running_since.is_none() {
+                watch.running_since = Some(ts);
+                watch.off += ts.saturating_sub(watch.switched_out_at);
+                let left = cfg.stuck_handler_after_ns.saturating_sub(watch.ran);
+                let due = ts.saturating_add(left);
+                watch.deadline = Some(due);
+                self.timers.insert((due, id));
+            }
         }
     }
 
-    pub fn enter(&mut self, actor: &Actor, entry: Entry, bio: Option<&Bio>, seen: Seen) {
-        let key = Key::of(actor);
-        if actor.sp != 0 {
-            // A call at the same depth or shallower means earlier calls
-            // at that depth have returned.
-            self.close_where(key, actor.ts, |o| o.entry.sp != 0 && actor.sp >= o.entry.sp);
-        }
-        let stack = self.open.entry(key).or_default();
-        if stack.len() >= self.max_depth {
-            let o = stack.remove(0);
-            self.timers.remove(&(o.entry.ts + self.after, o.id));
-            self.open_count -= 1;
-            self.evicted += 1;
-        }
-        let id = self.next_id;
-        self.next_id += 1;
-        stack.push(Open {
-            id,
-            bio: entry.bio,
-            end_io: entry.end_io,
-            dev: entry.dev,
-            disk: entry.disk,
-            entry: *actor,
-            submit: bio.map(|b| b.queued),
-            seen,
-            reported: false,
-            waiting: false,
-        });
-        self.open_count += 1;
-        self.timers.insert((actor.ts + self.after, id), key);
-    }
-
-    /// `bio_endio` returned in `actor`'s context (`bio` unknown for
-    /// kretprobes: the innermost call returned). Returns the bio the
-    /// returning call was for, if its entry was seen.
-    pub fn exit(&mut self, actor: &Actor, bio: Option<Addr>, ctx: &mut Ctx<'_>) -> Option<Addr> {
-        let key = Key::of(actor);
-        let stack = self.open.get_mut(&key)?;
-        let at = match bio {
-            Some(bio) => stack.iter().rposition(|o| o.bio == bio),
-            None => stack.len().checked_sub(1),
-        };
-        // None: entered before tracing started.
-        let at = at?;
-        let returned = stack.split_off(at);
-        self.resume(key, actor.ts);
-        self.open_count -= returned.len();
-        self.missed_exits += returned.len() as u64 - 1;
-        for o in &returned {
-            self.timers.remove(&(o.entry.ts + self.after, o.id));
-        }
-        // Innermost last: the call this exit belongs to is `returned[0]`.
-        let o = returned[0];
-        let took = actor.ts.saturating_sub(o.entry.ts);
-        if !o.reported && took >= self.after {
-            self.report(&o, actor.ts, Some(actor), ctx);
-        }
-        Some(o.bio)
-    }
-
-    /// Reports calls still open `after` past their entry, as of `now`.
-    pub fn fire(&mut self, now: u64, ctx: &mut Ctx<'_>) {
-        while let Some((&(deadline, id), &key)) = self.timers.first_key_value() {
-            if deadline > now {
+    fn fire_due(&mut self, now: u64, w: &World, ctx: &mut Ctx<'_>) {
+        while let Some(&(at, id)) = self.timers.first() {
+            if at > now {
                 break;
             }
-            self.timers.remove(&(deadline, id));
-            let Some(stack) = self.open.get_mut(&key) else {
+            self.timers.remove(&(at, id));
+            let Some(watch) = self.watches.get_mut(&id) else {
                 continue;
             };
-            let Some(at) = stack.iter().position(|o| o.id == id) else {
+            if watch.deadline != Some(at) {
                 continue;
-            };
-            if at + 1 < stack.len() {
+            }
+            watch.deadline = None;
+            if watch.reported || watch.running_since.is_none() {
+                continue;
+            }
+            if w.handlers.innermost_id(Exec::of(&watch.call.entry)) != Some(id) {
                 // A nested call is open: it is the one stuck, or it will
                 // return and leave this one to be judged when innermost.
-                stack[at].waiting = true;
+                watch.deadline = Some(at);
+                watch.waiting = true;
                 continue;
             }
-            if stack[at].reported {
+            if watch.ran_until(at) < ctx.cfg.stuck_handler_after_ns {
                 continue;
             }
-            stack[at].reported = true;
-            let o = stack[at];
-            self.report(&o, deadline, None, ctx);
+            watch.reported = true;
+            let watch = *watch;
+            self.report(&watch, at, false, w, ctx);
         }
     }
 
-    fn report(&self, o: &Open, at: u64, exit: Option<&Actor>, ctx: &mut Ctx<'_>) {
-        let tainted = ctx.tainted(o.seen);
-        ctx.report(Rule::StuckCompletionHandler, tainted, || {
-            let mut object = Object::new(ObjectKind::Bio, o.bio);
-            object.dev = Some(o.dev);
-            object.disk = (o.disk != o.dev).then_some(o.disk);
-            object.end_io = (!o.end_io.is_null()).then_some(o.end_io);
+    fn report(&self, o: &Watch, at: u64, returned: bool, w: &World, ctx: &mut Ctx<'_>) {
+        let call = &o.call;
+        ctx.report(Rule::StuckCompletionHandler, &w.loss, call.seen, || {
+            let mut object = Object::new(ObjectKind::Bio, call.bio);
+            object.dev = Some(call.dev);
+            object.disk = (call.disk != call.dev).then_some(call.disk);
+            object.end_io = (!call.end_io.is_null()).then_some(call.end_io);
             let mut b = FindingBuilder::new(FindingKind::StuckCompletionHandler, at, object);
-            let handler = b.side("handler", &o.entry);
+            let handler = b.side("handler", &call.entry);
             if let Some(submit) = &o.submit {
                 let submitter = b.side("submitter", submit);
                 b.act(
                     submitter,
                     submit,
-                    format!("submits bio {} to {}", o.bio, o.dev),
+                    format!("submits bio {} to {}", call.bio, call.dev),
                 );
             }
             b.act(
                 handler,
-                &o.entry,
+                &call.entry,
                 format!(
                     "bio_endio({}) on cpu {}: calls end_io {}",
-                    o.bio, o.entry.cpu, o.end_io
+                    call.bio, call.entry.cpu, call.end_io
                 ),
             );
-            let took = duration(at.saturating_sub(o.entry.ts));
-            let state = match exit {
-                Some(_) => format!("bio_endio returns after {took}"),
-                None => format!("bio_endio still running after {took}"),
+            let ran = duration(o.ran_until(at));
+            let off = if o.off > 0 {
+                format!(" (switched out for {} of it)", duration(o.off))
+            } else {
+                String::new()
+            };
+            let took = duration(at.saturating_sub(call.entry.ts));
+            let state = if returned {
+                format!("bio_endio returns after {took}{off}")
+            } else {
+                format!("bio_endio still running after {took}{off}")
             };
             b.step(handler, at, state, None);
+            let (context, consequence) = if call.entry.irq {
+                (
+                    "in interrupt context",
+                    "a handler spinning in an interrupt holds its CPU with interrupts off and \
+                     ends in a hard lockup (the watchdog fires at 10 s)",
+                )
+            } else {
+                (
+                    "in task context, without being switched out",
+                    "a handler spinning in a task starves its CPU (the soft-lockup watchdog \
+                     fires at 20 s) and every completion queued behind it",
+                )
+            };
             b.finish(format!(
-                "the completion handler of bio {} (end_io {}) on cpu {} {} {took}: a handler \
-                 spinning with interrupts off ends in a hard lockup (the watchdog fires at 10 s); \
-                 look for the lock or bit it waits on in its stack",
-                o.bio,
-                o.end_io,
-                o.entry.cpu,
-                if exit.is_some() {
+                "the completion handler of bio {} (end_io {}) on cpu {} {} {ran} {context}: \
+                 {consequence}; look for the lock or bit it waits on in its stack",
+                call.bio,
+                call.end_io,
+                call.entry.cpu,
+                if returned {
                     "ran for"
                 } else {
-                    "has not returned after"
+                    "has been running for"
                 },
             ))
         });
+    }
+}
+
+impl Invariant for StuckHandler {
+    fn interest(&self) -> Interest {
+        Interest {
+            events: &[],
+            facts: &[
+                FactTag::HandlerEntered,
+                FactTag::HandlerReturned,
+                FactTag::HandlerOffCpu,
+            ],
+        }
+    }
+
+    fn on_fact(&mut self, fact: &Fact, w: &mut World, ctx: &mut Ctx<'_>) {
+        match fact {
+            Fact::HandlerEntered { call } => self.entered(call, w, ctx.cfg),
+            Fact::HandlerReturned {
+                call,
+                ts,
+                seen_exit,
+            } => self.returned(call, *ts, *seen_exit, w, ctx),
+            Fact::HandlerOffCpu { tid, ts, off } => self.switched(*tid, *ts, *off, ctx.cfg),
+            _ => {}
+        }
+    }
+
+    fn next_deadline(&self, _w: &World, _cfg: &EngineConfig) -> Option<u64> {
+        self.timers.first().map(|(d, _)| *d)
+    }
+
+    fn fire(&mut self, now: u64, w: &mut World, ctx: &mut Ctx<'_>) {
+        self.fire_due(now, w, ctx);
+    }
+
+    fn stats(&self, stats: &mut EngineStats) {
+        stats.live.open_handlers = self.watches.len() as u64;
     }
 }

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
 pub use template::default_file;
-pub use values::{Bytes, ListenAddr, LogLevel, RingSize, Seconds, parse_size};
+pub use values::{Bytes, ListenAddr, LogLevel, RingSize, Seconds, TaskMapEntries, parse_size};
 
 use crate::cli::EngineArgs;
 use crate::engine::Rule;
@@ -89,6 +89,8 @@ pub struct Filter {
 pub struct Kernel {
     pub ring_buffer_size: RingSize,
     pub stack_budget: u32,
+    /// Entries of each per-task map (as `trace --task-map-entries`).
+    pub task_map_entries: TaskMapEntries,
 }
 
 impl Default for Kernel {
@@ -96,6 +98,7 @@ impl Default for Kernel {
         Self {
             ring_buffer_size: RingSize(16 << 20),
             stack_budget: 10_000,
+            task_map_entries: TaskMapEntries(65536),
         }
     }
 }
@@ -420,6 +423,11 @@ impl Config {
             "kernel.stack-budget",
             self.kernel.stack_budget.to_string(),
             new.kernel.stack_budget.to_string(),
+        );
+        check(
+            "kernel.task-map-entries",
+            self.kernel.task_map_entries.0.to_string(),
+            new.kernel.task_map_entries.0.to_string(),
         );
         check(
             "metrics.address",

@@ -28,7 +28,7 @@ pub fn default_file() -> String {
 # When the rules with a deadline report: the same as `detector trace`'s
 # --lost-wakeup-after, --stuck-handler-after and --lost-io-after. Durations
 # are strings ("500ms", "5s", "2m") or numbers of seconds. Applied on reload
-# (also to what is being timed when the reload comes).
+# to what starts being timed from then on.
 
 # A task asleep in I/O wait this long after all its I/O completed, and not
 # woken (lost-wakeup). The kernel's hung-task warning comes after 120 s.
@@ -64,6 +64,10 @@ ring-buffer-size = "{}"
 # Kernel stacks each CPU may capture per second (0: no limit): stack walks
 # are most of the cost of an event. Needs a restart.
 stack-budget = {}
+# Tasks the programs can follow at once in each per-task map (tasks whose
+# syscall return, wakeup or function exit is awaited); past it those events
+# are lost, counted and reported as loss. Needs a restart.
+task-map-entries = {}
 
 [metrics]
 # Where Prometheus scrapes /metrics (IP:PORT). Port {DEFAULT_METRICS_PORT} is outside the
@@ -94,6 +98,7 @@ level = "{}"
 "#,
         ring_size(d.kernel.ring_buffer_size.0),
         d.kernel.stack_budget,
+        d.kernel.task_map_entries.0,
         d.metrics.address.get_ref().0,
         d.findings.path.get_ref().display(),
         size(d.findings.rotate_size),

@@ -133,6 +133,20 @@ impl Serialize for RingSize {
     }
 }
 
+/// Entries of a per-task map: at least 1 (the kernel refuses an empty map).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct TaskMapEntries(pub u32);
+
+impl<'de> Deserialize<'de> for TaskMapEntries {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match u32::deserialize(d)? {
+            0 => Err(de::Error::custom("0 entries: a map needs at least 1")),
+            n => Ok(TaskMapEntries(n)),
+        }
+    }
+}
+
 /// Where the metrics endpoint listens: `IP:PORT`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ListenAddr(pub SocketAddr);

@@ -1,0 +1,76 @@
+//! The highest event rate detector sustains without loss at the default
+//! ring-buffer size: fio on the tmpfs loop at rising rates, detector
+//! counting what it read and what the kernel dropped, until loss starts or
+//! the load generator can go no faster.
+
+use std::path::Path;
+
+use anyhow::Result;
+
+use super::Plan;
+use super::fio::{self, Op, Target, TargetKind};
+use super::procs::{self, DetectorBin};
+use super::table::{Row, si};
+
+struct Step {
+    offered_iops: u64,
+    events_per_s: f64,
+    lost: u64,
+}
+
+pub fn measure(plan: &Plan, bin: &DetectorBin, dir: &Path) -> Result<Row> {
+    let target = Target::new(TargetKind::TmpfsLoop, dir)?;
+    let mut steps = Vec::new();
+    for &rate in &plan.load_rates {
+        let running = procs::start_detector(bin, dir, &[])?;
+        fio::iops(&target, Op::RandRead, plan.load_seconds, rate)?;
+        let end = running.stop()?;
+        let step = Step {
+            offered_iops: rate,
+            events_per_s: end.events as f64 / plan.load_seconds,
+            lost: end.lost,
+        };
+        eprintln!(
+            "bench: load {} IOPS: {:.0} events/s, {} lost",
+            if rate == 0 {
+                "max".into()
+            } else {
+                rate.to_string()
+            },
+            step.events_per_s,
+            step.lost
+        );
+        let lossy = step.lost > 0;
+        steps.push(step);
+        if lossy {
+            break;
+        }
+    }
+    let best = steps
+        .iter()
+        .filter(|s| s.lost == 0)
+        .map(|s| s.events_per_s)
+        .fold(f64::NAN, f64::max);
+    let first_loss = steps.iter().find(|s| s.lost > 0);
+    let text = match first_loss {
+        Some(s) => format!(
+            "{} events/s (loss from {} events/s, fio at {})",
+            si(best),
+            si(s.events_per_s),
+            if s.offered_iops == 0 {
+                "full speed".into()
+            } else {
+                format!("{} IOPS", si(s.offered_iops as f64))
+            }
+        ),
+        None => format!(
+            ">= {} events/s (no loss up to the load generator's full speed)",
+            si(best)
+        ),
+    };
+    Ok(Row::new(
+        "highest sustained event rate with zero loss (default 16 MiB ring buffer)",
+        best,
+        text,
+    ))
+}
