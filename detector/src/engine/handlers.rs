@@ -47,7 +47,8 @@ impl Handlers {
         Self {
             max_depth: max_depth.max(1),
             open: FastMap::default(),
-            next_id: 0,
+            // 0 is no call.
+            next_id: 1,
             open_count: 0,
             missed_exits: 0,
             evicted: 0,
