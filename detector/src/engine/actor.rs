@@ -149,10 +149,6 @@ impl Mark {
             irq: self.cpu_irq & IRQ_BIT != 0,
         }
     }
-
-    pub fn ts(&self) -> u64 {
-        self.ts
-    }
 }
 
 /// An execution context: code in it runs in program order. Interrupts are
