@@ -381,6 +381,7 @@ impl Bios {
     /// Records a submission; evicted in-flight bios are pushed to `evicted`.
     pub fn queue(&mut self, sub: Submission<'_>, evicted: &mut Vec<Bio>) -> Queued {
         if let Some(bio) = self.inflight_bios.get_mut(&sub.addr) {
+            // In flight: a resubmission.
             bio.resubmits = bio.resubmits.saturating_add(1);
             bio.last_queued = sub.actor.ts;
             let entry = Queue {
@@ -392,7 +393,9 @@ impl Bios {
             return Queued::Refresh;
         }
         // A completed bio submitted again starts over.
-        self.forget(sub.addr, sub.actor.ts);
+        if !self.done_bios.is_empty() {
+            self.done_bios.remove(&sub.addr);
+        }
         while self.inflight as usize >= self.max_inflight {
             let Some(oldest) = self.queue.pop_front() else {
                 break;
