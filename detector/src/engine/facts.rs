@@ -6,7 +6,7 @@
 //! facts and to the raw events they name in their interest; neither kind of
 //! input is seen by a rule that did not ask for it.
 
-use super::bios::{Bio, Completion};
+use super::bios::{Bio, Completion, Done};
 use super::handlers::Call;
 use super::tasks::{Obs, Retire};
 
@@ -31,7 +31,7 @@ pub enum Fact {
     /// a new bio at the same address, nor the kernel's own second call
     /// (integrity verification, a stacking driver restoring `bi_end_io`)
     /// explains it.
-    CompletedAgain { bio: Bio, again: Completion },
+    CompletedAgain { first: Done, again: Completion },
     /// An in-flight bio is no longer tracked (re-initialised, evicted).
     Untracked { bio: Bio },
     /// A `bio_endio` call started.

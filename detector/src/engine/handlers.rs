@@ -47,7 +47,8 @@ impl Handlers {
         Self {
             max_depth: max_depth.max(1),
             open: FastMap::default(),
-            next_id: 0,
+            // 0 is no call.
+            next_id: 1,
             open_count: 0,
             missed_exits: 0,
             evicted: 0,
@@ -172,19 +173,20 @@ impl Handlers {
         let Some(at) = at else {
             return;
         };
-        let returned: Vec<Call> = stack.split_off(at);
+        let returned = stack.len() - at;
+        // Innermost first: the inner ones' exits were missed.
+        while stack.len() > at {
+            let call = stack.pop().expect("longer than at");
+            facts.push(Fact::HandlerReturned {
+                call,
+                ts: actor.ts,
+                seen_exit: stack.len() == at,
+            });
+        }
         if stack.is_empty() {
             self.open.remove(&exec);
         }
-        self.open_count -= returned.len();
-        self.missed_exits += returned.len() as u64 - 1;
-        // Innermost first: the inner ones' exits were missed.
-        for (i, call) in returned.iter().enumerate().rev() {
-            facts.push(Fact::HandlerReturned {
-                call: *call,
-                ts: actor.ts,
-                seen_exit: i == 0,
-            });
-        }
+        self.open_count -= returned;
+        self.missed_exits += returned as u64 - 1;
     }
 }

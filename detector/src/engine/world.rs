@@ -43,7 +43,9 @@ pub struct World {
 impl World {
     pub fn new(cfg: &EngineConfig) -> Self {
         let mut bios = Bios::new(cfg.max_bios, cfg.max_completed_bios, cfg.max_disks);
-        bios.keep_completed = cfg.bio_endio_hooked;
+        if cfg.bio_endio_hooked {
+            bios.endio_hooked();
+        }
         Self {
             thread_size: cfg.thread_size,
             tasks: Tasks::new(cfg.thread_size, cfg.max_tasks),
@@ -109,9 +111,7 @@ impl World {
             EventKind::BioEndio { .. } => self.endio(ev, actor, facts),
             EventKind::BioEndioExit { bio } => self.handlers.exit(actor, *bio, facts),
             EventKind::BioInit { bio } => {
-                if let Some(old) = self.bios.forget(*bio, ev.ts)
-                    && old.in_flight()
-                {
+                if let Some(old) = self.bios.forget(*bio, ev.ts) {
                     facts.push(Fact::Untracked { bio: old });
                 }
             }
@@ -226,7 +226,6 @@ impl World {
             size: *size,
             end_io: *end_io,
             disk_relative,
-            submitter: if task_ctx { ev.tid } else { 0 },
             episode,
             seen: self.loss.seen(ev.ts),
         };
@@ -301,8 +300,10 @@ impl World {
         else {
             return;
         };
-        self.endio_hooked = true;
-        self.bios.keep_completed = true;
+        if !self.endio_hooked {
+            self.endio_hooked = true;
+            self.bios.endio_hooked();
+        }
         let seen = self.loss.seen(ev.ts);
         // Parents completed inside the call (chain_depth > 0) run no
         // bio_endio of their own: the call is the child's.
@@ -357,14 +358,13 @@ impl World {
     /// `addr` completed as `done` says.
     fn bio_done(&mut self, addr: Addr, mut done: Completion, facts: &mut Vec<Fact>) {
         let seen = self.loss.seen(done.actor.ts);
-        if let Some(bio) = self.bios.get(addr)
-            && bio.in_flight()
-            && bio.submitter == done.actor.tid
+        if let Some(bio) = self.bios.in_flight(addr)
+            && bio.submitter() == done.actor.tid
             && !done.actor.irq
         {
             done.in_submission = self
                 .tasks
-                .get(bio.submitter)
+                .get(done.actor.tid)
                 .is_some_and(|t| t.submitting(addr));
         }
         let (handlers, actor) = (&self.handlers, done.actor);
@@ -373,7 +373,7 @@ impl World {
             .complete(addr, done, seen, |id| prev_call(handlers, &actor, id));
         match outcome {
             Completed::First(bio) => facts.push(Fact::Completed { bio, done }),
-            Completed::Again(bio) => facts.push(Fact::CompletedAgain { bio, again: done }),
+            Completed::Again(first) => facts.push(Fact::CompletedAgain { first, again: done }),
             Completed::Continued | Completed::NewLife | Completed::Unknown => {}
         }
     }

@@ -26,7 +26,7 @@
 //! `bi_blkg` says so: set at its first completion, clear at the second.
 
 use super::{Ctx, Interest, Invariant};
-use crate::engine::bios::{Bio, Completion};
+use crate::engine::bios::{Completion, Done};
 use crate::engine::config::Rule;
 use crate::engine::facts::{Fact, FactTag};
 use crate::engine::finding::{FindingBuilder, FindingKind, duration};
@@ -35,24 +35,22 @@ use crate::engine::world::World;
 pub struct BioDoubleComplete;
 
 impl BioDoubleComplete {
-    fn completed_again(&self, bio: &Bio, again: &Completion, w: &World, ctx: &mut Ctx<'_>) {
-        let Some(first) = bio.done else {
-            return;
-        };
+    fn completed_again(&self, kept: &Done, again: &Completion, w: &World, ctx: &mut Ctx<'_>) {
+        let (bio, first) = (&kept.bio, kept.done);
         ctx.report(Rule::BioDoubleComplete, &w.loss, bio.seen, || {
             let object = bio.object(first.end_io);
             let mut b = FindingBuilder::new(FindingKind::BioDoubleComplete, again.actor.ts, object);
             let one = b.side("first completion", &first.actor);
             let two = b.side("second completion", &again.actor);
-            if bio.submitted {
-                b.act(one, &bio.queued, bio.submitted_by());
+            if bio.submitted() {
+                b.act(one, &bio.queued(), bio.submitted_by());
             }
             b.act(
                 one,
                 &first.actor,
                 format!("bio_endio({}): final, status {}", bio.addr, first.status),
             );
-            let nothing_between = if bio.submitted {
+            let nothing_between = if bio.submitted() {
                 "no resubmission in between"
             } else {
                 "bi_blkg cleared by the first: not set up again"
@@ -86,8 +84,8 @@ impl Invariant for BioDoubleComplete {
     }
 
     fn on_fact(&mut self, fact: &Fact, w: &mut World, ctx: &mut Ctx<'_>) {
-        if let Fact::CompletedAgain { bio, again } = fact {
-            self.completed_again(bio, again, w, ctx);
+        if let Fact::CompletedAgain { first, again } = fact {
+            self.completed_again(first, again, w, ctx);
         }
     }
 }

@@ -155,8 +155,8 @@ impl BioTeardown {
         let Some((ret, how)) = r.returned else {
             return;
         };
-        if !bio.submitted
-            || bio.queued.ts >= r.started.ts
+        if !bio.submitted()
+            || bio.queued().ts >= r.started.ts
             || done.actor.ts < ret.ts
             || done.in_submission
         {
@@ -172,7 +172,7 @@ impl BioTeardown {
                 FindingBuilder::new(FindingKind::BioCompleteAfterTeardown, done.actor.ts, object);
             let remover = b.side("remover", &r.started);
             let completer = b.side("completer", &done.actor);
-            b.act(completer, &bio.queued, bio.submitted_by());
+            b.act(completer, &bio.queued(), bio.submitted_by());
             b.act(remover, &r.started, format!("del_gendisk({})", bio.disk));
             b.step(remover, ret.ts, how.to_owned(), ret.stack);
             b.act(

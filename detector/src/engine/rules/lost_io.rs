@@ -57,19 +57,13 @@ impl LostIo {
     /// Judges bios whose deadline is at or before `now`.
     fn fire_due(&mut self, now: u64, w: &mut World, ctx: &mut Ctx<'_>) {
         let after = ctx.cfg.lost_io_after_ns;
-        while let Some((&key, &addr)) = w.bios.quiet.first_key_value() {
-            let deadline = key.0.saturating_add(after);
-            if deadline > now {
-                break;
-            }
-            w.bios.quiet.remove(&key);
-            let Some(bio) = w.bios.get(addr).copied().filter(|b| b.life == key.1) else {
-                continue;
-            };
-            if !bio.in_flight() || bio.lost_reported || bio.endio_activity {
+        let due = now.saturating_sub(after);
+        while let Some(bio) = w.bios.pop_submitted_by(due) {
+            if bio.lost_reported() || bio.endio_activity() {
                 continue;
             }
-            w.bios.mark_lost_reported(addr);
+            let deadline = bio.last_queued.saturating_add(after);
+            w.bios.mark_lost_reported(bio.addr);
             if !w.endio_hooked && !w.bios.disk(bio.disk).completions_seen {
                 ctx.indeterminate(Rule::LostIoCompletion);
                 continue;
@@ -108,7 +102,7 @@ impl LostIo {
 
     /// A bio completed: if it was overdue, its stall learns how it ended.
     fn completed(&mut self, bio: &Bio, done: &Completion, ctx: &mut Ctx<'_>) {
-        if !bio.lost_reported {
+        if !bio.lost_reported() {
             return;
         }
         let Some(stall) = self.stalls.get_mut(&bio.disk) else {
@@ -134,7 +128,7 @@ impl LostIo {
 
     /// A bio is no longer tracked: if it was overdue, its end is unknown.
     fn untracked(&mut self, bio: &Bio) {
-        if !bio.lost_reported {
+        if !bio.lost_reported() {
             return;
         }
         if let Some(stall) = self.stalls.get_mut(&bio.disk) {
@@ -163,10 +157,11 @@ impl Invariant for LostIo {
     }
 
     fn next_deadline(&self, w: &World, cfg: &EngineConfig) -> Option<u64> {
+        // The queue's front may be a life already over: firing then only
+        // drops it.
         w.bios
-            .quiet
-            .first_key_value()
-            .map(|((ts, _), _)| ts.saturating_add(cfg.lost_io_after_ns))
+            .front_submission()
+            .map(|ts| ts.saturating_add(cfg.lost_io_after_ns))
     }
 
     fn fire(&mut self, now: u64, w: &mut World, ctx: &mut Ctx<'_>) {
@@ -176,10 +171,10 @@ impl Invariant for LostIo {
 
 fn stall_finding(bio: &Bio, at: u64, pending_on_disk: u32) -> Finding {
     let mut b = FindingBuilder::new(FindingKind::LostIoCompletion, at, bio.object(bio.end_io));
-    let submitter = b.side("submitter", &bio.queued);
+    let submitter = b.side("submitter", &bio.queued());
     b.act(
         submitter,
-        &bio.queued,
+        &bio.queued(),
         format!(
             "submits bio {} to {} (sector {}, {} bytes)",
             bio.addr, bio.dev, bio.sector, bio.size
@@ -207,7 +202,7 @@ fn stall_finding(bio: &Bio, at: u64, pending_on_disk: u32) -> Finding {
          and how it ended",
         bio.addr,
         bio.dev,
-        bio.queued.who(),
+        bio.queued().who(),
         bio.disk,
     ))
 }
@@ -220,11 +215,11 @@ fn late_finding(stall: &Stall) -> Finding {
         done.actor.ts,
         bio.object(bio.end_io),
     );
-    let submitter = b.side("submitter", &bio.queued);
+    let submitter = b.side("submitter", &bio.queued());
     let completer = b.side("completer", &done.actor);
     b.act(
         submitter,
-        &bio.queued,
+        &bio.queued(),
         format!("submits bio {} to {}", bio.addr, bio.dev),
     );
     b.act(

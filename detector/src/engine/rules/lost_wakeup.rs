@@ -154,8 +154,8 @@ impl LostWakeup {
 
     /// T submitted a bio (a new life, in task context).
     fn submitted(&mut self, bio: &Bio, w: &World) {
-        let tid = bio.submitter;
-        if tid == 0 || bio.queued.irq {
+        let tid = bio.submitter();
+        if tid == 0 || bio.queued().irq {
             return;
         }
         let seen = bio.seen;
@@ -172,21 +172,21 @@ impl LostWakeup {
         ep.inflight += 1;
         ep.add_disk(bio.disk);
         ep.last_submit = Some(BioAct {
-            actor: bio.queued,
+            actor: bio.queued(),
             bio: bio.addr,
             dev: bio.dev,
             disk: bio.disk,
             via: None,
         });
-        if bio.queued.stack.is_some() {
-            ep.last_submit_stacked = Some(bio.queued);
+        if bio.queued().stack.is_some() {
+            ep.last_submit_stacked = Some(bio.queued());
         }
         self.disarm(tid);
     }
 
     /// A bio charged to an episode completed (first completion).
     fn completed(&mut self, bio: &Bio, done: &Completion, w: &World, cfg: &EngineConfig) {
-        let tid = bio.submitter;
+        let tid = bio.submitter();
         if tid == 0 {
             return;
         }
@@ -217,10 +217,10 @@ impl LostWakeup {
     /// last bio of its submitter's episode, that completion lasted until
     /// now (the wakeup, or the skipped one, is the handler's last act).
     fn handler_returned(&mut self, call: &Call, ts: u64, w: &World, cfg: &EngineConfig) {
-        let Some(bio) = w.bios.get(call.bio).filter(|b| !b.in_flight()) else {
+        let Some(bio) = w.bios.completed(call.bio).map(|d| &d.bio) else {
             return;
         };
-        let tid = bio.submitter;
+        let tid = bio.submitter();
         if tid == 0 {
             return;
         }
@@ -238,7 +238,7 @@ impl LostWakeup {
 
     /// A bio of an episode is no longer known (evicted, re-initialised).
     fn untracked(&mut self, bio: &Bio) {
-        if let Some(ep) = self.episodes.get_mut(&bio.submitter)
+        if let Some(ep) = self.episodes.get_mut(&bio.submitter())
             && bio.episode == ep.id
             && ep.submitted > 0
         {

@@ -63,8 +63,8 @@ impl StuckHandler {
         let submit = w
             .bios
             .get(call.bio)
-            .filter(|b| b.submitted)
-            .map(|b| b.queued);
+            .filter(|b| b.submitted())
+            .map(|b| b.queued());
         let deadline = call.entry.ts.saturating_add(cfg.stuck_handler_after_ns);
         self.watches.insert(
             call.id,
