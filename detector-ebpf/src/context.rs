@@ -115,7 +115,7 @@ fn regs_sp(ctx: &impl EbpfContext) -> u64 {
         let _ = regs;
         Ok(0)
     };
-    sp.map(|v| v as u64).unwrap_or(0)
+    sp.unwrap_or(0)
 }
 
 impl Hooked for ProbeContext {

@@ -89,8 +89,20 @@ pub static MD_WRITES: HashMap<u64, u64> = HashMap::with_max_entries(4096, 0);
 pub fn insert_or_count<K, V>(map: &HashMap<K, V>, key: K, value: V, full: u32) {
     if map.insert(key, value, 0).is_err() {
         bump(full);
+        if crate::diag::may_log(crate::diag::site::MAP_FULL) {
+            // The macro ignores its context argument.
+            aya_log_ebpf::warn!(
+                &(),
+                "a per-task map is full (counter {}): the events it serves are lost until it drains",
+                full
+            );
+        }
     }
 }
+
+/// When each diagnostic site last logged, per CPU (`diag::site`).
+#[map]
+pub static DIAG_LAST: PerCpuArray<u64> = PerCpuArray::with_max_entries(crate::diag::site::COUNT, 0);
 
 /// Per-CPU token bucket for stack walks: (tokens in millitokens, last refill
 /// time in ns). See `ProbeConfig::stack_budget`.

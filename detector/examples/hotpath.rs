@@ -18,23 +18,26 @@ use detector::event::decode::decode;
 use detector::event::encode::encode;
 use detector::event::{Event, StackTable};
 use detector::filter::EventFilter;
-use detector::session::{EventOutput, Session, SessionOptions};
+use detector::session::terminal::{EventOutput, Terminal};
+use detector::session::{Session, SessionOptions};
 use detector::synth::BusyHost;
 use serde_json::json;
 
 fn session() -> Session<StackTable> {
     let opts = SessionOptions {
-        events: EventOutput::None,
-        inline_stacks: false,
         filter: EventFilter::new(vec![], vec![]),
         start_ns: 0,
+        summary: true,
         measure_latency: true,
     };
     let engine = Engine::new(EngineConfig {
         bio_endio_hooked: true,
         ..EngineConfig::default()
     });
-    Session::new(opts, StackTable::new(), engine)
+    let mut session = Session::new(opts, StackTable::new(), engine);
+    // As `trace --quiet` runs: findings on the terminal, events not shown.
+    session.attach(Box::new(Terminal::new(EventOutput::None, false, 0)));
+    session
 }
 
 fn main() -> Result<()> {

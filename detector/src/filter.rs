@@ -20,6 +20,10 @@ const MAX_REMEMBERED: usize = 1 << 20;
 pub struct EventFilter {
     pids: BTreeSet<u32>,
     devs: BTreeSet<Dev>,
+    /// Never shown, whatever the selection: their own events, and findings
+    /// they take part in (pids) or whose object is on them (devices).
+    excluded_pids: BTreeSet<u32>,
+    excluded_devs: BTreeSet<Dev>,
     bios: HashSet<Addr>,
     tids: HashSet<u32>,
     objects: HashSet<Addr>,
@@ -41,7 +45,23 @@ impl EventFilter {
         }
     }
 
+    /// The same filter, also leaving out these processes and devices.
+    pub fn excluding(
+        mut self,
+        pids: impl IntoIterator<Item = u32>,
+        devs: impl IntoIterator<Item = Dev>,
+    ) -> Self {
+        self.excluded_pids.extend(pids);
+        self.excluded_devs.extend(devs);
+        self
+    }
+
+    /// Whether everything passes.
     pub fn is_empty(&self) -> bool {
+        self.selects_all() && self.excluded_pids.is_empty() && self.excluded_devs.is_empty()
+    }
+
+    fn selects_all(&self) -> bool {
         self.pids.is_empty() && self.devs.is_empty()
     }
 
@@ -49,7 +69,35 @@ impl EventFilter {
     pub fn describe(&self) -> Vec<String> {
         let pids = self.pids.iter().map(|p| format!("--pid {p}"));
         let devs = self.devs.iter().map(|d| format!("--dev {d}"));
-        pids.chain(devs).collect()
+        let no_pids = self
+            .excluded_pids
+            .iter()
+            .map(|p| format!("--exclude-pid {p}"));
+        let no_devs = self
+            .excluded_devs
+            .iter()
+            .map(|d| format!("--exclude-dev {d}"));
+        pids.chain(devs).chain(no_pids).chain(no_devs).collect()
+    }
+
+    /// Whether `ev` is one of an excluded process or about an excluded
+    /// device.
+    fn excludes(&self, ev: &Event) -> bool {
+        if self.excluded_pids.contains(&ev.pid) {
+            return true;
+        }
+        if self.excluded_devs.is_empty() {
+            return false;
+        }
+        let on = |dev: &Dev| self.excluded_devs.contains(dev);
+        match &ev.kind {
+            EventKind::BioQueue { dev, disk, .. }
+            | EventKind::BioEndio { dev, disk, .. }
+            | EventKind::BioComplete { dev, disk, .. } => on(dev) || on(disk),
+            EventKind::RqComplete { disk, .. } => on(disk),
+            EventKind::DelGendisk { dev, .. } | EventKind::DelGendiskExit { dev, .. } => on(dev),
+            _ => false,
+        }
     }
 
     fn dev_ok(&self, dev: Dev, disk: Dev) -> bool {
@@ -67,20 +115,35 @@ impl EventFilter {
     /// Whether to show `finding`: one of its sides is a selected process,
     /// or its object is on a selected device.
     pub fn selects_finding(&self, finding: &Finding) -> bool {
-        if self.is_empty() {
+        let devs = [finding.object.dev, finding.object.disk];
+        let excluded = finding
+            .sides
+            .iter()
+            .any(|s| self.excluded_pids.contains(&s.pid))
+            || devs
+                .iter()
+                .flatten()
+                .any(|d| self.excluded_devs.contains(d));
+        if excluded {
+            return false;
+        }
+        if self.selects_all() {
             return true;
         }
         let by_pid = finding.sides.iter().any(|s| self.pids.contains(&s.pid));
-        let by_dev = [finding.object.dev, finding.object.disk]
-            .iter()
-            .flatten()
-            .any(|d| self.devs.contains(d));
+        let by_dev = devs.iter().flatten().any(|d| self.devs.contains(d));
         by_pid || by_dev
     }
 
     /// Whether to show and record `ev`.
     pub fn keep(&mut self, ev: &Event) -> bool {
         if self.is_empty() || matches!(ev.kind, EventKind::Lost { .. }) {
+            return true;
+        }
+        if self.excludes(ev) {
+            return false;
+        }
+        if self.selects_all() {
             return true;
         }
         match &ev.kind {
@@ -219,6 +282,21 @@ mod tests {
         assert!(f.keep(&endio(0x3000, a)));
         assert!(!f.keep(&endio(0x4000, b)));
         assert_eq!(f.describe(), ["--dev 8:0"]);
+    }
+
+    #[test]
+    fn excluded_devices_and_pids_stay_out() {
+        let (a, b) = (Dev::new(8, 0), Dev::new(8, 16));
+        let mut f = EventFilter::default().excluding([9], [b]);
+        assert!(f.keep(&queue(1, 0x1000, a)));
+        assert!(!f.keep(&queue(1, 0x2000, b)));
+        assert!(!f.keep(&endio(0x2000, b)));
+        assert!(!f.keep(&queue(9, 0x3000, a)), "an excluded process");
+        assert_eq!(f.describe(), ["--exclude-pid 9", "--exclude-dev 8:16"]);
+        // Excluding wins over selecting.
+        let mut f = EventFilter::new([], [a, b]).excluding([], [b]);
+        assert!(f.keep(&queue(1, 0x1000, a)));
+        assert!(!f.keep(&queue(1, 0x2000, b)));
     }
 
     #[test]

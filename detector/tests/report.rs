@@ -187,3 +187,37 @@ fn every_kind_renders() {
     }
     assert_eq!(seen.len(), FindingKind::ALL.len());
 }
+
+/// A stored finding line reads back into what was stored: `detector
+/// findings` renders it exactly as `trace` did.
+#[test]
+fn json_lines_read_back_into_the_same_rendering() {
+    let stacks = stacks();
+    let mut table_with_symbol = stacks.clone();
+    table_with_symbol.insert_symbol(Addr(0xffff_ffff_8125_c200), "dm_endio+0x0".into());
+    let mut checked = 0;
+    for fixture in [
+        "lost_wakeup_seed004",
+        "stuck_seed001_nested",
+        "md_seed003_teardown_inflight",
+        "onstack_seed000_complete_after_return",
+        "bio_seed002_double_complete",
+        "lost_io_never_completes",
+    ] {
+        for finding in common::replay_fixture(fixture).findings {
+            let line = json::to_json(&finding, &table_with_symbol);
+            let text: String = line.to_string();
+            let value: Value = serde_json::from_str(&text).unwrap();
+            let (back, back_stacks) = json::parse(&value).unwrap();
+            assert_eq!(back, finding, "{fixture}");
+            assert_eq!(
+                human::render(&back, &back_stacks),
+                human::render(&finding, &table_with_symbol),
+                "{fixture}"
+            );
+            assert_eq!(value["id"].as_str(), Some(finding.id().as_str()));
+            checked += 1;
+        }
+    }
+    assert!(checked >= 6, "{checked} findings");
+}

@@ -22,7 +22,8 @@ use crate::util::{output, run as run_cmd};
 /// mkfs.ext4 packs it into an image. `cargo xtask bench` compares detector
 /// with a bpftrace script, runs `perf bench` (linux-perf), stages a stalled
 /// device behind a FUSE file system (bindfs) and pins single-core runs with
-/// taskset (util-linux).
+/// taskset (util-linux). The service tests run a real Prometheus server and
+/// promtool (prometheus) and use a mount namespace (util-linux's unshare).
 const PACKAGES: &[&str] = &[
     "bindfs",
     "bpftool",
@@ -37,6 +38,7 @@ const PACKAGES: &[&str] = &[
     "libc6-dev",
     "linux-perf",
     "make",
+    "prometheus",
     "qemu-system-x86",
     "util-linux",
     "xz-utils",

@@ -39,6 +39,8 @@ pub fn run(args: TestArgs) -> Result<()> {
         "detector",
         "--test",
         "live",
+        "--test",
+        "service",
         "--",
         "--ignored",
         "--test-threads=1",

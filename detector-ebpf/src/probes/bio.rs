@@ -16,6 +16,7 @@ use detector_common::{
 use super::done;
 use crate::{
     context::Hooked,
+    diag::{may_log, site},
     emit::{Stack, header, reserve, submit},
     kernel::{bio_devs, bio_devs_peek, config, disk_dev, peek, read},
     maps::{ENTRY_ARGS, insert_or_count, watch, watch_task},
@@ -130,7 +131,16 @@ fn try_rq_complete<C: Hooked>(ctx: &C) -> Option<()> {
         (*ev).truncated = (n as usize == RQ_MAX_BIOS && bio != 0 && left > 0) as u8;
         (*ev)._pad = 0;
     }
+    let truncated = unsafe { (*ev).truncated } != 0;
     submit(entry, cfg);
+    if truncated && may_log(site::RQ_WALK_CUT) {
+        aya_log_ebpf::debug!(
+            ctx,
+            "block_rq_complete: bio walk stopped at {} bios with {} bytes left; the rest are matched by sector range",
+            RQ_MAX_BIOS,
+            left
+        );
+    }
     Some(())
 }
 
@@ -193,7 +203,10 @@ fn try_bio_endio<C: Hooked>(ctx: &C) -> Option<()> {
     // bio_endio() loops instead of recursing when the finished bio was
     // chained (bi_end_io == bio_chain_endio): the parent completes inside
     // this call without a bio_endio() of its own. Report each such parent.
+    // A parent found but left unreported when the walk ends.
+    let mut unreported: u64 = 0;
     for depth in 0..MAX_CHAIN {
+        unreported = 0;
         let end_io: u64 = peek(bio, cfg.bio.end_io);
         let private: u64 = peek(bio, cfg.bio.private);
         let is_final = emit_endio(cfg, bio, end_io, private, depth, header);
@@ -201,6 +214,15 @@ fn try_bio_endio<C: Hooked>(ctx: &C) -> Option<()> {
             break;
         }
         bio = private;
+        unreported = bio;
+    }
+    if unreported != 0 && may_log(site::CHAIN_CUT) {
+        aya_log_ebpf::warn!(
+            ctx,
+            "bio_endio: chain walk cut short after {} parents; parent bio {:x} and above are not reported",
+            MAX_CHAIN,
+            unreported
+        );
     }
     Some(())
 }

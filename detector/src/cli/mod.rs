@@ -2,7 +2,10 @@
 
 pub mod args;
 mod check;
+mod config;
+mod findings;
 mod replay;
+mod run;
 mod trace;
 
 use std::path::PathBuf;
@@ -13,8 +16,10 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::engine::{EngineConfig, Rule};
 use crate::event::Dev;
+use crate::filter::EventFilter;
 use crate::kernel::attach::HookOutcome;
 use crate::kernel::coverage::{RuleState, coverage};
+use crate::session::terminal::EventOutput;
 use args::{parse_duration, parse_ring_size};
 
 const ABOUT: &str = "Live race detector for the Linux block and completion paths";
@@ -43,6 +48,8 @@ Examples:
                                         findings as JSON, one per line
   detector trace -d 1m -o run.rec       keep the event stream for later
   detector replay run.rec               the same analysis, offline
+  detector run                          as a service: findings stored, metrics on :19975
+  detector findings --since 1d          what the service found in the last day
   detector replay run.rec --json | jq -r 'select(.event == \"bio_queue\") | .dev' | sort | uniq -c";
 
 #[derive(Parser, Debug)]
@@ -78,6 +85,66 @@ pub enum Command {
     /// Read a record file (or a JSON-lines event file) back through the same
     /// pipeline and engine, and print the same summary.
     Replay(ReplayArgs),
+    /// Run as a service: trace until SIGTERM, store every finding, serve
+    /// Prometheus metrics, log to the journal.
+    ///
+    /// Reads its configuration from --config (default
+    /// /etc/detector/detector.toml; built-in defaults when that file does
+    /// not exist). SIGHUP re-reads it. With NOTIFY_SOCKET set it tells
+    /// systemd when every hook is attached (READY=1) and pings its watchdog.
+    Run(RunArgs),
+    /// Check a configuration file, or print the commented default one.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// List the findings a `detector run` stored, rendered as `trace` shows
+    /// them (or as the stored JSON lines).
+    Findings(FindingsArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// The configuration file (TOML; `detector config default` prints one).
+    #[arg(short, long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Play a record file (`trace -o`) back at its recorded pace instead of
+    /// tracing this host, then keep serving until stopped: proves alerting
+    /// end to end without waiting for a real race.
+    #[arg(long, value_name = "FILE")]
+    pub replay: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ConfigCommand {
+    /// Validate FILE without running: syntax, types, unknown keys, values;
+    /// exits 0 when `detector run --config FILE` would accept it.
+    Check {
+        /// The configuration file.
+        file: PathBuf,
+    },
+    /// Print the default configuration, every key commented.
+    Default,
+}
+
+#[derive(Args, Debug)]
+pub struct FindingsArgs {
+    /// Only findings since this long ago (30m, 2h, 7d) or since this time
+    /// (2026-11-29T03:00:00Z, 2026-11-29 03:00:00, UTC).
+    #[arg(long, value_name = "DUR|TIME")]
+    pub since: Option<String>,
+    /// Only findings of this kind or rule (repeatable): lost-wakeup,
+    /// complete-after-return, onstack-completion...
+    #[arg(long = "rule", value_name = "RULE")]
+    pub rules: Vec<String>,
+    /// Print the stored JSON lines instead of the rendering.
+    #[arg(long)]
+    pub json: bool,
+    /// The configuration whose findings file to read (when FILE is not
+    /// given).
+    #[arg(short, long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// A findings file (rotated siblings FILE.1, FILE.2... are read too,
+    /// oldest first). Default: the configuration's `[findings] path`.
+    pub file: Option<PathBuf>,
 }
 
 /// Event display and filters, shared by trace and replay.
@@ -103,6 +170,31 @@ pub struct OutputArgs {
     /// completions it waits on. The engine still sees everything.
     #[arg(long = "pid", value_name = "PID")]
     pub pids: Vec<u32>,
+    /// Leave out the I/O of this device (repeatable), and findings about
+    /// objects on it; wins over --dev.
+    #[arg(long = "exclude-dev", value_name = "MAJ:MIN")]
+    pub excluded_devs: Vec<Dev>,
+    /// Leave out the events of this process (repeatable), and findings it
+    /// takes part in; wins over --pid.
+    #[arg(long = "exclude-pid", value_name = "PID")]
+    pub excluded_pids: Vec<u32>,
+}
+
+impl OutputArgs {
+    /// The filter these flags describe.
+    pub fn filter(&self) -> EventFilter {
+        EventFilter::new(self.pids.clone(), self.devs.clone())
+            .excluding(self.excluded_pids.clone(), self.excluded_devs.clone())
+    }
+
+    /// How events are shown.
+    pub fn event_output(&self) -> EventOutput {
+        match (self.json, self.events) {
+            (true, _) => EventOutput::Json,
+            (false, true) => EventOutput::Lines,
+            (false, false) => EventOutput::None,
+        }
+    }
 }
 
 /// Engine thresholds, shared by trace and replay.
@@ -235,6 +327,9 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Check(args) => check::run(args),
         Command::Trace(args) => trace::run(args),
         Command::Replay(args) => replay::run(args),
+        Command::Run(args) => run::run(args),
+        Command::Config(command) => config::run(command),
+        Command::Findings(args) => findings::run(args),
     };
     match result {
         Ok(code) => code,

@@ -1,63 +1,39 @@
 //! `detector replay`: a recorded session through the same pipeline.
 
-use std::fs::File;
-use std::io::{BufRead, BufReader, Read};
 use std::process::ExitCode;
 
-use anyhow::{Context as _, Result, anyhow};
+use anyhow::{Context as _, Result};
 
 use super::ReplayArgs;
-use crate::engine::Engine;
-use crate::event::{Event, StackTable};
-use crate::filter::EventFilter;
+use crate::engine::{Engine, EngineConfig};
+use crate::event::StackTable;
 use crate::kernel::attach::HookOutcome;
-use crate::record::{MAGIC, Record, RecordReader};
 use crate::report::stats::{CpuTime, StatsJson};
-use crate::session::{EventOutput, Session, SessionOptions, findings_summary};
+use crate::session::replay::{Item, ReplayFile};
+use crate::session::terminal::Terminal;
+use crate::session::{Session, SessionOptions, Stacks, findings_summary};
+
+/// The engine configuration for replaying `file` with these thresholds:
+/// rules the recorded session could not feed stay off, as they were; JSON
+/// lines carry no hook list, so every rule runs.
+pub fn engine_config_for(file: &ReplayFile, args: &super::EngineArgs) -> Result<EngineConfig> {
+    match file.header() {
+        Some(header) => {
+            let hooks = HookOutcome::from_labels(&header.hooks);
+            args.engine_config(header.thread_size, Some(&hooks))
+        }
+        None => args.engine_config(16 * 1024, None),
+    }
+}
 
 pub fn run(args: ReplayArgs) -> Result<ExitCode> {
-    let path = &args.file;
-    let mut file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let mut magic = [0u8; 8];
-    let n = file
-        .read(&mut magic)
-        .with_context(|| format!("cannot read {}", path.display()))?;
-    let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let events = match (args.output.json, args.output.events) {
-        (true, _) => EventOutput::Json,
-        (false, true) => EventOutput::Lines,
-        (false, false) => EventOutput::None,
-    };
-    let opts = SessionOptions {
-        events,
-        inline_stacks: args.output.stacks,
-        filter: EventFilter::new(args.output.pids.clone(), args.output.devs.clone()),
-        start_ns: 0,
-        measure_latency: false,
-    };
-    let mut failure = None;
-    let mut session;
-    if n == 8 && &magic == MAGIC {
-        let mut reader = RecordReader::new(BufReader::new(file))
-            .with_context(|| format!("{} is not a readable record file", path.display()))?;
-        let header = reader.header().clone();
-        // Rules the recorded session could not feed stay off, as they were.
-        let hooks = HookOutcome::from_labels(&header.hooks);
-        let engine = Engine::new(
-            args.engine
-                .engine_config(header.thread_size, Some(&hooks))?,
-        );
-        session = Session::new(
-            SessionOptions {
-                start_ns: header.started_ns,
-                ..opts
-            },
-            StackTable::new(),
-            engine,
-        );
+    let mut file = ReplayFile::open(&args.file)?;
+    let engine = Engine::new(engine_config_for(&file, &args.engine)?);
+    let start_ns = file.header().map_or(0, |h| h.started_ns);
+    if let Some(header) = file.header() {
         eprintln!(
             "detector: replaying {} (kernel {}, host {}, recorded by detector {})",
-            path.display(),
+            args.file.display(),
             header.kernel_release,
             header.hostname,
             header.detector_version
@@ -68,62 +44,35 @@ pub fn run(args: ReplayArgs) -> Result<ExitCode> {
                 header.filters.join(" ")
             );
         }
-        for record in reader.by_ref() {
-            match record {
-                Ok(Record::Stack { id, stack }) => {
-                    session.stacks.insert(id, stack);
-                }
-                Ok(Record::Symbol { addr, name }) => session.stacks.insert_symbol(addr, name),
-                Ok(Record::Event(ev)) => session.event(ev)?,
-                Err(e) => {
-                    failure = Some(anyhow!("{}: {e}", path.display()));
-                    break;
-                }
-            }
-            if session.output_closed() {
+    }
+    let mut session = Session::new(
+        SessionOptions {
+            filter: args.output.filter(),
+            start_ns,
+            summary: true,
+            measure_latency: false,
+        },
+        StackTable::new(),
+        engine,
+    );
+    session.attach(Box::new(Terminal::new(
+        args.output.event_output(),
+        args.output.stacks,
+        start_ns,
+    )));
+    let mut failure = None;
+    while let Some(item) = file.next_item() {
+        match item {
+            Ok(Item::Event(ev)) => session.event(ev)?,
+            Ok(Item::Stack(id, stack)) => session.stacks.add_stack(id, stack),
+            Ok(Item::Symbol(addr, name)) => session.stacks.add_symbol(addr, name),
+            Err(e) => {
+                failure = Some(e);
                 break;
             }
         }
-    } else {
-        // JSON lines: one event per line, as `trace --json` prints them;
-        // finding lines, blank lines and `#` comments are skipped. There is
-        // no header saying which hooks ran: every rule runs.
-        let engine = Engine::new(args.engine.engine_config(16 * 1024, None)?);
-        session = Session::new(opts, StackTable::new(), engine);
-        for (i, line) in BufReader::new(file).lines().enumerate() {
-            let line = line.with_context(|| format!("cannot read {}", path.display()))?;
-            let text = line.trim();
-            if text.is_empty() || text.starts_with('#') {
-                continue;
-            }
-            let value: serde_json::Value = match serde_json::from_str(text) {
-                Ok(v) => v,
-                Err(e) => {
-                    failure = Some(anyhow!(
-                        "{} line {}: not a record file and not JSON lines: {e}",
-                        path.display(),
-                        i + 1
-                    ));
-                    break;
-                }
-            };
-            if value.get("finding").is_some() {
-                continue;
-            }
-            match serde_json::from_value::<Event>(value) {
-                Ok(ev) => session.event(ev)?,
-                Err(e) => {
-                    failure = Some(anyhow!(
-                        "{} line {}: not an event: {e}",
-                        path.display(),
-                        i + 1
-                    ));
-                    break;
-                }
-            }
-            if session.output_closed() {
-                break;
-            }
+        if session.output_closed() {
+            break;
         }
     }
     session.finish()?;
@@ -141,7 +90,7 @@ pub fn run(args: ReplayArgs) -> Result<ExitCode> {
         .with_context(|| format!("cannot write {}", path.display()))?;
     }
     match failure {
-        Some(e) => Err(e),
+        Some(e) => Err(e.into()),
         None => Ok(ExitCode::SUCCESS),
     }
 }

@@ -525,6 +525,13 @@ impl Probes {
         StackTraceMap::try_from(self.ebpf.take_map("STACKS")?).ok()
     }
 
+    /// Takes the programs' log buffer (once): their rare diagnostics, read
+    /// by aya-log and written to the `log` facade. `None` when the object
+    /// has no log calls.
+    pub fn take_logger(&mut self) -> Option<aya_log::EbpfLogger<&'static dyn log::Log>> {
+        aya_log::EbpfLogger::init(&mut self.ebpf).ok()
+    }
+
     /// Takes the per-CPU counters (once).
     pub fn take_counters(&mut self) -> Option<PerCpuArray<MapData, u64>> {
         PerCpuArray::try_from(self.ebpf.take_map("COUNTERS")?).ok()

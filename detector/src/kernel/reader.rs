@@ -31,9 +31,19 @@ pub struct Batch {
     pub decode_errors: u64,
     /// CLOCK_MONOTONIC time of the drain: every event the kernel finished
     /// writing before this moment is in this batch or an earlier one, up to
-    /// the commit lag of in-flight records (microseconds).
+    /// the commit lag of in-flight records (microseconds). 0 when the batch
+    /// is full and the ring buffer still holds more: no time is known to be
+    /// complete yet.
     pub now: u64,
+    /// The session's totals as of this drain (for live metrics).
+    pub totals: ReaderTotals,
 }
+
+/// Events per batch at most. A reader that fell behind drains the ring
+/// buffer in several batches rather than one huge one, so that the
+/// pipeline's backlog (batches in flight times this) stays bounded and a
+/// signal waits for one batch at most.
+pub const MAX_BATCH: usize = 1 << 16;
 
 /// Totals over the session.
 #[derive(Debug, Default, Clone, Copy, serde::Serialize)]
@@ -107,30 +117,58 @@ impl Reader {
                 }
                 _ = tick.tick() => false,
             };
-            let batch = self.drain();
-            if tx.send(batch).await.is_err() || stopping || *stop.borrow() {
+            if !self.send_all(&tx).await {
+                return self.totals;
+            }
+            if stopping || *stop.borrow() {
+                // The batches above may have waited for room in the channel
+                // while the programs kept writing: one more pass takes
+                // everything written before the stop.
+                self.send_all(&tx).await;
                 break;
             }
         }
         self.totals
     }
 
-    /// Empties the ring buffer now.
+    /// Empties the ring buffer, a batch at a time; false when the receiver
+    /// is gone.
+    async fn send_all(&mut self, tx: &mpsc::Sender<Batch>) -> bool {
+        loop {
+            let batch = self.drain();
+            let more = batch.now == 0;
+            if tx.send(batch).await.is_err() {
+                return false;
+            }
+            if !more {
+                return true;
+            }
+        }
+    }
+
+    /// Takes up to [`MAX_BATCH`] events from the ring buffer now; the
+    /// batch's `now` is 0 when more remain (losses are accounted, and the
+    /// clock given, only once the ring buffer was emptied).
     pub fn drain(&mut self) -> Batch {
         let mut batch = Batch::default();
         let ring = self.ring.get_mut();
-        while let Some(item) = ring.next() {
+        while batch.events.len() < MAX_BATCH
+            && let Some(item) = ring.next()
+        {
             match decode(&item) {
                 Ok(event) => batch.events.push(event),
                 Err(_) => batch.decode_errors += 1,
             }
         }
-        let now = monotonic_ns();
-        self.account_losses(&mut batch.events, now);
+        if batch.events.len() < MAX_BATCH {
+            let now = monotonic_ns();
+            self.account_losses(&mut batch.events, now);
+            batch.now = now;
+            self.last_drain = now;
+        }
         self.totals.events += batch.events.len() as u64;
         self.totals.decode_errors += batch.decode_errors;
-        batch.now = now;
-        self.last_drain = now;
+        batch.totals = self.totals;
         batch
     }
 

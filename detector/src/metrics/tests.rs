@@ -1,0 +1,138 @@
+use super::*;
+use crate::engine::EngineStats;
+
+fn value(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[test]
+fn names_follow_prometheus_rules() {
+    let m = Metrics::new().unwrap();
+    m.publish(&EngineStats::default(), Some(&ReaderTotals::default()));
+    let text = m.encode().unwrap();
+    let mut families = 0;
+    for line in text.lines().filter(|l| l.starts_with("# TYPE ")) {
+        let mut words = line.split_whitespace().skip(2);
+        let (name, kind) = (words.next().unwrap(), words.next().unwrap());
+        families += 1;
+        assert!(
+            name.starts_with("detector_") || name.starts_with("process_"),
+            "{line}"
+        );
+        if kind == "counter" {
+            assert!(name.ends_with("_total"), "{line}");
+        } else {
+            assert!(!name.ends_with("_total"), "{line}");
+        }
+    }
+    assert!(families > 20, "{text}");
+    // Every kernel counter is exported under its name: losses by cause,
+    // the others one metric each.
+    for (i, name) in counter::NAMES.iter().enumerate() {
+        let series = if counter::is_loss(i as u32) {
+            format!("detector_events_lost_total{{cause=\"{name}\"}}")
+        } else {
+            format!("detector_kernel_{name}_total")
+        };
+        assert_eq!(
+            value(&text, &series),
+            Some(0.0),
+            "{series} missing:\n{text}"
+        );
+    }
+}
+
+#[test]
+fn finding_series_start_at_zero() {
+    let text = Metrics::new().unwrap().encode().unwrap();
+    for kind in FindingKind::ALL {
+        let series = format!(
+            "detector_findings_total{{rule=\"{}\",severity=\"{}\"}}",
+            kind.rule().name(),
+            kind.severity().name()
+        );
+        assert_eq!(value(&text, &series), Some(0.0), "{series}");
+    }
+}
+
+#[test]
+fn engine_and_reader_state_is_copied_in() {
+    let m = Metrics::new().unwrap();
+    let mut stats = EngineStats::default();
+    stats.live.bios_in_flight = 3;
+    stats.live.tasks = 7;
+    stats.evictions.tasks = 2;
+    stats.lost_events = 5;
+    stats.indeterminate.insert(Rule::LostWakeup, 1);
+    let mut totals = ReaderTotals::default();
+    totals.counters.0[counter::DROPPED as usize] = 11;
+    totals.counters.0[counter::READ_ERRORS as usize] = 3;
+    totals.decode_errors = 4;
+    m.publish(&stats, Some(&totals));
+    let text = m.encode().unwrap();
+    for (series, want) in [
+        ("detector_bios_in_flight", 3.0),
+        ("detector_tracked_objects{type=\"bios_in_flight\"}", 3.0),
+        ("detector_tracked_objects{type=\"tasks\"}", 7.0),
+        ("detector_evictions_total{table=\"tasks\"}", 2.0),
+        ("detector_engine_lost_events_total", 5.0),
+        (
+            "detector_verdicts_indeterminate_total{rule=\"lost-wakeup\"}",
+            1.0,
+        ),
+        (
+            "detector_verdicts_indeterminate_total{rule=\"md-teardown\"}",
+            0.0,
+        ),
+        (
+            "detector_events_lost_total{cause=\"ring_buffer_full\"}",
+            11.0,
+        ),
+        (
+            "detector_events_lost_total{cause=\"recursion_misses\"}",
+            0.0,
+        ),
+        ("detector_kernel_read_errors_total", 3.0),
+        ("detector_decode_errors_total", 4.0),
+    ] {
+        assert_eq!(value(&text, series), Some(want), "{series}:\n{text}");
+    }
+    // Totals only grow: a second publication moves counters to the new
+    // totals, gauges follow.
+    stats.live.tasks = 1;
+    totals.counters.0[counter::DROPPED as usize] = 12;
+    m.publish(&stats, Some(&totals));
+    let text = m.encode().unwrap();
+    assert_eq!(
+        value(
+            &text,
+            "detector_events_lost_total{cause=\"ring_buffer_full\"}"
+        ),
+        Some(12.0)
+    );
+    assert_eq!(
+        value(&text, "detector_tracked_objects{type=\"tasks\"}"),
+        Some(1.0)
+    );
+}
+
+#[test]
+fn rule_states_follow_the_configuration() {
+    let m = Metrics::new().unwrap();
+    m.set_coverage(None, |r| r != Rule::LostIoCompletion);
+    let text = m.encode().unwrap();
+    let state = |rule: &str, s: &str| {
+        value(
+            &text,
+            &format!("detector_rule_state{{rule=\"{rule}\",state=\"{s}\"}}"),
+        )
+    };
+    assert_eq!(state("lost-io-completion", "disabled"), Some(1.0));
+    assert_eq!(state("lost-io-completion", "active"), Some(0.0));
+    assert_eq!(state("lost-wakeup", "active"), Some(1.0));
+    assert_eq!(
+        value(&text, "detector_rule_active{rule=\"lost-io-completion\"}"),
+        Some(0.0)
+    );
+}
