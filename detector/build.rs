@@ -1,8 +1,14 @@
 //! Builds the eBPF programs (detector-ebpf, nightly, bpfel-unknown-none) and
 //! leaves the object in OUT_DIR for `include_bytes_aligned!`.
 
+use std::io::{Read as _, Write as _};
+use std::os::fd::{AsRawFd as _, OwnedFd};
+
 use anyhow::{Context as _, anyhow};
 use aya_build::{Package, Toolchain};
+
+#[path = "build/nested_output.rs"]
+mod nested_output;
 
 fn main() -> anyhow::Result<()> {
     // AYA_BUILD_SKIP=1 (fuzzing, quick checks) skips the eBPF build; leave an
@@ -25,12 +31,56 @@ fn main() -> anyhow::Result<()> {
         .manifest_path
         .parent()
         .ok_or_else(|| anyhow!("detector-ebpf's manifest has no parent directory"))?;
-    aya_build::build_ebpf(
-        [Package {
-            name: ebpf.name.as_str(),
-            root_dir: root_dir.as_str(),
-            ..Default::default()
-        }],
-        Toolchain::default(),
-    )
+    let (result, captured) = capture_stdout(|| {
+        aya_build::build_ebpf(
+            [Package {
+                name: ebpf.name.as_str(),
+                root_dir: root_dir.as_str(),
+                ..Default::default()
+            }],
+            Toolchain::default(),
+        )
+    })?;
+    for line in nested_output::filter(&captured, result.is_err()) {
+        println!("{line}");
+    }
+    result
+}
+
+/// Runs `f` with this process's stdout (where aya-build prints its
+/// `cargo:` lines) going into a pipe, and returns what it printed.
+fn capture_stdout<T>(f: impl FnOnce() -> T) -> anyhow::Result<(T, String)> {
+    std::io::stdout().flush()?;
+    let (mut reader, writer) = std::io::pipe()?;
+    // SAFETY: dup and dup2 on descriptors this process owns; fd 1 is
+    // restored before returning, and `saved` owns the duplicate.
+    let saved = unsafe {
+        let fd = libc::dup(1);
+        anyhow::ensure!(fd >= 0, "dup(1): {}", std::io::Error::last_os_error());
+        <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd)
+    };
+    // SAFETY: as above.
+    anyhow::ensure!(
+        unsafe { libc::dup2(writer.as_raw_fd(), 1) } >= 0,
+        "dup2: {}",
+        std::io::Error::last_os_error()
+    );
+    drop(writer);
+    let drain = std::thread::spawn(move || {
+        let mut text = String::new();
+        reader.read_to_string(&mut text).map(|_| text)
+    });
+    let result = f();
+    std::io::stdout().flush()?;
+    // SAFETY: as above; this closes the pipe's last write end, so the
+    // drain thread sees the end of the output.
+    anyhow::ensure!(
+        unsafe { libc::dup2(saved.as_raw_fd(), 1) } >= 0,
+        "dup2: {}",
+        std::io::Error::last_os_error()
+    );
+    let text = drain
+        .join()
+        .map_err(|_| anyhow!("the output reader panicked"))??;
+    Ok((result, text))
 }

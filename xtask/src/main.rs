@@ -6,6 +6,7 @@
 
 mod bench;
 mod fuzz;
+mod package;
 mod setup;
 mod test;
 mod util;
@@ -44,6 +45,10 @@ enum Command {
     /// event, perf bench slowdown, record size, engine scale, loss-free
     /// event rate, detection latency (`--quick`: a short smoke run).
     Bench(bench::BenchArgs),
+    /// Build the Debian package (target/debian/detector_<version>_amd64.deb)
+    /// with cargo-deb: the binary, the systemd unit, the default
+    /// configuration, man pages and completions; then check it with lintian.
+    Package,
 }
 
 fn main() -> Result<()> {
@@ -61,6 +66,10 @@ fn main() -> Result<()> {
         Command::VmTest(args) => {
             setup::run()?;
             vm::run(args)
+        }
+        Command::Package => {
+            setup::run()?;
+            package::run()
         }
         Command::Bench(args) => {
             setup::run()?;

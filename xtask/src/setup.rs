@@ -24,6 +24,8 @@ use crate::util::{output, run as run_cmd};
 /// device behind a FUSE file system (bindfs) and pins single-core runs with
 /// taskset (util-linux). The service tests run a real Prometheus server and
 /// promtool (prometheus) and use a mount namespace (util-linux's unshare).
+/// `cargo xtask package` checks its .deb with lintian; the Debian service
+/// guest alerts through a real Alertmanager (prometheus-alertmanager).
 const PACKAGES: &[&str] = &[
     "bindfs",
     "bpftool",
@@ -36,9 +38,11 @@ const PACKAGES: &[&str] = &[
     "fio",
     "gcc",
     "libc6-dev",
+    "lintian",
     "linux-perf",
     "make",
     "prometheus",
+    "prometheus-alertmanager",
     "qemu-system-x86",
     "util-linux",
     "xz-utils",
@@ -47,7 +51,8 @@ const PACKAGES: &[&str] = &[
 pub fn run() -> Result<()> {
     nightly_rust_src()?;
     bpf_linker()?;
-    cargo_fuzz()?;
+    cargo_tool("fuzz", "cargo-fuzz")?;
+    cargo_tool("deb", "cargo-deb")?;
     debian_packages()?;
     Ok(())
 }
@@ -146,16 +151,17 @@ fn bpf_linker() -> Result<()> {
     Ok(())
 }
 
-fn cargo_fuzz() -> Result<()> {
+/// A cargo subcommand (`cargo fuzz`, `cargo deb`) from crates.io.
+fn cargo_tool(subcommand: &str, krate: &str) -> Result<()> {
     let works = Command::new("cargo")
-        .args(["fuzz", "--version"])
+        .args([subcommand, "--version"])
         .output()
         .is_ok_and(|o| o.status.success());
     if works {
         return Ok(());
     }
-    eprintln!("setup: installing cargo-fuzz");
-    run_cmd(Command::new("cargo").args(["install", "cargo-fuzz", "--locked"]))
+    eprintln!("setup: installing {krate}");
+    run_cmd(Command::new("cargo").args(["install", krate, "--locked"]))
 }
 
 fn debian_packages() -> Result<()> {

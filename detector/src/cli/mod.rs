@@ -4,6 +4,7 @@ pub mod args;
 mod check;
 mod config;
 mod findings;
+mod generate;
 mod replay;
 mod run;
 mod trace;
@@ -99,6 +100,14 @@ pub enum Command {
     /// List the findings a `detector run` stored, rendered as `trace` shows
     /// them (or as the stored JSON lines).
     Findings(FindingsArgs),
+    /// Write the man pages (detector(1) and one per subcommand) and the
+    /// bash, zsh and fish completions into DIR: what the package ships,
+    /// made from these definitions at build time.
+    #[command(hide = true)]
+    Generate {
+        /// Created if missing; gets man/ and completions/.
+        dir: PathBuf,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -330,6 +339,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Run(args) => run::run(args),
         Command::Config(command) => config::run(command),
         Command::Findings(args) => findings::run(args),
+        Command::Generate { dir } => generate::run(&dir),
     };
     match result {
         Ok(code) => code,
