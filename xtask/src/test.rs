@@ -45,6 +45,8 @@ pub fn run(args: TestArgs) -> Result<()> {
         "--ignored",
         "--test-threads=1",
     ]))?;
+    eprintln!("test: the Debian package (contents, conffile, unit, lintian)");
+    crate::package::run()?;
     if !args.skip_fuzz {
         crate::fuzz::smoke(&root, args.fuzz_seconds)?;
     }
@@ -60,6 +62,10 @@ pub fn run(args: TestArgs) -> Result<()> {
         crate::vm::run(crate::vm::VmTestArgs::default())?;
         eprintln!("test: the benign suite in a Debian guest (zero findings)");
         crate::vm::run(crate::vm::VmTestArgs::benign_suite())?;
+        eprintln!(
+            "test: detector as a service on a Debian test server (the .deb, systemd, Prometheus, Alertmanager)"
+        );
+        crate::vm::run(crate::vm::VmTestArgs::service_test())?;
     }
     eprintln!("test: all passed");
     Ok(())

@@ -195,6 +195,41 @@ impl GuestDir {
         })
     }
 
+    /// Boots the image's systemd as PID 1, as a server: systemd's
+    /// run-generator starts the bench's `service-guest` once the system is
+    /// up. The only network is qemu's user mode with `restrict=on`: nothing
+    /// leaves the guest, and the one way in is `host_port` on the host's
+    /// loopback, forwarded to `guest_port`.
+    pub fn boot_server(
+        &self,
+        boot: &Boot,
+        label: &str,
+        timeout: Duration,
+        host_port: u16,
+        guest_port: u16,
+    ) -> Result<Outcome> {
+        let mut extra_args = self.disk_args(&boot.image)?;
+        extra_args.extend([
+            "-netdev".to_owned(),
+            format!("user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:{host_port}-:{guest_port}"),
+            "-device".to_owned(),
+            "virtio-net-pci,netdev=net0".to_owned(),
+        ]);
+        qemu::boot(&qemu::Boot {
+            label: label.to_owned(),
+            vmlinux: boot.vmlinux.clone(),
+            initrd: boot.initrd.clone(),
+            share: self.share(),
+            log: self.log(),
+            timeout,
+            append: format!(
+                "root=LABEL={} init=/sbin/init systemd.run=/host/bench/service-guest",
+                rootfs::ROOT_LABEL
+            ),
+            extra_args,
+        })
+    }
+
     /// The root image (read-only underneath: `snapshot=on` sends writes to
     /// a throwaway overlay) and fresh sparse scratch disks, each accepting
     /// discards.

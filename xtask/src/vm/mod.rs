@@ -23,10 +23,13 @@ mod kernel;
 mod kmod;
 mod markers;
 mod mirror;
+mod monitoring;
 mod qemu;
 mod results;
 mod rootfs;
 mod scenarios;
+mod service;
+mod service_checks;
 mod tally;
 
 use std::collections::HashSet;
@@ -147,6 +150,12 @@ pub struct VmTestArgs {
     /// more under emulation.
     #[arg(long, value_name = "DIR", conflicts_with_all = ["scenarios", "no_detector", "save_fixtures", "benign"])]
     blktests: Option<PathBuf>,
+    /// Instead of the seed races: detector as a service on a Debian test
+    /// server (systemd as PID 1, the .deb installed with dpkg), a real race
+    /// reaching the host's Prometheus and Alertmanager, then reload,
+    /// kill -9 and stop.
+    #[arg(long, conflicts_with_all = ["scenarios", "no_detector", "save_fixtures", "benign", "blktests"])]
+    service: bool,
     /// With --blktests: only these groups or tests (repeatable), e.g.
     /// `--only loop --only block/027`.
     #[arg(long = "only", value_name = "GROUP|TEST", requires = "blktests")]
@@ -158,6 +167,14 @@ pub struct VmTestArgs {
 }
 
 impl VmTestArgs {
+    /// `vm-test --service` as `cargo xtask test` runs it.
+    pub fn service_test() -> Self {
+        Self {
+            service: true,
+            ..Self::default()
+        }
+    }
+
     /// `vm-test --benign` as `cargo xtask test` runs it.
     pub fn benign_suite() -> Self {
         Self {
@@ -180,6 +197,9 @@ pub fn run(args: VmTestArgs) -> Result<()> {
     }
     if args.benign {
         return debian_run::benign(&args);
+    }
+    if args.service {
+        return service::run(args.timeout);
     }
     if let Some(dir) = &args.blktests {
         return debian_run::blktests(&args, dir);

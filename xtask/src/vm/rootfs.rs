@@ -49,6 +49,10 @@ pub const PACKAGES: &[&str] = &[
     "fdisk",
     "parted",
     "pciutils",
+    // the service guest: which BPF programs and links the kernel holds,
+    // man pages of the installed package
+    "bpftool",
+    "man-db",
 ];
 
 /// The file system label the initramfs finds the root by.
