@@ -30,6 +30,22 @@ use crate::session::{Session, SessionOptions, Stacks};
 /// How often metrics and the status line are brought up to date.
 const PUBLISH_EVERY: Duration = Duration::from_millis(250);
 
+/// A debug knob for the watchdog test (`cargo xtask vm-test --service`):
+/// set to 1, the loop wedges for good after the first batch, as a pipeline
+/// stuck in a lock would, so the watchdog pings stop and systemd must
+/// restart the service. Not in the configuration file: nobody should find
+/// it there.
+const STALL_READER_ENV: &str = "DETECTOR_DEBUG_STALL_READER";
+
+/// Blocks the loop's thread for good (the metrics server, on other
+/// threads, goes on answering: the watchdog is what must notice).
+fn stall_reader_on_purpose() -> ! {
+    tracing::warn!("{STALL_READER_ENV}=1: the reader stalls on purpose now");
+    loop {
+        std::thread::park();
+    }
+}
+
 /// What the daemon needs besides its source.
 pub struct Daemon {
     pub loaded: Loaded,
@@ -263,6 +279,7 @@ pub async fn run(
     );
     let mut publish = tokio::time::interval(PUBLISH_EVERY);
     let mut health = Health::default();
+    let stall_reader = std::env::var(STALL_READER_ENV).is_ok_and(|v| v == "1");
     let result: Result<()> = async {
         loop {
             // Signals and the publication timer before input: a pipeline
@@ -299,6 +316,9 @@ pub async fn run(
                     }
                     Some(Input::Batch(batch)) => {
                         feed(&mut session, batch)?;
+                        if stall_reader {
+                            stall_reader_on_purpose();
+                        }
                         daemon.notifier.alive();
                     }
                     Some(Input::Modules { attached }) => {

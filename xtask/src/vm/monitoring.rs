@@ -22,7 +22,7 @@ pub fn free_port() -> Result<u16> {
 pub fn get(url: &str) -> Result<String> {
     let mut response = ureq::get(url)
         .config()
-        .timeout_global(Some(Duration::from_secs(10)))
+        .timeout_global(Some(Duration::from_secs(30)))
         .build()
         .call()
         .with_context(|| format!("GET {url}"))?;

@@ -112,8 +112,18 @@ fn watch_guest(
         }
         std::thread::sleep(Duration::from_millis(500));
     }
-    let metrics = crate::vm::monitoring::get(&format!("http://127.0.0.1:{port}/metrics"))
-        .context("the guest's /metrics through the forwarded port")?;
+    // Under emulation on a busy host one answer can take longer than a
+    // request's timeout: a few tries, as Prometheus' scrapes get.
+    let url = format!("http://127.0.0.1:{port}/metrics");
+    let mut attempt = 1;
+    let metrics = loop {
+        match crate::vm::monitoring::get(&url) {
+            Ok(text) => break text,
+            Err(e) if attempt < 5 => eprintln!("vm: {e:#}; trying again"),
+            Err(e) => return Err(e.context("the guest's /metrics through the forwarded port")),
+        }
+        attempt += 1;
+    };
     fs::write(guest.dir.join("metrics.txt"), &metrics)?;
     let found_at = Instant::now();
     let rule = "bio-double-complete";

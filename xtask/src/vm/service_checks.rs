@@ -152,6 +152,30 @@ fn finding_everywhere(out: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The instance that stalled its reader on purpose was killed by systemd's
+/// watchdog and replaced.
+fn watchdog(out: &Path) -> Result<()> {
+    let stalled = read(out, "pid-after-kill.txt")?;
+    let replaced = read(out, "pid-after-watchdog.txt")?;
+    ensure!(
+        stalled.trim() != replaced.trim(),
+        "the stalled instance {stalled} still runs"
+    );
+    let log = read(out, "watchdog.txt")?;
+    ensure!(
+        log.contains("stalls on purpose") && log.contains("Watchdog timeout"),
+        "the journal does not show the stall and systemd's watchdog timeout:\n{log}"
+    );
+    let restarts = show(out, "show-after-watchdog.txt")?;
+    ensure!(
+        restarts
+            .get("NRestarts")
+            .is_some_and(|n| n.parse::<u32>().is_ok_and(|n| n >= 2)),
+        "systemd did not restart it after the watchdog: {restarts:?}"
+    );
+    Ok(())
+}
+
 /// Reload kept the process; SIGKILL got a new one that holds as many BPF
 /// objects as the old (none left behind) and continued the findings file
 /// (the next race added one line); stop ended cleanly with every program
@@ -177,6 +201,7 @@ fn reload_kill_stop(out: &Path) -> Result<()> {
             .is_some_and(|n| n.parse::<u32>().is_ok_and(|n| n >= 1)),
         "systemd did not restart it: {restarts:?}"
     );
+    watchdog(out)?;
     let (bpf_before, bpf_after) = (
         read(out, "bpf-before-kill.txt")?,
         read(out, "bpf-after-kill.txt")?,
