@@ -127,6 +127,7 @@ fn finding_everywhere(out: &Path) -> Result<()> {
         ids.len() == 1,
         "{RULE} lines in the findings file: {ids:?}\n{first}"
     );
+    symbolized_stacks(&first)?;
     let journal = read(out, "journal-1.json")?;
     let entry = journal
         .lines()
@@ -148,6 +149,25 @@ fn finding_everywhere(out: &Path) -> Result<()> {
     ensure!(
         by_rule.lines().count() == 1,
         "detector findings --rule {RULE} --json:\n{by_rule}"
+    );
+    Ok(())
+}
+
+/// The sandbox left detector the real addresses in /proc/kallsyms: the
+/// finding's stacks name kernel functions, not just addresses.
+fn symbolized_stacks(findings: &str) -> Result<()> {
+    let frames: Vec<String> = findings
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["finding"] == RULE)
+        .flat_map(|v| v["interleaving"].as_array().cloned().unwrap_or_default())
+        .flat_map(|step| step["stack"].as_array().cloned().unwrap_or_default())
+        .filter_map(|f| f.as_str().map(str::to_owned))
+        .collect();
+    let named = frames.iter().filter(|f| f.contains("bio_endio")).count();
+    ensure!(
+        named > 0,
+        "no frame of the {RULE} finding names bio_endio (no kernel symbols?): {frames:?}"
     );
     Ok(())
 }
