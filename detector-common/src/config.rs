@@ -126,7 +126,10 @@ pub struct ProbeConfig {
     /// `task_struct.__state`, for kernels whose `sched_switch` does not
     /// pass `prev_state` (before 5.18).
     pub task_state: u32,
-    pub _pad: u32,
+    /// 1: report everything the hooks see, unfiltered (`trace --full`, for
+    /// debugging); 0: only what a rule may need (detector-ebpf's
+    /// `TASK_FLAGS`).
+    pub full: u32,
 }
 
 const _: () = assert!(core::mem::size_of::<TaskOffsets>() == 24);
@@ -187,7 +190,7 @@ impl ProbeConfig {
         bio_chain_endio: 0,
         wakeup_threshold: 0,
         task_state: NO_OFFSET,
-        _pad: 0,
+        full: 0,
     };
 }
 

@@ -51,7 +51,8 @@ pub mod kind {
     pub const SCHED_WAKING: u16 = 18;
     /// `sched_wakeup` (the target became runnable).
     pub const SCHED_WAKEUP: u16 = 19;
-    /// `raw_syscalls:sys_exit` for a watched task: it returned to user space.
+    /// `raw_syscalls:sys_exit` for a task that submitted I/O or owns a
+    /// completion on its stack: it returned to user space.
     pub const SYS_EXIT: u16 = 20;
     /// `sched_process_exit`.
     pub const TASK_EXIT: u16 = 21;
@@ -380,10 +381,13 @@ pub mod counter {
     pub const STACK_ERRORS: u32 = 2;
     /// A stack was not taken: the CPU's stack budget was spent.
     pub const STACKS_OVER_BUDGET: u32 = 3;
-    /// `WATCHED` was full: a task's return to user space goes unreported.
-    pub const WATCHED_FULL: u32 = 4;
-    /// `SLEEPERS` was full: a sleeping task's wakeup goes unreported.
-    pub const SLEEPERS_FULL: u32 = 5;
+    /// `FRAMES` (where a task's on-stack completions lie) was full: the
+    /// task's switches are reported until it returns to user space instead
+    /// of until it is seen above those frames. Costs events, loses none.
+    pub const FRAMES_FULL: u32 = 4;
+    /// An event named a thread id beyond the `TASK_FLAGS` array: everything
+    /// about that thread is reported, unfiltered. Costs events, loses none.
+    pub const TASKS_UNFILTERED: u32 = 5;
     /// `ENTRY_ARGS` or `MD_WRITES` was full: an exit or completion event
     /// loses what its entry knew (a kretprobe exit is not reported at all).
     pub const ARGS_FULL: u32 = 6;
@@ -403,19 +407,17 @@ pub mod counter {
         "read_errors",
         "stack_errors",
         "stacks_over_budget",
-        "watched_map_full",
-        "sleepers_map_full",
+        "frames_map_full",
+        "tasks_unfiltered",
         "entry_args_map_full",
         "recursion_misses",
     ];
 
     /// Whether the counter counts events that never reached userspace (or
     /// reached it without what a rule needs): each increase becomes a loss
-    /// marker.
+    /// marker. Events the programs leave out by design (no rule needs
+    /// them, see detector-ebpf's `TASK_FLAGS`) are neither lost nor counted.
     pub const fn is_loss(index: u32) -> bool {
-        matches!(
-            index,
-            DROPPED | WATCHED_FULL | SLEEPERS_FULL | ARGS_FULL | RECURSION_MISSES
-        )
+        matches!(index, DROPPED | ARGS_FULL | RECURSION_MISSES)
     }
 }

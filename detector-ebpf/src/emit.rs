@@ -13,6 +13,7 @@ use crate::{
     context::Hooked,
     kernel::{bump, current_task, read},
     maps::{EVENTS, STACK_BUDGET},
+    tasks::widen_stack_range,
 };
 
 /// Whether the record quotes the kernel stack it was taken on.
@@ -25,8 +26,28 @@ pub enum Stack {
 /// The header for a record of `kind` about `current`.
 #[inline(always)]
 pub fn header<C: Hooked>(ctx: &C, cfg: &ProbeConfig, kind: u16, stack: Stack) -> Header {
+    header_on(ctx, cfg, kind, stack, current_stack(cfg))
+}
+
+/// `current->stack`: lowest address of current's kernel stack.
+#[inline(always)]
+pub fn current_stack(cfg: &ProbeConfig) -> u64 {
+    read(current_task(), cfg.task.stack)
+}
+
+/// [`header`] for a caller that already read `current_stack()`.
+#[inline(always)]
+pub fn header_on<C: Hooked>(
+    ctx: &C,
+    cfg: &ProbeConfig,
+    kind: u16,
+    stack: Stack,
+    stack_base: u64,
+) -> Header {
     let pid_tgid = bpf_get_current_pid_tgid();
-    let task = current_task();
+    // Userspace learns this stack from the record: a `complete()` on it
+    // may matter from now on.
+    widen_stack_range(stack_base);
     Header {
         kind,
         hook: C::HOOK,
@@ -35,7 +56,7 @@ pub fn header<C: Hooked>(ctx: &C, cfg: &ProbeConfig, kind: u16, stack: Stack) ->
         ts_ns: unsafe { bpf_ktime_get_ns() },
         pid: (pid_tgid >> 32) as u32,
         tid: pid_tgid as u32,
-        stack_base: read(task, cfg.task.stack),
+        stack_base,
         sp: ctx.sp(),
         stack_id: match stack {
             Stack::Take if stack_allowed(cfg) => ctx.stack_id(),

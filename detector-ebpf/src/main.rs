@@ -14,6 +14,7 @@ mod emit;
 mod kernel;
 mod maps;
 mod probes;
+mod tasks;
 
 // The kernel only lets GPL-compatible programs call bpf_probe_read_kernel and
 // attach to fentry/fexit.

@@ -27,49 +27,73 @@ pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::C
 #[map]
 pub static CONFIG: Array<ProbeConfig> = Array::with_max_entries(1, 0);
 
-// The per-task maps below are plain hash maps, not LRU maps: an LRU map
-// silently evicts an entry some later event depends on (a sleeper whose
-// wakeup then goes unreported reads as a lost wakeup). A plain map refuses
-// the insert instead, and the refusal is counted and becomes a loss marker.
-// Entries of tasks that exited without their removal being seen are pruned
-// by userspace. Userspace may resize these before load.
+/// Threads per `TASK_FLAGS` entry.
+pub const FLAG_CHUNK: usize = 4096;
 
-/// Tasks whose syscall boundaries are worth an event, with `watch` flags:
-/// they submitted I/O or own a completion on their stack. Keeps `sys_exit`
-/// and `sys_enter` cheap: one lookup per syscall, an event only for these.
+/// What each thread's events are needed for, one byte per thread id (see
+/// [`flag`]), set and cleared by the programs themselves as the task
+/// submits I/O, takes an on-stack completion, enters a completion handler,
+/// sleeps and returns to user space. Hooks that fire for every task
+/// (`sys_exit`, `sys_enter`, `sched_switch`, wakeups) read it first and
+/// report nothing about a task no rule needs to hear about: those events
+/// are left out by design, not lost.
+///
+/// An array indexed by thread id, not a hash map: a lookup is an address
+/// computation, and it is never full, so nothing is ever refused (a
+/// refused insert would be a loss). It covers thread ids below 4M (the
+/// kernel's `PID_MAX_LIMIT`); a thread beyond (none on Linux today) is
+/// reported unfiltered. A thread's byte is written from its own context
+/// (or by an interrupt over it) except `SLEEPING`, which its waker clears.
+/// Racing writers may lose a bit: a lost set costs events a rule wanted
+/// (fewer findings, never a false one), a lost clear costs extra events.
 #[map]
-pub static WATCHED: HashMap<u32, u8> = HashMap::with_max_entries(65536, 0);
+pub static TASK_FLAGS: Array<[u8; FLAG_CHUNK]> = Array::with_max_entries(1024, 0);
 
-/// `WATCHED` flags.
-pub mod watch {
-    /// Report the next return to user space.
-    pub const EXIT: u8 = 1;
-    /// It owns a completion on its stack: after its return, report its
-    /// next syscall entry too, so that userspace knows it is in user space
-    /// in between (an interrupt then runs on its kernel stack).
-    pub const ONSTACK: u8 = 2;
+/// `TASK_FLAGS` bits.
+pub mod flag {
+    /// It submitted I/O in task context since it last returned to user
+    /// space: its return is reported (the engine's episodes end there) and
+    /// its uninterruptible sleeps may be waits for that I/O (lost-wakeup).
+    pub const EPISODE: u8 = 0x01;
+    /// It owns a completion (or a bio's `bi_private`) on its stack: report
+    /// its next return to user space, which proves every frame left, and
+    /// then its next syscall entry (until then an interrupt runs on its
+    /// kernel stack); its switches say where its stack is (onstack).
+    pub const ONSTACK: u8 = 0x02;
     /// Its return was reported with `ONSTACK`: report its next entry.
-    pub const IN_USER: u8 = 4;
+    pub const IN_USER: u8 = 0x04;
+    /// It may still be inside the frame of an on-stack completion (below
+    /// the address kept in `FRAMES`): every switch says where its stack is.
+    pub const FRAMES: u8 = 0x08;
+    /// Seen going to sleep uninterruptibly while it had `EPISODE` or
+    /// `ONSTACK`: its wakeup is reported.
+    pub const SLEEPING: u8 = 0x10;
+    /// Open `bio_endio` calls (two bits). At 3 it sticks until the task
+    /// returns to user space: counting down from a saturated count would
+    /// clear it inside a call.
+    pub const HANDLER_ONE: u8 = 0x20;
+    pub const HANDLER_MASK: u8 = 0x60;
+    /// What makes an uninterruptible sleep worth a report.
+    pub const SLEEP_WATCHED: u8 = EPISODE | ONSTACK;
+    /// The value used for a thread beyond the array: everything reported.
+    pub const UNKNOWN: u8 = EPISODE | ONSTACK | IN_USER | FRAMES | SLEEPING | HANDLER_MASK;
 }
 
-/// Sets `flags` in `tid`'s `WATCHED` entry (one lookup when already set).
-#[inline(always)]
-pub fn watch_task(tid: u32, flags: u8) {
-    match WATCHED.get_ptr_mut(tid) {
-        Some(old) => unsafe {
-            if *old & flags != flags {
-                *old |= flags;
-            }
-        },
-        None => insert_or_count(&WATCHED, tid, flags, counter::WATCHED_FULL),
-    }
-}
-
-/// Tasks last seen going to sleep uninterruptibly; only their wakeups are
-/// reported, which is what the lost-wakeup rule needs, at a fraction of the
-/// cost of reporting every wakeup on the host.
+/// For tasks with `flag::FRAMES`: the highest address of an on-stack
+/// completion (or on-stack `bi_private`) it used. Once it is seen with its
+/// stack pointer above that, every such frame is gone and its switches are
+/// of no interest again. A full map keeps the flag until the task returns
+/// to user space (counted in `FRAMES_FULL`: costs events, loses none).
+/// Entries of tasks that exited unseen are pruned by userspace.
 #[map]
-pub static SLEEPERS: HashMap<u32, u8> = HashMap::with_max_entries(65536, 0);
+pub static FRAMES: HashMap<u32, u64> = HashMap::with_max_entries(16384, 0);
+
+/// The lowest and highest kernel stack base the programs reported so far
+/// (in any record's header or as a switch's next task): a completion
+/// outside `[lowest, highest + THREAD_SIZE)` lies on no stack userspace
+/// knows, and no rule can use its `complete()`.
+#[map]
+pub static STACK_RANGE: Array<[u64; 2]> = Array::with_max_entries(1, 0);
 
 /// Entry arguments kept for return probes that cannot see them (kretprobe),
 /// keyed by thread id and hook. Every entry hook stores them, whatever the
@@ -84,7 +108,8 @@ pub static ENTRY_ARGS: HashMap<u64, u64> = HashMap::with_max_entries(65536, 0);
 #[map]
 pub static MD_WRITES: HashMap<u64, u64> = HashMap::with_max_entries(4096, 0);
 
-/// Inserts into a per-task map; a full map counts in `full` (a loss).
+/// Inserts into a map whose refusal loses what an event needs: a full map
+/// counts in `full` (a loss).
 #[inline(always)]
 pub fn insert_or_count<K, V>(map: &HashMap<K, V>, key: K, value: V, full: u32) {
     if map.insert(key, value, 0).is_err() {

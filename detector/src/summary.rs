@@ -31,7 +31,7 @@ pub struct Summary {
     /// Events by [`EventKind::index`]: an array, as this runs per event.
     counts: [u64; EventKind::NAMES.len()],
     pub lost: u64,
-    /// Lost events by cause (`ring_buffer_full`, `sleepers_map_full`, ...).
+    /// Lost events by cause (`ring_buffer_full`, `entry_args_map_full`, ...).
     pub lost_by_cause: BTreeMap<&'static str, u64>,
     devices: BTreeMap<Dev, DeviceStats>,
     /// Bio -> (disk, sector), for bios submitted during the session.

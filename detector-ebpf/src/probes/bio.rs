@@ -18,8 +18,9 @@ use crate::{
     context::Hooked,
     diag::{may_log, site},
     emit::{Stack, header, reserve, submit},
-    kernel::{bio_devs, bio_devs_peek, config, disk_dev, peek, read},
-    maps::{ENTRY_ARGS, insert_or_count, watch, watch_task},
+    kernel::{bio_devs, bio_devs_peek, config, disk_dev, on_stack, peek, read},
+    maps::{ENTRY_ARGS, flag, insert_or_count},
+    tasks::{add_flags, flags_of, note_onstack, set_flags},
 };
 
 // ---- submission ---------------------------------------------------------
@@ -53,7 +54,8 @@ fn try_bio_queue<C: Hooked>(ctx: &C, bio_arg: usize) -> Option<()> {
     let bio = ctx.arg_u64(bio_arg);
     let (dev, disk) = bio_devs(cfg, bio);
     let header = header(ctx, cfg, kind::BIO_QUEUE, Stack::Take);
-    watch_task(header.tid, watch::EXIT);
+    let private: u64 = read(bio, cfg.bio.private);
+    note_submitter(cfg, &header, private);
     super::md::note_submission(cfg, bio);
     let mut entry = reserve::<BioQueue>()?;
     unsafe {
@@ -62,7 +64,7 @@ fn try_bio_queue<C: Hooked>(ctx: &C, bio_arg: usize) -> Option<()> {
             bio,
             sector: read(bio, cfg.bio.sector),
             end_io: read(bio, cfg.bio.end_io),
-            private: read(bio, cfg.bio.private),
+            private,
             dev,
             disk_dev: disk,
             size: read(bio, cfg.bio.size),
@@ -71,6 +73,23 @@ fn try_bio_queue<C: Hooked>(ctx: &C, bio_arg: usize) -> Option<()> {
     };
     submit(entry, cfg);
     Some(())
+}
+
+/// Flags the submitter (see `TASK_FLAGS`): a submission in task context
+/// starts or continues its episode; one from an interrupt over it (its
+/// stack pointer off the task's stack) is not its own.
+#[inline(always)]
+fn note_submitter(cfg: &ProbeConfig, header: &Header, private: u64) {
+    if header.tid == 0 || !on_stack(cfg, header.stack_base, header.sp) {
+        return;
+    }
+    add_flags(header.tid, flag::EPISODE);
+    // bi_private in the submitter's own stack: its end_io may complete
+    // something in this frame (blkdev_issue_zeroout's bio batch), so where
+    // the frame ends is worth seeing.
+    if on_stack(cfg, header.stack_base, private) {
+        note_onstack(header.tid, private);
+    }
 }
 
 // ---- request / traced-bio completion -------------------------------------
@@ -200,6 +219,8 @@ fn try_bio_endio<C: Hooked>(ctx: &C) -> Option<()> {
     let cfg = config()?;
     let mut bio = ctx.arg_u64(0);
     let header = header(ctx, cfg, kind::BIO_ENDIO, Stack::Take);
+    // Counted whether or not the records fit: the exit counts it down.
+    handler_depth(header.tid, true);
     // bio_endio() loops instead of recursing when the finished bio was
     // chained (bi_end_io == bio_chain_endio): the parent completes inside
     // this call without a bio_endio() of its own. Report each such parent.
@@ -292,7 +313,27 @@ pub fn kretprobe_bio_endio(ctx: RetProbeContext) -> u32 {
 /// The pointer only: on exit, the bio may already be freed by its end_io.
 #[inline(always)]
 fn try_bio_endio_exit<C: Hooked>(ctx: &C) -> Option<()> {
+    handler_depth(aya_ebpf::helpers::bpf_get_current_pid_tgid() as u32, false);
     emit_bio_ref(ctx, kind::BIO_ENDIO_EXIT)
+}
+
+/// Counts an open `bio_endio` call of `tid` in or out (`flag::HANDLER_MASK`):
+/// while one is open, the task's switches say when the handler is off the
+/// CPU (stuck-completion-handler). In an interrupt the count lands on the
+/// interrupted task, for the interrupt's length: a few extra events.
+#[inline(always)]
+fn handler_depth(tid: u32, enter: bool) {
+    if tid == 0 {
+        return;
+    }
+    let (at, old) = flags_of(tid);
+    let new = match (enter, old & flag::HANDLER_MASK) {
+        (_, flag::HANDLER_MASK) => old,
+        (true, _) => old + flag::HANDLER_ONE,
+        (false, 0) => old,
+        (false, _) => old - flag::HANDLER_ONE,
+    };
+    set_flags(at, old, new);
 }
 
 /// A record carrying the bio argument alone.

@@ -9,14 +9,15 @@ use aya_ebpf::{
     macros::{fentry, fexit, kprobe, kretprobe},
     programs::{FEntryContext, FExitContext, ProbeContext, RetProbeContext},
 };
-use detector_common::{CompletionEvent, counter, hook, kind, wait};
+use detector_common::{CompletionEvent, ProbeConfig, counter, hook, kind, wait};
 
 use super::done;
 use crate::{
     context::Hooked,
-    emit::{Stack, header, reserve, submit},
+    emit::{Stack, current_stack, header_on, reserve, submit},
     kernel::{config, on_stack, read},
-    maps::{ENTRY_ARGS, insert_or_count, watch, watch_task},
+    maps::{ENTRY_ARGS, insert_or_count},
+    tasks::{in_stack_range, note_onstack},
 };
 
 /// `ENTRY_ARGS` slot for waits (they do not nest within one task).
@@ -27,18 +28,34 @@ fn entry_key(tid: u32, slot: u64) -> u64 {
     ((tid as u64) << 8) | slot
 }
 
-/// Emits a completion record about `x`. `value` is the timeout or the
-/// return value, depending on `kind`.
+/// Whether a record about `x` may matter to a rule: the onstack rule only
+/// follows completions that lie in a kernel stack. A wait matters when `x`
+/// is in the waiter's own stack (the owner waiting); a `complete()` or an
+/// init also when `x` is in some other stack userspace knows of. The rest
+/// (completions in the heap or in static data, the vast majority) is left
+/// out by design.
+#[inline(always)]
+fn wanted(cfg: &ProbeConfig, kind: u16, x: u64, own: bool) -> bool {
+    own || cfg.full != 0
+        || (kind != kind::WAIT_ENTER && kind != kind::WAIT_EXIT && in_stack_range(cfg, x))
+}
+
+/// Emits a completion record about `x` if a rule may need it. `value` is
+/// the timeout or the return value, depending on `kind`.
 #[inline(always)]
 fn emit<C: Hooked>(ctx: &C, kind: u16, x: u64, variant: u8, value: i64) -> Option<()> {
     let cfg = config()?;
-    let header = header(ctx, cfg, kind, Stack::Take);
-    let own = on_stack(cfg, header.stack_base, x);
+    let stack_base = current_stack(cfg);
+    let own = on_stack(cfg, stack_base, x);
+    if !wanted(cfg, kind, x, own) {
+        return None;
+    }
+    let header = header_on(ctx, cfg, kind, Stack::Take, stack_base);
     if own {
         // The owner's return to user space proves it left the frame, and
         // until it enters the kernel again, code on its stack is an
-        // interrupt's.
-        watch_task(header.tid, watch::EXIT | watch::ONSTACK);
+        // interrupt's; until it is seen above x, where it is matters.
+        note_onstack(header.tid, x);
     }
     let mut entry = reserve::<CompletionEvent>()?;
     unsafe {
@@ -111,7 +128,18 @@ fn try_init<C: Hooked>(ctx: &C) -> Option<()> {
 
 #[inline(always)]
 fn try_wait_enter<C: Hooked>(ctx: &C, variant: u8, timed: bool) -> Option<()> {
+    let cfg = config()?;
     let x = ctx.arg_u64(0);
+    if !wanted(
+        cfg,
+        kind::WAIT_ENTER,
+        x,
+        on_stack(cfg, current_stack(cfg), x),
+    ) {
+        return None;
+    }
+    // Kept for a kretprobe exit, which cannot see x; only for the waits
+    // that are reported (without an entry, the exit is not reported).
     let tid = aya_ebpf::helpers::bpf_get_current_pid_tgid() as u32;
     insert_or_count(
         &ENTRY_ARGS,
@@ -131,12 +159,24 @@ fn try_wait_enter<C: Hooked>(ctx: &C, variant: u8, timed: bool) -> Option<()> {
 fn try_wait_exit<C: Hooked>(ctx: &C, variant: u8, nargs: usize) -> Option<()> {
     let tid = aya_ebpf::helpers::bpf_get_current_pid_tgid() as u32;
     let key = entry_key(tid, SLOT_WAIT);
-    let stored = unsafe { ENTRY_ARGS.get(key) }.copied();
-    let _ = ENTRY_ARGS.remove(key);
     let x = if C::HOOK == hook::KRETPROBE {
+        // Only waits that were wanted at entry left their argument.
+        let stored = unsafe { ENTRY_ARGS.get(key) }.copied();
+        let _ = ENTRY_ARGS.remove(key);
         stored?
     } else {
-        ctx.arg_u64(0)
+        let cfg = config()?;
+        let x = ctx.arg_u64(0);
+        if !wanted(
+            cfg,
+            kind::WAIT_EXIT,
+            x,
+            on_stack(cfg, current_stack(cfg), x),
+        ) {
+            return None;
+        }
+        let _ = ENTRY_ARGS.remove(key);
+        x
     };
     // `bool`, `int` and `long` returns all sit in the low bits of the word;
     // the two `void` waits have no return slot at all.

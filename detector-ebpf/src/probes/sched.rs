@@ -7,8 +7,7 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, RawTracePointContext},
 };
 use detector_common::{
-    COMM_LEN, ProbeConfig, SchedSwitch, SchedWake, SysExit, TaskExit, config::NO_OFFSET, counter,
-    kind,
+    COMM_LEN, ProbeConfig, SchedSwitch, SchedWake, SysExit, TaskExit, config::NO_OFFSET, kind,
 };
 
 use super::done;
@@ -16,8 +15,16 @@ use crate::{
     context::Hooked,
     emit::{Stack, header, reserve, submit},
     kernel::{config, read},
-    maps::{SLEEPERS, WATCHED, insert_or_count, watch},
+    maps::flag,
+    tasks::{above_frames, flags_of, forget_frames, set_flags, widen_stack_range},
 };
+
+/// Whether everything is to be reported (`ProbeConfig::full`): looked up
+/// only once the flags say an event is not wanted.
+#[inline(always)]
+fn full() -> bool {
+    config().is_some_and(|cfg| cfg.full != 0)
+}
 
 /// `TASK_UNINTERRUPTIBLE` in `prev_state`.
 const TASK_UNINTERRUPTIBLE: u32 = 0x2;
@@ -47,6 +54,14 @@ pub fn raw_sched_switch(ctx: RawTracePointContext) -> u32 {
     done(try_sched_switch(&ctx))
 }
 
+/// Reported when a rule may use it:
+/// - prev may be inside an on-stack completion's frame (`FRAMES`: where
+///   its stack is tells whether it left), or inside a completion handler
+///   (`HANDLER`: the handler is off the CPU from here);
+/// - prev goes to sleep uninterruptibly with I/O of its episode
+///   (lost-wakeup) or with an on-stack completion (its waker matters);
+/// - next resumes inside a completion handler, or was asleep with its
+///   wakeup unreported.
 #[inline(always)]
 fn try_sched_switch<C: Hooked>(ctx: &C) -> Option<()> {
     let cfg = config()?;
@@ -58,24 +73,51 @@ fn try_sched_switch<C: Hooked>(ctx: &C) -> Option<()> {
         // Masked so that a bad config cannot read far past the arguments.
         arg => ctx.arg_u64((arg & 7) as usize) as u32,
     };
+    let tid = aya_ebpf::helpers::bpf_get_current_pid_tgid() as u32;
+    let next_tid = read::<i32>(next, cfg.task.pid) as u32;
+    let (prev_at, prev_flags) = flags_of(tid);
+    let (next_at, next_flags) = flags_of(next_tid);
+    let sleeps = preempt == 0 && prev_state & TASK_UNINTERRUPTIBLE != 0;
+    let watched_sleep = sleeps && prev_flags & flag::SLEEP_WATCHED != 0;
+    let wanted = cfg.full != 0
+        || watched_sleep
+        || prev_flags & (flag::FRAMES | flag::HANDLER_MASK) != 0
+        || next_flags & (flag::HANDLER_MASK | flag::SLEEPING) != 0;
+    if next_tid != 0 && next_flags & flag::SLEEPING != 0 {
+        set_flags(next_at, next_flags, next_flags & !flag::SLEEPING);
+    }
+    if !wanted {
+        return None;
+    }
+    let sp = ctx.sp();
+    if tid != 0 {
+        let mut new = prev_flags;
+        if watched_sleep {
+            new |= flag::SLEEPING;
+        }
+        // Seen above every on-stack frame it was marked for: this switch
+        // shows it left them, and its later ones are of no interest.
+        if prev_flags & flag::FRAMES != 0 && above_frames(tid, sp) {
+            new &= !flag::FRAMES;
+            forget_frames(tid);
+        }
+        set_flags(prev_at, prev_flags, new);
+    }
     // Only uninterruptible sleeps get a stack: they are the ones a lost
     // wakeup leaves hanging, and a stack per switch would be the main cost.
-    let sleeps = preempt == 0 && prev_state & TASK_UNINTERRUPTIBLE != 0;
     let stack = if sleeps { Stack::Take } else { Stack::Skip };
     let header = header(ctx, cfg, kind::SCHED_SWITCH, stack);
-    if sleeps {
-        insert_or_count(&SLEEPERS, header.tid, 1u8, counter::SLEEPERS_FULL);
-    }
     let iowait: u8 = read(prev, cfg.task.in_iowait_byte);
-    let next_tid: i32 = read(next, cfg.task.pid);
+    let next_stack_base = read(next, cfg.task.stack);
+    widen_stack_range(next_stack_base);
     let mut entry = reserve::<SchedSwitch>()?;
     unsafe {
         entry.as_mut_ptr().write(SchedSwitch {
             header,
-            prev_sp: ctx.sp(),
+            prev_sp: sp,
             next_saved_sp: read(next, cfg.task.thread_sp),
-            next_stack_base: read(next, cfg.task.stack),
-            next_tid: next_tid as u32,
+            next_stack_base,
+            next_tid,
             prev_state,
             prev_in_iowait: (iowait as u32 & cfg.task.in_iowait_mask != 0) as u8,
             preempt,
@@ -114,10 +156,16 @@ fn try_wake<C: Hooked>(ctx: &C, kind: u16) -> Option<()> {
     let cfg = config()?;
     let task = ctx.arg_u64(0);
     let tid = read::<i32>(task, cfg.task.pid) as u32;
-    // Only wakeups of tasks seen in an uninterruptible sleep are reported.
-    unsafe { SLEEPERS.get(tid) }?;
-    if kind == kind::SCHED_WAKEUP {
-        let _ = SLEEPERS.remove(tid);
+    // Reported for tasks seen in a watched uninterruptible sleep
+    // (lost-wakeup), and for owners of on-stack completions in any sleep:
+    // a wakeup by the completer's context proves the complete() was over
+    // (onstack), and a missed proof would make a false finding.
+    let (at, flags) = flags_of(tid);
+    if flags & (flag::SLEEPING | flag::ONSTACK | flag::FRAMES) == 0 && cfg.full == 0 {
+        return None;
+    }
+    if kind == kind::SCHED_WAKEUP && flags & flag::SLEEPING != 0 {
+        set_flags(at, flags, flags & !flag::SLEEPING);
     }
     let header = header(ctx, cfg, kind, Stack::Skip);
     let mut entry = reserve::<SchedWake>()?;
@@ -133,8 +181,10 @@ fn try_wake<C: Hooked>(ctx: &C, kind: u16) -> Option<()> {
     Some(())
 }
 
-/// `sys_exit(struct pt_regs *regs, long ret)`: reported only for watched
-/// tasks, once per watch, so that the cost on other syscalls is one lookup.
+/// `sys_exit(struct pt_regs *regs, long ret)`: every frame of the task is
+/// gone. Reported for tasks that submitted I/O since their last return
+/// (their episode ends) or own an on-stack completion (whose next syscall
+/// entry is then reported too); the cost on other syscalls is one load.
 #[btf_tracepoint(function = "sys_exit")]
 pub fn tp_sys_exit(ctx: BtfTracePointContext) -> u32 {
     done(try_sys_exit(&ctx))
@@ -148,18 +198,28 @@ pub fn raw_sys_exit(ctx: RawTracePointContext) -> u32 {
 #[inline(always)]
 fn try_sys_exit<C: Hooked>(ctx: &C) -> Option<()> {
     let tid = aya_ebpf::helpers::bpf_get_current_pid_tgid() as u32;
-    let flags = WATCHED.get_ptr_mut(tid)?;
-    let watched = unsafe { *flags };
-    if watched & watch::EXIT == 0 {
+    let (at, flags) = flags_of(tid);
+    if flags == 0 && !full() {
         return None;
     }
-    let enter_reported = watched & watch::ONSTACK != 0;
-    if enter_reported {
-        unsafe { *flags = watch::IN_USER };
-    } else {
-        let _ = WATCHED.remove(tid);
+    let cfg = config()?;
+    if flags & flag::FRAMES != 0 {
+        forget_frames(tid);
     }
-    emit_syscall(ctx, kind::SYS_EXIT, ctx.arg_u64(1) as i64, enter_reported)
+    let report = flags & (flag::EPISODE | flag::ONSTACK) != 0;
+    let enter_reported = flags & flag::ONSTACK != 0;
+    // Back in user space: no episode, no frame, no handler, no sleep.
+    set_flags(at, flags, if enter_reported { flag::IN_USER } else { 0 });
+    if !report && cfg.full == 0 {
+        return None;
+    }
+    emit_syscall(
+        ctx,
+        cfg,
+        kind::SYS_EXIT,
+        ctx.arg_u64(1) as i64,
+        enter_reported,
+    )
 }
 
 /// `sys_enter(struct pt_regs *regs, long id)`: reported only for tasks whose
@@ -177,17 +237,22 @@ pub fn raw_sys_enter(ctx: RawTracePointContext) -> u32 {
 #[inline(always)]
 fn try_sys_enter<C: Hooked>(ctx: &C) -> Option<()> {
     let tid = aya_ebpf::helpers::bpf_get_current_pid_tgid() as u32;
-    let flags = unsafe { WATCHED.get(tid) }?;
-    if *flags & watch::IN_USER == 0 {
+    let (at, flags) = flags_of(tid);
+    if flags & flag::IN_USER == 0 && !full() {
         return None;
     }
-    let _ = WATCHED.remove(tid);
-    emit_syscall(ctx, kind::SYS_ENTER, 0, false)
+    set_flags(at, flags, flags & !flag::IN_USER);
+    emit_syscall(ctx, config()?, kind::SYS_ENTER, 0, false)
 }
 
 #[inline(always)]
-fn emit_syscall<C: Hooked>(ctx: &C, kind: u16, ret: i64, enter_reported: bool) -> Option<()> {
-    let cfg = config()?;
+fn emit_syscall<C: Hooked>(
+    ctx: &C,
+    cfg: &ProbeConfig,
+    kind: u16,
+    ret: i64,
+    enter_reported: bool,
+) -> Option<()> {
     let regs = ctx.arg_u64(0);
     let header = header(ctx, cfg, kind, Stack::Skip);
     let mut entry = reserve::<SysExit>()?;
@@ -219,8 +284,12 @@ pub fn raw_sched_process_exit(ctx: RawTracePointContext) -> u32 {
 fn try_task_exit<C: Hooked>(ctx: &C) -> Option<()> {
     let cfg = config()?;
     let header = header(ctx, cfg, kind::TASK_EXIT, Stack::Skip);
-    let _ = WATCHED.remove(header.tid);
-    let _ = SLEEPERS.remove(header.tid);
+    // A new thread that gets its tid starts with no flags.
+    let (at, flags) = flags_of(header.tid);
+    set_flags(at, flags, 0);
+    if flags & flag::FRAMES != 0 {
+        forget_frames(header.tid);
+    }
     let mut entry = reserve::<TaskExit>()?;
     unsafe { entry.as_mut_ptr().write(header) };
     submit(entry, cfg);

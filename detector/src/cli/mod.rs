@@ -284,6 +284,12 @@ pub struct TraceArgs {
     /// Write the event stream to FILE for `detector replay`.
     #[arg(short = 'o', long, value_name = "FILE")]
     pub record: Option<PathBuf>,
+    /// Report everything the hooks see: every switch, wakeup, syscall
+    /// boundary and completion call on the host, not only those of tasks
+    /// and objects a rule follows (for debugging; costs every traced task
+    /// several times what the default does).
+    #[arg(long)]
+    pub full: bool,
     /// Create FILE once every hook is attached (for scripts that must not
     /// start their workload earlier).
     #[arg(long, value_name = "FILE")]
@@ -301,8 +307,8 @@ pub struct TraceArgs {
     #[arg(long, value_name = "N", default_value_t = 10_000)]
     pub stack_budget: u32,
     /// Tasks the programs can follow at once in each per-task map (tasks
-    /// whose syscall return, wakeup or function exit is awaited). Past it,
-    /// those events are lost, counted and reported as loss.
+    /// whose function exit is awaited, or whose on-stack frames are
+    /// followed). Past it, exits are lost, counted and reported as loss.
     #[arg(long, value_name = "N", default_value_t = 65536, value_parser = clap::value_parser!(u32).range(1..))]
     pub task_map_entries: u32,
     /// At the end, write the session's counters to FILE as one JSON

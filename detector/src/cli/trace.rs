@@ -69,6 +69,7 @@ async fn trace(args: TraceArgs) -> Result<ExitCode> {
         ring_bytes: args.buffer_size,
         stack_budget: args.stack_budget,
         task_map_entries: args.task_map_entries,
+        full: args.full,
         ..LoadOptions::default()
     };
     let (live, stacks) = Live::start(opts)?;

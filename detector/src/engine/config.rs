@@ -152,10 +152,14 @@ impl FromIterator<Rule> for RuleSet {
 /// events' clock (CLOCK_MONOTONIC).
 #[derive(Clone, Debug, PartialEq)]
 pub struct EngineConfig {
-    /// How long events are held to be merged by timestamp. Events from
-    /// different CPUs reach the reader up to one drain interval (~20 ms)
-    /// apart, and loss markers must arrive before the window passes the
-    /// moment they cover: 100 ms leaves a wide margin.
+    /// How long events are held to be merged by timestamp. All CPUs share
+    /// one ring buffer, so events arrive nearly in order: a record's time
+    /// is read a few microseconds before it is reserved, and the clock
+    /// only advances after a complete drain. Loss no longer needs the
+    /// margin (nothing is judged past the last loss check), so the window
+    /// only covers that disorder and a guest's vCPU descheduled inside a
+    /// program; it is most of a deadline finding's detection latency.
+    /// An event later than the window is counted and handled as a loss.
     pub reorder_window_ns: u64,
     /// THREAD_SIZE: the size of a task's kernel stack (16 KiB on x86_64 and
     /// arm64; 32 KiB with KASAN).
@@ -216,7 +220,7 @@ pub struct EngineConfig {
 impl Default for EngineConfig {
     fn default() -> Self {
         Self {
-            reorder_window_ns: 100 * MS,
+            reorder_window_ns: 30 * MS,
             thread_size: 16 * 1024,
             lost_wakeup_after_ns: 5 * S,
             lost_wakeup_race_ns: S,

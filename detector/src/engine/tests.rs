@@ -127,9 +127,10 @@ fn findings_wait_for_the_window() {
         found.extend(engine.push(ev));
     }
     assert!(found.is_empty(), "released before the window passed");
-    // 50 ms later: still inside the 100 ms window.
-    assert!(engine.advance(T0 + 50 * MS).is_empty());
-    let found = engine.advance(T0 + 101 * MS);
+    let window = EngineConfig::default().reorder_window_ns;
+    // Half a window later: still inside it.
+    assert!(engine.advance(T0 + window / 2).is_empty());
+    let found = engine.advance(T0 + window + MS);
     assert_eq!(found.len(), 1);
     assert_eq!(found[0].kind, FindingKind::UnsynchronizedOnstackComplete);
     assert!(engine.finish().is_empty());

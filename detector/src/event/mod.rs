@@ -43,9 +43,12 @@ pub enum LossCause {
     /// say nothing, and this was the only cause then).
     #[default]
     RingBufferFull,
-    /// The per-task map of tasks whose syscall return is reported was full.
+    /// The per-task map of tasks whose syscall return is reported was full
+    /// (programs before per-task flags; read from older recordings, in
+    /// their place so that later causes keep their encoding).
     WatchedMapFull,
-    /// The per-task map of sleepers whose wakeup is reported was full.
+    /// The per-task map of sleepers whose wakeup is reported was full (as
+    /// `WatchedMapFull`: older recordings only).
     SleepersMapFull,
     /// The map keeping entry arguments for exits and completions was full.
     EntryArgsMapFull,
@@ -56,10 +59,9 @@ pub enum LossCause {
 }
 
 impl LossCause {
-    pub const ALL: [LossCause; 5] = [
+    /// The causes today's programs count.
+    pub const ALL: [LossCause; 3] = [
         Self::RingBufferFull,
-        Self::WatchedMapFull,
-        Self::SleepersMapFull,
         Self::EntryArgsMapFull,
         Self::RecursionMisses,
     ];
@@ -69,8 +71,6 @@ impl LossCause {
         use detector_common::counter;
         Some(match index {
             counter::DROPPED => Self::RingBufferFull,
-            counter::WATCHED_FULL => Self::WatchedMapFull,
-            counter::SLEEPERS_FULL => Self::SleepersMapFull,
             counter::ARGS_FULL => Self::EntryArgsMapFull,
             counter::RECURSION_MISSES => Self::RecursionMisses,
             _ => return None,
@@ -81,8 +81,8 @@ impl LossCause {
     pub fn name(self) -> &'static str {
         let index = match self {
             Self::RingBufferFull => detector_common::counter::DROPPED,
-            Self::WatchedMapFull => detector_common::counter::WATCHED_FULL,
-            Self::SleepersMapFull => detector_common::counter::SLEEPERS_FULL,
+            Self::WatchedMapFull => return "watched_map_full",
+            Self::SleepersMapFull => return "sleepers_map_full",
             Self::EntryArgsMapFull => detector_common::counter::ARGS_FULL,
             Self::RecursionMisses => detector_common::counter::RECURSION_MISSES,
         };

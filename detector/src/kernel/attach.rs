@@ -63,10 +63,13 @@ pub struct LoadOptions {
     pub stack_entries: u32,
     /// Stacks each CPU may walk per second (0: unlimited).
     pub stack_budget: u32,
-    /// Entries of each per-task map (`WATCHED`, `SLEEPERS`, `ENTRY_ARGS`):
-    /// tasks at once that can be followed; past it, inserts are lost and
-    /// counted.
+    /// Entries of each per-task map (`FRAMES`, `ENTRY_ARGS`): tasks at once
+    /// that can be followed; past it, inserts are refused and counted (a
+    /// loss for `ENTRY_ARGS`, extra events for `FRAMES`).
     pub task_map_entries: u32,
+    /// Report everything the hooks see instead of only what a rule may
+    /// need (`trace --full`, for debugging the filtering itself).
+    pub full: bool,
     pub btf_dir: PathBuf,
     pub kallsyms: PathBuf,
 }
@@ -79,6 +82,7 @@ impl Default for LoadOptions {
             stack_entries: 16384,
             stack_budget: 10_000,
             task_map_entries: 65536,
+            full: false,
             btf_dir: PathBuf::from(super::btf::SYS_BTF_DIR),
             kallsyms: PathBuf::from("/proc/kallsyms"),
         }
@@ -277,14 +281,14 @@ impl Probes {
         let (mut config, missing_fields) =
             probe_config(&btf, &facts.machine, opts.wakeup_threshold);
         config.stack_budget = opts.stack_budget;
+        config.full = opts.full.into();
         config.bio_chain_endio =
             super::symbols::lookup(&opts.kallsyms, "bio_chain_endio").unwrap_or(0);
         let aya_btf = aya::Btf::from_sys_fs().ok();
         let ebpf = EbpfLoader::new()
             .map_max_entries("EVENTS", opts.ring_bytes)
             .map_max_entries("STACKS", opts.stack_entries)
-            .map_max_entries("WATCHED", opts.task_map_entries)
-            .map_max_entries("SLEEPERS", opts.task_map_entries)
+            .map_max_entries("FRAMES", opts.task_map_entries)
             .map_max_entries("ENTRY_ARGS", opts.task_map_entries)
             .load(PROGRAMS)
             .map_err(LoadError::Object)?;
@@ -541,8 +545,7 @@ impl Probes {
     pub fn take_task_maps(&mut self) -> TaskMaps {
         let mut take = |name| self.ebpf.take_map(name);
         TaskMaps::new(
-            take("WATCHED").and_then(|m| BpfHashMap::try_from(m).ok()),
-            take("SLEEPERS").and_then(|m| BpfHashMap::try_from(m).ok()),
+            take("FRAMES").and_then(|m| BpfHashMap::try_from(m).ok()),
             take("ENTRY_ARGS").and_then(|m| BpfHashMap::try_from(m).ok()),
         )
     }

@@ -242,8 +242,6 @@ pub fn accounting(btf: &super::btf::KernelBtf) -> Vec<LossAccounting> {
     };
     vec![
         programs(LossCause::RingBufferFull.name()),
-        programs(LossCause::WatchedMapFull.name()),
-        programs(LossCause::SleepersMapFull.name()),
         programs(LossCause::EntryArgsMapFull.name()),
         LossAccounting {
             cause: LossCause::RecursionMisses.name(),
@@ -302,10 +300,10 @@ mod tests {
 
     #[test]
     fn markers_carry_their_cause_into_json() {
-        let ev = lost_marker(1, 7, 100, 200, LossCause::SleepersMapFull);
+        let ev = lost_marker(1, 7, 100, 200, LossCause::EntryArgsMapFull);
         let json = serde_json::to_value(&ev).unwrap();
         assert_eq!(json["event"], "lost");
-        assert_eq!(json["cause"], "sleepers_map_full");
+        assert_eq!(json["cause"], "entry_args_map_full");
         assert_eq!(json["count"], 7);
         let back: Event = serde_json::from_value(json).unwrap();
         assert_eq!(back, ev);

@@ -1,20 +1,18 @@
 //! Keeping the programs' per-task maps from filling up.
 //!
-//! `WATCHED`, `SLEEPERS` and `ENTRY_ARGS` are plain hash maps keyed by
-//! thread id (see detector-ebpf's maps.rs): a task removes its entry when
-//! the event it waits for comes (syscall return, wakeup, function exit).
-//! A task that exits before that, or whose removal event was itself lost,
-//! would leave its entry behind for good; here entries of threads that no
-//! longer exist are dropped. A full map still refuses inserts, and counts
-//! them as a loss.
+//! `FRAMES` and `ENTRY_ARGS` are plain hash maps keyed by thread id (see
+//! detector-ebpf's maps.rs): a task removes its entry when the event it
+//! waits for comes (syscall return, function exit, task exit). A task
+//! whose removal was missed would leave its entry behind for good; here
+//! entries of threads that no longer exist are dropped. A full map still
+//! refuses inserts, and counts them (a loss for `ENTRY_ARGS`).
 
 use std::path::Path;
 
 use aya::maps::{HashMap, MapData};
 
 pub struct TaskMaps {
-    watched: Option<HashMap<MapData, u32, u8>>,
-    sleepers: Option<HashMap<MapData, u32, u8>>,
+    frames: Option<HashMap<MapData, u32, u64>>,
     entry_args: Option<HashMap<MapData, u64, u64>>,
     proc_dir: &'static Path,
     /// Entries dropped so far.
@@ -29,13 +27,11 @@ fn alive(proc_dir: &Path, tid: u64) -> bool {
 
 impl TaskMaps {
     pub fn new(
-        watched: Option<HashMap<MapData, u32, u8>>,
-        sleepers: Option<HashMap<MapData, u32, u8>>,
+        frames: Option<HashMap<MapData, u32, u64>>,
         entry_args: Option<HashMap<MapData, u64, u64>>,
     ) -> Self {
         Self {
-            watched,
-            sleepers,
+            frames,
             entry_args,
             proc_dir: Path::new("/proc"),
             pruned: 0,
@@ -46,10 +42,7 @@ impl TaskMaps {
     pub fn prune(&mut self) {
         let proc_dir = self.proc_dir;
         let mut pruned = 0;
-        for map in [&mut self.watched, &mut self.sleepers]
-            .into_iter()
-            .flatten()
-        {
+        if let Some(map) = &mut self.frames {
             let dead: Vec<u32> = map
                 .keys()
                 .filter_map(Result::ok)

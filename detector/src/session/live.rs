@@ -21,8 +21,9 @@ use crate::kernel::loss::{LossCounters, Programs};
 use crate::kernel::reader::{Batch, Reader, ReaderTotals};
 use crate::kernel::stacks::StackResolver;
 
-/// How often the reader drains the ring buffer when not woken.
-const DRAIN_EVERY: Duration = Duration::from_millis(20);
+/// How often the reader drains the ring buffer when not woken: with the
+/// reorder window, what a deadline finding waits before it is emitted.
+const DRAIN_EVERY: Duration = Duration::from_millis(10);
 /// How often loaded modules are checked (md_mod may load mid-session, and
 /// stacks are symbolized with the modules loaded now).
 const MODULE_POLL_EVERY: Duration = Duration::from_secs(1);

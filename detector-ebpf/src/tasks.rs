@@ -1,0 +1,117 @@
+//! Which tasks a rule needs to hear about (`TASK_FLAGS`, `FRAMES`) and
+//! which kernel stacks userspace knows of (`STACK_RANGE`).
+
+use detector_common::{ProbeConfig, counter};
+
+use crate::{
+    kernel::bump,
+    maps::{FLAG_CHUNK, FRAMES, STACK_RANGE, TASK_FLAGS, flag},
+};
+
+/// The flags byte of thread `tid`, or `None` beyond the array (counted:
+/// such a task is reported unfiltered).
+#[inline(always)]
+fn flags_ptr(tid: u32) -> Option<*mut u8> {
+    let Some(chunk) = TASK_FLAGS.get_ptr_mut(tid / FLAG_CHUNK as u32) else {
+        bump(counter::TASKS_UNFILTERED);
+        return None;
+    };
+    Some(unsafe { chunk.cast::<u8>().add(tid as usize & (FLAG_CHUNK - 1)) })
+}
+
+/// The flags of `tid` (all of them for a thread beyond the array) and
+/// where they live.
+#[inline(always)]
+pub fn flags_of(tid: u32) -> (Option<*mut u8>, u8) {
+    match flags_ptr(tid) {
+        Some(p) => (Some(p), unsafe { *p }),
+        None => (None, flag::UNKNOWN),
+    }
+}
+
+/// Writes `new` over `old` at `at`; no store when nothing changed (the
+/// byte's cache line is shared with 63 other threads' flags).
+#[inline(always)]
+pub fn set_flags(at: Option<*mut u8>, old: u8, new: u8) {
+    if let Some(p) = at
+        && new != old
+    {
+        unsafe { *p = new };
+    }
+}
+
+/// Sets `bits` in `tid`'s flags.
+#[inline(always)]
+pub fn add_flags(tid: u32, bits: u8) {
+    if tid == 0 {
+        return;
+    }
+    let (at, old) = flags_of(tid);
+    set_flags(at, old, old | bits);
+}
+
+/// Marks the current task `tid` as owning an on-stack completion (or
+/// `bi_private`) at `addr`: its next return to user space is reported, and
+/// its switches until it is seen above `addr`.
+#[inline(always)]
+pub fn note_onstack(tid: u32, addr: u64) {
+    if tid == 0 {
+        return;
+    }
+    add_flags(tid, flag::ONSTACK | flag::FRAMES);
+    match FRAMES.get_ptr_mut(tid) {
+        Some(top) => unsafe {
+            if *top < addr {
+                *top = addr;
+            }
+        },
+        None => {
+            if FRAMES.insert(tid, addr, 0).is_err() {
+                bump(counter::FRAMES_FULL);
+            }
+        }
+    }
+}
+
+/// Whether a task with `FRAMES`, its stack pointer at `sp`, is above
+/// every frame it was marked for (false when unknown: the map was full).
+#[inline(always)]
+pub fn above_frames(tid: u32, sp: u64) -> bool {
+    sp != 0 && unsafe { FRAMES.get(tid) }.is_some_and(|&top| sp > top)
+}
+
+/// Forgets where `tid`'s on-stack frames were.
+#[inline(always)]
+pub fn forget_frames(tid: u32) {
+    let _ = FRAMES.remove(tid);
+}
+
+/// Keeps `STACK_RANGE` covering a stack userspace hears of. Two CPUs
+/// widening it at once may lose one update: `complete()`s on that stack
+/// then go unreported (fewer findings, never a false one).
+#[inline(always)]
+pub fn widen_stack_range(base: u64) {
+    if base == 0 {
+        return;
+    }
+    let Some(range) = STACK_RANGE.get_ptr_mut(0) else {
+        return;
+    };
+    unsafe {
+        let [lo, hi] = *range;
+        if lo == 0 || base < lo {
+            (*range)[0] = base;
+        }
+        if base > hi {
+            (*range)[1] = base;
+        }
+    }
+}
+
+/// Whether `addr` may lie in a kernel stack userspace knows of.
+#[inline(always)]
+pub fn in_stack_range(cfg: &ProbeConfig, addr: u64) -> bool {
+    STACK_RANGE.get(0).is_some_and(|&[lo, hi]| {
+        lo != 0 && addr >= lo && addr < hi.saturating_add(cfg.thread_size as u64)
+    })
+}
