@@ -49,8 +49,11 @@ static void dc_end_io(struct bio *bio)
 
 /*
  * Test hook of double_complete_lost_events: events the tracer must record
- * between the two completions, complete() on a completion nobody waits
- * for, fast enough to overrun a small ring buffer. The timeout path is
+ * between the two completions, complete() on a completion on this task's
+ * stack (the tracer reports those; one in static memory it leaves out in
+ * the kernel, as no rule follows it), fast enough to overrun a small ring
+ * buffer, then waited for so that the frame is left synchronized. The
+ * timeout path is
  * armed far out and run once the burst is over and the tracer's reader
  * had DC_DRAIN_MS to catch up, so that the second completion is recorded
  * however long the burst took.
@@ -58,20 +61,20 @@ static void dc_end_io(struct bio *bio)
 #define DC_BURST 20000
 #define DC_BURST_TIMEOUT_MS 60000
 #define DC_DRAIN_MS 1000
-static DECLARE_COMPLETION(dc_burst);
 static ktime_t dc_burst_end;
 
 /* The burst, then the armed timeout path run now. */
 static void dc_burst_then_timeout(struct rb_disk *d, unsigned int burst, s64 *burst_us)
 {
+	DECLARE_COMPLETION_ONSTACK(dc_burst);
 	ktime_t t0 = ktime_get();
 	int i;
 
 	for (i = 0; i < burst; i++)
 		complete(&dc_burst);
+	wait_for_completion(&dc_burst);
 	dc_burst_end = ktime_get();
 	*burst_us = ktime_us_delta(dc_burst_end, t0);
-	reinit_completion(&dc_burst);
 	msleep(DC_DRAIN_MS);
 	for (i = 0; i < 1000 && !rb_disk_fire_timeout(d); i++)
 		msleep(1);

@@ -39,6 +39,10 @@ pub const SKIPPED: &[(&str, &str)] = &[
         "throtl/004",
         "hits a WARNING in blk-throttle and a soft lockup in throtl_pending_timer_fn on 6.1",
     ),
+    (
+        "throtl/006",
+        "soft lockups and the guest's OOM killer under emulation on 6.1, taking the nvme group down",
+    ),
 ];
 
 /// The guest's directory under `.vm-cache/`.
