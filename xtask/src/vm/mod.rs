@@ -29,6 +29,7 @@ mod results;
 mod rootfs;
 mod scenarios;
 mod service;
+mod service_caps;
 mod service_checks;
 mod tally;
 

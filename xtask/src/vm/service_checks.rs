@@ -33,6 +33,7 @@ pub fn judge(guest: &GuestDir) -> Result<()> {
     hooks_as_unconfined(&out, &fs::read_to_string(guest.dir.join("metrics.txt"))?)?;
     finding_everywhere(&out)?;
     reload_kill_stop(&out)?;
+    crate::vm::service_caps::each_capability_is_needed(&out)?;
     let security = read(&out, "security.txt")?;
     let score = security
         .lines()
