@@ -471,8 +471,10 @@ impl EventKind {
     ];
 }
 
-/// An [`EventKind`] without its fields: what the engine routes on.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// An [`EventKind`] without its fields: what the engine routes on, and
+/// what a record's `event` field names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
+#[serde(rename_all = "snake_case")]
 #[repr(u8)]
 pub enum EventTag {
     BioQueue,

@@ -9,7 +9,8 @@ use serde::Deserialize;
 
 use super::Record;
 use crate::event::{
-    Addr, Dev, Event, EventKind, Hook, LossCause, Stack, StackId, TeardownStage, WaitVariant,
+    Addr, Dev, Event, EventKind, EventTag, Hook, LossCause, Stack, StackId, TeardownStage,
+    WaitVariant,
 };
 
 /// What [`super::Record`] holds, with events read flat.
@@ -23,38 +24,6 @@ pub(super) enum FlatRecord {
     Event(FlatEvent),
     Stack { id: StackId, stack: Stack },
     Symbol { addr: Addr, name: String },
-}
-
-/// The `event` field: which kind, without allocating its name.
-#[derive(Clone, Copy, Deserialize)]
-#[serde(rename_all = "snake_case")]
-enum Kind {
-    BioQueue,
-    RqComplete,
-    BioComplete,
-    BioEndio,
-    BioEndioExit,
-    BioInit,
-    Complete,
-    CompleteAll,
-    CompletionInit,
-    WaitEnter,
-    WaitExit,
-    MdSuperWrite,
-    MdSuperWritten,
-    MdSuperWait,
-    MdSuperWaitExit,
-    MdTeardown,
-    DelGendisk,
-    DelGendiskExit,
-    SchedSwitch,
-    SchedWaking,
-    SchedWakeup,
-    SysExit,
-    SysEnter,
-    TaskExit,
-    LossChecked,
-    Lost,
 }
 
 /// Every field any event kind has. In binary records addresses and
@@ -72,7 +41,8 @@ pub(super) struct FlatEvent {
     sp: Addr,
     #[serde(default)]
     stack: Option<StackId>,
-    event: Kind,
+    /// The `event` field: which kind, without allocating its name.
+    event: EventTag,
     bio: Option<u64>,
     dev: Option<u32>,
     disk: Option<u64>,
@@ -170,7 +140,7 @@ impl FlatEvent {
     fn kind(&self) -> Result<EventKind, &'static str> {
         let a = Self::addr;
         Ok(match self.event {
-            Kind::BioQueue => EventKind::BioQueue {
+            EventTag::BioQueue => EventKind::BioQueue {
                 bio: a(self.bio, "bio")?,
                 dev: self.dev()?,
                 disk: self.disk_dev()?,
@@ -180,7 +150,7 @@ impl FlatEvent {
                 end_io: a(self.end_io, "end_io")?,
                 private: a(self.private, "private")?,
             },
-            Kind::RqComplete => EventKind::RqComplete {
+            EventTag::RqComplete => EventKind::RqComplete {
                 rq: a(self.rq, "rq")?,
                 disk: self.disk_dev()?,
                 sector: need(self.sector, "sector")?,
@@ -192,7 +162,7 @@ impl FlatEvent {
                     .collect(),
                 truncated: need(self.truncated, "truncated")?,
             },
-            Kind::BioComplete => EventKind::BioComplete {
+            EventTag::BioComplete => EventKind::BioComplete {
                 bio: a(self.bio, "bio")?,
                 dev: self.dev()?,
                 disk: self.disk_dev()?,
@@ -200,7 +170,7 @@ impl FlatEvent {
                 size: need(self.size, "size")?,
                 error: need(self.error, "error")?,
             },
-            Kind::BioEndio => EventKind::BioEndio {
+            EventTag::BioEndio => EventKind::BioEndio {
                 bio: a(self.bio, "bio")?,
                 end_io: a(self.end_io, "end_io")?,
                 private: a(self.private, "private")?,
@@ -217,16 +187,16 @@ impl FlatEvent {
                 has_blkg: self.has_blkg.unwrap_or(false),
                 integrity: self.integrity.unwrap_or(false),
             },
-            Kind::BioEndioExit => EventKind::BioEndioExit {
+            EventTag::BioEndioExit => EventKind::BioEndioExit {
                 bio: self.bio.map(Addr),
             },
-            Kind::BioInit => EventKind::BioInit {
+            EventTag::BioInit => EventKind::BioInit {
                 bio: a(self.bio, "bio")?,
             },
-            Kind::Complete | Kind::CompleteAll => {
+            EventTag::Complete | EventTag::CompleteAll => {
                 let (x, done) = (a(self.x, "x")?, need(self.done, "done")?);
                 let on_own_stack = need(self.on_own_stack, "on_own_stack")?;
-                if matches!(self.event, Kind::Complete) {
+                if matches!(self.event, EventTag::Complete) {
                     EventKind::Complete {
                         x,
                         done,
@@ -240,31 +210,31 @@ impl FlatEvent {
                     }
                 }
             }
-            Kind::CompletionInit => EventKind::CompletionInit {
+            EventTag::CompletionInit => EventKind::CompletionInit {
                 x: a(self.x, "x")?,
                 on_own_stack: need(self.on_own_stack, "on_own_stack")?,
             },
-            Kind::WaitEnter => EventKind::WaitEnter {
+            EventTag::WaitEnter => EventKind::WaitEnter {
                 x: a(self.x, "x")?,
                 variant: need(self.variant, "variant")?,
                 timeout: self.timeout,
                 done: need(self.done, "done")?,
                 on_own_stack: need(self.on_own_stack, "on_own_stack")?,
             },
-            Kind::WaitExit => EventKind::WaitExit {
+            EventTag::WaitExit => EventKind::WaitExit {
                 x: a(self.x, "x")?,
                 variant: need(self.variant, "variant")?,
                 ret: need(self.ret, "ret")?,
                 on_own_stack: need(self.on_own_stack, "on_own_stack")?,
             },
-            Kind::MdSuperWrite => EventKind::MdSuperWrite {
+            EventTag::MdSuperWrite => EventKind::MdSuperWrite {
                 mddev: a(self.mddev, "mddev")?,
                 rdev: a(self.rdev, "rdev")?,
                 sector: need(self.sector, "sector")?,
                 size: need(self.size, "size")?,
                 pending_writes: self.pending_writes,
             },
-            Kind::MdSuperWritten => EventKind::MdSuperWritten {
+            EventTag::MdSuperWritten => EventKind::MdSuperWritten {
                 mddev: a(self.mddev, "mddev")?,
                 rdev: a(self.rdev, "rdev")?,
                 bio: a(self.bio, "bio")?,
@@ -272,28 +242,28 @@ impl FlatEvent {
                 status: need(self.status, "status")?,
                 pending_writes: self.pending_writes,
             },
-            Kind::MdSuperWait => EventKind::MdSuperWait {
+            EventTag::MdSuperWait => EventKind::MdSuperWait {
                 mddev: a(self.mddev, "mddev")?,
                 pending_writes: self.pending_writes,
             },
-            Kind::MdSuperWaitExit => EventKind::MdSuperWaitExit {
+            EventTag::MdSuperWaitExit => EventKind::MdSuperWaitExit {
                 mddev: a(self.mddev, "mddev")?,
                 pending_writes: self.pending_writes,
             },
-            Kind::MdTeardown => EventKind::MdTeardown {
+            EventTag::MdTeardown => EventKind::MdTeardown {
                 mddev: a(self.mddev, "mddev")?,
                 stage: need(self.stage, "stage")?,
                 pending_writes: self.pending_writes,
             },
-            Kind::DelGendisk | Kind::DelGendiskExit => {
+            EventTag::DelGendisk | EventTag::DelGendiskExit => {
                 let (disk, dev) = (a(self.disk, "disk")?, self.dev()?);
-                if matches!(self.event, Kind::DelGendisk) {
+                if matches!(self.event, EventTag::DelGendisk) {
                     EventKind::DelGendisk { disk, dev }
                 } else {
                     EventKind::DelGendiskExit { disk, dev }
                 }
             }
-            Kind::SchedSwitch => EventKind::SchedSwitch {
+            EventTag::SchedSwitch => EventKind::SchedSwitch {
                 prev_state: need(self.prev_state, "prev_state")?,
                 prev_in_iowait: need(self.prev_in_iowait, "prev_in_iowait")?,
                 preempt: need(self.preempt, "preempt")?,
@@ -303,10 +273,10 @@ impl FlatEvent {
                 next_stack_base: a(self.next_stack_base, "next_stack_base")?,
                 next_saved_sp: a(self.next_saved_sp, "next_saved_sp")?,
             },
-            Kind::SchedWaking | Kind::SchedWakeup => {
+            EventTag::SchedWaking | EventTag::SchedWakeup => {
                 let target_tid = need(self.target_tid, "target_tid")?;
                 let target_comm = need(self.target_comm.clone(), "target_comm")?;
-                if matches!(self.event, Kind::SchedWaking) {
+                if matches!(self.event, EventTag::SchedWaking) {
                     EventKind::SchedWaking {
                         target_tid,
                         target_comm,
@@ -318,19 +288,19 @@ impl FlatEvent {
                     }
                 }
             }
-            Kind::SysExit => EventKind::SysExit {
+            EventTag::SysExit => EventKind::SysExit {
                 nr: need(self.nr, "nr")?,
                 ret: need(self.ret, "ret")?,
                 enter_reported: self.enter_reported.unwrap_or(false),
             },
-            Kind::SysEnter => EventKind::SysEnter {
+            EventTag::SysEnter => EventKind::SysEnter {
                 nr: need(self.nr, "nr")?,
             },
-            Kind::TaskExit => EventKind::TaskExit,
-            Kind::LossChecked => EventKind::LossChecked {
+            EventTag::TaskExit => EventKind::TaskExit,
+            EventTag::LossChecked => EventKind::LossChecked {
                 until: need(self.until, "until")?,
             },
-            Kind::Lost => EventKind::Lost {
+            EventTag::Lost => EventKind::Lost {
                 count: need(self.count, "count")?,
                 until: need(self.until, "until")?,
                 cause: self.cause.unwrap_or_default(),
