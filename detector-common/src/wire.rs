@@ -107,6 +107,14 @@ pub mod teardown {
     pub const MD_STOP_WRITES: u8 = 5;
 }
 
+/// `Header::flags` bits.
+pub mod header_flag {
+    /// `BIO_QUEUE`: the hook ran after partition remapping, so `sector`
+    /// counts from the start of the whole disk (the `block_bio_queue`
+    /// tracepoint, `submit_bio_noacct_nocheck`).
+    pub const DISK_RELATIVE: u8 = 0x01;
+}
+
 /// `Header::stack_id` when the hook takes no stack.
 pub const NO_STACK: i32 = -1;
 /// `Header::stack_id` when the CPU's stack budget was spent.
@@ -120,7 +128,8 @@ pub struct Header {
     pub kind: u16,
     /// One of [`hook`].
     pub hook: u8,
-    pub _pad0: u8,
+    /// Per-kind bits: [`header_flag`].
+    pub flags: u8,
     pub cpu: u32,
     pub ts_ns: u64,
     /// Process id (`tgid`) of `current`.

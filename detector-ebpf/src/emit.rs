@@ -51,7 +51,7 @@ pub fn header_on<C: Hooked>(
     Header {
         kind,
         hook: C::HOOK,
-        _pad0: 0,
+        flags: 0,
         cpu: unsafe { bpf_get_smp_processor_id() },
         ts_ns: unsafe { bpf_ktime_get_ns() },
         pid: (pid_tgid >> 32) as u32,

@@ -226,6 +226,7 @@ mod tests {
                 opf: 1,
                 end_io: Addr(0),
                 private: Addr(0),
+                disk_relative: false,
             },
         )
     }

@@ -384,6 +384,8 @@ impl Events {
             opf,
             end_io,
             private,
+            // as submit_bio_noacct_nocheck sees it
+            disk_relative: true,
         };
         let ev = self.of_task(task, ts + 40, 0x3100, Hook::Fentry, queue);
         self.out.push_back(ev);

@@ -8,7 +8,7 @@ mod common;
 use common::{Replay, jitter, load, replay, replay_fixture};
 use detector::engine::FindingKind::{self, *};
 use detector::engine::{Context, ObjectKind, Rule, Severity};
-use detector::event::{Addr, Dev, StackId};
+use detector::event::{Addr, Dev, EventKind, StackId};
 
 /// Every fixture and the exact findings it must give.
 const EXPECTED: &[(&str, &[FindingKind])] = &[
@@ -92,6 +92,7 @@ const EXPECTED: &[(&str, &[FindingKind])] = &[
     ("lost_io_resubmitted", &[]),
     ("lost_io_unobservable_device", &[]),
     ("lost_io_range_completed", &[]),
+    ("lost_io_range_completed_partition", &[]),
     (
         "reorder_unsynchronized_out_of_order",
         &[UnsynchronizedOnstackComplete],
@@ -392,6 +393,20 @@ fn lost_io_quotes_the_submission() {
 fn unobservable_devices_are_not_judged() {
     let r = check("lost_io_unobservable_device", &[]);
     assert_eq!(r.stats.indeterminate(Rule::LostIoCompletion), 1);
+}
+
+/// The range completion covers the bios it does not name only because
+/// their sectors count from the whole disk: taken as partition sectors
+/// (as `submit_bio_noacct` sees them), those 4 bios stay pending.
+#[test]
+fn partition_bios_are_range_completed_only_when_disk_relative() {
+    let mut events = common::load("lost_io_range_completed_partition");
+    for ev in &mut events {
+        if let EventKind::BioQueue { disk_relative, .. } = &mut ev.kind {
+            *disk_relative = false;
+        }
+    }
+    assert_eq!(replay(events).kinds(), [LostIoCompletion]);
 }
 
 #[test]

@@ -10,7 +10,7 @@ use aya_ebpf::{
 };
 use detector_common::{
     BioComplete, BioEndio, BioQueue, BioRef, DiskEvent, Header, ProbeConfig, RQ_MAX_BIOS,
-    RqComplete, counter, hook, kind,
+    RqComplete, counter, header_flag, hook, kind,
 };
 
 use super::done;
@@ -28,16 +28,33 @@ use crate::{
 /// `block_bio_queue(struct bio *bio)` (5.11+; checked on 6.1 and 6.18).
 #[btf_tracepoint(function = "block_bio_queue")]
 pub fn tp_block_bio_queue(ctx: BtfTracePointContext) -> u32 {
-    done(try_bio_queue(&ctx, 0))
+    done(try_bio_queue(&ctx, header_flag::DISK_RELATIVE))
 }
 
 #[raw_tracepoint(tracepoint = "block_bio_queue")]
 pub fn raw_block_bio_queue(ctx: RawTracePointContext) -> u32 {
-    done(try_bio_queue(&ctx, 0))
+    done(try_bio_queue(&ctx, header_flag::DISK_RELATIVE))
+}
+
+/// `void submit_bio_noacct_nocheck(struct bio *bio, ...)` (5.19+; checked
+/// on 6.1 and 6.18): every submission once it passed the block layer's
+/// checks, partition remapping and blk-throttle. A bio that a cgroup's
+/// `io.max` holds back reaches it only when the throttle dispatches it, so
+/// the time it waited there by design is not taken for a stall; stacked
+/// drivers' resubmissions pass here too.
+#[fentry(function = "submit_bio_noacct_nocheck")]
+pub fn enter_submit_bio_noacct_nocheck(ctx: FEntryContext) -> u32 {
+    done(try_bio_queue(&ctx, header_flag::DISK_RELATIVE))
+}
+
+#[kprobe]
+pub fn kprobe_submit_bio_noacct_nocheck(ctx: ProbeContext) -> u32 {
+    done(try_bio_queue(&ctx, header_flag::DISK_RELATIVE))
 }
 
 /// `void submit_bio_noacct(struct bio *bio)`: every submission, including
-/// stacked drivers' resubmissions (checked on 6.1 and 6.18).
+/// stacked drivers' resubmissions (checked on 6.1 and 6.18), before
+/// partition remapping; for kernels without `submit_bio_noacct_nocheck`.
 #[fentry(function = "submit_bio_noacct")]
 pub fn enter_submit_bio_noacct(ctx: FEntryContext) -> u32 {
     done(try_bio_queue(&ctx, 0))
@@ -49,11 +66,12 @@ pub fn kprobe_submit_bio_noacct(ctx: ProbeContext) -> u32 {
 }
 
 #[inline(always)]
-fn try_bio_queue<C: Hooked>(ctx: &C, bio_arg: usize) -> Option<()> {
+fn try_bio_queue<C: Hooked>(ctx: &C, flags: u8) -> Option<()> {
     let cfg = config()?;
-    let bio = ctx.arg_u64(bio_arg);
+    let bio = ctx.arg_u64(0);
     let (dev, disk) = bio_devs(cfg, bio);
-    let header = header(ctx, cfg, kind::BIO_QUEUE, Stack::Take);
+    let mut header = header(ctx, cfg, kind::BIO_QUEUE, Stack::Take);
+    header.flags = flags;
     let private: u64 = read(bio, cfg.bio.private);
     note_submitter(cfg, &header, private);
     super::md::note_submission(cfg, bio);

@@ -16,7 +16,7 @@ use super::handlers::{Call, Handlers};
 use super::loss::Loss;
 use super::stacks::StackFunctions;
 use super::tasks::{Obs, ObsKind, Retire, Sleep, Task, Tasks};
-use crate::event::{Addr, Event, EventKind, Hook, TASK_UNINTERRUPTIBLE};
+use crate::event::{Addr, Event, EventKind, TASK_UNINTERRUPTIBLE};
 
 /// `REQ_OP_READ` in the low bits of `bi_opf` (`REQ_OP_BITS` is 8 since
 /// 4.10; `REQ_OP_READ` has always been 0).
@@ -203,18 +203,13 @@ impl World {
             sector,
             size,
             end_io,
+            disk_relative,
             ..
         } = &ev.kind
         else {
             return;
         };
-        // Tracepoints see the bio after partition remapping; the
-        // submit_bio_noacct entry hooks see partition sectors.
-        let disk_relative = dev == disk
-            || matches!(
-                ev.hook,
-                Hook::TpBtf | Hook::RawTracepoint | Hook::Tracepoint
-            );
+        let disk_relative = dev == disk || *disk_relative;
         let task_ctx = ev.tid != 0 && !actor.irq;
         let episode = self.tasks.get(ev.tid).map_or(0, |t| t.episode);
         let sub = Submission {

@@ -176,6 +176,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
                 opf: r.opf,
                 end_io: Addr(r.end_io),
                 private: Addr(r.private),
+                disk_relative: header.flags & wire::header_flag::DISK_RELATIVE != 0,
             }
         }
         kind::RQ_COMPLETE => {

@@ -116,7 +116,7 @@ pub fn encode(ev: &Event) -> Result<Vec<u8>, NotAKernelEvent> {
         Ok(wire::Header {
             kind,
             hook: hook_byte(ev.hook)?,
-            _pad0: 0,
+            flags: 0,
             cpu: ev.cpu,
             ts_ns: ev.ts,
             pid: ev.pid,
@@ -138,8 +138,16 @@ pub fn encode(ev: &Event) -> Result<Vec<u8>, NotAKernelEvent> {
             opf,
             end_io,
             private,
+            disk_relative,
         } => bytes_of(&wire::BioQueue {
-            header: k(kind::BIO_QUEUE)?,
+            header: wire::Header {
+                flags: if *disk_relative {
+                    wire::header_flag::DISK_RELATIVE
+                } else {
+                    0
+                },
+                ..k(kind::BIO_QUEUE)?
+            },
             bio: bio.0,
             sector: *sector,
             end_io: end_io.0,

@@ -231,6 +231,10 @@ pub enum EventKind {
         opf: u32,
         end_io: Addr,
         private: Addr,
+        /// `sector` counts from the start of the whole disk: the hook ran
+        /// after partition remapping (else it is relative to `dev`).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        disk_relative: bool,
     },
     /// A request finished `nr_bytes` from `sector`; `bios` are the bios
     /// this completes in full, as far as the bounded walk saw.

@@ -50,6 +50,7 @@ pub fn kernel_events() -> Vec<Event> {
                 opf: 0x8801,
                 end_io: Addr(0xffff_ffff_8150_0000),
                 private: a(2),
+                disk_relative: true,
             },
         ),
         (

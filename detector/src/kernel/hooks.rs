@@ -198,7 +198,19 @@ pub fn hooks() -> &'static [HookSpec] {
                 module: None,
                 candidates: {
                     const C: &[Candidate] = &[
+                        // After blk-throttle: a bio held by a cgroup's
+                        // io.max is submitted when it is dispatched.
+                        c(
+                            Fentry,
+                            "submit_bio_noacct_nocheck",
+                            "enter_submit_bio_noacct_nocheck",
+                        ),
                         c(Fentry, "submit_bio_noacct", "enter_submit_bio_noacct"),
+                        c(
+                            Kprobe,
+                            "submit_bio_noacct_nocheck",
+                            "kprobe_submit_bio_noacct_nocheck",
+                        ),
                         c(Kprobe, "submit_bio_noacct", "kprobe_submit_bio_noacct"),
                         c(TpBtf, "block_bio_queue", "tp_block_bio_queue"),
                         c(RawTracepoint, "block_bio_queue", "raw_block_bio_queue"),
@@ -554,7 +566,25 @@ mod tests {
         }
     }
 
-    /// Candidates are ordered best first: function hooks before tracepoints.
+    /// A bio's submission is taken after blk-throttle where the kernel
+    /// allows it: a bio a cgroup's io.max holds back is not yet at the
+    /// device, and its stall clock must not run.
+    #[test]
+    fn submission_prefers_after_the_throttle() {
+        let submit = hook("bio_submit").expect("bio_submit");
+        let first = |m: Mechanism| {
+            submit
+                .candidates
+                .iter()
+                .find(|c| c.mechanism == m)
+                .map(|c| c.target)
+        };
+        assert_eq!(first(Mechanism::Fentry), Some("submit_bio_noacct_nocheck"));
+        assert_eq!(first(Mechanism::Kprobe), Some("submit_bio_noacct_nocheck"));
+    }
+
+    /// Candidates are ordered best first: function hooks before tracepoints
+    /// (two functions of one mechanism: the better one first).
     #[test]
     fn candidates_prefer_function_hooks() {
         let rank = |m: Mechanism| match m {
@@ -566,7 +596,7 @@ mod tests {
         for h in hooks() {
             let ranks: Vec<_> = h.candidates.iter().map(|c| rank(c.mechanism)).collect();
             assert!(
-                ranks.windows(2).all(|w| w[0] < w[1]),
+                ranks.windows(2).all(|w| w[0] <= w[1]),
                 "{}: {ranks:?}",
                 h.name
             );

@@ -51,6 +51,7 @@ pub(super) struct FlatEvent {
     opf: Option<u32>,
     end_io: Option<u64>,
     private: Option<u64>,
+    disk_relative: Option<bool>,
     rq: Option<u64>,
     nr_bytes: Option<u32>,
     error: Option<i32>,
@@ -149,6 +150,12 @@ impl FlatEvent {
                 opf: need(self.opf, "opf")?,
                 end_io: a(self.end_io, "end_io")?,
                 private: a(self.private, "private")?,
+                // Absent before it was recorded: then only tracepoints
+                // ran after partition remapping.
+                disk_relative: self.disk_relative.unwrap_or(matches!(
+                    self.hook,
+                    Hook::TpBtf | Hook::RawTracepoint | Hook::Tracepoint
+                )),
             },
             EventTag::RqComplete => EventKind::RqComplete {
                 rq: a(self.rq, "rq")?,

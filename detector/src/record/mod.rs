@@ -155,6 +155,7 @@ pub mod tests_support {
                     opf: 1,
                     end_io: Addr(0),
                     private: Addr(0),
+                    disk_relative: true,
                 },
             );
             w.event(&ev).expect("writing to memory");

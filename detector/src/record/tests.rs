@@ -37,6 +37,7 @@ fn event(i: u64) -> Event {
             opf: 1,
             end_io: Addr(0xffffffff81234567),
             private: Addr(0),
+            disk_relative: true,
         },
     }
 }

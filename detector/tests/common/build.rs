@@ -136,6 +136,7 @@ pub fn queue_end_io(who: &Who, ts: u64, b: u64, disk: Dev, end_io: Addr) -> Even
             opf: 1,
             end_io,
             private: Addr(0),
+            disk_relative: true,
         },
     );
     ev.stack = Some(SUBMIT_STACK);

@@ -1,10 +1,11 @@
 //! `cargo xtask vm-test --benign`: healthy kernel behaviour must give zero
 //! findings. Real workloads on real subsystems (md raid1, dm-thin, T10-PI
-//! integrity, NVMe passthrough, a disk deleted under I/O, null_blk) run in
-//! the Debian guest, each under its own `detector trace` session with every
-//! hook and the bench's thresholds; the host replays each recording and
-//! requires no finding at all, real events (the kinds the workload must
-//! cause, bios on each of its disks), and reports what was lost.
+//! integrity, NVMe passthrough, a disk deleted under I/O, blk-throttle,
+//! null_blk) run in the Debian guest, each under its own `detector trace`
+//! session with every hook and the bench's thresholds; the host replays each
+//! recording and requires no finding at all, real events (the kinds the
+//! workload must cause, bios on each of its disks), and reports what was
+//! lost.
 //!
 //! Guest side: `tests/vm/debian/benign.sh` and `benign/NAME.sh`.
 
@@ -61,6 +62,11 @@ pub const WORKLOADS: &[Workload] = &[
         name: "disk_delete",
         about: "scsi_debug disks deleted while fio submits to them (blktests block/027's shape)",
         kinds: &["bio_queue", "del_gendisk"],
+    },
+    Workload {
+        name: "throttle",
+        about: "direct I/O held back for seconds by blk-throttle (a cgroup's io.max on null_blk)",
+        kinds: &["bio_queue", "bio_endio"],
     },
     Workload {
         name: "null_blk",

@@ -139,7 +139,8 @@ pub struct VmTestArgs {
     rejudge: bool,
     /// Instead of the seed races: the benign suite of real workloads in a
     /// Debian guest (md raid1, dm-thin, integrity, NVMe passthrough, a disk
-    /// deleted under I/O, null_blk), which must give zero findings.
+    /// deleted under I/O, blk-throttle, null_blk), which must give zero
+    /// findings.
     #[arg(long, conflicts_with_all = ["scenarios", "no_detector", "save_fixtures"])]
     benign: bool,
     /// With --benign: run only this workload (repeatable); see --list.
