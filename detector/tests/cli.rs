@@ -1,18 +1,11 @@
 //! The command line's behaviour on bad input: clear messages, non-zero exit
 //! codes, never a panic. Needs no privileges.
 
-use std::process::{Command, Output};
+use std::process::Output;
 
-fn detector(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_detector"))
-        .args(args)
-        .output()
-        .expect("detector runs")
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
+#[path = "common/cli.rs"]
+mod cli_support;
+use cli_support::{detector, stderr};
 
 fn assert_no_panic(out: &Output) {
     let err = stderr(out);

@@ -5,19 +5,12 @@
 
 use std::net::TcpListener;
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::{Duration, Instant};
 
-fn detector(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_detector"))
-        .args(args)
-        .output()
-        .expect("detector runs")
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
+#[path = "common/cli.rs"]
+mod cli_support;
+use cli_support::{detector, stderr};
 
 fn write(dir: &Path, name: &str, text: &str) -> String {
     let path = dir.join(name);
