@@ -183,16 +183,8 @@ impl GuestDir {
         timeout: Duration,
         init: &str,
     ) -> Result<Outcome> {
-        qemu::boot(&qemu::Boot {
-            label: label.to_owned(),
-            vmlinux: boot.vmlinux.clone(),
-            initrd: boot.initrd.clone(),
-            share: self.share(),
-            log: self.log(),
-            timeout,
-            append: format!("root=LABEL={} init={init}", rootfs::ROOT_LABEL),
-            extra_args: self.disk_args(&boot.image)?,
-        })
+        let extra_args = self.disk_args(&boot.image)?;
+        self.boot_with(boot, label, timeout, &format!("init={init}"), extra_args)
     }
 
     /// Boots the image's systemd as PID 1, as a server: systemd's
@@ -215,6 +207,20 @@ impl GuestDir {
             "-device".to_owned(),
             "virtio-net-pci,netdev=net0".to_owned(),
         ]);
+        let init = "init=/sbin/init systemd.run=/host/bench/service-guest";
+        self.boot_with(boot, label, timeout, init, extra_args)
+    }
+
+    /// Boots the image from its root label with `init` (kernel command line
+    /// words) and the given qemu arguments, this guest's share and log.
+    fn boot_with(
+        &self,
+        boot: &Boot,
+        label: &str,
+        timeout: Duration,
+        init: &str,
+        extra_args: Vec<String>,
+    ) -> Result<Outcome> {
         qemu::boot(&qemu::Boot {
             label: label.to_owned(),
             vmlinux: boot.vmlinux.clone(),
@@ -222,10 +228,7 @@ impl GuestDir {
             share: self.share(),
             log: self.log(),
             timeout,
-            append: format!(
-                "root=LABEL={} init=/sbin/init systemd.run=/host/bench/service-guest",
-                rootfs::ROOT_LABEL
-            ),
+            append: format!("root=LABEL={} {init}", rootfs::ROOT_LABEL),
             extra_args,
         })
     }
