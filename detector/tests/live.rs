@@ -424,6 +424,11 @@ fn check_tells_the_truth_about_this_kernel() {
         "tp_btf"
     };
     assert_eq!(hooks["bio_submit"]["mechanism"], expected);
+    // Where function hooks work, the submission is taken after blk-throttle
+    // (a function of 5.19 and later: this is a newer kernel).
+    if fentry || kprobe_pmu {
+        assert_eq!(hooks["bio_submit"]["target"], "submit_bio_noacct_nocheck");
+    }
     // Without function hooks, completion rules cannot run: check says so.
     let rules: BTreeMap<String, Value> = report["rules"]
         .as_array()

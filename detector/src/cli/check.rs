@@ -195,7 +195,10 @@ pub fn run(args: CheckArgs) -> Result<ExitCode> {
             let mut unavailable = Vec::new();
             for a in o.tried.iter().filter(|a| !a.target_missing) {
                 if mechanism_reasons.contains(&a.error) {
-                    unavailable.push(a.mechanism.name());
+                    // Two functions tried the same way: one name.
+                    if !unavailable.contains(&a.mechanism.name()) {
+                        unavailable.push(a.mechanism.name());
+                    }
                 } else {
                     notes.push(format!("{}: {}", a.mechanism.name(), a.error));
                 }
