@@ -201,7 +201,12 @@ int rb_late_complete_irq(bool fixed)
 
 /* irq_in_user */
 #define IU_GIVE_UP_MS 10
-#define IU_LATE_MS 50
+/*
+ * The timer must fire after the owner gave up (IU_GIVE_UP_MS): a margin
+ * wide enough for a vCPU descheduled on a loaded emulating host, or the
+ * fixed twin's wait returns before giving up and proves nothing.
+ */
+#define IU_LATE_MS 250
 #define IU_RETRY_US 200
 #define IU_MAX_TRIES 20000
 
