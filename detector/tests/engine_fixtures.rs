@@ -115,6 +115,10 @@ const EXPECTED: &[(&str, &[FindingKind])] = &[
         "lost_io_stall_recovers",
         &[LostIoCompletion, LateIoCompletion],
     ),
+    (
+        "lost_io_stall_requeued",
+        &[LostIoCompletion, LateIoCompletion],
+    ),
     ("lost_wakeup_own_completion_then_page_lock", &[]),
     ("lost_wakeup_irq_completion_then_page_lock", &[]),
     ("lost_wakeup_irq_completion_then_mempool", &[]),
@@ -387,6 +391,20 @@ fn lost_io_quotes_the_submission() {
     assert_eq!(f.sides[0].role, "submitter");
     assert_eq!(f.sides[0].stack, Some(StackId(46)));
     assert_eq!(f.ts, 130_000_000_000);
+}
+
+/// A stall's end is measured from the bios' first submission: a requeue
+/// just before completing (NVMe multipath) does not make a 50 s stall
+/// look 25 ms long.
+#[test]
+fn a_requeued_stall_is_as_long_as_it_was() {
+    let r = check("lost_io_stall_requeued", &[LostIoCompletion, LateIoCompletion]);
+    let late = &r.findings[1];
+    assert!(
+        late.explanation.contains("the slowest 50.0"),
+        "{}",
+        late.explanation
+    );
 }
 
 #[test]

@@ -41,7 +41,7 @@ struct Stall {
     pending: u32,
     /// Overdue bios in all.
     bios: u32,
-    /// The longest time from submission to completion so far.
+    /// The longest time from first submission to completion so far.
     longest: u64,
     errors: u32,
     last_error: i32,
@@ -109,9 +109,11 @@ impl LostIo {
             return;
         };
         stall.pending = stall.pending.saturating_sub(1);
+        // From the first submission: a bio requeued once the device is
+        // back (NVMe multipath) waited all along.
         stall.longest = stall
             .longest
-            .max(done.actor.ts.saturating_sub(bio.last_queued));
+            .max(done.actor.ts.saturating_sub(bio.queued().ts));
         if done.status != 0 {
             stall.errors += 1;
             stall.last_error = done.status;
@@ -243,8 +245,8 @@ fn late_finding(stall: &Stall) -> Finding {
         )
     };
     b.finish(format!(
-        "the stall on {} is over: {} overdue bio(s) completed, the slowest {} after its \
-         submission; {outcome}",
+        "the stall on {} is over: {} overdue bio(s) completed, the slowest {} after it was \
+         first submitted; {outcome}",
         bio.disk,
         stall.bios,
         duration(stall.longest),
