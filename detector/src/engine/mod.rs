@@ -94,6 +94,10 @@ struct Core {
     last_ts: u64,
     /// Scratch space reused across events.
     facts: Vec<Fact>,
+    /// The earliest deadline of any rule, as of the last time rules or
+    /// tables changed (None: to be asked again). Asking every rule costs a
+    /// virtual call each, before and after every event.
+    deadline: Option<Option<u64>>,
 }
 
 impl Engine {
@@ -109,6 +113,7 @@ impl Engine {
                 rules,
                 last_ts: 0,
                 facts: Vec::new(),
+                deadline: None,
                 cfg,
             },
         }
@@ -123,6 +128,7 @@ impl Engine {
     /// quoting it; a second time is a no-op.
     pub fn learn_stack(&mut self, id: StackId, stack: &Stack) {
         self.core.world.stacks.learn(id, stack);
+        self.core.deadline = None;
     }
 
     /// Changes thresholds and the set of enabled rules from now on (a
@@ -137,6 +143,8 @@ impl Engine {
         own.lost_io_after_ns = cfg.lost_io_after_ns;
         own.onstack_confirm_ns = cfg.onstack_confirm_ns;
         own.rules = cfg.rules;
+        // Deadlines may follow thresholds.
+        self.core.deadline = None;
     }
 
     /// Takes one event (roughly in time order); returns the findings that
@@ -207,6 +215,7 @@ impl Engine {
         for rule in &mut core.rules {
             rule.finish(end, &mut core.world, &mut ctx);
         }
+        core.deadline = None;
         out
     }
 
@@ -256,16 +265,23 @@ impl Core {
         self.process(ev, out);
     }
 
-    fn next_deadline(&self) -> Option<u64> {
-        self.rules
+    fn next_deadline(&mut self) -> Option<u64> {
+        if let Some(known) = self.deadline {
+            return known;
+        }
+        let next = self
+            .rules
             .iter()
             .filter_map(|r| r.next_deadline(&self.world, &self.cfg))
-            .min()
+            .min();
+        self.deadline = Some(next);
+        next
     }
 
     /// Fires deadlines up to `upto`, each at its own time, in time order.
     fn fire(&mut self, upto: u64, out: &mut Vec<Finding>) {
         while let Some(at) = self.next_deadline().filter(|&d| d <= upto) {
+            self.deadline = None;
             let mut ctx = Ctx {
                 cfg: &self.cfg,
                 stats: &mut self.stats,
@@ -278,6 +294,7 @@ impl Core {
     }
 
     fn process(&mut self, ev: &Event, out: &mut Vec<Finding>) {
+        self.deadline = None;
         self.stats.events += 1;
         self.last_ts = self.last_ts.max(ev.ts);
         if let EventKind::Lost { count, until, .. } = ev.kind {
