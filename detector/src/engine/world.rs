@@ -216,7 +216,9 @@ impl World {
                 Hook::TpBtf | Hook::RawTracepoint | Hook::Tracepoint
             );
         let task_ctx = ev.tid != 0 && !actor.irq;
-        let episode = self.tasks.get(ev.tid).map_or(0, |t| t.episode);
+        // One lookup of the task for both the episode and the submission.
+        let mut task = self.tasks.get_mut(ev.tid);
+        let episode = task.as_ref().map_or(0, |t| t.episode);
         let sub = Submission {
             actor,
             addr: *bio,
@@ -236,16 +238,17 @@ impl World {
             facts.push(Fact::Untracked { bio });
         }
         self.evicted = evicted;
-        let new = matches!(queued, Queued::New);
+        let (bio, new) = match queued {
+            Queued::New(bio) => (bio, true),
+            Queued::Refresh(bio) => (bio, false),
+        };
         if new
             && task_ctx
-            && let Some(task) = self.tasks.get_mut(ev.tid)
+            && let Some(task) = task.as_mut()
         {
-            task.submit_started(*bio, actor.sp);
+            task.submit_started(bio.addr, actor.sp);
         }
-        if let Some(bio) = self.bios.get(*bio) {
-            facts.push(Fact::Submitted { bio: *bio, new });
-        }
+        facts.push(Fact::Submitted { bio, new });
     }
 
     fn rq_complete(&mut self, ev: &Event, actor: &Actor, facts: &mut Vec<Fact>) {
