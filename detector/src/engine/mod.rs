@@ -270,9 +270,10 @@ impl Core {
             return known;
         }
         let next = self
-            .rules
+            .routes
+            .timed()
             .iter()
-            .filter_map(|r| r.next_deadline(&self.world, &self.cfg))
+            .filter_map(|&i| self.rules[i].next_deadline(&self.world, &self.cfg))
             .min();
         self.deadline = Some(next);
         next
@@ -287,8 +288,8 @@ impl Core {
                 stats: &mut self.stats,
                 out,
             };
-            for rule in &mut self.rules {
-                rule.fire(at, &mut self.world, &mut ctx);
+            for &i in self.routes.timed() {
+                self.rules[i].fire(at, &mut self.world, &mut ctx);
             }
         }
     }

@@ -145,6 +145,7 @@ impl Invariant for LostIo {
         Interest {
             events: &[],
             facts: &[FactTag::Completed, FactTag::Untracked],
+            deadlines: true,
         }
     }
 

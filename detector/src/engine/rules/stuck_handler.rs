@@ -265,6 +265,7 @@ impl Invariant for StuckHandler {
                 FactTag::HandlerReturned,
                 FactTag::HandlerOffCpu,
             ],
+            deadlines: true,
         }
     }
 
