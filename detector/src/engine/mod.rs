@@ -66,7 +66,7 @@ pub use stats::EngineStats;
 
 use actor::Actor;
 use facts::Fact;
-use reorder::{Admit, Reorder};
+use reorder::Reorder;
 use rules::{Ctx, Invariant, Routes};
 use world::World;
 
@@ -163,16 +163,15 @@ impl Engine {
             self.release(self.watermark(), out);
             return;
         }
-        match self.reorder.insert(ev) {
-            Admit::Held => {}
-            Admit::Late(ev) => {
-                // Its place in the order is gone: what it touches is now
-                // as uncertain as if events had been lost around it.
-                self.core.stats.late_events += 1;
-                let to = self.reorder.released_to().unwrap_or(ev.ts);
-                self.core.world.loss.gap(ev.ts, to);
-                self.core.process(&ev, out);
-            }
+        if self.reorder.is_late(ev.ts) {
+            // Its place in the order is gone: what it touches is now as
+            // uncertain as if events had been lost around it.
+            self.core.stats.late_events += 1;
+            let to = self.reorder.released_to().unwrap_or(ev.ts);
+            self.core.world.loss.gap(ev.ts, to);
+            self.core.process(&ev, out);
+        } else {
+            self.reorder.insert(ev);
         }
         self.release(self.watermark(), out);
     }

@@ -37,14 +37,6 @@ impl Key {
 
 const CLASS_EVENT: u64 = 1 << 63;
 
-/// What [`Reorder::insert`] did with an event.
-pub enum Admit {
-    Held,
-    /// The release point had already passed the event's time: it is handed
-    /// back to be processed at once, out of order.
-    Late(Event),
-}
-
 pub struct Reorder {
     window: u64,
     max_held: usize,
@@ -88,10 +80,17 @@ impl Reorder {
         self.released_to
     }
 
-    pub fn insert(&mut self, ev: Event) -> Admit {
-        if self.released_to.is_some_and(|r| ev.ts < r) {
-            return Admit::Late(ev);
-        }
+    /// The release point has already passed `ts`: an event of that time
+    /// cannot be held, it must be processed at once, out of order.
+    pub fn is_late(&self, ts: u64) -> bool {
+        self.released_to.is_some_and(|r| ts < r)
+    }
+
+    /// Holds `ev`, which is not late. Inlined so that the event is moved
+    /// once, from the caller's frame into its slot.
+    #[inline]
+    pub fn insert(&mut self, ev: Event) {
+        debug_assert!(!self.is_late(ev.ts));
         self.newest = self.newest.max(ev.ts);
         let class = if matches!(ev.kind, EventKind::Lost { .. }) {
             0
@@ -111,9 +110,9 @@ impl Reorder {
             let at = self.held.partition_point(|h| h.order() <= order);
             self.held.insert(at, key);
         }
-        Admit::Held
     }
 
+    #[inline]
     fn store(&mut self, ev: Event) -> Slot {
         match self.free.pop() {
             Some(i) => {
