@@ -222,12 +222,12 @@ pub struct Disk {
     pub completions_seen: bool,
 }
 
-/// What a submission did to the table.
+/// What a submission did to the table, and the bio as it is now.
 pub enum Queued {
     /// A new life.
-    New,
+    New(Bio),
     /// The bio was in flight: a resubmission (stacking, splitting).
-    Refresh,
+    Refresh(Bio),
 }
 
 /// Where the previous final `bio_endio` call of a bio stands when another
@@ -389,8 +389,9 @@ impl Bios {
                 addr: sub.addr,
                 life: bio.life,
             };
+            let bio = *bio;
             self.queue.push_back(entry);
-            return Queued::Refresh;
+            return Queued::Refresh(bio);
         }
         // A completed bio submitted again starts over.
         if !self.done_bios.is_empty() {
@@ -440,7 +441,7 @@ impl Bios {
         });
         self.compact_queue();
         self.inflight += 1;
-        if !self.disks.contains_key(&sub.disk) && self.disks.len() >= self.max_disks {
+        if self.disks.len() >= self.max_disks && !self.disks.contains_key(&sub.disk) {
             // Idle disks only lose their history (whether completions were
             // seen there); busy ones are still counted.
             let before = self.disks.len();
@@ -448,7 +449,7 @@ impl Bios {
             self.evicted_disks += (before - self.disks.len()) as u64;
         }
         self.disks.entry(sub.disk).or_default().inflight += 1;
-        Queued::New
+        Queued::New(bio)
     }
 
     /// Whether a queue entry still stands for its life's latest submission.
@@ -502,8 +503,7 @@ impl Bios {
         prev: impl FnOnce(u64) -> PrevCall,
     ) -> Completed {
         if let Some(before) = self.inflight_bios.remove(&addr) {
-            self.leave_flight(&before, done.actor.ts);
-            let disk = self.disks.entry(before.disk).or_default();
+            let disk = self.leave_flight(&before, done.actor.ts);
             disk.completions_seen = true;
             self.keep(Done { bio: before, done });
             return Completed::First(before);
@@ -646,7 +646,8 @@ impl Bios {
         }
     }
 
-    fn leave_flight(&mut self, bio: &Bio, ts: u64) {
+    /// Counts `bio` out of flight; returns its disk.
+    fn leave_flight(&mut self, bio: &Bio, ts: u64) -> &mut Disk {
         if !self.chains.is_empty() {
             self.chains.remove(&bio.addr);
         }
@@ -664,6 +665,7 @@ impl Bios {
         if disk.inflight == 0 {
             disk.idle_since = ts;
         }
+        disk
     }
 }
 

@@ -35,6 +35,10 @@ pub struct Call {
 pub struct Handlers {
     max_depth: usize,
     open: FastMap<Exec, Vec<Call>>,
+    /// Emptied call stacks kept for reuse: most calls are the only one of
+    /// their context, so a context's stack would otherwise be allocated
+    /// and freed on every call.
+    spare: Vec<Vec<Call>>,
     next_id: u64,
     pub open_count: usize,
     /// Calls closed without their exit event.
@@ -47,6 +51,7 @@ impl Handlers {
         Self {
             max_depth: max_depth.max(1),
             open: FastMap::default(),
+            spare: Vec::new(),
             // 0 is no call.
             next_id: 1,
             open_count: 0,
@@ -115,7 +120,7 @@ impl Handlers {
         };
         let closed: Vec<Call> = stack.drain(first..).collect();
         if stack.is_empty() {
-            self.open.remove(&exec);
+            self.put_away(exec);
         }
         self.open_count -= closed.len();
         self.missed_exits += closed.len() as u64;
@@ -125,6 +130,13 @@ impl Handlers {
                 ts: now,
                 seen_exit: false,
             });
+        }
+    }
+
+    /// `exec` has no open call left: its (empty) stack goes to the spares.
+    fn put_away(&mut self, exec: Exec) {
+        if let Some(stack) = self.open.remove(&exec) {
+            self.spare.push(stack);
         }
     }
 
@@ -138,7 +150,11 @@ impl Handlers {
                 c.entry.sp != 0 && actor.sp >= c.entry.sp
             });
         }
-        let stack = self.open.entry(exec).or_default();
+        let spare = &mut self.spare;
+        let stack = self
+            .open
+            .entry(exec)
+            .or_insert_with(|| spare.pop().unwrap_or_default());
         if stack.len() >= self.max_depth {
             let dropped = stack.remove(0);
             self.open_count -= 1;
@@ -184,7 +200,7 @@ impl Handlers {
             });
         }
         if stack.is_empty() {
-            self.open.remove(&exec);
+            self.put_away(exec);
         }
         self.open_count -= returned;
         self.missed_exits += returned as u64 - 1;

@@ -66,27 +66,38 @@ pub use stats::EngineStats;
 
 use actor::Actor;
 use facts::Fact;
-use reorder::{Admit, Reorder};
+use reorder::Reorder;
 use rules::{Ctx, Invariant, Routes};
 use world::World;
 
 use crate::event::{Event, EventKind, Stack, StackId};
 
 pub struct Engine {
-    cfg: EngineConfig,
     reorder: Reorder,
+    /// Every loss up to here is accounted for (`LossChecked`); nothing
+    /// past it is judged. None: the stream says nothing about it (older
+    /// recordings): the reorder window alone decides.
+    loss_horizon: Option<u64>,
+    /// Everything that judges events, apart from the reorder buffer so that
+    /// a held event is processed where it lies, without being moved.
+    core: Core,
+}
+
+/// The tables and rules events are fed to in time order.
+struct Core {
+    cfg: EngineConfig,
     stats: EngineStats,
     world: World,
     rules: Vec<Box<dyn Invariant + Send>>,
     routes: Routes,
     /// Newest event time processed.
     last_ts: u64,
-    /// Every loss up to here is accounted for (`LossChecked`); nothing
-    /// past it is judged. None: the stream says nothing about it (older
-    /// recordings): the reorder window alone decides.
-    loss_horizon: Option<u64>,
     /// Scratch space reused across events.
     facts: Vec<Fact>,
+    /// The earliest deadline of any rule, as of the last time rules or
+    /// tables changed (None: to be asked again). Asking every rule costs a
+    /// virtual call each, before and after every event.
+    deadline: Option<Option<u64>>,
 }
 
 impl Engine {
@@ -94,39 +105,46 @@ impl Engine {
         let rules = rules::all(&cfg);
         Self {
             reorder: Reorder::new(cfg.reorder_window_ns, cfg.max_buffered_events),
-            stats: EngineStats::default(),
-            world: World::new(&cfg),
-            routes: Routes::new(&rules),
-            rules,
-            last_ts: 0,
             loss_horizon: None,
-            facts: Vec::new(),
-            cfg,
+            core: Core {
+                stats: EngineStats::default(),
+                world: World::new(&cfg),
+                routes: Routes::new(&rules),
+                rules,
+                last_ts: 0,
+                facts: Vec::new(),
+                deadline: None,
+                cfg,
+            },
         }
     }
 
     pub fn config(&self) -> &EngineConfig {
-        &self.cfg
+        &self.core.cfg
     }
 
     /// Hands over the kernel stack `id` (symbolized): rules that must know
     /// what a task sleeps in read it. Give each stack before the events
     /// quoting it; a second time is a no-op.
     pub fn learn_stack(&mut self, id: StackId, stack: &Stack) {
-        self.world.stacks.learn(id, stack);
+        self.core.world.stacks.learn(id, stack);
+        self.core.deadline = None;
     }
 
     /// Changes thresholds and the set of enabled rules from now on (a
     /// configuration reload). Caps and the reorder window stay as they
     /// were: the tables are sized already.
     pub fn reconfigure(&mut self, cfg: &EngineConfig) {
-        self.cfg.lost_wakeup_after_ns = cfg.lost_wakeup_after_ns;
-        self.cfg.lost_wakeup_race_ns = cfg.lost_wakeup_race_ns;
-        self.cfg.lost_wakeup_any_device = cfg.lost_wakeup_any_device;
-        self.cfg.stuck_handler_after_ns = cfg.stuck_handler_after_ns;
-        self.cfg.lost_io_after_ns = cfg.lost_io_after_ns;
-        self.cfg.onstack_confirm_ns = cfg.onstack_confirm_ns;
-        self.cfg.rules = cfg.rules;
+        let own = &mut self.core.cfg;
+        own.lost_wakeup_after_ns = cfg.lost_wakeup_after_ns;
+        own.lost_wakeup_race_ns = cfg.lost_wakeup_race_ns;
+        own.lost_wakeup_any_device = cfg.lost_wakeup_any_device;
+        own.stuck_handler_after_ns = cfg.stuck_handler_after_ns;
+        own.lost_io_after_ns = cfg.lost_io_after_ns;
+        own.onstack_confirm_ns = cfg.onstack_confirm_ns;
+        own.rules = cfg.rules;
+        // Deadlines may follow thresholds.
+        self.core.deadline = None;
     }
 
     /// Takes one event (roughly in time order); returns the findings that
@@ -145,16 +163,15 @@ impl Engine {
             self.release(self.watermark(), out);
             return;
         }
-        match self.reorder.insert(ev) {
-            Admit::Held => {}
-            Admit::Late(ev) => {
-                // Its place in the order is gone: what it touches is now
-                // as uncertain as if events had been lost around it.
-                self.stats.late_events += 1;
-                let to = self.reorder.released_to().unwrap_or(ev.ts);
-                self.world.loss.gap(ev.ts, to);
-                self.process(ev, out);
-            }
+        if self.reorder.is_late(ev.ts) {
+            // Its place in the order is gone: what it touches is now as
+            // uncertain as if events had been lost around it.
+            self.core.stats.late_events += 1;
+            let to = self.reorder.released_to().unwrap_or(ev.ts);
+            self.core.world.loss.gap(ev.ts, to);
+            self.core.process(&ev, out);
+        } else {
+            self.reorder.insert(ev);
         }
         self.release(self.watermark(), out);
     }
@@ -180,30 +197,34 @@ impl Engine {
     /// events seen so far allow (deadlines up to the last known time).
     pub fn finish(&mut self) -> Vec<Finding> {
         let mut out = Vec::new();
-        while let Some(ev) = self.reorder.pop_any() {
-            self.fire_before(ev.ts, &mut out);
-            self.process(ev, &mut out);
+        while let Some(slot) = self.reorder.pop_any() {
+            self.core
+                .fire_before_and_process(self.reorder.event(slot), &mut out);
+            self.reorder.discard(slot);
         }
-        let end = self.reorder.newest().max(self.last_ts);
-        self.fire(end, &mut out);
+        let core = &mut self.core;
+        let end = self.reorder.newest().max(core.last_ts);
+        core.fire(end, &mut out);
         self.reorder.release_to(end);
         let mut ctx = Ctx {
-            cfg: &self.cfg,
-            stats: &mut self.stats,
+            cfg: &core.cfg,
+            stats: &mut core.stats,
             out: &mut out,
         };
-        for rule in &mut self.rules {
-            rule.finish(end, &mut self.world, &mut ctx);
+        for rule in &mut core.rules {
+            rule.finish(end, &mut core.world, &mut ctx);
         }
+        core.deadline = None;
         out
     }
 
     pub fn stats(&self) -> EngineStats {
-        let mut stats = self.stats.clone();
+        let core = &self.core;
+        let mut stats = core.stats.clone();
         stats.forced_releases = self.reorder.forced;
-        stats.loss_records = self.world.loss.records;
-        stats.lost_events = self.world.loss.events;
-        let w = &self.world;
+        stats.loss_records = core.world.loss.records;
+        stats.lost_events = core.world.loss.events;
+        let w = &core.world;
         let live = &mut stats.live;
         live.bios_in_flight = w.bios.inflight;
         live.bios = w.bios.len() as u64;
@@ -217,59 +238,72 @@ impl Engine {
         ev.tasks = w.tasks.evicted;
         ev.disks = w.bios.evicted_disks;
         ev.handlers = w.handlers.evicted;
-        for rule in &self.rules {
+        for rule in &core.rules {
             rule.stats(&mut stats);
         }
         stats
     }
 
     fn release(&mut self, watermark: u64, out: &mut Vec<Finding>) {
-        while let Some(ev) = self.reorder.pop_due(watermark) {
-            self.fire_before(ev.ts, out);
-            self.process(ev, out);
+        while let Some(slot) = self.reorder.pop_due(watermark) {
+            self.core
+                .fire_before_and_process(self.reorder.event(slot), out);
+            self.reorder.discard(slot);
         }
-        self.fire(watermark, out);
+        self.core.fire(watermark, out);
         self.reorder.release_to(watermark);
     }
+}
 
-    /// Fires every deadline strictly before `ts`.
-    fn fire_before(&mut self, ts: u64, out: &mut Vec<Finding>) {
-        if let Some(upto) = ts.checked_sub(1) {
+impl Core {
+    /// Fires every deadline strictly before `ev`, then processes it.
+    fn fire_before_and_process(&mut self, ev: &Event, out: &mut Vec<Finding>) {
+        if let Some(upto) = ev.ts.checked_sub(1) {
             self.fire(upto, out);
         }
+        self.process(ev, out);
     }
 
-    fn next_deadline(&self) -> Option<u64> {
-        self.rules
+    fn next_deadline(&mut self) -> Option<u64> {
+        if let Some(known) = self.deadline {
+            return known;
+        }
+        let next = self
+            .routes
+            .timed()
             .iter()
-            .filter_map(|r| r.next_deadline(&self.world, &self.cfg))
-            .min()
+            .filter_map(|&i| self.rules[i].next_deadline(&self.world, &self.cfg))
+            .min();
+        self.deadline = Some(next);
+        next
     }
 
     /// Fires deadlines up to `upto`, each at its own time, in time order.
     fn fire(&mut self, upto: u64, out: &mut Vec<Finding>) {
         while let Some(at) = self.next_deadline().filter(|&d| d <= upto) {
+            self.deadline = None;
             let mut ctx = Ctx {
                 cfg: &self.cfg,
                 stats: &mut self.stats,
                 out,
             };
-            for rule in &mut self.rules {
-                rule.fire(at, &mut self.world, &mut ctx);
+            for &i in self.routes.timed() {
+                self.rules[i].fire(at, &mut self.world, &mut ctx);
             }
         }
     }
 
-    fn process(&mut self, ev: Event, out: &mut Vec<Finding>) {
+    fn process(&mut self, ev: &Event, out: &mut Vec<Finding>) {
+        self.deadline = None;
         self.stats.events += 1;
         self.last_ts = self.last_ts.max(ev.ts);
         if let EventKind::Lost { count, until, .. } = ev.kind {
             self.world.loss.lost(count, ev.ts, until);
             return;
         }
-        let actor = Actor::of(&ev, self.cfg.thread_size);
+        let actor = Actor::of(ev, self.cfg.thread_size);
         let mut facts = std::mem::take(&mut self.facts);
-        self.world.apply(&ev, &actor, &mut facts);
+        self.world.apply(ev, &actor, &mut facts);
         let mut ctx = Ctx {
             cfg: &self.cfg,
             stats: &mut self.stats,
@@ -283,7 +317,7 @@ impl Engine {
         facts.clear();
         self.facts = facts;
         for &i in self.routes.event(ev.kind.tag()) {
-            self.rules[i].on_event(&ev, &actor, &mut self.world, &mut ctx);
+            self.rules[i].on_event(ev, &actor, &mut self.world, &mut ctx);
         }
     }
 }

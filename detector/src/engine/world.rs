@@ -90,11 +90,7 @@ impl World {
             self.task_seen_on_cpu[cpu] = ev.ts;
         }
         self.identify(ev, facts);
-        // The current task runs: whatever sleep it was in is over.
-        self.woken(ev.tid, facts);
-        if let Some(kind) = observation(ev, self.thread_size) {
-            self.observe(ev, actor, kind, facts);
-        }
+        self.current_runs(ev, actor, facts);
         if !matches!(
             ev.kind,
             EventKind::BioEndio { .. } | EventKind::BioEndioExit { .. }
@@ -169,14 +165,20 @@ impl World {
         }
     }
 
-    fn observe(&mut self, ev: &Event, actor: &Actor, kind: ObsKind, facts: &mut Vec<Fact>) {
-        let obs = Obs {
-            kind,
-            actor: *actor,
-            what: ev.kind.name(),
-            seen: self.loss.seen(ev.ts),
-        };
+    /// The current task runs: whatever sleep it was in is over, and the
+    /// event may say where its own frames are. One lookup of the task
+    /// serves both.
+    fn current_runs(&mut self, ev: &Event, actor: &Actor, facts: &mut Vec<Fact>) {
+        if ev.tid == 0 {
+            return;
+        }
         let Some(task) = self.tasks.get_mut(ev.tid) else {
+            return;
+        };
+        if task.sleep.take().is_some() {
+            facts.push(Fact::Woken { tid: ev.tid });
+        }
+        let Some(kind) = observation(ev, self.thread_size) else {
             return;
         };
         if task.in_user && matches!(kind, ObsKind::Frames(_)) {
@@ -184,6 +186,12 @@ impl World {
             // the task's syscall frames.
             return;
         }
+        let obs = Obs {
+            kind,
+            actor: *actor,
+            what: ev.kind.name(),
+            seen: self.loss.seen(ev.ts),
+        };
         task.observed(&obs);
         facts.push(Fact::Observed { tid: ev.tid, obs });
         if kind == ObsKind::Exit && self.tasks.remove(ev.tid).is_some() {
@@ -211,7 +219,9 @@ impl World {
         };
         let disk_relative = dev == disk || *disk_relative;
         let task_ctx = ev.tid != 0 && !actor.irq;
-        let episode = self.tasks.get(ev.tid).map_or(0, |t| t.episode);
+        // One lookup of the task for both the episode and the submission.
+        let mut task = self.tasks.get_mut(ev.tid);
+        let episode = task.as_ref().map_or(0, |t| t.episode);
         let sub = Submission {
             actor,
             addr: *bio,
@@ -231,16 +241,17 @@ impl World {
             facts.push(Fact::Untracked { bio });
         }
         self.evicted = evicted;
-        let new = matches!(queued, Queued::New);
+        let (bio, new) = match queued {
+            Queued::New(bio) => (bio, true),
+            Queued::Refresh(bio) => (bio, false),
+        };
         if new
             && task_ctx
-            && let Some(task) = self.tasks.get_mut(ev.tid)
+            && let Some(task) = task.as_mut()
         {
-            task.submit_started(*bio, actor.sp);
+            task.submit_started(bio.addr, actor.sp);
         }
-        if let Some(bio) = self.bios.get(*bio) {
-            facts.push(Fact::Submitted { bio: *bio, new });
-        }
+        facts.push(Fact::Submitted { bio, new });
     }
 
     fn rq_complete(&mut self, ev: &Event, actor: &Actor, facts: &mut Vec<Fact>) {

@@ -80,6 +80,7 @@ impl Invariant for BioDoubleComplete {
         Interest {
             events: &[],
             facts: &[FactTag::CompletedAgain],
+            deadlines: false,
         }
     }
 

@@ -198,6 +198,7 @@ impl Invariant for BioTeardown {
         Interest {
             events: &[EventTag::DelGendisk, EventTag::DelGendiskExit],
             facts: &[FactTag::Observed, FactTag::Completed, FactTag::Retired],
+            deadlines: false,
         }
     }
 

@@ -147,6 +147,7 @@ impl Invariant for LostIo {
         Interest {
             events: &[],
             facts: &[FactTag::Completed, FactTag::Untracked],
+            deadlines: true,
         }
     }
 

@@ -154,8 +154,10 @@ impl LostWakeup {
 
     /// T submitted a bio (a new life, in task context).
     fn submitted(&mut self, bio: &Bio, w: &World) {
+        // A bio keeps its submission packed: unpack it once.
+        let queued = bio.queued();
         let tid = bio.submitter();
-        if tid == 0 || bio.queued().irq {
+        if tid == 0 || queued.irq {
             return;
         }
         let seen = bio.seen;
@@ -172,14 +174,14 @@ impl LostWakeup {
         ep.inflight += 1;
         ep.add_disk(bio.disk);
         ep.last_submit = Some(BioAct {
-            actor: bio.queued(),
+            actor: queued,
             bio: bio.addr,
             dev: bio.dev,
             disk: bio.disk,
             via: None,
         });
-        if bio.queued().stack.is_some() {
-            ep.last_submit_stacked = Some(bio.queued());
+        if queued.stack.is_some() {
+            ep.last_submit_stacked = Some(queued);
         }
         self.disarm(tid);
     }
@@ -403,6 +405,7 @@ impl Invariant for LostWakeup {
                 FactTag::Observed,
                 FactTag::Retired,
             ],
+            deadlines: true,
         }
     }
 

@@ -283,6 +283,7 @@ impl Invariant for MdTeardown {
                 EventTag::MdTeardown,
             ],
             facts: &[],
+            deadlines: false,
         }
     }
 

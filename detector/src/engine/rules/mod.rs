@@ -76,6 +76,10 @@ impl Ctx<'_> {
 pub struct Interest {
     pub events: &'static [EventTag],
     pub facts: &'static [FactTag],
+    /// It judges at deadlines ([`Invariant::next_deadline`] and
+    /// [`Invariant::fire`]): only such rules are asked, before and after
+    /// every event.
+    pub deadlines: bool,
 }
 
 /// An invariant: the reaction of one rule to what happens.
@@ -121,14 +125,19 @@ pub fn all(cfg: &EngineConfig) -> Vec<Box<dyn Invariant + Send>> {
 pub struct Routes {
     events: Vec<Vec<usize>>,
     facts: Vec<Vec<usize>>,
+    timed: Vec<usize>,
 }
 
 impl Routes {
     pub fn new(rules: &[Box<dyn Invariant + Send>]) -> Self {
         let mut events = vec![Vec::new(); EventTag::COUNT];
         let mut facts = vec![Vec::new(); FactTag::COUNT];
+        let mut timed = Vec::new();
         for (i, rule) in rules.iter().enumerate() {
             let interest = rule.interest();
+            if interest.deadlines {
+                timed.push(i);
+            }
             for &tag in interest.events {
                 events[tag as usize].push(i);
             }
@@ -136,7 +145,16 @@ impl Routes {
                 facts[tag as usize].push(i);
             }
         }
-        Self { events, facts }
+        Self {
+            events,
+            facts,
+            timed,
+        }
+    }
+
+    /// The rules with deadlines, in order.
+    pub fn timed(&self) -> &[usize] {
+        &self.timed
     }
 
     pub fn event(&self, tag: EventTag) -> &[usize] {

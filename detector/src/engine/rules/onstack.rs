@@ -537,6 +537,7 @@ impl Invariant for Onstack {
                 EventTag::SchedWaking,
             ],
             facts: &[FactTag::Observed, FactTag::Retired],
+            deadlines: true,
         }
     }
 

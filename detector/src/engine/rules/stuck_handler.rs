@@ -12,7 +12,8 @@
 //! Only the innermost open call of a context is reported: the outer ones
 //! are waiting for it, and its entry stack shows them all.
 
-use std::collections::BTreeSet;
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 
 use super::{Ctx, Interest, Invariant};
 use crate::engine::actor::{Actor, Exec};
@@ -52,10 +53,13 @@ impl Watch {
 #[derive(Default)]
 pub struct StuckHandler {
     watches: FastMap<u64, Watch>,
-    /// Open calls in task context, by tid (for switches).
-    by_task: FastMap<u32, Vec<u64>>,
-    /// (deadline, call id).
-    timers: BTreeSet<(u64, u64)>,
+    /// (deadline, call id), earliest first. Every call sets a deadline and
+    /// most return well before it, so entries are not taken out when a
+    /// deadline is dropped or moved: an entry counts only while its watch
+    /// still has that deadline (see [`StuckHandler::armed`]), and the
+    /// others are skipped when they reach the top. The top is always a
+    /// live entry, so it is the next deadline.
+    timers: BinaryHeap<Reverse<(u64, u64)>>,
 }
 
 impl StuckHandler {
@@ -80,30 +84,31 @@ impl StuckHandler {
                 reported: false,
             },
         );
-        self.timers.insert((deadline, call.id));
-        if let Exec::Task(tid) = Exec::of(&call.entry) {
-            self.by_task.entry(tid).or_default().push(call.id);
-        }
+        self.timers.push(Reverse((deadline, call.id)));
     }
 
-    fn unwatch(&mut self, id: u64) -> Option<Watch> {
-        let watch = self.watches.remove(&id)?;
-        if let Some(at) = watch.deadline {
-            self.timers.remove(&(at, id));
-        }
-        if let Exec::Task(tid) = Exec::of(&watch.call.entry)
-            && let Some(ids) = self.by_task.get_mut(&tid)
-        {
-            ids.retain(|&i| i != id);
-            if ids.is_empty() {
-                self.by_task.remove(&tid);
+    /// Whether timer entry `(at, id)` stands: its call is watched and still
+    /// has that deadline. An entry may be there twice (a deadline dropped,
+    /// then set to the same time again): judging a call at a deadline
+    /// leaves nothing for a second look at that deadline to do.
+    fn armed(&self, at: u64, id: u64) -> bool {
+        self.watches
+            .get(&id)
+            .is_some_and(|w| w.deadline == Some(at))
+    }
+
+    /// Drops the entries at the top that no longer stand.
+    fn drop_stale_timers(&mut self) {
+        while let Some(&Reverse((at, id))) = self.timers.peek() {
+            if self.armed(at, id) {
+                break;
             }
+            self.timers.pop();
         }
-        Some(watch)
     }
 
     fn returned(&mut self, call: &Call, ts: u64, seen_exit: bool, w: &World, ctx: &mut Ctx<'_>) {
-        let Some(watch) = self.unwatch(call.id) else {
+        let Some(watch) = self.watches.remove(&call.id) else {
             return;
         };
         if seen_exit && !watch.reported && watch.ran_until(ts) >= ctx.cfg.stuck_handler_after_ns {
@@ -121,53 +126,49 @@ impl StuckHandler {
                 .unwrap_or(ts)
                 .max(ts)
                 .max(outer.call.entry.ts);
-            if let Some(old) = outer.deadline.replace(due) {
-                self.timers.remove(&(old, id));
-            }
-            self.timers.insert((due, id));
+            outer.deadline = Some(due);
+            self.timers.push(Reverse((due, id)));
         }
     }
 
     /// Task `tid`, inside open calls, switched out (`off`) or back in.
     fn switched(&mut self, tid: u32, ts: u64, off: bool, cfg: &EngineConfig) {
-        let Some(ids) = self.by_task.get(&tid) else {
-            return;
-        };
-        for id in ids.clone() {
-            let Some(watch) = self.watches.get_mut(&id) else {
+        // Few calls are open at once: a scan is cheaper than an index by
+        // task kept up to date on every call.
+        let task = Exec::Task(tid);
+        for (&id, watch) in &mut self.watches {
+            if Exec::of(&watch.call.entry) != task {
                 continue;
-            };
+            }
             if off {
                 if let Some(since) = watch.running_since.take() {
                     watch.ran += ts.saturating_sub(since);
                     watch.switched_out_at = ts;
                 }
-                if let Some(at) = watch.deadline.take() {
-                    self.timers.remove(&(at, id));
-                }
+                watch.deadline = None;
             } else if watch.running_since.is_none() {
                 watch.running_since = Some(ts);
                 watch.off += ts.saturating_sub(watch.switched_out_at);
                 let left = cfg.stuck_handler_after_ns.saturating_sub(watch.ran);
                 let due = ts.saturating_add(left);
                 watch.deadline = Some(due);
-                self.timers.insert((due, id));
+                self.timers.push(Reverse((due, id)));
             }
         }
     }
 
     fn fire_due(&mut self, now: u64, w: &World, ctx: &mut Ctx<'_>) {
-        while let Some(&(at, id)) = self.timers.first() {
+        while let Some(&Reverse((at, id))) = self.timers.peek() {
             if at > now {
                 break;
             }
-            self.timers.remove(&(at, id));
+            self.timers.pop();
+            if !self.armed(at, id) {
+                continue;
+            }
             let Some(watch) = self.watches.get_mut(&id) else {
                 continue;
             };
-            if watch.deadline != Some(at) {
-                continue;
-            }
             watch.deadline = None;
             if watch.reported || watch.running_since.is_none() {
                 continue;
@@ -264,6 +265,7 @@ impl Invariant for StuckHandler {
                 FactTag::HandlerReturned,
                 FactTag::HandlerOffCpu,
             ],
+            deadlines: true,
         }
     }
 
@@ -278,14 +280,16 @@ impl Invariant for StuckHandler {
             Fact::HandlerOffCpu { tid, ts, off } => self.switched(*tid, *ts, *off, ctx.cfg),
             _ => {}
         }
+        self.drop_stale_timers();
     }
 
     fn next_deadline(&self, _w: &World, _cfg: &EngineConfig) -> Option<u64> {
-        self.timers.first().map(|(d, _)| *d)
+        self.timers.peek().map(|Reverse((d, _))| *d)
     }
 
     fn fire(&mut self, now: u64, w: &mut World, ctx: &mut Ctx<'_>) {
         self.fire_due(now, w, ctx);
+        self.drop_stale_timers();
     }
 
     fn stats(&self, stats: &mut EngineStats) {
