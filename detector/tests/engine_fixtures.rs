@@ -398,7 +398,10 @@ fn lost_io_quotes_the_submission() {
 /// look 25 ms long.
 #[test]
 fn a_requeued_stall_is_as_long_as_it_was() {
-    let r = check("lost_io_stall_requeued", &[LostIoCompletion, LateIoCompletion]);
+    let r = check(
+        "lost_io_stall_requeued",
+        &[LostIoCompletion, LateIoCompletion],
+    );
     let late = &r.findings[1];
     assert!(
         late.explanation.contains("the slowest 50.0"),
