@@ -31,6 +31,9 @@ run_workload() {
 		say "workload $name FAIL (setup)"
 		return 1
 	fi
+	# this workload's thresholds (FLAGS_<name> in the config)
+	local flags_var="FLAGS_$name"
+	DETECTOR_FLAGS=${!flags_var}
 	if ! start_detector "$OUT"; then
 		echo "detector did not start: $(cat "$OUT/problems")" > "$OUT/verdict"
 		say "workload $name FAIL (detector did not start)"
