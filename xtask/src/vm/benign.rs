@@ -21,7 +21,7 @@ use serde_json::{Value, json};
 use crate::vm::debian_guest::GuestDir;
 use crate::vm::markers::Markers;
 use crate::vm::qemu::{self, Outcome};
-use crate::vm::scenarios::DETECTOR_FLAGS;
+use crate::vm::scenarios::{DETECTOR_FLAGS, bench_thresholds_but_lost_io};
 use crate::vm::tally::{Tally, finding_ts};
 
 pub struct Workload {
@@ -38,7 +38,7 @@ pub struct Workload {
 /// discard or a journal write on a virtio, SCSI or NVMe disk can take 4 s
 /// (mkfs.xfs on dm-thin over NVMe did): a true stall of the guest's disk at
 /// the bench's 3 s, and no statement about the kernel's I/O paths.
-const EMULATED_DISKS: &str = "--lost-wakeup-after 3s --stuck-handler-after 2s --lost-io-after 30s";
+const EMULATED_DISKS: &str = concat!(bench_thresholds_but_lost_io!(), " --lost-io-after 30s");
 
 /// In run order. Each has `tests/vm/debian/benign/<name>.sh`.
 pub const WORKLOADS: &[Workload] = &[

@@ -18,6 +18,16 @@ pub struct Scenario {
     pub check: Check,
 }
 
+/// The bench's thresholds other than `--lost-io-after`, for the settings
+/// that differ from [`DETECTOR_FLAGS`] in that one only (a literal, so that
+/// `concat!` can build on it).
+macro_rules! bench_thresholds_but_lost_io {
+    () => {
+        "--lost-wakeup-after 3s --stuck-handler-after 2s"
+    };
+}
+pub(crate) use bench_thresholds_but_lost_io;
+
 /// Thresholds the sessions (and replays) run with: each racy scenario holds
 /// its bad state for clearly longer (lost_wakeup ~8 s, stuck_handler ~3 s,
 /// lost_io 5 s), each twin, and every other scenario, for clearly less (the
@@ -25,8 +35,7 @@ pub struct Scenario {
 /// look-alikes of issue 8 hold theirs clearly longer too (stall_recovers
 /// 5 s, the iowait ones 5 s, sleeping_handler 3 s): they must not be taken
 /// for the race.
-pub const DETECTOR_FLAGS: &str =
-    "--lost-wakeup-after 3s --stuck-handler-after 2s --lost-io-after 3s";
+pub const DETECTOR_FLAGS: &str = concat!(bench_thresholds_but_lost_io!(), " --lost-io-after 3s");
 
 /// In run order. The md scenarios come last: md_mod is loaded (and
 /// `detector check` run again) only before them.
