@@ -163,12 +163,13 @@ impl StuckHandler {
                 break;
             }
             self.timers.pop();
-            if !self.armed(at, id) {
-                continue;
-            }
+            // Only an entry that stands (see `armed`).
             let Some(watch) = self.watches.get_mut(&id) else {
                 continue;
             };
+            if watch.deadline != Some(at) {
+                continue;
+            }
             watch.deadline = None;
             if watch.reported || watch.running_since.is_none() {
                 continue;
