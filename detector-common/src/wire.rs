@@ -113,6 +113,15 @@ pub mod header_flag {
     /// counts from the start of the whole disk (the `block_bio_queue`
     /// tracepoint, `submit_bio_noacct_nocheck`).
     pub const DISK_RELATIVE: u8 = 0x01;
+    /// `BIO_QUEUE` in task context: the submitter's first since it last
+    /// returned to user space (or since it was first seen). Its earlier
+    /// episode ended at that return, which is not reported for a task that
+    /// only submitted I/O: the engine starts the new episode here.
+    pub const EPISODE_START: u8 = 0x02;
+    /// `SCHED_SWITCH`: prev has submitted no I/O in task context since it
+    /// last returned to user space (or was first seen). Its earlier
+    /// episode is over, although that return was not reported.
+    pub const EPISODE_OVER: u8 = 0x04;
 }
 
 /// `Header::stack_id` when the hook takes no stack.

@@ -19,6 +19,12 @@ pub trait Hooked: EbpfContext {
     /// The n-th argument of the hooked function or tracepoint, as a raw word.
     fn arg_u64(&self, n: usize) -> u64;
 
+    /// [`Hooked::arg_u64`] for an `n` known only at run time.
+    #[inline(always)]
+    fn arg_u64_at(&self, n: usize) -> u64 {
+        self.arg_u64(n)
+    }
+
     /// An address on the stack the hook runs on, or 0 if unknown.
     fn sp(&self) -> u64;
 
@@ -67,16 +73,16 @@ fn word(ctx: &impl EbpfContext, n: usize) -> u64 {
 // trampoline frame), so its address says how deep that stack is.
 macro_rules! args_on_stack {
     ($ty:ty, $hook:expr) => {
-        args_on_stack!($ty, $hook, {});
-    };
-    ($ty:ty, $hook:expr, { $($extra:item)* }) => {
-        impl Hooked for $ty {
-            const HOOK: u8 = $hook;
-
+        args_on_stack!($ty, $hook, {
             #[inline(always)]
             fn arg_u64(&self, n: usize) -> u64 {
                 word(self, n)
             }
+        });
+    };
+    ($ty:ty, $hook:expr, { $($extra:item)* }) => {
+        impl Hooked for $ty {
+            const HOOK: u8 = $hook;
 
             #[inline(always)]
             fn sp(&self) -> u64 {
@@ -91,9 +97,30 @@ macro_rules! args_on_stack {
 }
 
 args_on_stack!(BtfTracePointContext, hook::TP_BTF);
-args_on_stack!(RawTracePointContext, hook::RAW_TRACEPOINT);
+args_on_stack!(RawTracePointContext, hook::RAW_TRACEPOINT, {
+    /// A raw tracepoint's arguments are untyped words: a plain load from
+    /// the context, which the verifier allows, instead of a helper call.
+    #[inline(always)]
+    fn arg_u64(&self, n: usize) -> u64 {
+        self.arg::<u64>(n)
+    }
+
+    /// The verifier allows only constant offsets into the context, and a
+    /// raw tracepoint refuses a program that may read past its last
+    /// argument: an index known only at run time is read through the
+    /// helper.
+    #[inline(always)]
+    fn arg_u64_at(&self, n: usize) -> u64 {
+        word(self, n)
+    }
+});
 args_on_stack!(FEntryContext, hook::FENTRY);
 args_on_stack!(FExitContext, hook::FEXIT, {
+    #[inline(always)]
+    fn arg_u64(&self, n: usize) -> u64 {
+        word(self, n)
+    }
+
     /// fexit's context holds the arguments followed by the return value
     /// (absent for `void` functions: callers must not ask then).
     #[inline(always)]

@@ -201,6 +201,7 @@ fn ramp_queue(i: u64, ts: u64) -> Event {
             end_io: Addr(0xffff_ffff_8160_4a10),
             private: Addr(0),
             disk_relative: true,
+            episode_start: false,
         },
     }
 }

@@ -311,6 +311,9 @@ impl Events {
                 next_comm: format_compact!("swapper/{cpu}"),
                 next_stack_base: Addr(IDLE + cpu as u64 * 0x4000),
                 next_saved_sp: Addr(0),
+                // The only switches out not into iowait are asynchronous
+                // submitters', back from io_submit.
+                prev_episode_over: !iowait,
             },
         );
         ev.stack = None;
@@ -340,6 +343,7 @@ impl Events {
                 next_comm: comm,
                 next_stack_base: Addr(base),
                 next_saved_sp: Addr(base + 0x3400),
+                prev_episode_over: false,
             },
         }
     }
@@ -360,8 +364,9 @@ impl Events {
         ev
     }
 
-    /// A new bio of `task` from the slab: `bio_init`, then `submit_bio`.
-    fn submit_bio(&mut self, task: u32, ts: u64, end_io: Addr) -> u32 {
+    /// A new bio of `task` from the slab: `bio_init`, then `submit_bio`
+    /// (the first of its syscall says so: its return was not reported).
+    fn submit_bio(&mut self, task: u32, ts: u64, end_io: Addr, episode_start: bool) -> u32 {
         let slot = self
             .free
             .pop()
@@ -386,6 +391,7 @@ impl Events {
             private,
             // as submit_bio_noacct_nocheck sees it
             disk_relative: true,
+            episode_start,
         };
         let ev = self.of_task(task, ts + 40, 0x3100, Hook::Fentry, queue);
         self.out.push_back(ev);
@@ -453,17 +459,17 @@ impl Events {
         match step {
             Step::Submit { task, n } if self.is_async(task) => {
                 for i in 0..n {
-                    self.submit_bio(task, ts + i as u64 * 600, ASYNC_END_IO);
+                    self.submit_bio(task, ts + i as u64 * 600, ASYNC_END_IO, i == 0);
                 }
+                // Its return from io_submit is not reported: it owns no
+                // on-stack completion.
                 let end = ts + n as u64 * 600;
-                let ev = self.sys_exit(task, end, 209);
-                self.out.push_back(ev);
                 let ev = self.switch_out(task, end + 300, false);
                 self.out.push_back(ev);
             }
             Step::Submit { task, .. } => {
                 let x = self.completion_of(task);
-                self.submit_bio(task, ts, SYNC_END_IO);
+                self.submit_bio(task, ts, SYNC_END_IO, true);
                 let wait = EventKind::WaitEnter {
                     x,
                     variant: WaitVariant::Io,
@@ -515,8 +521,6 @@ impl Events {
                 let t = &mut self.tasks[task as usize];
                 let n = std::mem::take(&mut t.done);
                 t.reaping = false;
-                let ev = self.sys_exit(task, ts + 2_000, 208);
-                self.out.push_back(ev);
                 if self.submitting() {
                     self.step(ts + 2_500, Step::Submit { task, n });
                 }
@@ -565,6 +569,7 @@ impl Events {
             next_comm: format_compact!("ksoftirqd/{cpu}"),
             next_stack_base: Addr(base(b)),
             next_saved_sp: Addr(base(b) + 0x3c00),
+            prev_episode_over: true,
         };
         self.out.push_back(Event {
             ts,

@@ -54,6 +54,9 @@ const EXPECTED: &[(&str, &[FindingKind])] = &[
     ("lost_wakeup_range_completion", &[]),
     ("lost_wakeup_kthread_next_sleep", &[]),
     ("lost_wakeup_task_never_seen_asleep", &[]),
+    ("lost_wakeup_new_syscall_sleep_full", &[]),
+    ("lost_wakeup_new_syscall_sleep", &[]),
+    ("lost_wakeup_seed004_after_async_io", &[LostWakeup]),
     (
         "md_seed003_teardown_inflight",
         &[MdTeardownInflight, MdWriteAfterTeardown],

@@ -20,7 +20,7 @@ use crate::{
     emit::{Stack, header, reserve, submit},
     kernel::{bio_devs, bio_devs_peek, config, disk_dev, on_stack, peek, read},
     maps::{ENTRY_ARGS, flag, insert_or_count},
-    tasks::{add_flags, flags_of, note_onstack, set_flags},
+    tasks::{flags_of, note_onstack, set_flags},
 };
 
 // ---- submission ---------------------------------------------------------
@@ -71,9 +71,8 @@ fn try_bio_queue<C: Hooked>(ctx: &C, flags: u8) -> Option<()> {
     let bio = ctx.arg_u64(0);
     let (dev, disk) = bio_devs(cfg, bio);
     let mut header = header(ctx, cfg, kind::BIO_QUEUE, Stack::Take);
-    header.flags = flags;
     let private: u64 = read(bio, cfg.bio.private);
-    note_submitter(cfg, &header, private);
+    header.flags = flags | note_submitter(cfg, &header, private);
     super::md::note_submission(cfg, bio);
     let mut entry = reserve::<BioQueue>()?;
     unsafe {
@@ -95,19 +94,29 @@ fn try_bio_queue<C: Hooked>(ctx: &C, flags: u8) -> Option<()> {
 
 /// Flags the submitter (see `TASK_FLAGS`): a submission in task context
 /// starts or continues its episode; one from an interrupt over it (its
-/// stack pointer off the task's stack) is not its own.
+/// stack pointer off the task's stack) is not its own. Returns the
+/// header flag saying that it starts one.
 #[inline(always)]
-fn note_submitter(cfg: &ProbeConfig, header: &Header, private: u64) {
+fn note_submitter(cfg: &ProbeConfig, header: &Header, private: u64) -> u8 {
     if header.tid == 0 || !on_stack(cfg, header.stack_base, header.sp) {
-        return;
+        return 0;
     }
-    add_flags(header.tid, flag::EPISODE);
+    let (at, old) = flags_of(header.tid);
+    set_flags(at, old, old | flag::EPISODE);
+    // `sys_exit` cleared the bit, unreported unless the task also owned an
+    // on-stack completion: the engine learns of the new episode from here.
+    let starts = if old & flag::EPISODE == 0 {
+        header_flag::EPISODE_START
+    } else {
+        0
+    };
     // bi_private in the submitter's own stack: its end_io may complete
     // something in this frame (blkdev_issue_zeroout's bio batch), so where
     // the frame ends is worth seeing.
     if on_stack(cfg, header.stack_base, private) {
         note_onstack(header.tid, private);
     }
+    starts
 }
 
 // ---- request / traced-bio completion -------------------------------------

@@ -7,7 +7,8 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, RawTracePointContext},
 };
 use detector_common::{
-    COMM_LEN, ProbeConfig, SchedSwitch, SchedWake, SysExit, TaskExit, config::NO_OFFSET, kind,
+    COMM_LEN, ProbeConfig, SchedSwitch, SchedWake, SysExit, TaskExit, config::NO_OFFSET,
+    header_flag, kind,
 };
 
 use super::done;
@@ -68,17 +69,19 @@ fn try_sched_switch<C: Hooked>(ctx: &C) -> Option<()> {
     let preempt = ctx.arg_u64(0) as u8;
     let prev = ctx.arg_u64(1);
     let next = ctx.arg_u64(2);
-    let prev_state = match cfg.sched_switch_prev_state_arg {
-        NO_OFFSET => read(prev, cfg.task_state),
-        // Masked so that a bad config cannot read far past the arguments.
-        arg => ctx.arg_u64((arg & 7) as usize) as u32,
-    };
     let tid = aya_ebpf::helpers::bpf_get_current_pid_tgid() as u32;
     let next_tid = read::<i32>(next, cfg.task.pid) as u32;
     let (prev_at, prev_flags) = flags_of(tid);
     let (next_at, next_flags) = flags_of(next_tid);
-    let sleeps = preempt == 0 && prev_state & TASK_UNINTERRUPTIBLE != 0;
-    let watched_sleep = sleeps && prev_flags & flag::SLEEP_WATCHED != 0;
+    // prev's state is read (a helper call) only where it may decide the
+    // report, or goes into one.
+    let may_watch = preempt == 0 && prev_flags & flag::SLEEP_WATCHED != 0;
+    let mut prev_state = if may_watch {
+        prev_state_of(ctx, cfg, prev)
+    } else {
+        0
+    };
+    let watched_sleep = may_watch && prev_state & TASK_UNINTERRUPTIBLE != 0;
     let wanted = cfg.full != 0
         || watched_sleep
         || prev_flags & (flag::FRAMES | flag::HANDLER_MASK) != 0
@@ -89,6 +92,10 @@ fn try_sched_switch<C: Hooked>(ctx: &C) -> Option<()> {
     if !wanted {
         return None;
     }
+    if !may_watch {
+        prev_state = prev_state_of(ctx, cfg, prev);
+    }
+    let sleeps = preempt == 0 && prev_state & TASK_UNINTERRUPTIBLE != 0;
     let sp = ctx.sp();
     if tid != 0 {
         let mut new = prev_flags;
@@ -106,7 +113,12 @@ fn try_sched_switch<C: Hooked>(ctx: &C) -> Option<()> {
     // Only uninterruptible sleeps get a stack: they are the ones a lost
     // wakeup leaves hanging, and a stack per switch would be the main cost.
     let stack = if sleeps { Stack::Take } else { Stack::Skip };
-    let header = header(ctx, cfg, kind::SCHED_SWITCH, stack);
+    let mut header = header(ctx, cfg, kind::SCHED_SWITCH, stack);
+    // Its return to user space went unreported: say here that what it
+    // submitted before belongs to an episode that is over.
+    if tid != 0 && prev_flags & flag::EPISODE == 0 {
+        header.flags = header_flag::EPISODE_OVER;
+    }
     let iowait: u8 = read(prev, cfg.task.in_iowait_byte);
     let next_stack_base = read(next, cfg.task.stack);
     widen_stack_range(next_stack_base);
@@ -127,6 +139,17 @@ fn try_sched_switch<C: Hooked>(ctx: &C) -> Option<()> {
     };
     submit(entry, cfg);
     Some(())
+}
+
+/// `prev_state`: an argument of `sched_switch` since 5.18, `prev->__state`
+/// before.
+#[inline(always)]
+fn prev_state_of<C: Hooked>(ctx: &C, cfg: &ProbeConfig, prev: u64) -> u32 {
+    match cfg.sched_switch_prev_state_arg {
+        NO_OFFSET => read(prev, cfg.task_state),
+        // Masked so that a bad config cannot read far past the arguments.
+        arg => ctx.arg_u64_at((arg & 7) as usize) as u32,
+    }
 }
 
 /// `sched_waking(struct task_struct *p)`: in the waker's context.
@@ -182,9 +205,13 @@ fn try_wake<C: Hooked>(ctx: &C, kind: u16) -> Option<()> {
 }
 
 /// `sys_exit(struct pt_regs *regs, long ret)`: every frame of the task is
-/// gone. Reported for tasks that submitted I/O since their last return
-/// (their episode ends) or own an on-stack completion (whose next syscall
-/// entry is then reported too); the cost on other syscalls is one load.
+/// gone. Reported only for tasks that own an on-stack completion (whose
+/// next syscall entry is then reported too) or are still counted inside
+/// a completion handler (its exit was missed or the count saturated). The
+/// return of a task that only submitted I/O ends its episode too, but the
+/// engine learns that from the task's next submission (`EPISODE_START`)
+/// or switch (`EPISODE_OVER`), so such a return costs the clearing of its
+/// flags and nothing else.
 #[btf_tracepoint(function = "sys_exit")]
 pub fn tp_sys_exit(ctx: BtfTracePointContext) -> u32 {
     done(try_sys_exit(&ctx))
@@ -199,26 +226,24 @@ pub fn raw_sys_exit(ctx: RawTracePointContext) -> u32 {
 fn try_sys_exit<C: Hooked>(ctx: &C) -> Option<()> {
     let tid = aya_ebpf::helpers::bpf_get_current_pid_tgid() as u32;
     let (at, flags) = flags_of(tid);
-    if flags == 0 && !full() {
-        return None;
+    let onstack = flags & flag::ONSTACK != 0;
+    let report = onstack || flags & flag::HANDLER_MASK != 0;
+    if flags != 0 {
+        if flags & flag::FRAMES != 0 {
+            forget_frames(tid);
+        }
+        // Back in user space: no episode, no frame, no handler, no sleep.
+        set_flags(at, flags, if onstack { flag::IN_USER } else { 0 });
     }
-    let cfg = config()?;
-    if flags & flag::FRAMES != 0 {
-        forget_frames(tid);
-    }
-    let report = flags & (flag::EPISODE | flag::ONSTACK) != 0;
-    let enter_reported = flags & flag::ONSTACK != 0;
-    // Back in user space: no episode, no frame, no handler, no sleep.
-    set_flags(at, flags, if enter_reported { flag::IN_USER } else { 0 });
-    if !report && cfg.full == 0 {
+    if !report && !full() {
         return None;
     }
     emit_syscall(
         ctx,
-        cfg,
+        config()?,
         kind::SYS_EXIT,
         ctx.arg_u64(1) as i64,
-        enter_reported,
+        onstack,
     )
 }
 

@@ -79,6 +79,8 @@ pub struct Task {
     /// Bumped each time it returns to user space: what it submits between
     /// two returns belongs to one episode (lost-wakeup).
     pub episode: u32,
+    /// It submitted I/O in task context during the current episode.
+    pub episode_io: bool,
     /// In user space, as far as the kernel side tracks it (its return was
     /// reported along with a promise to report its next syscall entry):
     /// an event with its stack meanwhile is an interrupt taken from user
@@ -108,13 +110,22 @@ impl Task {
         self.open_submits.push(OpenSubmit { bio, sp });
     }
 
+    /// It returned to user space (or exits): what it submits from now on
+    /// is another episode, and every call it was in has returned. Known
+    /// from a reported return, or later, from the kernel's word that it
+    /// returned unreported (`episode_start`, `prev_episode_over`).
+    pub fn end_episode(&mut self) {
+        self.episode = self.episode.wrapping_add(1);
+        self.episode_io = false;
+        self.open_submits.clear();
+    }
+
     /// The task was seen as `obs` says: calls below that are over.
     pub fn observed(&mut self, obs: &Obs) {
-        if !self.open_submits.is_empty() {
-            self.open_submits.retain(|s| !obs.kind.left(s.sp));
-        }
         if matches!(obs.kind, ObsKind::User | ObsKind::Exit) {
-            self.episode = self.episode.wrapping_add(1);
+            self.end_episode();
+        } else if !self.open_submits.is_empty() {
+            self.open_submits.retain(|s| !obs.kind.left(s.sp));
         }
         self.last_obs = Some(*obs);
         if obs.actor.stack.is_some() && matches!(obs.kind, ObsKind::Frames(_)) {

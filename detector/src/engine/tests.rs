@@ -56,6 +56,7 @@ fn queue(ts: u64, bio: u64) -> Event {
             end_io: Addr(0xffff_ffff_8160_0000),
             private: Addr(0),
             disk_relative: false,
+            episode_start: false,
         },
     )
 }

@@ -212,6 +212,7 @@ impl World {
             size,
             end_io,
             disk_relative,
+            episode_start,
             ..
         } = &ev.kind
         else {
@@ -221,6 +222,14 @@ impl World {
         let task_ctx = ev.tid != 0 && !actor.irq;
         // One lookup of the task for both the episode and the submission.
         let mut task = self.tasks.get_mut(ev.tid);
+        if let Some(task) = task.as_mut()
+            && task_ctx
+        {
+            if *episode_start {
+                task.end_episode();
+            }
+            task.episode_io = true;
+        }
         let episode = task.as_ref().map_or(0, |t| t.episode);
         let sub = Submission {
             actor,
@@ -390,11 +399,19 @@ impl World {
             prev_in_iowait,
             preempt,
             next_tid,
+            prev_episode_over,
             ..
         } = &ev.kind
         else {
             return;
         };
+        if *prev_episode_over
+            && ev.tid != 0
+            && let Some(task) = self.tasks.get_mut(ev.tid)
+            && task.episode_io
+        {
+            task.end_episode();
+        }
         let sleeps = !*preempt && prev_state & TASK_UNINTERRUPTIBLE != 0;
         if sleeps
             && ev.tid != 0

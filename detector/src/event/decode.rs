@@ -177,6 +177,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
                 end_io: Addr(r.end_io),
                 private: Addr(r.private),
                 disk_relative: header.flags & wire::header_flag::DISK_RELATIVE != 0,
+                episode_start: header.flags & wire::header_flag::EPISODE_START != 0,
             }
         }
         kind::RQ_COMPLETE => {
@@ -338,6 +339,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
                 next_comm: comm(&r.next_comm),
                 next_stack_base: Addr(r.next_stack_base),
                 next_saved_sp: Addr(r.next_saved_sp),
+                prev_episode_over: header.flags & wire::header_flag::EPISODE_OVER != 0,
             }
         }
         kind::SCHED_WAKING | kind::SCHED_WAKEUP => {

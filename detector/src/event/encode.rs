@@ -19,6 +19,10 @@ fn bytes_of<T: Copy>(value: &T) -> Vec<u8> {
     unsafe { std::slice::from_raw_parts((value as *const T).cast::<u8>(), size_of::<T>()) }.to_vec()
 }
 
+fn flag_if(set: bool, bit: u8) -> u8 {
+    if set { bit } else { 0 }
+}
+
 fn comm(s: &str) -> [u8; wire::COMM_LEN] {
     let mut out = [0u8; wire::COMM_LEN];
     let n = s.len().min(wire::COMM_LEN - 1);
@@ -139,13 +143,11 @@ pub fn encode(ev: &Event) -> Result<Vec<u8>, NotAKernelEvent> {
             end_io,
             private,
             disk_relative,
+            episode_start,
         } => bytes_of(&wire::BioQueue {
             header: wire::Header {
-                flags: if *disk_relative {
-                    wire::header_flag::DISK_RELATIVE
-                } else {
-                    0
-                },
+                flags: flag_if(*disk_relative, wire::header_flag::DISK_RELATIVE)
+                    | flag_if(*episode_start, wire::header_flag::EPISODE_START),
                 ..k(kind::BIO_QUEUE)?
             },
             bio: bio.0,
@@ -381,8 +383,12 @@ pub fn encode(ev: &Event) -> Result<Vec<u8>, NotAKernelEvent> {
             next_comm,
             next_stack_base,
             next_saved_sp,
+            prev_episode_over,
         } => bytes_of(&wire::SchedSwitch {
-            header: k(kind::SCHED_SWITCH)?,
+            header: wire::Header {
+                flags: flag_if(*prev_episode_over, wire::header_flag::EPISODE_OVER),
+                ..k(kind::SCHED_SWITCH)?
+            },
             prev_sp: prev_sp.0,
             next_saved_sp: next_saved_sp.0,
             next_stack_base: next_stack_base.0,

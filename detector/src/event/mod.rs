@@ -235,6 +235,11 @@ pub enum EventKind {
         /// after partition remapping (else it is relative to `dev`).
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         disk_relative: bool,
+        /// The submitter's first bio in task context since it last
+        /// returned to user space: its earlier episode is over (the
+        /// return itself is not reported unless a rule needs it).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        episode_start: bool,
     },
     /// A request finished `nr_bytes` from `sector`; `bios` are the bios
     /// this completes in full, as far as the bounded walk saw.
@@ -390,6 +395,10 @@ pub enum EventKind {
         next_stack_base: Addr,
         /// Where the incoming task's stack was when it last switched out.
         next_saved_sp: Addr,
+        /// prev has submitted no I/O since it last returned to user space
+        /// (a return that is not reported unless a rule needs it).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        prev_episode_over: bool,
     },
     /// `sched_waking`: the current task is waking `target_tid` (reported
     /// only for targets seen in an uninterruptible sleep).

@@ -51,6 +51,7 @@ pub fn kernel_events() -> Vec<Event> {
                 end_io: Addr(0xffff_ffff_8150_0000),
                 private: a(2),
                 disk_relative: true,
+                episode_start: true,
             },
         ),
         (
@@ -228,6 +229,7 @@ pub fn kernel_events() -> Vec<Event> {
                 next_comm: "kworker/0:1".into(),
                 next_stack_base: Addr(0xffff_c900_0020_0000),
                 next_saved_sp: Addr(0xffff_c900_0020_3d00),
+                prev_episode_over: true,
             },
         ),
         (

@@ -450,12 +450,13 @@ impl Probes {
                     ));
                 }
             }
-            Mechanism::TpBtf => {
+            // Every tracepoint has its `btf_trace_<name>` typedef in the
+            // kernel's BTF, which detector requires anyway.
+            Mechanism::TpBtf | Mechanism::RawTracepoint => {
                 if !self.btf.has_tracepoint(cand.target) {
                     return Err(fail(format!("no tracepoint {}", cand.target), true));
                 }
             }
-            Mechanism::RawTracepoint => {}
         }
         let btf = self.aya_btf.as_ref();
         let program = self.ebpf.program_mut(cand.program).ok_or_else(|| {

@@ -134,6 +134,7 @@ mod tests {
                 end_io: Addr(0),
                 private: Addr(0),
                 disk_relative: false,
+                episode_start: false,
             },
         )
     }

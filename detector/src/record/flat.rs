@@ -52,6 +52,7 @@ pub(super) struct FlatEvent {
     end_io: Option<u64>,
     private: Option<u64>,
     disk_relative: Option<bool>,
+    episode_start: Option<bool>,
     rq: Option<u64>,
     nr_bytes: Option<u32>,
     error: Option<i32>,
@@ -84,6 +85,7 @@ pub(super) struct FlatEvent {
     next_comm: Option<CompactString>,
     next_stack_base: Option<u64>,
     next_saved_sp: Option<u64>,
+    prev_episode_over: Option<bool>,
     target_tid: Option<u32>,
     target_comm: Option<CompactString>,
     nr: Option<i64>,
@@ -156,6 +158,9 @@ impl FlatEvent {
                     self.hook,
                     Hook::TpBtf | Hook::RawTracepoint | Hook::Tracepoint
                 )),
+                // Absent before it was recorded: then every return to user
+                // space of a submitter was reported.
+                episode_start: self.episode_start.unwrap_or(false),
             },
             EventTag::RqComplete => EventKind::RqComplete {
                 rq: a(self.rq, "rq")?,
@@ -279,6 +284,9 @@ impl FlatEvent {
                 next_comm: need(self.next_comm.clone(), "next_comm")?,
                 next_stack_base: a(self.next_stack_base, "next_stack_base")?,
                 next_saved_sp: a(self.next_saved_sp, "next_saved_sp")?,
+                // Absent before it was recorded: every return to user
+                // space of a submitter was reported then.
+                prev_episode_over: self.prev_episode_over.unwrap_or(false),
             },
             EventTag::SchedWaking | EventTag::SchedWakeup => {
                 let target_tid = need(self.target_tid, "target_tid")?;

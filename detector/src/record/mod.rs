@@ -156,6 +156,7 @@ pub mod tests_support {
                     end_io: Addr(0),
                     private: Addr(0),
                     disk_relative: true,
+                    episode_start: false,
                 },
             );
             w.event(&ev).expect("writing to memory");

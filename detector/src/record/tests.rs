@@ -38,6 +38,7 @@ fn event(i: u64) -> Event {
             end_io: Addr(0xffffffff81234567),
             private: Addr(0),
             disk_relative: true,
+            episode_start: false,
         },
     }
 }

@@ -137,6 +137,7 @@ pub fn queue_end_io(who: &Who, ts: u64, b: u64, disk: Dev, end_io: Addr) -> Even
             end_io,
             private: Addr(0),
             disk_relative: true,
+            episode_start: false,
         },
     );
     ev.stack = Some(SUBMIT_STACK);
@@ -243,6 +244,7 @@ pub fn sleep(who: &Who, ts: u64, d_iowait: bool) -> Event {
             next_comm: format!("swapper/{}", who.cpu).into(),
             next_stack_base: Addr(IDLE + who.cpu as u64 * 0x4000),
             next_saved_sp: Addr(0),
+            prev_episode_over: false,
         },
     );
     ev.hook = Hook::TpBtf;
@@ -268,6 +270,7 @@ pub fn switch_in(who: &Who, ts: u64) -> Event {
             next_comm: who.comm.as_str().into(),
             next_stack_base: Addr(who.base),
             next_saved_sp: Addr(who.at(0x3400)),
+            prev_episode_over: false,
         },
     );
     ev.hook = Hook::TpBtf;

@@ -144,12 +144,7 @@ pub struct LostWakeup {
 impl LostWakeup {
     /// The episode of `tid`, started afresh if the task began a new one.
     fn episode(&mut self, tid: u32, w: &World) -> Option<&mut Episode> {
-        let id = w.tasks.get(tid)?.episode;
-        let ep = self.episodes.entry(tid).or_default();
-        if ep.id != id {
-            ep.reset(id);
-        }
-        Some(ep)
+        current_episode(&mut self.episodes, tid, w)
     }
 
     /// T submitted a bio (a new life, in task context).
@@ -278,7 +273,12 @@ impl LostWakeup {
 
     fn arm(&mut self, tid: u32, w: &World, cfg: &EngineConfig, now: u64) {
         self.disarm(tid);
-        let (Some(task), Some(ep)) = (w.tasks.get(tid), self.episodes.get_mut(&tid)) else {
+        // A sleep after the task's episode ended (its return to user space
+        // may be learnt only now) is judged against the new, empty one.
+        let (Some(task), Some(ep)) = (
+            w.tasks.get(tid),
+            current_episode(&mut self.episodes, tid, w),
+        ) else {
             return;
         };
         let at = match judge(task.sleep, ep, &w.bios, now, cfg) {
@@ -301,6 +301,11 @@ impl LostWakeup {
                 continue;
             };
             if ep.timer != Some(at) {
+                continue;
+            }
+            if ep.id != task.episode {
+                // The episode ended (and with it the waits) after arming.
+                ep.timer = None;
                 continue;
             }
             ep.timer = None;
@@ -326,6 +331,21 @@ impl LostWakeup {
             }
         }
     }
+}
+
+/// The episode of `tid` in `episodes`, started afresh if the task began a
+/// new one.
+fn current_episode<'a>(
+    episodes: &'a mut FastMap<u32, Episode>,
+    tid: u32,
+    w: &World,
+) -> Option<&'a mut Episode> {
+    let id = w.tasks.get(tid)?.episode;
+    let ep = episodes.entry(tid).or_default();
+    if ep.id != id {
+        ep.reset(id);
+    }
+    Some(ep)
 }
 
 /// How often a sleeper whose disks are busy is judged again.
