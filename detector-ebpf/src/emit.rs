@@ -45,6 +45,7 @@ pub fn header_on<C: Hooked>(
     stack_base: u64,
 ) -> Header {
     let pid_tgid = bpf_get_current_pid_tgid();
+    let ts_ns = unsafe { bpf_ktime_get_ns() };
     // Userspace learns this stack from the record: a `complete()` on it
     // may matter from now on.
     widen_stack_range(stack_base);
@@ -53,13 +54,13 @@ pub fn header_on<C: Hooked>(
         hook: C::HOOK,
         flags: 0,
         cpu: unsafe { bpf_get_smp_processor_id() },
-        ts_ns: unsafe { bpf_ktime_get_ns() },
+        ts_ns,
         pid: (pid_tgid >> 32) as u32,
         tid: pid_tgid as u32,
         stack_base,
         sp: ctx.sp(),
         stack_id: match stack {
-            Stack::Take if stack_allowed(cfg) => ctx.stack_id(),
+            Stack::Take if stack_allowed(cfg, ts_ns) => ctx.stack_id(),
             Stack::Take => {
                 bump(counter::STACKS_OVER_BUDGET);
                 STACK_OVER_BUDGET
@@ -71,10 +72,11 @@ pub fn header_on<C: Hooked>(
     }
 }
 
-/// Whether this CPU may walk a stack now: a token bucket refilled at
-/// `stack_budget` per second, holding at most a tenth of a second's worth.
+/// Whether this CPU may walk a stack at `now` (the record's time: one
+/// clock read serves both): a token bucket refilled at `stack_budget` per
+/// second, holding at most a tenth of a second's worth.
 #[inline(always)]
-fn stack_allowed(cfg: &ProbeConfig) -> bool {
+fn stack_allowed(cfg: &ProbeConfig, now: u64) -> bool {
     let rate = cfg.stack_budget as u64;
     if rate == 0 {
         return true;
@@ -82,7 +84,6 @@ fn stack_allowed(cfg: &ProbeConfig) -> bool {
     let Some(bucket) = STACK_BUDGET.get_ptr_mut(0) else {
         return true;
     };
-    let now = unsafe { bpf_ktime_get_ns() };
     // Millitokens: one token is 1000, so slow rates still refill smoothly.
     let cap = rate * 100;
     unsafe {
