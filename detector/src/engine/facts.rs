@@ -8,7 +8,7 @@
 
 use super::bios::{Bio, Completion, Done};
 use super::handlers::Call;
-use super::tasks::{Obs, Retire};
+use super::tasks::{Obs, ObsKind, Retire};
 
 /// One fact, in the order the world learnt it while handling one event.
 #[derive(Clone, Debug)]
@@ -52,7 +52,12 @@ pub enum Fact {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
 pub enum FactTag {
+    /// `Observed` in the kernel: its frames below some depth are gone.
     Observed,
+    /// `Observed` back in user space or exiting: every frame is gone. Kept
+    /// apart because some rules care only about this, and task events are
+    /// the most frequent facts.
+    ObservedOut,
     Retired,
     Slept,
     Woken,
@@ -66,13 +71,16 @@ pub enum FactTag {
 }
 
 impl FactTag {
-    pub const COUNT: usize = 11;
+    pub const COUNT: usize = 12;
 }
 
 impl Fact {
     pub fn tag(&self) -> FactTag {
         match self {
-            Self::Observed { .. } => FactTag::Observed,
+            Self::Observed { obs, .. } => match obs.kind {
+                ObsKind::Frames(_) => FactTag::Observed,
+                ObsKind::User | ObsKind::Exit => FactTag::ObservedOut,
+            },
             Self::Retired { .. } => FactTag::Retired,
             Self::Slept { .. } => FactTag::Slept,
             Self::Woken { .. } => FactTag::Woken,

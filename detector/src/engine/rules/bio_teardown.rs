@@ -197,7 +197,12 @@ impl Invariant for BioTeardown {
     fn interest(&self) -> Interest {
         Interest {
             events: &[EventTag::DelGendisk, EventTag::DelGendiskExit],
-            facts: &[FactTag::Observed, FactTag::Completed, FactTag::Retired],
+            facts: &[
+                FactTag::Observed,
+                FactTag::ObservedOut,
+                FactTag::Completed,
+                FactTag::Retired,
+            ],
             deadlines: false,
         }
     }

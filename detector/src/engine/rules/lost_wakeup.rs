@@ -422,7 +422,7 @@ impl Invariant for LostWakeup {
                 FactTag::Untracked,
                 FactTag::Slept,
                 FactTag::Woken,
-                FactTag::Observed,
+                FactTag::ObservedOut,
                 FactTag::Retired,
             ],
             deadlines: true,

@@ -536,7 +536,7 @@ impl Invariant for Onstack {
                 EventTag::WaitExit,
                 EventTag::SchedWaking,
             ],
-            facts: &[FactTag::Observed, FactTag::Retired],
+            facts: &[FactTag::Observed, FactTag::ObservedOut, FactTag::Retired],
             deadlines: true,
         }
     }
