@@ -62,8 +62,27 @@ pub fn current_task() -> u64 {
 /// `dev_t` of a `struct gendisk` (`major << 20 | first_minor`).
 #[inline(always)]
 pub fn disk_dev(cfg: &ProbeConfig, disk: u64) -> u32 {
-    let major: i32 = read(disk, cfg.block.disk_major);
-    let minor: i32 = read(disk, cfg.block.disk_first_minor);
+    let [major, minor] = if minor_follows_major(cfg) {
+        read::<[i32; 2]>(disk, cfg.block.disk_major)
+    } else {
+        [
+            read(disk, cfg.block.disk_major),
+            read(disk, cfg.block.disk_first_minor),
+        ]
+    };
+    dev_of(major, minor)
+}
+
+/// Whether `gendisk.first_minor` directly follows `gendisk.major` (as in
+/// every kernel so far): then one read fetches both.
+#[inline(always)]
+fn minor_follows_major(cfg: &ProbeConfig) -> bool {
+    cfg.block.disk_major != NO_OFFSET
+        && cfg.block.disk_first_minor == cfg.block.disk_major.wrapping_add(4)
+}
+
+#[inline(always)]
+fn dev_of(major: i32, minor: i32) -> u32 {
     ((major as u32) << 20) | (minor as u32 & 0xfffff)
 }
 
@@ -82,9 +101,10 @@ pub fn bio_devs_peek(cfg: &ProbeConfig, bio: u64) -> (u32, u32) {
     let bdev: u64 = peek(bio, cfg.bio.bdev);
     let dev: u32 = peek(bdev, cfg.block.bdev_dev);
     let disk: u64 = peek(bdev, cfg.block.bdev_disk);
+    // Two reads, no branch: bio_endio's chain loop multiplies branches.
     let major: i32 = peek(disk, cfg.block.disk_major);
     let minor: i32 = peek(disk, cfg.block.disk_first_minor);
-    (dev, ((major as u32) << 20) | (minor as u32 & 0xfffff))
+    (dev, dev_of(major, minor))
 }
 
 /// Whether `addr` lies in the kernel stack that starts at `stack_base`.
