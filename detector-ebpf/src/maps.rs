@@ -52,8 +52,10 @@ pub static TASK_FLAGS: Array<[u8; FLAG_CHUNK]> = Array::with_max_entries(1024, 0
 /// `TASK_FLAGS` bits.
 pub mod flag {
     /// It submitted I/O in task context since it last returned to user
-    /// space: its return is reported (the engine's episodes end there) and
-    /// its uninterruptible sleeps may be waits for that I/O (lost-wakeup).
+    /// space: its uninterruptible sleeps may be waits for that I/O
+    /// (lost-wakeup). Its return is not reported for this; while the bit
+    /// is clear, its submissions carry `EPISODE_START` and its reported
+    /// switches `EPISODE_OVER`, which end the engine's episode instead.
     pub const EPISODE: u8 = 0x01;
     /// It owns a completion (or a bio's `bi_private`) on its stack: report
     /// its next return to user space, which proves every frame left, and

@@ -412,7 +412,9 @@ pub enum EventKind {
         target_comm: CompactString,
     },
     /// The current task returned to user space from syscall `nr` (reported
-    /// once after it submitted I/O or used an on-stack completion).
+    /// once after it used an on-stack completion, or with `--full`; other
+    /// returns are told by the next `BioQueue::episode_start` or
+    /// `SchedSwitch::prev_episode_over`).
     SysExit {
         nr: i64,
         ret: i64,
