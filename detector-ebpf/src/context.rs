@@ -16,8 +16,13 @@ pub trait Hooked: EbpfContext {
     /// One of `detector_common::hook`.
     const HOOK: u8;
 
-    /// The n-th argument of the hooked function or tracepoint, as a raw word.
-    fn arg_u64(&self, n: usize) -> u64;
+    /// The n-th argument of the hooked function or tracepoint, as a raw
+    /// word: by default from the argument array the context points to,
+    /// through the helper ([`word`]).
+    #[inline(always)]
+    fn arg_u64(&self, n: usize) -> u64 {
+        word(self, n)
+    }
 
     /// [`Hooked::arg_u64`] for an `n` known only at run time.
     #[inline(always)]
@@ -63,7 +68,7 @@ macro_rules! stack_id_via_helper {
 /// `bpf_probe_read_kernel` or compare them as numbers, so they read them
 /// through the helper, which yields an untyped scalar.
 #[inline(always)]
-fn word(ctx: &impl EbpfContext, n: usize) -> u64 {
+fn word(ctx: &(impl EbpfContext + ?Sized), n: usize) -> u64 {
     let at = (ctx.as_ptr() as *const u64).wrapping_add(n);
     unsafe { aya_ebpf::helpers::bpf_probe_read_kernel(at) }.unwrap_or(0)
 }
@@ -73,12 +78,7 @@ fn word(ctx: &impl EbpfContext, n: usize) -> u64 {
 // trampoline frame), so its address says how deep that stack is.
 macro_rules! args_on_stack {
     ($ty:ty, $hook:expr) => {
-        args_on_stack!($ty, $hook, {
-            #[inline(always)]
-            fn arg_u64(&self, n: usize) -> u64 {
-                word(self, n)
-            }
-        });
+        args_on_stack!($ty, $hook, {});
     };
     ($ty:ty, $hook:expr, { $($extra:item)* }) => {
         impl Hooked for $ty {
@@ -116,11 +116,6 @@ args_on_stack!(RawTracePointContext, hook::RAW_TRACEPOINT, {
 });
 args_on_stack!(FEntryContext, hook::FENTRY);
 args_on_stack!(FExitContext, hook::FEXIT, {
-    #[inline(always)]
-    fn arg_u64(&self, n: usize) -> u64 {
-        word(self, n)
-    }
-
     /// fexit's context holds the arguments followed by the return value
     /// (absent for `void` functions: callers must not ask then).
     #[inline(always)]
