@@ -405,24 +405,24 @@ impl World {
         else {
             return;
         };
-        if *prev_episode_over
-            && ev.tid != 0
-            && let Some(task) = self.tasks.get_mut(ev.tid)
-            && task.episode_io
-        {
-            task.end_episode();
-        }
         let sleeps = !*preempt && prev_state & TASK_UNINTERRUPTIBLE != 0;
-        if sleeps
+        // One lookup of prev for both: the episode it ended unreported
+        // comes before its sleep.
+        if (sleeps || *prev_episode_over)
             && ev.tid != 0
             && let Some(task) = self.tasks.get_mut(ev.tid)
         {
-            task.sleep = Some(Sleep {
-                actor: *actor,
-                uninterruptible: true,
-                iowait: *prev_in_iowait,
-            });
-            facts.push(Fact::Slept { tid: ev.tid });
+            if *prev_episode_over && task.episode_io {
+                task.end_episode();
+            }
+            if sleeps {
+                task.sleep = Some(Sleep {
+                    actor: *actor,
+                    uninterruptible: true,
+                    iowait: *prev_in_iowait,
+                });
+                facts.push(Fact::Slept { tid: ev.tid });
+            }
         }
         if ev.tid != 0 && self.handlers.task_busy(ev.tid) {
             facts.push(Fact::HandlerOffCpu {
