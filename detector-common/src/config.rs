@@ -52,6 +52,12 @@ pub struct BioOffsets {
     pub blkg: u32,
     /// Bit number of `REQ_INTEGRITY` in `bi_opf` (`__REQ_INTEGRITY`).
     pub req_integrity_bit: u32,
+    /// Leading bytes of a bio that hold every field above (see
+    /// [`ProbeConfig::set_region_spans`]); 0: read field by field.
+    pub span: u32,
+    /// Leading bytes that hold `bi_next` and `bi_iter.bi_size`, all a walk
+    /// of a request's bios reads (at most [`SMALL_REGION_BYTES`]).
+    pub walk_span: u32,
     pub _pad: u32,
 }
 
@@ -75,6 +81,11 @@ pub struct BlockOffsets {
     pub rq_sector: u32,
     /// `request_queue.disk`.
     pub q_disk: u32,
+    /// Leading bytes of a `block_device` that hold `bd_dev` and `bd_disk`
+    /// (0: not within [`SMALL_REGION_BYTES`], read one by one).
+    pub bdev_span: u32,
+    /// Leading bytes of a `request` that hold `q`, `bio` and `__sector`.
+    pub rq_span: u32,
 }
 
 /// Offsets into md (module `md_mod`); all `NO_OFFSET` until it is loaded.
@@ -133,10 +144,10 @@ pub struct ProbeConfig {
 }
 
 const _: () = assert!(core::mem::size_of::<TaskOffsets>() == 24);
-const _: () = assert!(core::mem::size_of::<BioOffsets>() == 56);
-const _: () = assert!(core::mem::size_of::<BlockOffsets>() == 32);
+const _: () = assert!(core::mem::size_of::<BioOffsets>() == 64);
+const _: () = assert!(core::mem::size_of::<BlockOffsets>() == 40);
 const _: () = assert!(core::mem::size_of::<MdOffsets>() == 16);
-const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 176);
+const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 192);
 
 impl ProbeConfig {
     /// A config with every offset unknown: programs read nothing.
@@ -163,6 +174,8 @@ impl ProbeConfig {
             flag_chain_bit: NO_OFFSET,
             blkg: NO_OFFSET,
             req_integrity_bit: NO_OFFSET,
+            span: 0,
+            walk_span: 0,
             _pad: 0,
         },
         block: BlockOffsets {
@@ -174,6 +187,8 @@ impl ProbeConfig {
             rq_bio: NO_OFFSET,
             rq_sector: NO_OFFSET,
             q_disk: NO_OFFSET,
+            bdev_span: 0,
+            rq_span: 0,
         },
         md: MdOffsets {
             mddev_pending_writes: NO_OFFSET,
@@ -192,9 +207,108 @@ impl ProbeConfig {
         task_state: NO_OFFSET,
         full: 0,
     };
+
+    /// Sets the spans through which the programs fetch a bio, a block
+    /// device or a request in one read instead of a read per field: a
+    /// kernel read through the helper costs about as much as the copy of a
+    /// hundred bytes, and a bio hook made ten of them. A struct whose
+    /// fields lie beyond [`REGION_BYTES`], or one of them off its natural
+    /// alignment, keeps span 0 and is read field by field. The span ends at
+    /// the last field read, never past the struct.
+    pub fn set_region_spans(&mut self) {
+        let b = self.bio;
+        self.bio.span = region_span(
+            BIO_REGION_BYTES,
+            &[
+                (b.next, 8),
+                (b.bdev, 8),
+                (b.opf, 4),
+                (b.flags, 2),
+                (b.status, 1),
+                (b.sector, 8),
+                (b.size, 4),
+                (b.remaining, 4),
+                (b.end_io, 8),
+                (b.private, 8),
+                (b.blkg, 8),
+            ],
+        );
+        self.bio.walk_span = region_span(SMALL_REGION_BYTES, &[(b.next, 8), (b.size, 4)]);
+        let k = self.block;
+        self.block.bdev_span =
+            region_span(SMALL_REGION_BYTES, &[(k.bdev_dev, 4), (k.bdev_disk, 8)]);
+        self.block.rq_span = region_span(
+            SMALL_REGION_BYTES,
+            &[(k.rq_q, 8), (k.rq_bio, 8), (k.rq_sector, 8)],
+        );
+    }
+}
+
+/// Bytes the programs copy of a bio at most in one read. Region sizes are
+/// powers of two: a field's offset is masked with `size - width` so that
+/// the verifier sees an aligned access inside the copy. The copies live on
+/// the programs' 512-byte stack, hence two sizes.
+pub const BIO_REGION_BYTES: u32 = 128;
+/// The same for a `block_device` and a `request`.
+pub const SMALL_REGION_BYTES: u32 = 64;
+
+/// The bytes from a struct's start to the end of its last `(offset, width)`
+/// field, or 0 when a field does not fit a region of `limit` bytes or is
+/// misaligned (the mask would then move it). Unknown fields (`NO_OFFSET`)
+/// are not read.
+pub fn region_span(limit: u32, fields: &[(u32, u32)]) -> u32 {
+    let mut span = 0;
+    for &(offset, width) in fields {
+        if offset == NO_OFFSET {
+            continue;
+        }
+        let end = offset.saturating_add(width);
+        if end > limit || offset % width != 0 {
+            return 0;
+        }
+        span = span.max(end);
+    }
+    span
 }
 
 // SAFETY: plain-old-data, `#[repr(C)]`, integers only, no implicit padding
 // (the size assertions above pin the layout).
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for ProbeConfig {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn span_ends_at_the_last_field_read() {
+        assert_eq!(region_span(64, &[(8, 8), (0, 8), (40, 4)]), 44);
+        assert_eq!(region_span(64, &[(NO_OFFSET, 8), (16, 4)]), 20);
+        assert_eq!(region_span(64, &[(NO_OFFSET, 8)]), 0);
+    }
+
+    #[test]
+    fn a_field_past_the_region_or_misaligned_means_field_by_field() {
+        // 6.1's block_device: bd_disk lies after the embedded struct device.
+        assert_eq!(region_span(64, &[(36, 4), (896, 8)]), 0);
+        assert_eq!(region_span(128, &[(120, 8)]), 128);
+        assert_eq!(region_span(64, &[(120, 8)]), 0);
+        assert_eq!(region_span(128, &[(124, 8)]), 0);
+        assert_eq!(region_span(64, &[(0, 8), (44, 8)]), 0);
+        assert_eq!(region_span(128, &[(u32::MAX - 8, 8)]), 0);
+    }
+
+    #[test]
+    fn masking_an_accepted_offset_keeps_it() {
+        // What the programs do to show the verifier an aligned access.
+        for limit in [SMALL_REGION_BYTES, BIO_REGION_BYTES] {
+            for width in [1u32, 2, 4, 8] {
+                for offset in 0..2 * limit {
+                    if region_span(limit, &[(offset, width)]) != 0 {
+                        assert_eq!(offset & (limit - width), offset);
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,9 +1,13 @@
 //! Reading kernel memory through the offsets userspace found in BTF.
 
 use aya_ebpf::helpers::{bpf_get_current_task, bpf_probe_read_kernel};
-use detector_common::{ProbeConfig, config::NO_OFFSET, counter};
+use detector_common::{
+    ProbeConfig,
+    config::{BIO_REGION_BYTES, NO_OFFSET, SMALL_REGION_BYTES},
+    counter,
+};
 
-use crate::maps::{CONFIG, COUNTERS};
+use crate::maps::{CONFIG, COUNTERS, REGIONS};
 
 /// The running kernel's offsets; `None` until userspace wrote them.
 #[inline(always)]
@@ -54,6 +58,90 @@ pub fn peek<T: Copy>(base: u64, offset: u32) -> T {
     }
 }
 
+/// The leading bytes of a struct, fetched in one read (see
+/// `ProbeConfig::set_region_spans`); fields are then taken from the copy.
+/// Without a span, without room, or when the read fails, each field is
+/// read on its own.
+pub struct Region<const WORDS: usize> {
+    /// Room in `REGIONS`; only the first `span` bytes are written, and only
+    /// they are read.
+    copy: *const [u64; WORDS],
+    base: u64,
+    copied: bool,
+}
+
+/// A bio's leading bytes.
+pub type BioRegion = Region<{ BIO_REGION_BYTES as usize / 8 }>;
+/// A `block_device`'s or a `request`'s leading bytes.
+pub type SmallRegion = Region<{ SMALL_REGION_BYTES as usize / 8 }>;
+
+/// A hook's room in `REGIONS`: one bio and two smaller structs.
+pub struct Scratch {
+    pub bio: *mut [u64; BIO_REGION_BYTES as usize / 8],
+    pub first: *mut [u64; SMALL_REGION_BYTES as usize / 8],
+    pub second: *mut [u64; SMALL_REGION_BYTES as usize / 8],
+}
+
+impl Scratch {
+    /// This CPU's room for the hook `slot` (`maps::scratch`).
+    #[inline(always)]
+    pub fn of(slot: u32) -> Option<Self> {
+        let words = REGIONS.get_ptr_mut(slot)?.cast::<u64>();
+        Some(unsafe {
+            Scratch {
+                bio: words.cast(),
+                first: words.add(16).cast(),
+                second: words.add(24).cast(),
+            }
+        })
+    }
+}
+
+impl<const WORDS: usize> Region<WORDS> {
+    const BYTES: u32 = WORDS as u32 * 8;
+
+    /// Copies the first `span` bytes at `base` into `room`.
+    #[inline(always)]
+    pub fn read(room: Option<*mut [u64; WORDS]>, base: u64, span: u32) -> Self {
+        let len = span.min(Self::BYTES);
+        let Some(room) = room.filter(|_| base != 0 && len != 0) else {
+            return Region {
+                copy: core::ptr::null(),
+                base,
+                copied: false,
+            };
+        };
+        let copied = unsafe {
+            aya_ebpf::helpers::generated::bpf_probe_read_kernel(
+                room.cast(),
+                len,
+                base as *const core::ffi::c_void,
+            )
+        } == 0;
+        Region {
+            copy: room,
+            base,
+            copied,
+        }
+    }
+
+    /// The `T` at `offset`, as [`read`] would return it.
+    #[inline(always)]
+    pub fn get<T: Copy + Default>(&self, offset: u32) -> T {
+        if !self.copied {
+            return read(self.base, offset);
+        }
+        if offset == NO_OFFSET {
+            return T::default();
+        }
+        // Userspace accepted the span only with every field naturally
+        // aligned inside it, so the mask changes nothing; it shows the
+        // verifier an access within the copy.
+        let at = offset & (Self::BYTES - core::mem::size_of::<T>() as u32);
+        unsafe { *self.copy.cast::<u8>().add(at as usize).cast::<T>() }
+    }
+}
+
 #[inline(always)]
 pub fn current_task() -> u64 {
     unsafe { bpf_get_current_task() }
@@ -86,12 +174,16 @@ fn dev_of(major: i32, minor: i32) -> u32 {
     ((major as u32) << 20) | (minor as u32 & 0xfffff)
 }
 
-/// (`bio->bi_bdev->bd_dev`, the whole disk's `dev_t`).
+/// (`bio->bi_bdev->bd_dev`, the whole disk's `dev_t`) of a bio's copy.
 #[inline(always)]
-pub fn bio_devs(cfg: &ProbeConfig, bio: u64) -> (u32, u32) {
-    let bdev: u64 = read(bio, cfg.bio.bdev);
-    let dev: u32 = read(bdev, cfg.block.bdev_dev);
-    let disk: u64 = read(bdev, cfg.block.bdev_disk);
+pub fn bio_devs(
+    cfg: &ProbeConfig,
+    bio: &BioRegion,
+    room: Option<*mut [u64; SMALL_REGION_BYTES as usize / 8]>,
+) -> (u32, u32) {
+    let bdev = SmallRegion::read(room, bio.get(cfg.bio.bdev), cfg.block.bdev_span);
+    let dev: u32 = bdev.get(cfg.block.bdev_dev);
+    let disk: u64 = bdev.get(cfg.block.bdev_disk);
     (dev, disk_dev(cfg, disk))
 }
 

@@ -18,8 +18,11 @@ use crate::{
     context::Hooked,
     diag::{may_log, site},
     emit::{Stack, header, reserve, submit},
-    kernel::{bio_devs, bio_devs_peek, config, disk_dev, on_stack, peek, read},
-    maps::{ENTRY_ARGS, flag, insert_or_count},
+    kernel::{
+        BioRegion, Scratch, SmallRegion, bio_devs, bio_devs_peek, config, disk_dev, on_stack, peek,
+        read,
+    },
+    maps::{ENTRY_ARGS, flag, insert_or_count, scratch},
     tasks::{flags_of, note_onstack, set_flags},
 };
 
@@ -69,23 +72,25 @@ pub fn kprobe_submit_bio_noacct(ctx: ProbeContext) -> u32 {
 fn try_bio_queue<C: Hooked>(ctx: &C, flags: u8) -> Option<()> {
     let cfg = config()?;
     let bio = ctx.arg_u64(0);
-    let (dev, disk) = bio_devs(cfg, bio);
+    let room = Scratch::of(scratch::BIO_QUEUE);
+    let fields = BioRegion::read(room.as_ref().map(|r| r.bio), bio, cfg.bio.span);
+    let (dev, disk) = bio_devs(cfg, &fields, room.as_ref().map(|r| r.first));
     let mut header = header(ctx, cfg, kind::BIO_QUEUE, Stack::Take);
-    let private: u64 = read(bio, cfg.bio.private);
+    let private: u64 = fields.get(cfg.bio.private);
     header.flags = flags | note_submitter(cfg, &header, private);
-    super::md::note_submission(cfg, bio);
+    super::md::note_submission(cfg, bio, private);
     let mut entry = reserve::<BioQueue>()?;
     unsafe {
         entry.as_mut_ptr().write(BioQueue {
             header,
             bio,
-            sector: read(bio, cfg.bio.sector),
-            end_io: read(bio, cfg.bio.end_io),
+            sector: fields.get(cfg.bio.sector),
+            end_io: fields.get(cfg.bio.end_io),
             private,
             dev,
             disk_dev: disk,
-            size: read(bio, cfg.bio.size),
-            opf: read(bio, cfg.bio.opf),
+            size: fields.get(cfg.bio.size),
+            opf: fields.get(cfg.bio.opf),
         })
     };
     submit(entry, cfg);
@@ -139,14 +144,16 @@ fn try_rq_complete<C: Hooked>(ctx: &C) -> Option<()> {
     let rq = ctx.arg_u64(0);
     let error = ctx.arg_u64(1) as u8 as i32;
     let nr_bytes = ctx.arg_u64(2) as u32;
-    let q: u64 = read(rq, cfg.block.rq_q);
+    let room = Scratch::of(scratch::RQ_COMPLETE);
+    let rq_fields = SmallRegion::read(room.as_ref().map(|r| r.first), rq, cfg.block.rq_span);
+    let q: u64 = rq_fields.get(cfg.block.rq_q);
     let disk: u64 = read(q, cfg.block.q_disk);
     let header = header(ctx, cfg, kind::RQ_COMPLETE, Stack::Take);
     let mut entry = reserve::<RqComplete>()?;
     let ev = entry.as_mut_ptr();
     // Mirror blk_update_request(): bios are ended in order while they fit in
     // nr_bytes; a zero-sized bio (a flush) fits even when nr_bytes is 0.
-    let mut bio: u64 = read(rq, cfg.block.rq_bio);
+    let mut bio: u64 = rq_fields.get(cfg.block.rq_bio);
     let mut left = nr_bytes as u64;
     let mut n: u16 = 0;
     unsafe {
@@ -155,21 +162,22 @@ fn try_rq_complete<C: Hooked>(ctx: &C) -> Option<()> {
             if bio == 0 {
                 break;
             }
-            let size = read::<u32>(bio, cfg.bio.size) as u64;
+            let fields = SmallRegion::read(room.as_ref().map(|r| r.second), bio, cfg.bio.walk_span);
+            let size = fields.get::<u32>(cfg.bio.size) as u64;
             if size > left {
                 break;
             }
             (*ev).bios[i] = bio;
             n += 1;
             left -= size;
-            bio = read(bio, cfg.bio.next);
+            bio = fields.get(cfg.bio.next);
             if left == 0 {
                 break;
             }
         }
         (*ev).header = header;
         (*ev).rq = rq;
-        (*ev).sector = read(rq, cfg.block.rq_sector);
+        (*ev).sector = rq_fields.get(cfg.block.rq_sector);
         (*ev).disk_dev = disk_dev(cfg, disk);
         (*ev).nr_bytes = nr_bytes;
         (*ev).error = error;
@@ -206,18 +214,20 @@ pub fn raw_block_bio_complete(ctx: RawTracePointContext) -> u32 {
 fn try_bio_complete<C: Hooked>(ctx: &C) -> Option<()> {
     let cfg = config()?;
     let bio = ctx.arg_u64(1);
-    let (dev, disk) = bio_devs(cfg, bio);
+    let room = Scratch::of(scratch::BIO_COMPLETE);
+    let fields = BioRegion::read(room.as_ref().map(|r| r.bio), bio, cfg.bio.span);
+    let (dev, disk) = bio_devs(cfg, &fields, room.as_ref().map(|r| r.first));
     let header = header(ctx, cfg, kind::BIO_COMPLETE, Stack::Skip);
     let mut entry = reserve::<BioComplete>()?;
     unsafe {
         entry.as_mut_ptr().write(BioComplete {
             header,
             bio,
-            sector: read(bio, cfg.bio.sector),
+            sector: fields.get(cfg.bio.sector),
             dev,
             disk_dev: disk,
-            size: read(bio, cfg.bio.size),
-            error: read::<u8>(bio, cfg.bio.status) as i32,
+            size: fields.get(cfg.bio.size),
+            error: fields.get::<u8>(cfg.bio.status) as i32,
         })
     };
     submit(entry, cfg);

@@ -108,7 +108,7 @@ fn try_super_write(ctx: &ProbeContext) -> Option<()> {
 /// return early without a bio, for a faulty rdev: the rdev check keeps its
 /// stale entry from claiming an unrelated bio.)
 #[inline(always)]
-pub fn note_submission(cfg: &ProbeConfig, bio: u64) {
+pub fn note_submission(cfg: &ProbeConfig, bio: u64, private: u64) {
     if cfg.md.rdev_mddev == NO_OFFSET {
         return; // md_mod is not loaded
     }
@@ -119,7 +119,7 @@ pub fn note_submission(cfg: &ProbeConfig, bio: u64) {
     }) else {
         return;
     };
-    if read::<u64>(bio, cfg.bio.private) != rdev {
+    if private != rdev {
         return;
     }
     let _ = ENTRY_ARGS.remove(rdev_key);
