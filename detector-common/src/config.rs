@@ -141,13 +141,19 @@ pub struct ProbeConfig {
     /// debugging); 0: only what a rule may need (detector-ebpf's
     /// `TASK_FLAGS`).
     pub full: u32,
+    /// 1: a task's name goes out in its first record only, and again after
+    /// a rename (the `task_rename` hook, attached, forgets it); later
+    /// records carry `COMM_OMITTED`. 0 (the hook is missing): in every
+    /// record.
+    pub names_once: u32,
+    pub _pad: u32,
 }
 
 const _: () = assert!(core::mem::size_of::<TaskOffsets>() == 24);
 const _: () = assert!(core::mem::size_of::<BioOffsets>() == 64);
 const _: () = assert!(core::mem::size_of::<BlockOffsets>() == 40);
 const _: () = assert!(core::mem::size_of::<MdOffsets>() == 16);
-const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 192);
+const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 200);
 
 impl ProbeConfig {
     /// A config with every offset unknown: programs read nothing.
@@ -206,6 +212,8 @@ impl ProbeConfig {
         wakeup_threshold: 0,
         task_state: NO_OFFSET,
         full: 0,
+        names_once: 0,
+        _pad: 0,
     };
 
     /// Sets the spans through which the programs fetch a bio, a block

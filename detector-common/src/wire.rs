@@ -122,6 +122,10 @@ pub mod header_flag {
     /// last returned to user space (or was first seen). Its earlier
     /// episode is over, although that return was not reported.
     pub const EPISODE_OVER: u8 = 0x04;
+    /// Every kind: `comm` is left out (zero). The task's name went out in
+    /// an earlier record of the same thread and has not changed since
+    /// (`ProbeConfig::names_once`); the reader fills it in.
+    pub const COMM_OMITTED: u8 = 0x08;
 }
 
 /// `Header::stack_id` when the hook takes no stack.

@@ -75,6 +75,9 @@ pub mod flag {
     /// clear it inside a call.
     pub const HANDLER_ONE: u8 = 0x20;
     pub const HANDLER_MASK: u8 = 0x60;
+    /// A record of it carried its name since it last exited or was
+    /// renamed: its records leave `comm` out (`ProbeConfig::names_once`).
+    pub const NAMED: u8 = 0x80;
     /// What makes an uninterruptible sleep worth a report.
     pub const SLEEP_WATCHED: u8 = EPISODE | ONSTACK;
     /// The value used for a thread beyond the array: everything reported.

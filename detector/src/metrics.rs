@@ -58,6 +58,8 @@ pub struct Metrics {
     registry: Registry,
     events: IntCounterVec,
     decode_errors: IntCounter,
+    /// Task names the reader lacked, by where it found them.
+    names_missed: IntCounterVec,
     /// Kernel-side counters that count lost events, by cause.
     lost: IntCounterVec,
     /// The other kernel-side counters, one metric each, by counter index.
@@ -102,6 +104,15 @@ impl Metrics {
             decode_errors: counter(
                 "detector_decode_errors_total",
                 "Ring-buffer records that did not decode (counted and skipped)",
+            )?,
+            names_missed: IntCounterVec::new(
+                Opts::new(
+                    "detector_task_names_missed_total",
+                    "Records whose task name (sent once per task) the reader lacked because \
+                     the record that carried it was lost, by where it was found instead: proc \
+                     (read from /proc) or unknown (the thread was gone; shown as ?)",
+                ),
+                &["found"],
             )?,
             lost: IntCounterVec::new(
                 Opts::new(
@@ -184,6 +195,7 @@ impl Metrics {
         let r = &self.registry;
         r.register(Box::new(self.events.clone()))?;
         r.register(Box::new(self.decode_errors.clone()))?;
+        r.register(Box::new(self.names_missed.clone()))?;
         r.register(Box::new(self.lost.clone()))?;
         for (_, c) in &self.kernel {
             r.register(Box::new(c.clone()))?;
@@ -223,6 +235,9 @@ impl Metrics {
         }
         for i in (0..counter::ALL).filter(|i| counter::is_loss(*i)) {
             self.lost.with_label_values(&[counter::NAMES[i as usize]]);
+        }
+        for found in ["proc", "unknown"] {
+            self.names_missed.with_label_values(&[found]);
         }
         let mut engine = self.lock_engine();
         for rule in Rule::ALL {
@@ -327,6 +342,12 @@ impl Metrics {
             }
             let d = &self.decode_errors;
             d.inc_by(totals.decode_errors.saturating_sub(d.get()));
+            for (found, value) in [
+                ("proc", totals.names_from_proc),
+                ("unknown", totals.names_unknown),
+            ] {
+                up_to(&self.names_missed.with_label_values(&[found]), value);
+            }
         }
         let mut engine = self.lock_engine();
         if let Err(e) = engine.publish(&self.registry, stats) {

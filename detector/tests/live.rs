@@ -329,6 +329,73 @@ fn tasks_no_rule_follows_are_left_out_unless_full() {
     );
 }
 
+/// Direct 4 KiB writes from this thread, after naming it `name`
+/// (`/proc/self/task/TID/comm`, which renames through `__set_task_comm`,
+/// as exec and `prctl(PR_SET_NAME)` do).
+fn write_as(file: &std::fs::File, tid: i32, name: &str, blocks: u64) {
+    use std::os::unix::fs::FileExt as _;
+    std::fs::write(format!("/proc/self/task/{tid}/comm"), name).unwrap();
+    let layout = std::alloc::Layout::from_size_align(4096, 4096).unwrap();
+    // SAFETY: a non-zero size; freed below with the same layout.
+    let buf = unsafe { std::alloc::alloc_zeroed(layout) };
+    assert!(!buf.is_null());
+    // SAFETY: 4096 initialised bytes, owned here.
+    let block = unsafe { std::slice::from_raw_parts(buf, 4096) };
+    for i in 0..blocks {
+        file.write_all_at(block, i * 4096).unwrap();
+    }
+    // SAFETY: allocated above with this layout.
+    unsafe { std::alloc::dealloc(buf, layout) };
+}
+
+/// A task's name goes out in its first record only, and again after a
+/// rename: the reader gives every later record the name it had then.
+#[test]
+#[ignore = "needs root and a live kernel; run by cargo xtask test"]
+fn task_names_are_sent_once_and_again_after_a_rename() {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let scratch = scratch_dir();
+    let stats = scratch.path().join("stats.json");
+    let stats_arg = stats.to_str().unwrap();
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(scratch.path().join("data"))
+        .unwrap();
+    let trace = Trace::start(&["--json", "--stats-json", stats_arg]);
+    let tid = std::thread::spawn(move || {
+        // SAFETY: gettid(2) has no preconditions.
+        let tid = unsafe { libc::gettid() };
+        write_as(&file, tid, "writer-before", 32);
+        write_as(&file, tid, "writer-after", 32);
+        tid as u32
+    })
+    .join()
+    .unwrap();
+    let out = trace.stop();
+    let mut mine: Vec<Event> = events(&json_lines(&out.stdout))
+        .into_iter()
+        .filter(|e| e.tid == tid && matches!(e.kind, EventKind::BioQueue { .. }))
+        .collect();
+    mine.sort_by_key(|e| e.ts);
+    let names: Vec<&str> = mine.iter().map(|e| e.comm.as_str()).collect();
+    assert!(names.len() >= 64, "the thread's 64 writes: {names:?}");
+    let renamed_at = names
+        .iter()
+        .position(|n| *n != "writer-before")
+        .unwrap_or_else(|| panic!("never renamed: {names:?}"));
+    assert!(renamed_at >= 32, "{names:?}");
+    assert!(
+        names[renamed_at..].iter().all(|n| *n == "writer-after"),
+        "{names:?}"
+    );
+    // The reader filled the names in: the records left them out.
+    let stats: Value = serde_json::from_slice(&std::fs::read(&stats).unwrap()).unwrap();
+    let filled = stats["reader"]["names_filled"].as_u64().unwrap();
+    assert!(filled >= 60, "names filled in by the reader: {filled}");
+}
+
 fn counts_by_kind(evs: &[Event]) -> BTreeMap<String, u64> {
     let mut counts = BTreeMap::new();
     for e in evs {

@@ -77,7 +77,7 @@ fn try_bio_queue<C: Hooked>(ctx: &C, flags: u8) -> Option<()> {
     let (dev, disk) = bio_devs(cfg, &fields, room.as_ref().map(|r| r.first));
     let mut header = header(ctx, cfg, kind::BIO_QUEUE, Stack::Take);
     let private: u64 = fields.get(cfg.bio.private);
-    header.flags = flags | note_submitter(cfg, &header, private);
+    header.flags |= flags | note_submitter(cfg, &header, private);
     super::md::note_submission(cfg, bio, private);
     let mut entry = reserve::<BioQueue>()?;
     unsafe {

@@ -14,7 +14,7 @@ use detector_common::{
 use super::done;
 use crate::{
     context::Hooked,
-    emit::{Stack, header, reserve, submit},
+    emit::{Stack, header, reserve, submit, submit_unnamed},
     kernel::{config, read},
     maps::flag,
     tasks::{above_frames, flags_of, forget_frames, set_flags, widen_stack_range},
@@ -117,7 +117,7 @@ fn try_sched_switch<C: Hooked>(ctx: &C) -> Option<()> {
     // Its return to user space went unreported: say here that what it
     // submitted before belongs to an episode that is over.
     if tid != 0 && prev_flags & flag::EPISODE == 0 {
-        header.flags = header_flag::EPISODE_OVER;
+        header.flags |= header_flag::EPISODE_OVER;
     }
     let iowait: u8 = read(prev, cfg.task.in_iowait_byte);
     let next_stack_base = read(next, cfg.task.stack);
@@ -228,12 +228,14 @@ fn try_sys_exit<C: Hooked>(ctx: &C) -> Option<()> {
     let (at, flags) = flags_of(tid);
     let onstack = flags & flag::ONSTACK != 0;
     let report = onstack || flags & flag::HANDLER_MASK != 0;
-    if flags != 0 {
+    if flags & !flag::NAMED != 0 {
         if flags & flag::FRAMES != 0 {
             forget_frames(tid);
         }
-        // Back in user space: no episode, no frame, no handler, no sleep.
-        set_flags(at, flags, if onstack { flag::IN_USER } else { 0 });
+        // Back in user space: no episode, no frame, no handler, no sleep;
+        // the same name.
+        let back = if onstack { flag::IN_USER } else { 0 };
+        set_flags(at, flags, flags & flag::NAMED | back);
     }
     if !report && !full() {
         return None;
@@ -317,6 +319,32 @@ fn try_task_exit<C: Hooked>(ctx: &C) -> Option<()> {
     }
     let mut entry = reserve::<TaskExit>()?;
     unsafe { entry.as_mut_ptr().write(header) };
-    submit(entry, cfg);
+    submit_unnamed(entry, cfg);
+    Some(())
+}
+
+/// `task_rename(struct task_struct *task, const char *comm)`: exec,
+/// `prctl(PR_SET_NAME)` or a write to `/proc/PID/comm` is about to rename
+/// `task`; its next record carries the new name. (Renamed by another task
+/// while it runs, it may send the old name once more and keep that until
+/// renamed again or it exits: a stale name, never a lost event.)
+#[btf_tracepoint(function = "task_rename")]
+pub fn tp_task_rename(ctx: BtfTracePointContext) -> u32 {
+    done(try_task_rename(&ctx))
+}
+
+#[raw_tracepoint(tracepoint = "task_rename")]
+pub fn raw_task_rename(ctx: RawTracePointContext) -> u32 {
+    done(try_task_rename(&ctx))
+}
+
+#[inline(always)]
+fn try_task_rename<C: Hooked>(ctx: &C) -> Option<()> {
+    let cfg = config()?;
+    let tid = read::<i32>(ctx.arg_u64(0), cfg.task.pid) as u32;
+    if tid != 0 {
+        let (at, flags) = flags_of(tid);
+        set_flags(at, flags, flags & !flag::NAMED);
+    }
     Some(())
 }

@@ -169,6 +169,12 @@ fn print_reader_totals(totals: &ReaderTotals) {
             totals.stacks_over_budget
         );
     }
+    if totals.names_from_proc + totals.names_unknown > 0 {
+        eprintln!(
+            "  task names whose record was lost: {} read from /proc, {} unknown (shown as ?)",
+            totals.names_from_proc, totals.names_unknown
+        );
+    }
     if totals.decode_errors > 0 || totals.read_errors > 0 {
         eprintln!(
             "  records that did not decode: {}; kernel reads that failed: {}",

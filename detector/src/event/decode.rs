@@ -166,6 +166,15 @@ fn kind_name(kind: u16) -> &'static str {
     }
 }
 
+/// Whether a ring-buffer record left its task's name out
+/// (`header_flag::COMM_OMITTED`): [`decode`] then gives an empty `comm`,
+/// which the reader fills in (`kernel::names`).
+pub fn comm_omitted(bytes: &[u8]) -> bool {
+    bytes
+        .get(core::mem::offset_of!(wire::Header, flags))
+        .is_some_and(|f| f & wire::header_flag::COMM_OMITTED != 0)
+}
+
 /// Decodes one ring-buffer record.
 pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
     if bytes.len() < size_of::<wire::Header>() {

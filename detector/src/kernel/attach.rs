@@ -310,6 +310,16 @@ impl Probes {
         };
         probes.write_config()?;
         probes.attach_all();
+        // Names go out once per task only where a rename makes the next
+        // record carry the new one.
+        if probes
+            .outcomes
+            .iter()
+            .any(|o| o.name == "task_rename" && o.attached().is_some())
+        {
+            probes.config.names_once = 1;
+            probes.write_config()?;
+        }
         Ok(probes)
     }
 

@@ -342,6 +342,11 @@ pub fn hooks() -> &'static [HookSpec] {
                 "a task that returned with a completion on its stack enters the kernel again"
             ),
             tracepoint!("sched_process_exit", "sched_process_exit", "a task exits"),
+            tracepoint!(
+                "task_rename",
+                "task_rename",
+                "a task is renamed: without it every record carries its task's name"
+            ),
             md!(
                 "md_super_write",
                 "md_super_write",

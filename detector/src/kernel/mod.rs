@@ -9,6 +9,7 @@ pub mod hooks;
 pub mod kallsyms;
 pub mod layout;
 pub mod loss;
+pub mod names;
 pub mod offsets;
 pub mod reader;
 pub mod stacks;

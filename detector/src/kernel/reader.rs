@@ -14,9 +14,10 @@ use tokio::io::unix::AsyncFd;
 use tokio::sync::{mpsc, watch};
 
 use super::loss::{Counts, LossCounters};
+use super::names::TaskNames;
 use super::taskmaps::TaskMaps;
 use crate::clock::monotonic_ns;
-use crate::event::decode::decode;
+use crate::event::decode::{comm_omitted, decode};
 use crate::event::{Event, LossCause};
 
 /// How often entries of tasks that no longer exist are dropped from the
@@ -55,6 +56,13 @@ pub struct ReaderTotals {
     pub stack_errors: u64,
     /// Stacks not taken because a CPU's stack budget was spent.
     pub stacks_over_budget: u64,
+    /// Records that left their task's name out, filled in by the reader.
+    pub names_filled: u64,
+    /// Task names a record left out and the reader did not have (their
+    /// first record was lost): read from `/proc`, or, for a thread gone
+    /// by then, given as `?`.
+    pub names_from_proc: u64,
+    pub names_unknown: u64,
     /// Every counter by index (`detector_common::counter`), loss or not.
     pub counters: Counts,
 }
@@ -65,6 +73,7 @@ pub struct Reader {
     task_maps: Option<TaskMaps>,
     drain_every: Duration,
     last_drain: u64,
+    names: TaskNames,
     pub totals: ReaderTotals,
 }
 
@@ -85,6 +94,7 @@ impl Reader {
             task_maps,
             drain_every,
             last_drain: monotonic_ns(),
+            names: TaskNames::default(),
             totals: ReaderTotals::default(),
         })
     }
@@ -156,7 +166,10 @@ impl Reader {
             && let Some(item) = ring.next()
         {
             match decode(&item) {
-                Ok(event) => batch.events.push(event),
+                Ok(mut event) => {
+                    self.names.complete(&mut event, comm_omitted(&item));
+                    batch.events.push(event);
+                }
                 Err(_) => batch.decode_errors += 1,
             }
         }
@@ -168,6 +181,9 @@ impl Reader {
         }
         self.totals.events += batch.events.len() as u64;
         self.totals.decode_errors += batch.decode_errors;
+        self.totals.names_filled = self.names.filled;
+        self.totals.names_from_proc = self.names.from_proc;
+        self.totals.names_unknown = self.names.unknown;
         batch.totals = self.totals;
         batch
     }

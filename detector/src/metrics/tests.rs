@@ -69,6 +69,7 @@ fn engine_and_reader_state_is_copied_in() {
     totals.counters.0[counter::DROPPED as usize] = 11;
     totals.counters.0[counter::READ_ERRORS as usize] = 3;
     totals.decode_errors = 4;
+    totals.names_unknown = 2;
     m.publish(&stats, Some(&totals));
     let text = m.encode().unwrap();
     for (series, want) in [
@@ -95,6 +96,8 @@ fn engine_and_reader_state_is_copied_in() {
         ),
         ("detector_kernel_read_errors_total", 3.0),
         ("detector_decode_errors_total", 4.0),
+        ("detector_task_names_missed_total{found=\"unknown\"}", 2.0),
+        ("detector_task_names_missed_total{found=\"proc\"}", 0.0),
     ] {
         assert_eq!(value(&text, series), Some(want), "{series}:\n{text}");
     }
