@@ -81,11 +81,13 @@ pub struct BlockOffsets {
     pub rq_sector: u32,
     /// `request_queue.disk`.
     pub q_disk: u32,
-    /// Leading bytes of a `block_device` that hold `bd_dev` and `bd_disk`
-    /// (0: not within [`SMALL_REGION_BYTES`], read one by one).
-    pub bdev_span: u32,
-    /// Leading bytes of a `request` that hold `q`, `bio` and `__sector`.
+    /// Leading bytes of a `request` that hold `q`, `bio` and `__sector`
+    /// (0: not within [`SMALL_REGION_BYTES`], read one by one). A
+    /// `block_device`'s two fields are read one by one: on 6.1 `bd_disk`
+    /// lies past the embedded `struct device`, and a choice between a
+    /// copy and reads at each bio hook doubles the verifier's paths.
     pub rq_span: u32,
+    pub _pad: u32,
 }
 
 /// Offsets into md (module `md_mod`); all `NO_OFFSET` until it is loaded.
@@ -193,8 +195,8 @@ impl ProbeConfig {
             rq_bio: NO_OFFSET,
             rq_sector: NO_OFFSET,
             q_disk: NO_OFFSET,
-            bdev_span: 0,
             rq_span: 0,
+            _pad: 0,
         },
         md: MdOffsets {
             mddev_pending_writes: NO_OFFSET,
@@ -216,8 +218,8 @@ impl ProbeConfig {
         _pad: 0,
     };
 
-    /// Sets the spans through which the programs fetch a bio, a block
-    /// device or a request in one read instead of a read per field: a
+    /// Sets the spans through which the programs fetch a bio or a request
+    /// in one read instead of a read per field: a
     /// kernel read through the helper costs about as much as the copy of a
     /// hundred bytes, and a bio hook made ten of them. A struct whose
     /// fields lie beyond [`REGION_BYTES`], or one of them off its natural
@@ -243,8 +245,6 @@ impl ProbeConfig {
         );
         self.bio.walk_span = region_span(SMALL_REGION_BYTES, &[(b.next, 8), (b.size, 4)]);
         let k = self.block;
-        self.block.bdev_span =
-            region_span(SMALL_REGION_BYTES, &[(k.bdev_dev, 4), (k.bdev_disk, 8)]);
         self.block.rq_span = region_span(
             SMALL_REGION_BYTES,
             &[(k.rq_q, 8), (k.rq_bio, 8), (k.rq_sector, 8)],
@@ -257,21 +257,20 @@ impl ProbeConfig {
 /// the verifier sees an aligned access inside the copy. The copies live on
 /// the programs' 512-byte stack, hence two sizes.
 pub const BIO_REGION_BYTES: u32 = 128;
-/// The same for a `block_device` and a `request`.
+/// The same for a `request`, and for the two fields of each bio a
+/// request's walk reads.
 pub const SMALL_REGION_BYTES: u32 = 64;
 
 /// The bytes from a struct's start to the end of its last `(offset, width)`
-/// field, or 0 when a field does not fit a region of `limit` bytes or is
-/// misaligned (the mask would then move it). Unknown fields (`NO_OFFSET`)
-/// are not read.
+/// field, or 0 when a field is unknown (`NO_OFFSET`), does not fit a region
+/// of `limit` bytes or is misaligned (the mask would then move it). The
+/// programs take every field from the copy without asking whether it
+/// exists: a branch per field multiplies the paths the verifier walks.
 pub fn region_span(limit: u32, fields: &[(u32, u32)]) -> u32 {
     let mut span = 0;
     for &(offset, width) in fields {
-        if offset == NO_OFFSET {
-            continue;
-        }
         let end = offset.saturating_add(width);
-        if end > limit || offset % width != 0 {
+        if offset == NO_OFFSET || end > limit || offset % width != 0 {
             return 0;
         }
         span = span.max(end);
@@ -291,7 +290,7 @@ mod tests {
     #[test]
     fn span_ends_at_the_last_field_read() {
         assert_eq!(region_span(64, &[(8, 8), (0, 8), (40, 4)]), 44);
-        assert_eq!(region_span(64, &[(NO_OFFSET, 8), (16, 4)]), 20);
+        assert_eq!(region_span(64, &[(NO_OFFSET, 8), (16, 4)]), 0);
         assert_eq!(region_span(64, &[(NO_OFFSET, 8)]), 0);
     }
 
@@ -304,6 +303,47 @@ mod tests {
         assert_eq!(region_span(128, &[(124, 8)]), 0);
         assert_eq!(region_span(64, &[(0, 8), (44, 8)]), 0);
         assert_eq!(region_span(128, &[(u32::MAX - 8, 8)]), 0);
+    }
+
+    /// `struct bio` as on 6.1 (x86_64).
+    fn bio_6_1() -> ProbeConfig {
+        let mut cfg = ProbeConfig::UNKNOWN;
+        cfg.bio = BioOffsets {
+            next: 0,
+            bdev: 8,
+            opf: 16,
+            flags: 20,
+            status: 24,
+            sector: 32,
+            size: 40,
+            remaining: 28,
+            end_io: 56,
+            private: 64,
+            flag_chain_bit: 7,
+            blkg: 72,
+            req_integrity_bit: 16,
+            span: 0,
+            walk_span: 0,
+            _pad: 0,
+        };
+        cfg
+    }
+
+    #[test]
+    fn a_bio_is_copied_only_with_every_field_in_the_copy() {
+        let mut cfg = bio_6_1();
+        cfg.set_region_spans();
+        assert_eq!((cfg.bio.span, cfg.bio.walk_span), (80, 44));
+        // A kernel without cgroups has no bi_blkg: bios are read field by
+        // field, but a request's walk still copies what it reads.
+        let mut cfg = bio_6_1();
+        cfg.bio.blkg = NO_OFFSET;
+        cfg.set_region_spans();
+        assert_eq!((cfg.bio.span, cfg.bio.walk_span), (0, 44));
+        let mut cfg = bio_6_1();
+        cfg.bio.private = 200;
+        cfg.set_region_spans();
+        assert_eq!(cfg.bio.span, 0);
     }
 
     #[test]

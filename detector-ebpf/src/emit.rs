@@ -13,7 +13,7 @@ use crate::{
     context::Hooked,
     kernel::{bump, current_task, read},
     maps::{EVENTS, STACK_BUDGET, flag},
-    tasks::{add_flags, flags_of, widen_stack_range},
+    tasks::{flags_of, set_flags, widen_stack_range},
 };
 
 /// Whether the record quotes the kernel stack it was taken on.
@@ -135,15 +135,28 @@ pub fn reserve<T: 'static>() -> Option<RingBufEntry<T>> {
 /// task unnamed until here, and sends the name again).
 #[inline(always)]
 pub fn submit<T: 'static>(entry: RingBufEntry<T>, cfg: &ProbeConfig) {
-    let header = unsafe { &*entry.as_ptr().cast::<Header>() };
-    if cfg.names_once != 0 && header.flags & header_flag::COMM_OMITTED == 0 && header.tid != 0 {
-        add_flags(header.tid, flag::NAMED);
-    }
+    let tid = unsafe { (*entry.as_ptr().cast::<Header>()).tid };
+    note_named(cfg, tid);
     submit_unnamed(entry, cfg);
 }
 
-/// [`submit`] for a task's last record (its exit): its thread id is free
-/// for a new task, which must send its own name.
+/// Marks `tid` `NAMED` unless it is already: if it is not, the record
+/// just placed carried its name. Decided from the flags rather than from
+/// the header's `COMM_OMITTED`, which would make the verifier follow the
+/// named and unnamed paths through the whole hook apart. For a hook that
+/// submits several records with one header: once, after the first is
+/// placed (a branch per record in a loop multiplies the verifier's paths).
+#[inline(always)]
+pub fn note_named(cfg: &ProbeConfig, tid: u32) {
+    if cfg.names_once != 0 && tid != 0 {
+        let (at, flags) = flags_of(tid);
+        set_flags(at, flags, flags | flag::NAMED);
+    }
+}
+
+/// [`submit`] without marking the task named: for a task's last record
+/// (its exit: its thread id is free for a new task, which must send its
+/// own name), and in loops, followed by [`note_named`].
 #[inline(always)]
 pub fn submit_unnamed<T: 'static>(entry: RingBufEntry<T>, cfg: &ProbeConfig) {
     let flags = if EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= cfg.wakeup_threshold {

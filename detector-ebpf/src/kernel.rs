@@ -58,28 +58,92 @@ pub fn peek<T: Copy>(base: u64, offset: u32) -> T {
     }
 }
 
-/// The leading bytes of a struct, fetched in one read (see
-/// `ProbeConfig::set_region_spans`); fields are then taken from the copy.
-/// Without a span, without room, or when the read fails, each field is
-/// read on its own.
-pub struct Region<const WORDS: usize> {
-    /// Room in `REGIONS`; only the first `span` bytes are written, and only
-    /// they are read.
-    copy: *const [u64; WORDS],
-    base: u64,
-    copied: bool,
+/// A struct's fields, taken without a branch per field: every branch
+/// multiplies the paths the verifier walks through a hook, and a bio
+/// hook takes a dozen fields. Callers choose between [`Copied`] and
+/// [`Peeked`] once per struct.
+pub trait Fields {
+    fn get<T: Copy>(&self, offset: u32) -> T;
 }
 
-/// A bio's leading bytes.
-pub type BioRegion = Region<{ BIO_REGION_BYTES as usize / 8 }>;
-/// A `block_device`'s or a `request`'s leading bytes.
-pub type SmallRegion = Region<{ SMALL_REGION_BYTES as usize / 8 }>;
+/// Each field [`peek`]ed on its own (a struct without a span: a kernel
+/// unlike every one so far). A failed read gives zero, uncounted.
+pub struct Peeked(pub u64);
 
-/// A hook's room in `REGIONS`: one bio and two smaller structs.
+impl Fields for Peeked {
+    #[inline(always)]
+    fn get<T: Copy>(&self, offset: u32) -> T {
+        peek(self.0, offset)
+    }
+}
+
+/// A struct's leading bytes, fetched in one read (see
+/// `ProbeConfig::set_region_spans`), which hold every field taken.
+pub struct Copied<const WORDS: usize> {
+    copy: *const [u64; WORDS],
+}
+
+/// Words of room for a `block_device`'s or a `request`'s leading bytes.
+pub const SMALL_WORDS: usize = SMALL_REGION_BYTES as usize / 8;
+
+/// A bio's leading bytes.
+pub type CopiedBio = Copied<{ BIO_REGION_BYTES as usize / 8 }>;
+/// A `block_device`'s or a `request`'s leading bytes.
+pub type CopiedSmall = Copied<{ SMALL_REGION_BYTES as usize / 8 }>;
+
+impl<const WORDS: usize> Copied<WORDS> {
+    const BYTES: u32 = WORDS as u32 * 8;
+
+    /// Copies the first `span` bytes at `base` into `room` (a span of 0 is
+    /// refused by [`room_for`]). A failed copy reads as zeros, as a failed
+    /// peek does (the helper zero-fills), and counts.
+    #[inline(always)]
+    pub fn read(room: *mut [u64; WORDS], base: u64, span: u32) -> Self {
+        // Userspace gives at most `BYTES`; the mask bounds the size for the
+        // verifier wherever the compiler put the value, and each room has
+        // `ROOM_BYTES` behind it (`REGIONS`).
+        let len = span & (ROOM_BYTES - 1);
+        let failed = unsafe {
+            aya_ebpf::helpers::generated::bpf_probe_read_kernel(
+                room.cast(),
+                len,
+                base as *const core::ffi::c_void,
+            )
+        } != 0;
+        if failed {
+            bump(counter::READ_ERRORS);
+        }
+        Copied { copy: room }
+    }
+}
+
+/// `room` when the struct has a span; `None`: read it field by field.
+#[inline(always)]
+pub fn room_for<R>(room: Option<R>, span: u32) -> Option<R> {
+    room.filter(|_| span != 0)
+}
+
+impl<const WORDS: usize> Fields for Copied<WORDS> {
+    #[inline(always)]
+    fn get<T: Copy>(&self, offset: u32) -> T {
+        // Userspace gave a span only with every field known and naturally
+        // aligned inside it, so the mask changes nothing; it shows the
+        // verifier an access within the copy.
+        let at = offset & (Self::BYTES - core::mem::size_of::<T>() as u32);
+        unsafe { *self.copy.cast::<u8>().add(at as usize).cast::<T>() }
+    }
+}
+
+/// Bytes from the start of each room to the end of its `REGIONS` entry at
+/// least: what a masked copy size may reach.
+const ROOM_BYTES: u32 = 256;
+
+/// A hook's room in `REGIONS`: one bio and two smaller structs, each
+/// [`ROOM_BYTES`] from the entry's end or more.
 pub struct Scratch {
     pub bio: *mut [u64; BIO_REGION_BYTES as usize / 8],
-    pub first: *mut [u64; SMALL_REGION_BYTES as usize / 8],
-    pub second: *mut [u64; SMALL_REGION_BYTES as usize / 8],
+    pub first: *mut [u64; SMALL_WORDS],
+    pub second: *mut [u64; SMALL_WORDS],
 }
 
 impl Scratch {
@@ -90,55 +154,10 @@ impl Scratch {
         Some(unsafe {
             Scratch {
                 bio: words.cast(),
-                first: words.add(16).cast(),
-                second: words.add(24).cast(),
+                first: words.add(32).cast(),
+                second: words.add(64).cast(),
             }
         })
-    }
-}
-
-impl<const WORDS: usize> Region<WORDS> {
-    const BYTES: u32 = WORDS as u32 * 8;
-
-    /// Copies the first `span` bytes at `base` into `room`.
-    #[inline(always)]
-    pub fn read(room: Option<*mut [u64; WORDS]>, base: u64, span: u32) -> Self {
-        let len = span.min(Self::BYTES);
-        let Some(room) = room.filter(|_| base != 0 && len != 0) else {
-            return Region {
-                copy: core::ptr::null(),
-                base,
-                copied: false,
-            };
-        };
-        let copied = unsafe {
-            aya_ebpf::helpers::generated::bpf_probe_read_kernel(
-                room.cast(),
-                len,
-                base as *const core::ffi::c_void,
-            )
-        } == 0;
-        Region {
-            copy: room,
-            base,
-            copied,
-        }
-    }
-
-    /// The `T` at `offset`, as [`read`] would return it.
-    #[inline(always)]
-    pub fn get<T: Copy + Default>(&self, offset: u32) -> T {
-        if !self.copied {
-            return read(self.base, offset);
-        }
-        if offset == NO_OFFSET {
-            return T::default();
-        }
-        // Userspace accepted the span only with every field naturally
-        // aligned inside it, so the mask changes nothing; it shows the
-        // verifier an access within the copy.
-        let at = offset & (Self::BYTES - core::mem::size_of::<T>() as u32);
-        unsafe { *self.copy.cast::<u8>().add(at as usize).cast::<T>() }
     }
 }
 
@@ -174,23 +193,15 @@ fn dev_of(major: i32, minor: i32) -> u32 {
     ((major as u32) << 20) | (minor as u32 & 0xfffff)
 }
 
-/// (`bio->bi_bdev->bd_dev`, the whole disk's `dev_t`) of a bio's copy.
+/// (`bio->bi_bdev->bd_dev`, the whole disk's `dev_t`).
 #[inline(always)]
-pub fn bio_devs(
-    cfg: &ProbeConfig,
-    bio: &BioRegion,
-    room: Option<*mut [u64; SMALL_REGION_BYTES as usize / 8]>,
-) -> (u32, u32) {
-    let bdev = SmallRegion::read(room, bio.get(cfg.bio.bdev), cfg.block.bdev_span);
-    let dev: u32 = bdev.get(cfg.block.bdev_dev);
-    let disk: u64 = bdev.get(cfg.block.bdev_disk);
-    (dev, disk_dev(cfg, disk))
+pub fn bio_devs<F: Fields>(cfg: &ProbeConfig, bio: &F) -> (u32, u32) {
+    bdev_devs_peek(cfg, bio.get(cfg.bio.bdev))
 }
 
-/// [`bio_devs`] with [`peek`]s.
+/// The device and whole disk of a `block_device`, peeked.
 #[inline(always)]
-pub fn bio_devs_peek(cfg: &ProbeConfig, bio: u64) -> (u32, u32) {
-    let bdev: u64 = peek(bio, cfg.bio.bdev);
+fn bdev_devs_peek(cfg: &ProbeConfig, bdev: u64) -> (u32, u32) {
     let dev: u32 = peek(bdev, cfg.block.bdev_dev);
     let disk: u64 = peek(bdev, cfg.block.bdev_disk);
     // Two reads, no branch: bio_endio's chain loop multiplies branches.

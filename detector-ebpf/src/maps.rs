@@ -139,19 +139,21 @@ pub static DIAG_LAST: PerCpuArray<u64> = PerCpuArray::with_max_entries(crate::di
 #[map]
 pub static STACK_BUDGET: PerCpuArray<[u64; 2]> = PerCpuArray::with_max_entries(1, 0);
 
-/// Per-CPU room for the structs a hook copies in one read (`Region`), one
+/// Per-CPU room for the structs a hook copies in one read (`Copied`), one
 /// entry per hook that does so: programs nest on a CPU (a completion
 /// interrupt inside a submission) but a program does not nest in itself.
-/// Words 0-15 hold a bio, 16-23 and 24-31 a smaller struct each. A map
+/// Rooms start at words 0 (a bio), 32 and 64, each 256 bytes from the
+/// entry's end at least, the most a copy's masked size may reach. A map
 /// value rather than the stack: copies there, with the header and the
 /// record, overran the 512-byte stack.
 #[map]
-pub static REGIONS: PerCpuArray<[u64; 32]> = PerCpuArray::with_max_entries(scratch::COUNT, 0);
+pub static REGIONS: PerCpuArray<[u64; 96]> = PerCpuArray::with_max_entries(scratch::COUNT, 0);
 
 /// `REGIONS` entries.
 pub mod scratch {
     pub const BIO_QUEUE: u32 = 0;
     pub const RQ_COMPLETE: u32 = 1;
     pub const BIO_COMPLETE: u32 = 2;
-    pub const COUNT: u32 = 3;
+    pub const BIO_ENDIO: u32 = 3;
+    pub const COUNT: u32 = 4;
 }

@@ -17,10 +17,10 @@ use super::done;
 use crate::{
     context::Hooked,
     diag::{may_log, site},
-    emit::{Stack, header, reserve, submit},
+    emit::{Stack, header, note_named, reserve, submit, submit_unnamed},
     kernel::{
-        BioRegion, Scratch, SmallRegion, bio_devs, bio_devs_peek, config, disk_dev, on_stack, peek,
-        read,
+        CopiedBio, CopiedSmall, Fields, Peeked, SMALL_WORDS, Scratch, bio_devs, config, disk_dev,
+        on_stack, read, room_for,
     },
     maps::{ENTRY_ARGS, flag, insert_or_count, scratch},
     tasks::{flags_of, note_onstack, set_flags},
@@ -73,8 +73,22 @@ fn try_bio_queue<C: Hooked>(ctx: &C, flags: u8) -> Option<()> {
     let cfg = config()?;
     let bio = ctx.arg_u64(0);
     let room = Scratch::of(scratch::BIO_QUEUE);
-    let fields = BioRegion::read(room.as_ref().map(|r| r.bio), bio, cfg.bio.span);
-    let (dev, disk) = bio_devs(cfg, &fields, room.as_ref().map(|r| r.first));
+    let span = cfg.bio.span;
+    match room_for(room.map(|r| r.bio), span) {
+        Some(copy) => emit_queue(ctx, cfg, flags, bio, &CopiedBio::read(copy, bio, span)),
+        None => emit_queue(ctx, cfg, flags, bio, &Peeked(bio)),
+    }
+}
+
+#[inline(always)]
+fn emit_queue<C: Hooked, F: Fields>(
+    ctx: &C,
+    cfg: &ProbeConfig,
+    flags: u8,
+    bio: u64,
+    fields: &F,
+) -> Option<()> {
+    let (dev, disk) = bio_devs(cfg, fields);
     let mut header = header(ctx, cfg, kind::BIO_QUEUE, Stack::Take);
     let private: u64 = fields.get(cfg.bio.private);
     header.flags |= flags | note_submitter(cfg, &header, private);
@@ -142,60 +156,108 @@ pub fn raw_block_rq_complete(ctx: RawTracePointContext) -> u32 {
 fn try_rq_complete<C: Hooked>(ctx: &C) -> Option<()> {
     let cfg = config()?;
     let rq = ctx.arg_u64(0);
+    let room = Scratch::of(scratch::RQ_COMPLETE);
+    let walk_room = room_for(room.as_ref().map(|r| r.second), cfg.bio.walk_span);
+    let span = cfg.block.rq_span;
+    match room_for(room.as_ref().map(|r| r.first), span) {
+        Some(copy) => emit_rq(ctx, cfg, &CopiedSmall::read(copy, rq, span), walk_room),
+        None => emit_rq(ctx, cfg, &Peeked(rq), walk_room),
+    }
+}
+
+#[inline(always)]
+fn emit_rq<C: Hooked, F: Fields>(
+    ctx: &C,
+    cfg: &ProbeConfig,
+    rq_fields: &F,
+    walk_room: Option<*mut [u64; SMALL_WORDS]>,
+) -> Option<()> {
+    let rq = ctx.arg_u64(0);
     let error = ctx.arg_u64(1) as u8 as i32;
     let nr_bytes = ctx.arg_u64(2) as u32;
-    let room = Scratch::of(scratch::RQ_COMPLETE);
-    let rq_fields = SmallRegion::read(room.as_ref().map(|r| r.first), rq, cfg.block.rq_span);
     let q: u64 = rq_fields.get(cfg.block.rq_q);
     let disk: u64 = read(q, cfg.block.q_disk);
     let header = header(ctx, cfg, kind::RQ_COMPLETE, Stack::Take);
     let mut entry = reserve::<RqComplete>()?;
     let ev = entry.as_mut_ptr();
-    // Mirror blk_update_request(): bios are ended in order while they fit in
-    // nr_bytes; a zero-sized bio (a flush) fits even when nr_bytes is 0.
-    let mut bio: u64 = rq_fields.get(cfg.block.rq_bio);
-    let mut left = nr_bytes as u64;
-    let mut n: u16 = 0;
-    unsafe {
-        (*ev).bios = [0; RQ_MAX_BIOS];
-        for i in 0..RQ_MAX_BIOS {
-            if bio == 0 {
-                break;
-            }
-            let fields = SmallRegion::read(room.as_ref().map(|r| r.second), bio, cfg.bio.walk_span);
-            let size = fields.get::<u32>(cfg.bio.size) as u64;
-            if size > left {
-                break;
-            }
-            (*ev).bios[i] = bio;
-            n += 1;
-            left -= size;
-            bio = fields.get(cfg.bio.next);
-            if left == 0 {
-                break;
-            }
+    let first: u64 = rq_fields.get(cfg.block.rq_bio);
+    let span = cfg.bio.walk_span;
+    let walk = unsafe {
+        match walk_room {
+            Some(room) => walk_rq(cfg, first, nr_bytes, &mut (*ev).bios, |bio| {
+                CopiedSmall::read(room, bio, span)
+            }),
+            None => walk_rq(cfg, first, nr_bytes, &mut (*ev).bios, Peeked),
         }
+    };
+    unsafe {
         (*ev).header = header;
         (*ev).rq = rq;
         (*ev).sector = rq_fields.get(cfg.block.rq_sector);
         (*ev).disk_dev = disk_dev(cfg, disk);
         (*ev).nr_bytes = nr_bytes;
         (*ev).error = error;
-        (*ev).nr_bios = n;
-        (*ev).truncated = (n as usize == RQ_MAX_BIOS && bio != 0 && left > 0) as u8;
+        (*ev).nr_bios = walk.found;
+        (*ev).truncated = walk.truncated as u8;
         (*ev)._pad = 0;
     }
-    let truncated = unsafe { (*ev).truncated } != 0;
     submit(entry, cfg);
-    if truncated && may_log(site::RQ_WALK_CUT) {
+    if walk.truncated && may_log(site::RQ_WALK_CUT) {
         aya_log_ebpf::debug!(
             ctx,
             "block_rq_complete: bio walk stopped at {} bios with {} bytes left; the rest are matched by sector range",
             RQ_MAX_BIOS,
-            left
+            walk.left
         );
     }
     Some(())
+}
+
+/// What a walk of a request's bios found.
+struct RqWalk {
+    found: u16,
+    /// Bytes of the completion not accounted to a bio found.
+    left: u64,
+    /// The walk stopped at `RQ_MAX_BIOS` with bios and bytes left.
+    truncated: bool,
+}
+
+/// Mirrors blk_update_request(): bios are ended in order while they fit
+/// in `nr_bytes`; a zero-sized bio (a flush) fits even when `nr_bytes` is
+/// 0. Fills `bios` from the first.
+#[inline(always)]
+fn walk_rq<F: Fields>(
+    cfg: &ProbeConfig,
+    mut bio: u64,
+    nr_bytes: u32,
+    bios: &mut [u64; RQ_MAX_BIOS],
+    fields_of: impl Fn(u64) -> F,
+) -> RqWalk {
+    *bios = [0; RQ_MAX_BIOS];
+    let mut left = nr_bytes as u64;
+    let mut found: u16 = 0;
+    for slot in bios.iter_mut() {
+        if bio == 0 {
+            break;
+        }
+        let fields = fields_of(bio);
+        let size = fields.get::<u32>(cfg.bio.size) as u64;
+        if size > left {
+            break;
+        }
+        *slot = bio;
+        found += 1;
+        left -= size;
+        bio = fields.get(cfg.bio.next);
+        if left == 0 {
+            break;
+        }
+    }
+    RqWalk {
+        found,
+        left,
+        truncated: found as usize == RQ_MAX_BIOS && bio != 0 && left > 0,
+    }
 }
 
 /// `block_bio_complete(struct request_queue *q, struct bio *bio)`: fires for
@@ -215,8 +277,21 @@ fn try_bio_complete<C: Hooked>(ctx: &C) -> Option<()> {
     let cfg = config()?;
     let bio = ctx.arg_u64(1);
     let room = Scratch::of(scratch::BIO_COMPLETE);
-    let fields = BioRegion::read(room.as_ref().map(|r| r.bio), bio, cfg.bio.span);
-    let (dev, disk) = bio_devs(cfg, &fields, room.as_ref().map(|r| r.first));
+    let span = cfg.bio.span;
+    match room_for(room.map(|r| r.bio), span) {
+        Some(copy) => emit_bio_complete(ctx, cfg, bio, &CopiedBio::read(copy, bio, span)),
+        None => emit_bio_complete(ctx, cfg, bio, &Peeked(bio)),
+    }
+}
+
+#[inline(always)]
+fn emit_bio_complete<C: Hooked, F: Fields>(
+    ctx: &C,
+    cfg: &ProbeConfig,
+    bio: u64,
+    fields: &F,
+) -> Option<()> {
+    let (dev, disk) = bio_devs(cfg, fields);
     let header = header(ctx, cfg, kind::BIO_COMPLETE, Stack::Skip);
     let mut entry = reserve::<BioComplete>()?;
     unsafe {
@@ -254,26 +329,18 @@ const MAX_CHAIN: u8 = 4;
 #[inline(always)]
 fn try_bio_endio<C: Hooked>(ctx: &C) -> Option<()> {
     let cfg = config()?;
-    let mut bio = ctx.arg_u64(0);
+    let bio = ctx.arg_u64(0);
     let header = header(ctx, cfg, kind::BIO_ENDIO, Stack::Take);
     // Counted whether or not the records fit: the exit counts it down.
     handler_depth(header.tid, true);
-    // bio_endio() loops instead of recursing when the finished bio was
-    // chained (bi_end_io == bio_chain_endio): the parent completes inside
-    // this call without a bio_endio() of its own. Report each such parent.
-    // A parent found but left unreported when the walk ends.
-    let mut unreported: u64 = 0;
-    for depth in 0..MAX_CHAIN {
-        unreported = 0;
-        let end_io: u64 = peek(bio, cfg.bio.end_io);
-        let private: u64 = peek(bio, cfg.bio.private);
-        let is_final = emit_endio(cfg, bio, end_io, private, depth, header);
-        if !is_final || cfg.bio_chain_endio == 0 || end_io != cfg.bio_chain_endio || private == 0 {
-            break;
-        }
-        bio = private;
-        unreported = bio;
-    }
+    let span = cfg.bio.span;
+    let room = room_for(Scratch::of(scratch::BIO_ENDIO).map(|r| r.bio), span);
+    let unreported = match room {
+        Some(room) => walk_chain(cfg, bio, header, |bio| CopiedBio::read(room, bio, span)),
+        None => walk_chain(cfg, bio, header, Peeked),
+    };
+    // After the first record's place is taken (or its loss counted).
+    note_named(cfg, header.tid);
     if unreported != 0 && may_log(site::CHAIN_CUT) {
         aya_log_ebpf::warn!(
             ctx,
@@ -285,30 +352,57 @@ fn try_bio_endio<C: Hooked>(ctx: &C) -> Option<()> {
     Some(())
 }
 
+/// bio_endio() loops instead of recursing when the finished bio was
+/// chained (bi_end_io == bio_chain_endio): the parent completes inside
+/// this call without a bio_endio() of its own. Reports `bio` and each such
+/// parent; returns a parent found but left unreported when the walk ends
+/// (0: none).
+#[inline(always)]
+fn walk_chain<F: Fields>(
+    cfg: &ProbeConfig,
+    mut bio: u64,
+    header: Header,
+    fields_of: impl Fn(u64) -> F,
+) -> u64 {
+    let mut unreported: u64 = 0;
+    for depth in 0..MAX_CHAIN {
+        unreported = 0;
+        let fields = fields_of(bio);
+        let end_io: u64 = fields.get(cfg.bio.end_io);
+        let private: u64 = fields.get(cfg.bio.private);
+        let is_final = emit_endio(cfg, bio, &fields, end_io, private, depth, header);
+        if !is_final || cfg.bio_chain_endio == 0 || end_io != cfg.bio_chain_endio || private == 0 {
+            break;
+        }
+        bio = private;
+        unreported = bio;
+    }
+    unreported
+}
+
 /// Emits one `BIO_ENDIO`; returns whether this call is the bio's final one.
 #[inline(always)]
-fn emit_endio(
+fn emit_endio<F: Fields>(
     cfg: &ProbeConfig,
     bio: u64,
+    fields: &F,
     end_io: u64,
     private: u64,
     depth: u8,
     header: Header,
 ) -> bool {
-    // Branch-free reads: this runs up to MAX_CHAIN times per call, and the
-    // verifier walks every combination of branches across the levels.
-    let flags: u16 = peek(bio, cfg.bio.flags);
-    let remaining: i32 = peek(bio, cfg.bio.remaining);
+    let flags: u16 = fields.get(cfg.bio.flags);
+    let remaining: i32 = fields.get(cfg.bio.remaining);
     // bio_remaining_done(): a chained bio is done when its count drops to 0.
     // Read before the kernel's decrement: two children ending on two CPUs
     // may both read 2; userspace counts the calls to see the last one.
     let chained = cfg.bio.flag_chain_bit < 16 && flags & (1 << cfg.bio.flag_chain_bit) != 0;
     let is_final = !chained || remaining == 1;
-    let opf: u32 = peek(bio, cfg.bio.opf);
+    let opf: u32 = fields.get(cfg.bio.opf);
     // A shift past the word is no bit (NO_OFFSET: the kernel has none).
     let integrity = opf.checked_shr(cfg.bio.req_integrity_bit).unwrap_or(0) & 1;
-    let blkg: u64 = peek(bio, cfg.bio.blkg);
-    let (dev, disk) = bio_devs_peek(cfg, bio);
+    let blkg: u64 = fields.get(cfg.bio.blkg);
+    let (dev, disk) = bio_devs(cfg, fields);
     let Some(mut entry) = reserve::<BioEndio>() else {
         return is_final;
     };
@@ -318,14 +412,14 @@ fn emit_endio(
             bio,
             end_io,
             private,
-            sector: peek(bio, cfg.bio.sector),
+            sector: fields.get(cfg.bio.sector),
             dev,
             disk_dev: disk,
-            size: peek(bio, cfg.bio.size),
+            size: fields.get(cfg.bio.size),
             remaining,
             opf,
             flags,
-            status: peek(bio, cfg.bio.status),
+            status: fields.get(cfg.bio.status),
             is_final: is_final as u8,
             chain_depth: depth,
             has_blkg: (blkg != 0) as u8,
@@ -333,7 +427,7 @@ fn emit_endio(
             _pad: [0; 5],
         })
     };
-    submit(entry, cfg);
+    submit_unnamed(entry, cfg);
     is_final
 }
 

@@ -46,7 +46,7 @@ pub mod config;
 mod facts;
 pub mod finding;
 mod handlers;
-mod hash;
+pub(crate) mod hash;
 mod loss;
 mod reorder;
 mod rules;

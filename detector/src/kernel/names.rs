@@ -2,10 +2,9 @@
 //! (`ProbeConfig::names_once`): a record whose header says
 //! `COMM_OMITTED` gets the name its thread's earlier record carried.
 
-use std::collections::HashMap;
-
 use compact_str::CompactString;
 
+use crate::engine::hash::FastMap;
 use crate::event::{Event, EventKind};
 
 /// Names kept at most. Exits can be lost with their records, leaving a
@@ -16,7 +15,7 @@ const MAX_NAMES: usize = 1 << 16;
 /// The last name each thread's records carried.
 #[derive(Debug, Default)]
 pub struct TaskNames {
-    by_tid: HashMap<u32, CompactString>,
+    by_tid: FastMap<u32, CompactString>,
     /// Records that left their name out.
     pub filled: u64,
     /// Names not in the table, read from `/proc` instead.

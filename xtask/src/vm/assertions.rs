@@ -642,6 +642,7 @@ const TRACEPOINT_HOOKS: &[&str] = &[
     "sys_exit",
     "sys_enter",
     "sched_process_exit",
+    "task_rename",
 ];
 
 /// `detector check --json` of phase `base` (md_mod not loaded) or `md`:
