@@ -219,12 +219,13 @@ impl ProbeConfig {
     };
 
     /// Sets the spans through which the programs fetch a bio or a request
-    /// in one read instead of a read per field: a
-    /// kernel read through the helper costs about as much as the copy of a
-    /// hundred bytes, and a bio hook made ten of them. A struct whose
-    /// fields lie beyond [`REGION_BYTES`], or one of them off its natural
-    /// alignment, keeps span 0 and is read field by field. The span ends at
-    /// the last field read, never past the struct.
+    /// in one read instead of a read per field: a kernel read through the
+    /// helper costs about as much as the copy of a hundred bytes, and a bio
+    /// hook made ten of them. A struct with a field unknown, beyond
+    /// [`BIO_REGION_BYTES`] or [`SMALL_REGION_BYTES`], or off its natural
+    /// alignment keeps span 0 and is read field by field (see
+    /// [`region_span`]). The span ends at the last field read, never past
+    /// the struct.
     pub fn set_region_spans(&mut self) {
         let b = self.bio;
         self.bio.span = region_span(
@@ -254,8 +255,7 @@ impl ProbeConfig {
 
 /// Bytes the programs copy of a bio at most in one read. Region sizes are
 /// powers of two: a field's offset is masked with `size - width` so that
-/// the verifier sees an aligned access inside the copy. The copies live on
-/// the programs' 512-byte stack, hence two sizes.
+/// the verifier sees an aligned access inside the copy.
 pub const BIO_REGION_BYTES: u32 = 128;
 /// The same for a `request`, and for the two fields of each bio a
 /// request's walk reads.

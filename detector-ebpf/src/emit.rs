@@ -13,7 +13,7 @@ use crate::{
     context::Hooked,
     kernel::{bump, current_task, read},
     maps::{EVENTS, STACK_BUDGET, flag},
-    tasks::{flags_of, set_flags, widen_stack_range},
+    tasks::{add_flags, flags_of, widen_stack_range},
 };
 
 /// Whether the record quotes the kernel stack it was taken on.
@@ -148,9 +148,8 @@ pub fn submit<T: 'static>(entry: RingBufEntry<T>, cfg: &ProbeConfig) {
 /// placed (a branch per record in a loop multiplies the verifier's paths).
 #[inline(always)]
 pub fn note_named(cfg: &ProbeConfig, tid: u32) {
-    if cfg.names_once != 0 && tid != 0 {
-        let (at, flags) = flags_of(tid);
-        set_flags(at, flags, flags | flag::NAMED);
+    if cfg.names_once != 0 {
+        add_flags(tid, flag::NAMED);
     }
 }
 

@@ -83,13 +83,16 @@ pub struct Copied<const WORDS: usize> {
     copy: *const [u64; WORDS],
 }
 
-/// Words of room for a `block_device`'s or a `request`'s leading bytes.
+/// Words of room for a bio's leading bytes.
+pub const BIO_WORDS: usize = BIO_REGION_BYTES as usize / 8;
+/// Words of room for a `request`'s leading bytes, or for the two fields a
+/// request's walk reads of each bio.
 pub const SMALL_WORDS: usize = SMALL_REGION_BYTES as usize / 8;
 
 /// A bio's leading bytes.
-pub type CopiedBio = Copied<{ BIO_REGION_BYTES as usize / 8 }>;
-/// A `block_device`'s or a `request`'s leading bytes.
-pub type CopiedSmall = Copied<{ SMALL_REGION_BYTES as usize / 8 }>;
+pub type CopiedBio = Copied<BIO_WORDS>;
+/// A `request`'s leading bytes, or a bio's up to `bi_iter.bi_size`.
+pub type CopiedSmall = Copied<SMALL_WORDS>;
 
 impl<const WORDS: usize> Copied<WORDS> {
     const BYTES: u32 = WORDS as u32 * 8;
@@ -141,7 +144,7 @@ const ROOM_BYTES: u32 = 256;
 /// A hook's room in `REGIONS`: one bio and two smaller structs, each
 /// [`ROOM_BYTES`] from the entry's end or more.
 pub struct Scratch {
-    pub bio: *mut [u64; BIO_REGION_BYTES as usize / 8],
+    pub bio: *mut [u64; BIO_WORDS],
     pub first: *mut [u64; SMALL_WORDS],
     pub second: *mut [u64; SMALL_WORDS],
 }

@@ -160,8 +160,8 @@ fn try_rq_complete<C: Hooked>(ctx: &C) -> Option<()> {
     let walk_room = room_for(room.as_ref().map(|r| r.second), cfg.bio.walk_span);
     let span = cfg.block.rq_span;
     match room_for(room.as_ref().map(|r| r.first), span) {
-        Some(copy) => emit_rq(ctx, cfg, &CopiedSmall::read(copy, rq, span), walk_room),
-        None => emit_rq(ctx, cfg, &Peeked(rq), walk_room),
+        Some(copy) => emit_rq(ctx, cfg, rq, &CopiedSmall::read(copy, rq, span), walk_room),
+        None => emit_rq(ctx, cfg, rq, &Peeked(rq), walk_room),
     }
 }
 
@@ -169,10 +169,10 @@ fn try_rq_complete<C: Hooked>(ctx: &C) -> Option<()> {
 fn emit_rq<C: Hooked, F: Fields>(
     ctx: &C,
     cfg: &ProbeConfig,
+    rq: u64,
     rq_fields: &F,
     walk_room: Option<*mut [u64; SMALL_WORDS]>,
 ) -> Option<()> {
-    let rq = ctx.arg_u64(0);
     let error = ctx.arg_u64(1) as u8 as i32;
     let nr_bytes = ctx.arg_u64(2) as u32;
     let q: u64 = rq_fields.get(cfg.block.rq_q);

@@ -36,14 +36,19 @@ impl TaskNames {
                 None => self.look_up(event.pid, event.tid),
             };
         } else if self.by_tid.get(&event.tid) != Some(&event.comm) {
-            if self.by_tid.len() >= MAX_NAMES {
-                self.by_tid.clear();
-            }
-            self.by_tid.insert(event.tid, event.comm.clone());
+            self.remember(event.tid, event.comm.clone());
         }
         if matches!(event.kind, EventKind::TaskExit) {
             self.by_tid.remove(&event.tid);
         }
+    }
+
+    /// Keeps `name` as `tid`'s, within [`MAX_NAMES`].
+    fn remember(&mut self, tid: u32, name: CompactString) {
+        if self.by_tid.len() >= MAX_NAMES {
+            self.by_tid.clear();
+        }
+        self.by_tid.insert(tid, name);
     }
 
     /// A name the table lacks (the record that carried it was lost, or the
@@ -54,7 +59,7 @@ impl TaskNames {
             Ok(name) => {
                 self.from_proc += 1;
                 let name = CompactString::from(name.trim_end_matches('\n'));
-                self.by_tid.insert(tid, name.clone());
+                self.remember(tid, name.clone());
                 name
             }
             Err(_) => {
