@@ -25,6 +25,10 @@ pub struct TaskOffsets {
     pub in_iowait_byte: u32,
     /// Mask of `in_iowait` within that byte (0 when unknown).
     pub in_iowait_mask: u32,
+    /// `task_struct.mm`: NULL for a kernel thread, which never returns to
+    /// user space.
+    pub mm: u32,
+    pub _pad: u32,
 }
 
 /// Offsets into `struct bio`.
@@ -148,14 +152,21 @@ pub struct ProbeConfig {
     /// records carry `COMM_OMITTED`. 0 (the hook is missing): in every
     /// record.
     pub names_once: u32,
-    pub _pad: u32,
+    /// 1 while the `sys_exit` and `sys_enter` hooks run, so that every
+    /// return to user space clears the task's episode. 0 while they are
+    /// detached (userspace attaches them only while a task may need
+    /// them: with any program on them, every syscall on the host takes
+    /// the kernel's slow path): a user task's submissions then carry
+    /// `EPISODE_UNBOUNDED`, since the return that would end the episode
+    /// they start may go unseen.
+    pub returns_watched: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<TaskOffsets>() == 24);
+const _: () = assert!(core::mem::size_of::<TaskOffsets>() == 32);
 const _: () = assert!(core::mem::size_of::<BioOffsets>() == 64);
 const _: () = assert!(core::mem::size_of::<BlockOffsets>() == 40);
 const _: () = assert!(core::mem::size_of::<MdOffsets>() == 16);
-const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 200);
+const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 208);
 
 impl ProbeConfig {
     /// A config with every offset unknown: programs read nothing.
@@ -167,6 +178,8 @@ impl ProbeConfig {
             comm: NO_OFFSET,
             in_iowait_byte: NO_OFFSET,
             in_iowait_mask: 0,
+            mm: NO_OFFSET,
+            _pad: 0,
         },
         bio: BioOffsets {
             next: NO_OFFSET,
@@ -215,7 +228,7 @@ impl ProbeConfig {
         task_state: NO_OFFSET,
         full: 0,
         names_once: 0,
-        _pad: 0,
+        returns_watched: 1,
     };
 
     /// Sets the spans through which the programs fetch a bio or a request

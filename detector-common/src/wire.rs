@@ -126,6 +126,11 @@ pub mod header_flag {
     /// an earlier record of the same thread and has not changed since
     /// (`ProbeConfig::names_once`); the reader fills it in.
     pub const COMM_OMITTED: u8 = 0x08;
+    /// `BIO_QUEUE` in a user task's context while the syscall hooks were
+    /// detached (`ProbeConfig::returns_watched`): the return that ends the
+    /// episode this bio belongs to may go unseen, so no sleep after it
+    /// can be tied to it for sure.
+    pub const EPISODE_UNBOUNDED: u8 = 0x10;
 }
 
 /// `Header::stack_id` when the hook takes no stack.

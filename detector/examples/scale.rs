@@ -202,6 +202,7 @@ fn ramp_queue(i: u64, ts: u64) -> Event {
             private: Addr(0),
             disk_relative: true,
             episode_start: false,
+            episode_unbounded: false,
         },
     }
 }

@@ -137,7 +137,12 @@ impl EventFilter {
 
     /// Whether to show and record `ev`.
     pub fn keep(&mut self, ev: &Event) -> bool {
-        if self.is_empty() || matches!(ev.kind, EventKind::Lost { .. }) {
+        if self.is_empty()
+            || matches!(
+                ev.kind,
+                EventKind::Lost { .. } | EventKind::SyscallHooks { .. }
+            )
+        {
             return true;
         }
         if self.excludes(ev) {
@@ -228,6 +233,7 @@ mod tests {
                 private: Addr(0),
                 disk_relative: false,
                 episode_start: false,
+                episode_unbounded: false,
             },
         )
     }

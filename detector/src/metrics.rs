@@ -39,7 +39,7 @@ pub const IO_BUCKETS: [f64; 16] = [
 ];
 
 /// Kinds the reader makes (loss markers, loss checks), not kernel events.
-const NOT_KERNEL_EVENTS: [&str; 2] = ["lost", "loss_checked"];
+const NOT_KERNEL_EVENTS: [&str; 3] = ["lost", "loss_checked", "syscall_hooks"];
 
 /// Every state a rule can be in, for `detector_rule_state`.
 const RULE_STATES: [&str; 5] = [
@@ -60,6 +60,10 @@ pub struct Metrics {
     decode_errors: IntCounter,
     /// Task names the reader lacked, by where it found them.
     names_missed: IntCounterVec,
+    /// Whether sys_exit/sys_enter are attached now.
+    syscall_hooks_attached: IntGauge,
+    /// Their attachments and detachments, and the refused ones.
+    syscall_hook_changes: IntCounterVec,
     /// Kernel-side counters that count lost events, by cause.
     lost: IntCounterVec,
     /// The other kernel-side counters, one metric each, by counter index.
@@ -113,6 +117,19 @@ impl Metrics {
                      (read from /proc) or unknown (the thread was gone; shown as ?)",
                 ),
                 &["found"],
+            )?,
+            syscall_hooks_attached: IntGauge::new(
+                "detector_syscall_hooks_attached",
+                "Whether the sys_exit/sys_enter hooks are attached now (1) or detached while \
+                 no task needs them (0): attached, they slow every syscall on the host",
+            )?,
+            syscall_hook_changes: IntCounterVec::new(
+                Opts::new(
+                    "detector_syscall_hook_changes_total",
+                    "Times the sys_exit/sys_enter hooks were attached or detached, and times \
+                     the kernel refused (change: attach, detach, failure)",
+                ),
+                &["change"],
             )?,
             lost: IntCounterVec::new(
                 Opts::new(
@@ -196,6 +213,8 @@ impl Metrics {
         r.register(Box::new(self.events.clone()))?;
         r.register(Box::new(self.decode_errors.clone()))?;
         r.register(Box::new(self.names_missed.clone()))?;
+        r.register(Box::new(self.syscall_hooks_attached.clone()))?;
+        r.register(Box::new(self.syscall_hook_changes.clone()))?;
         r.register(Box::new(self.lost.clone()))?;
         for (_, c) in &self.kernel {
             r.register(Box::new(c.clone()))?;
@@ -238,6 +257,9 @@ impl Metrics {
         }
         for found in ["proc", "unknown"] {
             self.names_missed.with_label_values(&[found]);
+        }
+        for change in ["attach", "detach", "failure"] {
+            self.syscall_hook_changes.with_label_values(&[change]);
         }
         let mut engine = self.lock_engine();
         for rule in Rule::ALL {
@@ -347,6 +369,18 @@ impl Metrics {
                 ("unknown", totals.names_unknown),
             ] {
                 up_to(&self.names_missed.with_label_values(&[found]), value);
+            }
+            let hooks = &totals.syscall_hooks;
+            self.syscall_hooks_attached.set(hooks.attached.into());
+            for (change, value) in [
+                ("attach", hooks.attaches),
+                ("detach", hooks.detaches),
+                ("failure", hooks.failures),
+            ] {
+                up_to(
+                    &self.syscall_hook_changes.with_label_values(&[change]),
+                    value,
+                );
             }
         }
         let mut engine = self.lock_engine();

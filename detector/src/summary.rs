@@ -287,6 +287,7 @@ mod tests {
             private: Addr(0),
             disk_relative: false,
             episode_start: false,
+            episode_unbounded: false,
         }
     }
 

@@ -392,6 +392,7 @@ impl Events {
             // as submit_bio_noacct_nocheck sees it
             disk_relative: true,
             episode_start,
+            episode_unbounded: false,
         };
         let ev = self.of_task(task, ts + 40, 0x3100, Hook::Fentry, queue);
         self.out.push_back(ev);

@@ -57,6 +57,9 @@ const EXPECTED: &[(&str, &[FindingKind])] = &[
     ("lost_wakeup_new_syscall_sleep_full", &[]),
     ("lost_wakeup_new_syscall_sleep", &[]),
     ("lost_wakeup_seed004_after_async_io", &[LostWakeup]),
+    ("lost_wakeup_seed004_submitted_unwatched", &[]),
+    ("lost_wakeup_seed004_detached_before_sleep", &[]),
+    ("lost_wakeup_seed004_detached_while_asleep", &[LostWakeup]),
     (
         "md_seed003_teardown_inflight",
         &[MdTeardownInflight, MdWriteAfterTeardown],
@@ -139,6 +142,7 @@ const EXPECTED: &[(&str, &[FindingKind])] = &[
     ("onstack_timeout_late_irq_complete_same_irq_wakes", &[]),
     ("onstack_irq_from_user_above_frame", &[CompleteAfterReturn]),
     ("onstack_irq_from_user_over_frame", &[CompleteAfterReturn]),
+    ("onstack_irq_from_user_hooks_detached", &[]),
     ("onstack_reentered_then_own_complete", &[]),
     ("bio_end_io_hooked_and_restored", &[]),
     (
@@ -284,6 +288,29 @@ fn timed_out_wait_shows_in_the_diagram() {
             .any(|t| t.starts_with("wait_for_completion_timeout(") && t.contains("returns 0")),
         "{texts:#?}"
     );
+}
+
+#[test]
+fn unseen_returns_make_lost_wakeups_indeterminate() {
+    // The task may have returned to user space and slept in a later
+    // syscall: the seed's finding becomes indeterminate, not false, and
+    // nothing was lost.
+    for name in [
+        "lost_wakeup_seed004_submitted_unwatched",
+        "lost_wakeup_seed004_detached_before_sleep",
+    ] {
+        let r = check(name, &[]);
+        assert_eq!(
+            r.stats.indeterminate(Rule::LostWakeup),
+            1,
+            "{name}: {:?}",
+            r.stats
+        );
+        assert_eq!(r.stats.loss_records, 0, "{name}");
+    }
+    // Asleep before the hooks went: it cannot have returned since.
+    let r = check("lost_wakeup_seed004_detached_while_asleep", &[LostWakeup]);
+    assert_eq!(r.stats.indeterminate(Rule::LostWakeup), 0);
 }
 
 #[test]

@@ -329,6 +329,101 @@ fn tasks_no_rule_follows_are_left_out_unless_full() {
     );
 }
 
+/// Tracepoints the process `pid` holds a BPF link on, from its fds'
+/// `fdinfo` (what the kernel has attached, not what detector says).
+fn linked_tracepoints(pid: u32) -> Vec<String> {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())
+        .filter_map(|info| {
+            info.lines()
+                .find_map(|l| l.strip_prefix("tp_name:"))
+                .map(|tp| tp.trim().to_owned())
+        })
+        .collect()
+}
+
+/// Waits until `pid` holds (or no longer holds) a link on `sys_exit`.
+fn wait_for_sys_exit_link(pid: u32, linked: bool, within: Duration) {
+    let start = Instant::now();
+    while linked_tracepoints(pid).iter().any(|t| t == "sys_exit") != linked {
+        assert!(
+            start.elapsed() < within,
+            "sys_exit still {} after {within:?}: {:?}",
+            if linked { "detached" } else { "attached" },
+            linked_tracepoints(pid)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn bio_flags(evs: &[Event], pid: u32) -> Vec<(bool, bool)> {
+    let mut mine: Vec<&Event> = evs.iter().filter(|e| e.pid == pid).collect();
+    mine.sort_by_key(|e| e.ts);
+    mine.iter()
+        .filter_map(|e| match e.kind {
+            EventKind::BioQueue {
+                episode_start,
+                episode_unbounded,
+                ..
+            } => Some((episode_start, episode_unbounded)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+#[ignore = "needs root and a live kernel; run by cargo xtask test"]
+fn syscall_hooks_leave_while_unneeded_and_come_back_for_io() {
+    let scratch = scratch_dir();
+    syscalls_only(1);
+    let trace = Trace::start(&["--json", "--syscall-hooks-idle", "3s"]);
+    let pid = trace.child.id();
+    assert!(linked_tracepoints(pid).iter().any(|t| t == "sys_exit"));
+    // Host noise (a kworker's first submission) may hold them a while.
+    wait_for_sys_exit_link(pid, false, Duration::from_secs(60));
+    assert!(!linked_tracepoints(pid).iter().any(|t| t == "sys_enter"));
+    assert!(linked_tracepoints(pid).iter().any(|t| t == "sched_switch"));
+    // A user task's submission while they are away is flagged, and
+    // brings them back.
+    let unwatched = direct_io(&scratch.path().join("a"), 16);
+    wait_for_sys_exit_link(pid, true, Duration::from_secs(5));
+    std::thread::sleep(Duration::from_millis(200));
+    let watched = direct_io(&scratch.path().join("b"), 16);
+    let out = trace.stop();
+    let evs = events(&json_lines(&out.stdout));
+    let first = bio_flags(&evs, unwatched);
+    assert!(!first.is_empty(), "no bios of the first writer");
+    assert_eq!(
+        first[0],
+        (true, true),
+        "the first writer's first bio starts an unbounded episode: {first:?}"
+    );
+    let second = bio_flags(&evs, watched);
+    assert!(second.len() >= 16, "{second:?}");
+    assert!(
+        second.iter().all(|(_, unbounded)| !unbounded),
+        "with the hooks back, episodes are bounded: {second:?}"
+    );
+    assert!(
+        second.iter().filter(|(start, _)| *start).count() >= 16,
+        "{second:?}"
+    );
+    let markers: Vec<bool> = evs
+        .iter()
+        .filter_map(|e| match e.kind {
+            EventKind::SyscallHooks { attached } => Some(attached),
+            _ => None,
+        })
+        .collect();
+    let detached_at = markers.iter().position(|a| !a);
+    assert!(
+        detached_at.is_some_and(|i| markers[i + 1..].contains(&true)),
+        "a detach, then an attach: {markers:?}"
+    );
+}
+
 /// Direct 4 KiB writes from this thread, after naming it `name`
 /// (`/proc/self/task/TID/comm`, which renames through `__set_task_comm`,
 /// as exec and `prctl(PR_SET_NAME)` do).

@@ -10,7 +10,7 @@ use aya_ebpf::{
 };
 use detector_common::{
     BioComplete, BioEndio, BioQueue, BioRef, DiskEvent, Header, ProbeConfig, RQ_MAX_BIOS,
-    RqComplete, counter, header_flag, hook, kind,
+    RqComplete, config::NO_OFFSET, counter, header_flag, hook, kind,
 };
 
 use super::done;
@@ -19,8 +19,8 @@ use crate::{
     diag::{may_log, site},
     emit::{Stack, header, note_named, reserve, submit, submit_unnamed},
     kernel::{
-        CopiedBio, CopiedSmall, Fields, Peeked, SMALL_WORDS, Scratch, bio_devs, config, disk_dev,
-        on_stack, read, room_for,
+        CopiedBio, CopiedSmall, Fields, Peeked, SMALL_WORDS, Scratch, bio_devs, config,
+        current_task, disk_dev, on_stack, read, room_for,
     },
     maps::{ENTRY_ARGS, flag, insert_or_count, scratch},
     tasks::{flags_of, note_onstack, set_flags},
@@ -129,13 +129,31 @@ fn note_submitter(cfg: &ProbeConfig, header: &Header, private: u64) -> u8 {
     } else {
         0
     };
+    let unbounded = unbounded_episode(cfg);
     // bi_private in the submitter's own stack: its end_io may complete
     // something in this frame (blkdev_issue_zeroout's bio batch), so where
     // the frame ends is worth seeing.
     if on_stack(cfg, header.stack_base, private) {
         note_onstack(header.tid, private);
     }
-    starts
+    starts | unbounded
+}
+
+/// `EPISODE_UNBOUNDED` for a user task's submission while the syscall
+/// hooks are detached: its return may go unseen. A kernel thread (no
+/// `mm`) never returns, so its episodes are bounded without them; `mm` is
+/// read only while they are detached.
+#[inline(always)]
+fn unbounded_episode(cfg: &ProbeConfig) -> u8 {
+    if cfg.returns_watched != 0 {
+        return 0;
+    }
+    let mm: u64 = read(current_task(), cfg.task.mm);
+    if mm != 0 || cfg.task.mm == NO_OFFSET {
+        header_flag::EPISODE_UNBOUNDED
+    } else {
+        0
+    }
 }
 
 // ---- request / traced-bio completion -------------------------------------

@@ -20,6 +20,7 @@ use crate::event::Dev;
 use crate::filter::EventFilter;
 use crate::kernel::attach::HookOutcome;
 use crate::kernel::coverage::{RuleState, coverage};
+use crate::kernel::syscall_hooks::Policy;
 use crate::session::terminal::EventOutput;
 use args::{parse_duration, parse_ring_size};
 
@@ -311,6 +312,18 @@ pub struct TraceArgs {
     /// followed). Past it, exits are lost, counted and reported as loss.
     #[arg(long, value_name = "N", default_value_t = 65536, value_parser = clap::value_parser!(u32).range(1..))]
     pub task_map_entries: u32,
+    /// When to keep the sys_exit/sys_enter hooks attached. Any program on
+    /// them slows every syscall on the host (10-15 % on syscall-heavy
+    /// loads), so by default they are attached only while a task submits
+    /// I/O or uses an on-stack completion. While they are detached, a
+    /// lost wakeup whose task may have returned to user space unseen is
+    /// counted indeterminate, not reported.
+    #[arg(long, value_name = "WHEN", value_enum, default_value_t = SyscallHooksArg::OnDemand)]
+    pub syscall_hooks: SyscallHooksArg,
+    /// With --syscall-hooks on-demand: detach them after this long with
+    /// no task needing them.
+    #[arg(long, value_name = "DUR", value_parser = parse_duration, default_value = "10s")]
+    pub syscall_hooks_idle: Duration,
     /// At the end, write the session's counters to FILE as one JSON
     /// object: events read and lost, the summary, the engine's tables,
     /// detection latency percentiles, CPU time.
@@ -320,6 +333,27 @@ pub struct TraceArgs {
     pub output: OutputArgs,
     #[command(flatten)]
     pub engine: EngineArgs,
+}
+
+/// `--syscall-hooks`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SyscallHooksArg {
+    /// While a task may need them, and --syscall-hooks-idle after.
+    OnDemand,
+    /// The whole session.
+    Always,
+}
+
+impl TraceArgs {
+    /// The policy the options ask for.
+    pub fn syscall_hooks(&self) -> Policy {
+        match self.syscall_hooks {
+            SyscallHooksArg::Always => Policy::Always,
+            SyscallHooksArg::OnDemand => Policy::OnDemand {
+                idle: self.syscall_hooks_idle,
+            },
+        }
+    }
 }
 
 #[derive(Args, Debug)]

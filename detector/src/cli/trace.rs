@@ -70,6 +70,7 @@ async fn trace(args: TraceArgs) -> Result<ExitCode> {
         stack_budget: args.stack_budget,
         task_map_entries: args.task_map_entries,
         full: args.full,
+        syscall_hooks: args.syscall_hooks(),
         ..LoadOptions::default()
     };
     let (live, stacks) = Live::start(opts)?;
@@ -173,6 +174,19 @@ fn print_reader_totals(totals: &ReaderTotals) {
         eprintln!(
             "  task names whose record was lost: {} read from /proc, {} unknown (shown as ?)",
             totals.names_from_proc, totals.names_unknown
+        );
+    }
+    let hooks = &totals.syscall_hooks;
+    if hooks.detaches > 0 || hooks.failures > 0 {
+        eprintln!(
+            "  sys_exit/sys_enter: detached {} times while no task needed them, attached again {} \
+             times{}",
+            hooks.detaches,
+            hooks.attaches,
+            match hooks.failures {
+                0 => String::new(),
+                n => format!(" ({n} changes refused by the kernel)"),
+            }
         );
     }
     if totals.decode_errors > 0 || totals.read_errors > 0 {

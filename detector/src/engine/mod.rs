@@ -297,9 +297,18 @@ impl Core {
         self.deadline = None;
         self.stats.events += 1;
         self.last_ts = self.last_ts.max(ev.ts);
-        if let EventKind::Lost { count, until, .. } = ev.kind {
-            self.world.loss.lost(count, ev.ts, until);
-            return;
+        match ev.kind {
+            EventKind::Lost { count, until, .. } => {
+                self.world.loss.lost(count, ev.ts, until);
+                return;
+            }
+            EventKind::SyscallHooks { attached } => {
+                if !attached {
+                    self.world.tasks.returns_unwatched(ev.ts);
+                }
+                return;
+            }
+            _ => {}
         }
         let actor = Actor::of(ev, self.cfg.thread_size);
         let mut facts = std::mem::take(&mut self.facts);

@@ -81,6 +81,10 @@ pub struct Task {
     pub episode: u32,
     /// It submitted I/O in task context during the current episode.
     pub episode_io: bool,
+    /// Since when the current episode's end may go unseen (its submission
+    /// came while the syscall hooks were detached, or they were detached
+    /// while it was open): a sleep from then on cannot be tied to it.
+    pub unbounded_since: Option<u64>,
     /// In user space, as far as the kernel side tracks it (its return was
     /// reported along with a promise to report its next syscall entry):
     /// an event with its stack meanwhile is an interrupt taken from user
@@ -117,7 +121,14 @@ impl Task {
     pub fn end_episode(&mut self) {
         self.episode = self.episode.wrapping_add(1);
         self.episode_io = false;
+        self.unbounded_since = None;
         self.open_submits.clear();
+    }
+
+    /// Whether a sleep that began at `ts` may belong to a later episode
+    /// than the current one, its return having gone unseen.
+    pub fn episode_unbounded_at(&self, ts: u64) -> bool {
+        self.unbounded_since.is_some_and(|since| since <= ts)
     }
 
     /// The task was seen as `obs` says: calls below that are over.
@@ -178,6 +189,20 @@ impl Tasks {
 
     pub fn get_mut(&mut self, tid: u32) -> Option<&mut Task> {
         self.tasks.get_mut(&tid)
+    }
+
+    /// The syscall hooks were detached at `ts`: from then on any task may
+    /// return to user space, and come back, unseen. Open episodes become
+    /// unbounded, and no task is known to be in user space any more (an
+    /// event on its stack is taken for its own again, as without the
+    /// hooks).
+    pub fn returns_unwatched(&mut self, ts: u64) {
+        for task in self.tasks.values_mut() {
+            task.in_user = false;
+            if task.episode_io && task.unbounded_since.is_none() {
+                task.unbounded_since = Some(ts);
+            }
+        }
     }
 
     /// Records that `tid` runs on the stack at `base`. Tasks whose state

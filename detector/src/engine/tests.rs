@@ -57,6 +57,7 @@ fn queue(ts: u64, bio: u64) -> Event {
             private: Addr(0),
             disk_relative: false,
             episode_start: false,
+            episode_unbounded: false,
         },
     )
 }

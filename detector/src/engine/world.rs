@@ -213,6 +213,7 @@ impl World {
             end_io,
             disk_relative,
             episode_start,
+            episode_unbounded,
             ..
         } = &ev.kind
         else {
@@ -229,6 +230,9 @@ impl World {
                 task.end_episode();
             }
             task.episode_io = true;
+            if *episode_unbounded && task.unbounded_since.is_none() {
+                task.unbounded_since = Some(ev.ts);
+            }
         }
         let episode = task.as_ref().map_or(0, |t| t.episode);
         let sub = Submission {

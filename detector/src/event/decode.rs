@@ -202,6 +202,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
                 private: Addr(r.private),
                 disk_relative: header.flags & wire::header_flag::DISK_RELATIVE != 0,
                 episode_start: header.flags & wire::header_flag::EPISODE_START != 0,
+                episode_unbounded: header.flags & wire::header_flag::EPISODE_UNBOUNDED != 0,
             }
         }
         kind::RQ_COMPLETE => {

@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 
-use super::{Event, EventKind};
+use super::{Event, EventKind, Hook};
 
 /// Name of the operation in a `bi_opf` (its low 8 bits, `enum req_op`).
 pub fn op_name(opf: u32) -> &'static str {
@@ -29,11 +29,16 @@ pub fn op_name(opf: u32) -> &'static str {
 /// with the time relative to `start_ns`.
 pub fn line(ev: &Event, start_ns: u64) -> String {
     let rel = ev.ts.saturating_sub(start_ns);
+    // Markers detector makes itself belong to no CPU.
+    let cpu = match ev.hook {
+        Hook::Detector => "-".to_owned(),
+        _ => ev.cpu.to_string(),
+    };
     let mut s = format!(
         "{:>4}.{:06} cpu{:<2} {:<16} {:>7}/{:<7} {:<18}",
         rel / 1_000_000_000,
         (rel % 1_000_000_000) / 1_000,
-        ev.cpu,
+        cpu,
         ev.comm,
         ev.pid,
         ev.tid,
@@ -172,6 +177,8 @@ pub fn line(ev: &Event, start_ns: u64) -> String {
         EventKind::SysExit { nr, ret, .. } => write!(s, " nr={nr} ret={ret}"),
         EventKind::SysEnter { nr } => write!(s, " nr={nr}"),
         EventKind::TaskExit => Ok(()),
+        EventKind::SyscallHooks { attached: true } => write!(s, " sys_exit/sys_enter attached"),
+        EventKind::SyscallHooks { attached: false } => write!(s, " sys_exit/sys_enter detached"),
         EventKind::Lost { count, .. } => write!(s, " {count} events lost"),
         EventKind::LossChecked { until } => write!(s, " losses accounted until {until}"),
     };

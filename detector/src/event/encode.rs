@@ -144,10 +144,12 @@ pub fn encode(ev: &Event) -> Result<Vec<u8>, NotAKernelEvent> {
             private,
             disk_relative,
             episode_start,
+            episode_unbounded,
         } => bytes_of(&wire::BioQueue {
             header: wire::Header {
                 flags: flag_if(*disk_relative, wire::header_flag::DISK_RELATIVE)
-                    | flag_if(*episode_start, wire::header_flag::EPISODE_START),
+                    | flag_if(*episode_start, wire::header_flag::EPISODE_START)
+                    | flag_if(*episode_unbounded, wire::header_flag::EPISODE_UNBOUNDED),
                 ..k(kind::BIO_QUEUE)?
             },
             bio: bio.0,
@@ -438,5 +440,6 @@ pub fn encode(ev: &Event) -> Result<Vec<u8>, NotAKernelEvent> {
         EventKind::TaskExit => bytes_of(&k(kind::TASK_EXIT)?),
         EventKind::Lost { .. } => return Err(NotAKernelEvent("lost")),
         EventKind::LossChecked { .. } => return Err(NotAKernelEvent("loss_checked")),
+        EventKind::SyscallHooks { .. } => return Err(NotAKernelEvent("syscall_hooks")),
     })
 }

@@ -240,6 +240,11 @@ pub enum EventKind {
         /// return itself is not reported unless a rule needs it).
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         episode_start: bool,
+        /// Submitted by a user task while the syscall hooks were detached:
+        /// the return that ends this bio's episode may go unseen, so a
+        /// later sleep cannot be tied to the episode for sure.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        episode_unbounded: bool,
     },
     /// A request finished `nr_bytes` from `sector`; `bios` are the bios
     /// this completes in full, as far as the bounded walk saw.
@@ -428,6 +433,13 @@ pub enum EventKind {
     SysEnter { nr: i64 },
     /// The current task exits.
     TaskExit,
+    /// Made by detector: the `sys_exit`/`sys_enter` hooks were attached
+    /// (or detached) at `ts`. They are attached only while a task may
+    /// need them, since any program on them slows every syscall on the
+    /// host. Once they are detached, returns to user space go unseen: an
+    /// episode open then may end unseen, and a task reported in user space
+    /// may re-enter the kernel unseen.
+    SyscallHooks { attached: bool },
     /// Made by detector: every loss up to `until` has been accounted for
     /// (loss markers, if any, came before this). Judging past `until`
     /// would risk judging on events a later marker says were lost.
@@ -481,6 +493,7 @@ impl EventKind {
         "sys_exit",
         "sys_enter",
         "task_exit",
+        "syscall_hooks",
         "loss_checked",
         "lost",
     ];
@@ -516,6 +529,7 @@ pub enum EventTag {
     SysExit,
     SysEnter,
     TaskExit,
+    SyscallHooks,
     LossChecked,
     Lost,
 }
@@ -552,6 +566,7 @@ impl EventKind {
             Self::SysExit { .. } => EventTag::SysExit,
             Self::SysEnter { .. } => EventTag::SysEnter,
             Self::TaskExit => EventTag::TaskExit,
+            Self::SyscallHooks { .. } => EventTag::SyscallHooks,
             Self::LossChecked { .. } => EventTag::LossChecked,
             Self::Lost { .. } => EventTag::Lost,
         }

@@ -52,6 +52,7 @@ pub fn kernel_events() -> Vec<Event> {
                 private: a(2),
                 disk_relative: true,
                 episode_start: true,
+                episode_unbounded: true,
             },
         ),
         (

@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 
 use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf, StackTraceMap};
 use aya::programs::Program;
+use aya::programs::raw_trace_point::RawTracePointLinkId;
+use aya::programs::tp_btf::BtfTracePointLinkId;
 use aya::{Ebpf, EbpfLoader};
 use detector_common::ProbeConfig;
 use serde::Serialize;
@@ -15,6 +17,7 @@ use super::facts::KernelFacts;
 use super::hooks::{Candidate, HookSpec, Mechanism, hooks};
 use super::loss::WatchedProgram;
 use super::offsets::{MissingField, probe_config};
+use super::syscall_hooks::Policy;
 use super::taskmaps::TaskMaps;
 
 /// The programs, built for the bpf target by build.rs.
@@ -70,6 +73,8 @@ pub struct LoadOptions {
     /// Report everything the hooks see instead of only what a rule may
     /// need (`trace --full`, for debugging the filtering itself).
     pub full: bool,
+    /// When `sys_exit`/`sys_enter` are attached (`syscall_hooks`).
+    pub syscall_hooks: Policy,
     pub btf_dir: PathBuf,
     pub kallsyms: PathBuf,
 }
@@ -83,6 +88,7 @@ impl Default for LoadOptions {
             stack_budget: 10_000,
             task_map_entries: 65536,
             full: false,
+            syscall_hooks: Policy::default(),
             btf_dir: PathBuf::from(super::btf::SYS_BTF_DIR),
             kallsyms: PathBuf::from("/proc/kallsyms"),
         }
@@ -203,6 +209,15 @@ pub struct Probes {
     symbols: HashMap<String, Option<String>>,
     pub missing_fields: Vec<MissingField>,
     pub outcomes: Vec<HookOutcome>,
+    /// Tracepoint programs' links by program name, for detaching one
+    /// and attaching it again (`set_attached`).
+    links: HashMap<&'static str, LinkId>,
+}
+
+/// A tracepoint program's link.
+enum LinkId {
+    Raw(RawTracePointLinkId),
+    Btf(BtfTracePointLinkId),
 }
 
 /// Text symbols among `wanted`, with their module (`None`: vmlinux).
@@ -307,24 +322,25 @@ impl Probes {
             symbols,
             missing_fields,
             outcomes: Vec::new(),
+            links: HashMap::new(),
         };
         probes.write_config()?;
         probes.attach_all();
+        // Without a return hook no return clears an episode.
+        probes.config.returns_watched = probes.is_attached("sys_exit").into();
         // Names go out once per task only where a rename makes the next
         // record carry the new one.
-        if probes
-            .outcomes
-            .iter()
-            .any(|o| o.name == "task_rename" && o.attached().is_some())
-        {
-            probes.config.names_once = 1;
-            probes.write_config()?;
-        }
+        probes.config.names_once = probes.is_attached("task_rename").into();
+        probes.write_config()?;
         Ok(probes)
     }
 
     pub fn btf(&self) -> &KernelBtf {
         &self.btf
+    }
+
+    pub fn options(&self) -> &LoadOptions {
+        &self.opts
     }
 
     pub fn facts(&self) -> &KernelFacts {
@@ -333,6 +349,73 @@ impl Probes {
 
     pub fn config(&self) -> &ProbeConfig {
         &self.config
+    }
+
+    /// Whether hook `name` attached at load.
+    pub fn is_attached(&self, name: &str) -> bool {
+        self.outcomes
+            .iter()
+            .any(|o| o.name == name && o.attached().is_some())
+    }
+
+    /// Detaches (or attaches again) the tracepoint hooks `names` that
+    /// attached at load, in that order; their programs stay loaded.
+    pub fn set_attached(&mut self, names: &[&str], on: bool) -> Result<(), String> {
+        for name in names {
+            let Some((program, target)) = self.attached_program(name) else {
+                continue;
+            };
+            let prog = self
+                .ebpf
+                .program_mut(program)
+                .ok_or_else(|| format!("program {program} missing from the object"))?;
+            let e = |e: aya::programs::ProgramError| format!("{name}: {e}");
+            match (on, prog, self.links.remove(program)) {
+                (true, Program::RawTracePoint(p), None) => {
+                    self.links
+                        .insert(program, LinkId::Raw(p.attach(target).map_err(e)?));
+                }
+                (true, Program::BtfTracePoint(p), None) => {
+                    self.links
+                        .insert(program, LinkId::Btf(p.attach().map_err(e)?));
+                }
+                (false, Program::RawTracePoint(p), Some(LinkId::Raw(id))) => {
+                    p.detach(id).map_err(e)?
+                }
+                (false, Program::BtfTracePoint(p), Some(LinkId::Btf(id))) => {
+                    p.detach(id).map_err(e)?
+                }
+                (_, _, link) => {
+                    // Already as asked (or not a tracepoint): keep it so.
+                    if let Some(link) = link {
+                        self.links.insert(program, link);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Tells the programs whether every return to user space is seen
+    /// (`ProbeConfig::returns_watched`).
+    pub fn set_returns_watched(&mut self, on: bool) -> Result<(), LoadError> {
+        self.config.returns_watched = on.into();
+        self.write_config()
+    }
+
+    /// The program that hook `name` attached at load.
+    fn attached_program(&self, name: &str) -> Option<(&'static str, &'static str)> {
+        let (spec, outcome) = hooks()
+            .iter()
+            .zip(&self.outcomes)
+            .find(|(spec, _)| spec.name == name)?;
+        let HookStatus::Attached { mechanism, target } = outcome.status else {
+            return None;
+        };
+        spec.candidates
+            .iter()
+            .find(|c| c.mechanism == mechanism && c.target == target)
+            .map(|c| (c.program, c.target))
     }
 
     fn write_config(&mut self) -> Result<(), LoadError> {
@@ -475,11 +558,15 @@ impl Probes {
                 false,
             )
         })?;
-        attach_program(program, cand, btf).map_err(|e| {
+        let link = attach_program(program, cand, btf).map_err(|e| {
             let mut attempt = fail(e, false);
             attempt.error = explain(cand.mechanism, &attempt.detail);
             attempt
-        })
+        })?;
+        if let Some(link) = link {
+            self.links.insert(cand.program, link);
+        }
+        Ok(())
     }
 
     /// Attaches the hooks of `module` if it has appeared since; returns
@@ -608,11 +695,12 @@ fn module_name(module: &str) -> &'static str {
         .unwrap_or("unknown")
 }
 
+/// Attaches `program` as `cand` says; a tracepoint's link is returned.
 fn attach_program(
     program: &mut Program,
     cand: &Candidate,
     btf: Option<&aya::Btf>,
-) -> Result<(), String> {
+) -> Result<Option<LinkId>, String> {
     let loaded = program.fd().is_ok();
     let need_btf = || btf.ok_or_else(|| "cannot read the kernel BTF for aya".to_owned());
     let e = |e: aya::programs::ProgramError| e.to_string();
@@ -639,13 +727,13 @@ fn attach_program(
             if !loaded {
                 p.load(cand.target, need_btf()?).map_err(e)?;
             }
-            p.attach().map_err(e)?;
+            return Ok(Some(LinkId::Btf(p.attach().map_err(e)?)));
         }
         (Mechanism::RawTracepoint, Program::RawTracePoint(p)) => {
             if !loaded {
                 p.load().map_err(e)?;
             }
-            p.attach(cand.target).map_err(e)?;
+            return Ok(Some(LinkId::Raw(p.attach(cand.target).map_err(e)?)));
         }
         (m, p) => {
             return Err(format!(
@@ -656,7 +744,7 @@ fn attach_program(
             ));
         }
     }
-    Ok(())
+    Ok(None)
 }
 
 /// Detaches every link of a program (used for hooks found redundant).

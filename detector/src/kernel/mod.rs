@@ -14,4 +14,5 @@ pub mod offsets;
 pub mod reader;
 pub mod stacks;
 pub mod symbols;
+pub mod syscall_hooks;
 pub mod taskmaps;

@@ -31,6 +31,7 @@ const FIELDS: &[Field] = &[
     field!("task_struct", ["thread.sp"], |c, v| c.task.thread_sp = v),
     field!("task_struct", ["pid"], |c, v| c.task.pid = v),
     field!("task_struct", ["comm"], |c, v| c.task.comm = v),
+    field!("task_struct", ["mm"], |c, v| c.task.mm = v),
     field!("bio", ["bi_next"], |c, v| c.bio.next = v),
     field!("bio", ["bi_bdev"], |c, v| c.bio.bdev = v),
     field!("bio", ["bi_opf"], |c, v| c.bio.opf = v),

@@ -19,6 +19,7 @@ use super::taskmaps::TaskMaps;
 use crate::clock::monotonic_ns;
 use crate::event::decode::{comm_omitted, decode};
 use crate::event::{Event, LossCause};
+use crate::kernel::syscall_hooks::HookToggles;
 
 /// How often entries of tasks that no longer exist are dropped from the
 /// programs' per-task maps.
@@ -65,6 +66,8 @@ pub struct ReaderTotals {
     pub names_unknown: u64,
     /// Every counter by index (`detector_common::counter`), loss or not.
     pub counters: Counts,
+    /// The syscall hooks' attachments (filled in by the live source).
+    pub syscall_hooks: HookToggles,
 }
 
 pub struct Reader {

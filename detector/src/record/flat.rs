@@ -53,6 +53,8 @@ pub(super) struct FlatEvent {
     private: Option<u64>,
     disk_relative: Option<bool>,
     episode_start: Option<bool>,
+    episode_unbounded: Option<bool>,
+    attached: Option<bool>,
     rq: Option<u64>,
     nr_bytes: Option<u32>,
     error: Option<i32>,
@@ -161,6 +163,9 @@ impl FlatEvent {
                 // Absent before it was recorded: then every return to user
                 // space of a submitter was reported.
                 episode_start: self.episode_start.unwrap_or(false),
+                // Absent before it was recorded: then the syscall hooks
+                // stayed attached.
+                episode_unbounded: self.episode_unbounded.unwrap_or(false),
             },
             EventTag::RqComplete => EventKind::RqComplete {
                 rq: a(self.rq, "rq")?,
@@ -312,6 +317,9 @@ impl FlatEvent {
                 nr: need(self.nr, "nr")?,
             },
             EventTag::TaskExit => EventKind::TaskExit,
+            EventTag::SyscallHooks => EventKind::SyscallHooks {
+                attached: need(self.attached, "attached")?,
+            },
             EventTag::LossChecked => EventKind::LossChecked {
                 until: need(self.until, "until")?,
             },

@@ -157,6 +157,7 @@ pub mod tests_support {
                     private: Addr(0),
                     disk_relative: true,
                     episode_start: false,
+                    episode_unbounded: false,
                 },
             );
             w.event(&ev).expect("writing to memory");

@@ -39,6 +39,7 @@ fn event(i: u64) -> Event {
             private: Addr(0),
             disk_relative: true,
             episode_start: false,
+            episode_unbounded: false,
         },
     }
 }

@@ -20,6 +20,7 @@ use crate::kernel::coverage::{RuleState, coverage};
 use crate::kernel::loss::{LossCounters, Programs};
 use crate::kernel::reader::{Batch, Reader, ReaderTotals};
 use crate::kernel::stacks::StackResolver;
+use crate::kernel::syscall_hooks::{HookToggles, Policy, SyscallHooks};
 
 /// How often the reader drains the ring buffer when not woken: with the
 /// reorder window, what a deadline finding waits before it is emitted.
@@ -73,6 +74,7 @@ pub struct Live {
     module_poll: tokio::time::Interval,
     totals: ReaderTotals,
     last_batch: Instant,
+    syscall_hooks: SyscallHooks,
 }
 
 /// How a live source ended.
@@ -113,6 +115,12 @@ impl Live {
         let reader = tokio::spawn(reader.run(tx, stop_rx));
         let mut module_poll = tokio::time::interval(MODULE_POLL_EVERY);
         module_poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Everything is reported under --full: the hooks stay.
+        let policy = match probes.options().full {
+            true => Policy::Always,
+            false => probes.options().syscall_hooks,
+        };
+        let syscall_hooks = SyscallHooks::new(&probes, policy);
         let live = Self {
             probes,
             start_ns: monotonic_ns(),
@@ -124,6 +132,7 @@ impl Live {
             module_poll,
             totals: ReaderTotals::default(),
             last_batch: Instant::now(),
+            syscall_hooks,
         };
         Ok((live, StackResolver::new(stacks)))
     }
@@ -134,7 +143,9 @@ impl Live {
     pub async fn next(&mut self) -> Option<LiveInput> {
         tokio::select! {
             batch = self.rx.recv() => {
-                let batch = batch?;
+                let mut batch = batch?;
+                self.syscall_hooks.after_batch(&mut self.probes, &mut batch.events);
+                batch.totals.syscall_hooks = self.syscall_hooks.toggles;
                 self.totals = batch.totals;
                 self.last_batch = Instant::now();
                 Some(LiveInput::Batch(batch))
@@ -150,6 +161,11 @@ impl Live {
                 Some(LiveInput::Modules { attached })
             }
         }
+    }
+
+    /// The syscall hooks' attachments so far.
+    pub fn syscall_hooks(&self) -> HookToggles {
+        self.syscall_hooks.toggles
     }
 
     /// The reader's totals as of the last batch.
@@ -202,6 +218,10 @@ impl Live {
         if let Some(logger) = self.logger.take() {
             logger.abort();
         }
+        let totals = ReaderTotals {
+            syscall_hooks: self.syscall_hooks.toggles,
+            ..totals
+        };
         Stopped {
             totals,
             result,

@@ -262,7 +262,10 @@ impl<S: Stacks> Session<S> {
             self.engine.push_into(ev, &mut self.findings);
             return self.report_findings();
         }
-        if !matches!(ev.kind, EventKind::Lost { .. }) {
+        if !matches!(
+            ev.kind,
+            EventKind::Lost { .. } | EventKind::SyscallHooks { .. }
+        ) {
             self.summary.heartbeat.observe(ev.cpu, ev.ts);
         }
         // Every stack and handler is resolved, shown or not: a finding may

@@ -138,6 +138,7 @@ pub fn queue_end_io(who: &Who, ts: u64, b: u64, disk: Dev, end_io: Addr) -> Even
             private: Addr(0),
             disk_relative: true,
             episode_start: false,
+            episode_unbounded: false,
         },
     );
     ev.stack = Some(SUBMIT_STACK);

@@ -104,7 +104,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     eprintln!("bench: fio on the tmpfs loop and the disk file");
     rows.extend(io::measure(&plan, &bin, &dir)?);
     eprintln!("bench: perf bench sched messaging");
-    rows.push(sched::measure(&plan, &bin, &dir)?);
+    rows.extend(sched::measure(&plan, &bin, &dir)?);
     eprintln!("bench: a live busy-host recording");
     rows.extend(scale::live_recording(&plan, &bin, &dir)?);
     eprintln!("bench: the synthetic busy host");

@@ -27,6 +27,9 @@ pub struct DetectorBin {
     pub path: PathBuf,
     /// Whether it knows `--stats-json` (older builds do not).
     pub stats_json: bool,
+    /// Whether it attaches its syscall hooks on demand (`--syscall-hooks`;
+    /// older builds keep them attached).
+    pub syscall_hooks: bool,
 }
 
 impl DetectorBin {
@@ -35,8 +38,12 @@ impl DetectorBin {
             .args(["trace", "--help"])
             .output()
             .with_context(|| format!("cannot run {}", path.display()))?;
-        let stats_json = String::from_utf8_lossy(&help.stdout).contains("--stats-json");
-        Ok(Self { path, stats_json })
+        let help = String::from_utf8_lossy(&help.stdout);
+        Ok(Self {
+            path,
+            stats_json: help.contains("--stats-json"),
+            syscall_hooks: help.contains("--syscall-hooks"),
+        })
     }
 }
 
@@ -211,6 +218,34 @@ pub fn start(tracer: Tracer, bin: &DetectorBin, dir: &Path) -> Result<Running> {
 impl Running {
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
+    }
+
+    /// Whether it holds a BPF link on the `sys_exit` tracepoint now (its
+    /// fds' `fdinfo`: what the kernel has attached).
+    pub fn holds_sys_exit(&self) -> bool {
+        let Some(pid) = self.pid() else {
+            return false;
+        };
+        let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
+            return false;
+        };
+        dir.filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())
+            .any(|info| {
+                info.lines()
+                    .any(|l| l.starts_with("tp_name:") && l.ends_with("sys_exit"))
+            })
+    }
+
+    /// Waits up to `within` for it to detach `sys_exit`; whether it did.
+    pub fn wait_sys_exit_detached(&self, within: Duration) -> bool {
+        let start = Instant::now();
+        while self.holds_sys_exit() {
+            if start.elapsed() > within {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        true
     }
 
     /// Stops the tracer (SIGINT, as Ctrl-C) and reads what it said.

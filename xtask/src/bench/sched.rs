@@ -3,6 +3,7 @@
 
 use std::path::Path;
 use std::process::Command;
+use std::time::Duration;
 
 use anyhow::{Context as _, Result};
 
@@ -34,13 +35,55 @@ fn parse_total(text: &str) -> Option<f64> {
         .ok()
 }
 
-pub fn measure(plan: &Plan, bin: &DetectorBin, dir: &Path) -> Result<Row> {
+/// How detector runs during the messaging runs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Hooks {
+    /// As left running: syscall hooks detached once no task needs them
+    /// (a detector that cannot detach them runs as it is).
+    Idle,
+    /// Syscall hooks attached, as while some task on the host does I/O.
+    Attached,
+}
+
+/// Two rows: detector left running on a host where no task does I/O (its
+/// syscall hooks detached), and with them attached.
+pub fn measure(plan: &Plan, bin: &DetectorBin, dir: &Path) -> Result<Vec<Row>> {
+    let mut rows = vec![measure_with(plan, bin, dir, Hooks::Idle)?];
+    if bin.syscall_hooks {
+        rows.push(measure_with(plan, bin, dir, Hooks::Attached)?);
+    }
+    Ok(rows)
+}
+
+fn start_detector(bin: &DetectorBin, dir: &Path, hooks: Hooks) -> Result<(procs::Running, bool)> {
+    if !bin.syscall_hooks {
+        return Ok((procs::start(Tracer::Detector, bin, dir)?, false));
+    }
+    let args: &[&str] = match hooks {
+        Hooks::Idle => &["--syscall-hooks-idle", "2s"],
+        Hooks::Attached => &["--syscall-hooks", "always"],
+    };
+    let running = procs::start_detector(bin, dir, args)?;
+    let detached = hooks == Hooks::Idle && running.wait_sys_exit_detached(Duration::from_secs(30));
+    Ok((running, detached))
+}
+
+fn measure_with(plan: &Plan, bin: &DetectorBin, dir: &Path, hooks: Hooks) -> Result<Row> {
     let (mut detector, mut peer) = (Vec::new(), Vec::new());
     let mut untraced_secs = Vec::new();
+    let mut detached_rounds = 0;
     for _ in 0..plan.rounds {
         let mut untraced = f64::NAN;
         for tracer in Tracer::ALL {
-            let running = procs::start(tracer, bin, dir)?;
+            let running = match tracer {
+                Tracer::Detector => {
+                    let (running, detached) = start_detector(bin, dir, hooks)?;
+                    detached_rounds +=
+                        u32::from(detached && running.wait_sys_exit_detached(Duration::ZERO));
+                    running
+                }
+                other => procs::start(other, bin, dir)?,
+            };
             let secs = messaging_seconds(plan.perf_loops)?;
             running.stop()?;
             match tracer {
@@ -55,9 +98,17 @@ pub fn measure(plan: &Plan, bin: &DetectorBin, dir: &Path) -> Result<Row> {
     }
     let slowdown = |v: Vec<f64>| format!("{:+.1} %", (median(v) - 1.0) * 100.0);
     let ratio = median(detector.clone());
+    let how = match (hooks, bin.syscall_hooks) {
+        (Hooks::Idle, true) => format!(
+            "detector left running, syscall hooks detached (no task doing I/O) in {detached_rounds} of {} rounds",
+            plan.rounds
+        ),
+        (Hooks::Idle, false) => "syscall hooks always attached".to_owned(),
+        (Hooks::Attached, _) => "syscall hooks attached, as while a task does I/O".to_owned(),
+    };
     Ok(Row::new(
         format!(
-            "`perf bench sched messaging` time, traced vs untraced (untraced {:.3} s)",
+            "`perf bench sched messaging` time, traced vs untraced ({how}; untraced {:.3} s)",
             median(untraced_secs)
         ),
         ratio,

@@ -256,6 +256,7 @@ impl LostWakeup {
             // thread never returns to user space: this ends its episode.
             if let Some(task) = w.tasks.get_mut(tid) {
                 task.episode = task.episode.wrapping_add(1);
+                task.unbounded_since = None;
                 ep.reset(task.episode);
             }
         } else if ep.last_done.is_some() {
@@ -318,6 +319,13 @@ impl LostWakeup {
                 Verdict::Now => {
                     let sleep = task.sleep.expect("judged asleep");
                     ep.reported = Some(sleep.actor.ts);
+                    if task.episode_unbounded_at(sleep.actor.ts) {
+                        // The task may have returned to user space unseen
+                        // (the syscall hooks were detached) and now sleep
+                        // in a later syscall, for something else.
+                        ctx.indeterminate(Rule::LostWakeup);
+                        continue;
+                    }
                     match sleep_tie(&sleep, ep, w) {
                         Some(Tie::Tied) => {
                             let tainted = ep.seen.is_none_or(|s| w.loss.tainted(s));

@@ -91,6 +91,19 @@ pub struct Kernel {
     pub stack_budget: u32,
     /// Entries of each per-task map (as `trace --task-map-entries`).
     pub task_map_entries: TaskMapEntries,
+    /// When sys_exit/sys_enter are attached (as `trace --syscall-hooks`).
+    pub syscall_hooks: SyscallHooks,
+    /// As `trace --syscall-hooks-idle`.
+    pub syscall_hooks_idle: Seconds,
+}
+
+/// `kernel.syscall-hooks`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SyscallHooks {
+    #[default]
+    OnDemand,
+    Always,
 }
 
 impl Default for Kernel {
@@ -99,6 +112,21 @@ impl Default for Kernel {
             ring_buffer_size: RingSize(16 << 20),
             stack_budget: 10_000,
             task_map_entries: TaskMapEntries(65536),
+            syscall_hooks: SyscallHooks::OnDemand,
+            syscall_hooks_idle: Seconds(Duration::from_secs(10)),
+        }
+    }
+}
+
+impl Kernel {
+    /// The policy the keys ask for.
+    pub fn syscall_hooks(&self) -> crate::kernel::syscall_hooks::Policy {
+        use crate::kernel::syscall_hooks::Policy;
+        match self.syscall_hooks {
+            SyscallHooks::Always => Policy::Always,
+            SyscallHooks::OnDemand => Policy::OnDemand {
+                idle: self.syscall_hooks_idle.0,
+            },
         }
     }
 }
@@ -428,6 +456,11 @@ impl Config {
             "kernel.task-map-entries",
             self.kernel.task_map_entries.0.to_string(),
             new.kernel.task_map_entries.0.to_string(),
+        );
+        check(
+            "kernel.syscall-hooks",
+            format!("{:?}", self.kernel.syscall_hooks()),
+            format!("{:?}", new.kernel.syscall_hooks()),
         );
         check(
             "metrics.address",

@@ -68,6 +68,12 @@ stack-budget = {}
 # syscall return, wakeup or function exit is awaited); past it those events
 # are lost, counted and reported as loss. Needs a restart.
 task-map-entries = {}
+# "on-demand": sys_exit/sys_enter are attached only while some task submits
+# I/O or uses an on-stack completion (with any program on them, every
+# syscall on the host takes the kernel's slow path), and detached after
+# syscall-hooks-idle without one; "always". Needs a restart.
+syscall-hooks = "on-demand"
+syscall-hooks-idle = "{}"
 
 [metrics]
 # Where Prometheus scrapes /metrics (IP:PORT). Port {DEFAULT_METRICS_PORT} is outside the
@@ -99,6 +105,7 @@ level = "{}"
         ring_size(d.kernel.ring_buffer_size.0),
         d.kernel.stack_budget,
         d.kernel.task_map_entries.0,
+        humantime::format_duration(d.kernel.syscall_hooks_idle.0),
         d.metrics.address.get_ref().0,
         d.findings.path.get_ref().display(),
         size(d.findings.rotate_size),
