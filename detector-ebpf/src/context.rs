@@ -8,9 +8,12 @@ use aya_ebpf::{
         RetProbeContext,
     },
 };
-use detector_common::hook;
+use detector_common::{ProbeConfig, config::NO_OFFSET, hook};
 
-use crate::{kernel::bump, maps::STACKS};
+use crate::{
+    kernel::{bump, read, task_pid_offset},
+    maps::STACKS,
+};
 
 pub trait Hooked: EbpfContext {
     /// One of `detector_common::hook`.
@@ -28,6 +31,19 @@ pub trait Hooked: EbpfContext {
     #[inline(always)]
     fn arg_u64_at(&self, n: usize) -> u64 {
         self.arg_u64(n)
+    }
+
+    /// The n-th argument, a scalar (not a pointer), as a plain load from
+    /// the argument array where the context allows it.
+    #[inline(always)]
+    fn scalar_arg(&self, n: usize) -> u64 {
+        self.arg_u64(n)
+    }
+
+    /// The thread id of the task the n-th argument points to.
+    #[inline(always)]
+    fn task_tid(&self, n: usize, cfg: &ProbeConfig) -> u32 {
+        read::<i32>(self.arg_u64(n), cfg.task.pid) as u32
     }
 
     /// An address on the stack the hook runs on, or 0 if unknown.
@@ -96,7 +112,33 @@ macro_rules! args_on_stack {
     };
 }
 
-args_on_stack!(BtfTracePointContext, hook::TP_BTF);
+args_on_stack!(BtfTracePointContext, hook::TP_BTF, {
+    /// A scalar argument is a plain number to the verifier too.
+    #[inline(always)]
+    fn scalar_arg(&self, n: usize) -> u64 {
+        self.arg::<u64>(n)
+    }
+
+    /// Loaded straight from the typed pointer, at the offset the loader
+    /// made a constant (`kernel::task_pid_offset`): no helper call. The
+    /// kernel handles a fault in such a load (the value reads 0).
+    ///
+    ///
+    /// Only for the first argument: the helper that reads any other as a
+    /// number ([`word`]) is handed `ctx + 8n`, and the compiler then loads
+    /// the typed pointer through that same sum, which the verifier refuses
+    /// ("dereference of modified ctx ptr").
+    #[inline(always)]
+    fn task_tid(&self, n: usize, cfg: &ProbeConfig) -> u32 {
+        let offset = task_pid_offset();
+        if n != 0 || offset == NO_OFFSET {
+            return read::<i32>(word(self, n), cfg.task.pid) as u32;
+        }
+        // The argument as the typed pointer the verifier knows it for.
+        let task = self.arg::<*const u8>(n);
+        unsafe { core::ptr::read_volatile(task.add(offset as usize).cast::<i32>()) as u32 }
+    }
+});
 args_on_stack!(RawTracePointContext, hook::RAW_TRACEPOINT, {
     /// A raw tracepoint's arguments are untyped words: a plain load from
     /// the context, which the verifier allows, instead of a helper call.

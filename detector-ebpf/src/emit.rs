@@ -11,7 +11,7 @@ use detector_common::{Header, NO_STACK, ProbeConfig, STACK_OVER_BUDGET, counter,
 
 use crate::{
     context::Hooked,
-    kernel::{bump, current_task, read},
+    kernel::{bump, current_stack},
     maps::{EVENTS, STACK_BUDGET, flag},
     tasks::{add_flags, flags_of, widen_stack_range},
 };
@@ -27,12 +27,6 @@ pub enum Stack {
 #[inline(always)]
 pub fn header<C: Hooked>(ctx: &C, cfg: &ProbeConfig, kind: u16, stack: Stack) -> Header {
     header_on(ctx, cfg, kind, stack, current_stack(cfg))
-}
-
-/// `current->stack`: lowest address of current's kernel stack.
-#[inline(always)]
-pub fn current_stack(cfg: &ProbeConfig) -> u64 {
-    read(current_task(), cfg.task.stack)
 }
 
 /// [`header`] for a caller that already read `current_stack()`.

@@ -1,6 +1,6 @@
 //! Reading kernel memory through the offsets userspace found in BTF.
 
-use aya_ebpf::helpers::{bpf_get_current_task, bpf_probe_read_kernel};
+use aya_ebpf::helpers::{bpf_get_current_task, bpf_get_current_task_btf, bpf_probe_read_kernel};
 use detector_common::{
     ProbeConfig,
     config::{BIO_REGION_BYTES, NO_OFFSET, SMALL_REGION_BYTES},
@@ -8,6 +8,40 @@ use detector_common::{
 };
 
 use crate::maps::{CONFIG, COUNTERS, REGIONS};
+
+/// `task_struct.pid`'s offset (`NO_OFFSET`: unknown), written by userspace
+/// into the programs' read-only data before they are loaded. The verifier
+/// reads it as a constant, which lets a program load a BTF-typed task
+/// pointer's pid directly (`Hooked::task_tid`) instead of calling
+/// `bpf_probe_read_kernel`: it allows only constant offsets on such
+/// pointers, and `CONFIG` is writable, so its offsets are not constants.
+#[unsafe(no_mangle)]
+static TASK_PID_OFFSET: u32 = NO_OFFSET;
+
+#[inline(always)]
+pub fn task_pid_offset() -> u32 {
+    // Volatile: the value is the loader's, not the initializer above.
+    unsafe { core::ptr::read_volatile(&TASK_PID_OFFSET) }
+}
+
+/// `task_struct.stack`'s offset, as [`TASK_PID_OFFSET`]: every record's
+/// header loads current's stack base straight from the task.
+#[unsafe(no_mangle)]
+static TASK_STACK_OFFSET: u32 = NO_OFFSET;
+
+/// `current->stack`: the lowest address of current's kernel stack. A
+/// plain load from the typed pointer `bpf_get_current_task_btf` gives,
+/// at an offset the verifier knows as a constant, instead of a helper
+/// copy (the kernel handles a fault in such a load: it reads 0).
+#[inline(always)]
+pub fn current_stack(cfg: &ProbeConfig) -> u64 {
+    let offset = unsafe { core::ptr::read_volatile(&TASK_STACK_OFFSET) };
+    if offset == NO_OFFSET {
+        return read(current_task(), cfg.task.stack);
+    }
+    let task = unsafe { bpf_get_current_task_btf() }.cast::<u8>();
+    unsafe { core::ptr::read_volatile(task.add(offset as usize).cast::<u64>()) }
+}
 
 /// The running kernel's offsets; `None` until userspace wrote them.
 #[inline(always)]

@@ -126,6 +126,30 @@ fn direct_io_is_seen_submitted_and_completed() {
         "expected dd's 256 direct writes, saw {} submissions",
         submitted.len()
     );
+    // dd sleeps in I/O wait for its writes; the wakeups name it (their
+    // pid is loaded straight from the woken task on tp_btf kernels).
+    let dd_sleeps = evs
+        .iter()
+        .filter(|e| e.tid == dd && matches!(e.kind, EventKind::SchedSwitch { prev_state, .. } if prev_state & 2 != 0))
+        .count();
+    let dd_wakeups: Vec<&Event> = evs
+        .iter()
+        .filter(
+            |e| matches!(&e.kind, EventKind::SchedWakeup { target_tid, .. } if *target_tid == dd),
+        )
+        .collect();
+    assert!(dd_sleeps > 0, "dd never seen asleep in D");
+    assert!(
+        dd_wakeups.len() >= dd_sleeps / 2,
+        "{} wakeups of dd for {dd_sleeps} sleeps",
+        dd_wakeups.len()
+    );
+    assert!(
+        dd_wakeups.iter().all(
+            |e| matches!(&e.kind, EventKind::SchedWakeup { target_comm, .. } if target_comm == "dd")
+        ),
+        "a wakeup named dd's tid but not its name"
+    );
     let cpus = online_cpus();
     let completions: Vec<&Event> = evs
         .iter()

@@ -14,8 +14,8 @@ use detector_common::{CompletionEvent, ProbeConfig, counter, hook, kind, wait};
 use super::done;
 use crate::{
     context::Hooked,
-    emit::{Stack, current_stack, header_on, reserve, submit},
-    kernel::{config, on_stack, read},
+    emit::{Stack, header_on, reserve, submit},
+    kernel::{config, current_stack, on_stack, read},
     maps::{ENTRY_ARGS, insert_or_count},
     tasks::{in_stack_range, note_onstack},
 };

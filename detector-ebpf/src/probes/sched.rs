@@ -66,18 +66,16 @@ pub fn raw_sched_switch(ctx: RawTracePointContext) -> u32 {
 #[inline(always)]
 fn try_sched_switch<C: Hooked>(ctx: &C) -> Option<()> {
     let cfg = config()?;
-    let preempt = ctx.arg_u64(0) as u8;
-    let prev = ctx.arg_u64(1);
-    let next = ctx.arg_u64(2);
+    let preempt = ctx.scalar_arg(0) as u8;
     let tid = aya_ebpf::helpers::bpf_get_current_pid_tgid() as u32;
-    let next_tid = read::<i32>(next, cfg.task.pid) as u32;
+    let next_tid = ctx.task_tid(2, cfg);
     let (prev_at, prev_flags) = flags_of(tid);
     let (next_at, next_flags) = flags_of(next_tid);
     // prev's state is read (a helper call) only where it may decide the
     // report, or goes into one.
     let may_watch = preempt == 0 && prev_flags & flag::SLEEP_WATCHED != 0;
     let mut prev_state = if may_watch {
-        prev_state_of(ctx, cfg, prev)
+        prev_state_of(ctx, cfg)
     } else {
         0
     };
@@ -93,8 +91,11 @@ fn try_sched_switch<C: Hooked>(ctx: &C) -> Option<()> {
         return None;
     }
     if !may_watch {
-        prev_state = prev_state_of(ctx, cfg, prev);
+        prev_state = prev_state_of(ctx, cfg);
     }
+    // The tasks as numbers, for the reads of a report.
+    let prev = ctx.arg_u64(1);
+    let next = ctx.arg_u64(2);
     let sleeps = preempt == 0 && prev_state & TASK_UNINTERRUPTIBLE != 0;
     let sp = ctx.sp();
     if tid != 0 {
@@ -144,9 +145,12 @@ fn try_sched_switch<C: Hooked>(ctx: &C) -> Option<()> {
 /// `prev_state`: an argument of `sched_switch` since 5.18, `prev->__state`
 /// before.
 #[inline(always)]
-fn prev_state_of<C: Hooked>(ctx: &C, cfg: &ProbeConfig, prev: u64) -> u32 {
+fn prev_state_of<C: Hooked>(ctx: &C, cfg: &ProbeConfig) -> u32 {
     match cfg.sched_switch_prev_state_arg {
-        NO_OFFSET => read(prev, cfg.task_state),
+        NO_OFFSET => read(ctx.arg_u64(1), cfg.task_state),
+        // Its place since 5.18 (and the only one userspace gives): a load
+        // at a constant offset.
+        3 => ctx.scalar_arg(3) as u32,
         // Masked so that a bad config cannot read far past the arguments.
         arg => ctx.arg_u64_at((arg & 7) as usize) as u32,
     }
@@ -177,8 +181,7 @@ pub fn raw_sched_wakeup(ctx: RawTracePointContext) -> u32 {
 #[inline(always)]
 fn try_wake<C: Hooked>(ctx: &C, kind: u16) -> Option<()> {
     let cfg = config()?;
-    let task = ctx.arg_u64(0);
-    let tid = read::<i32>(task, cfg.task.pid) as u32;
+    let tid = ctx.task_tid(0, cfg);
     // Reported for tasks seen in a watched uninterruptible sleep
     // (lost-wakeup), and for owners of on-stack completions in any sleep:
     // a wakeup by the completer's context proves the complete() was over
@@ -190,6 +193,7 @@ fn try_wake<C: Hooked>(ctx: &C, kind: u16) -> Option<()> {
     if kind == kind::SCHED_WAKEUP && flags & flag::SLEEPING != 0 {
         set_flags(at, flags, flags & !flag::SLEEPING);
     }
+    let task = ctx.arg_u64(0);
     let header = header(ctx, cfg, kind, Stack::Skip);
     let mut entry = reserve::<SchedWake>()?;
     unsafe {

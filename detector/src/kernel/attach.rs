@@ -301,6 +301,10 @@ impl Probes {
             super::symbols::lookup(&opts.kallsyms, "bio_chain_endio").unwrap_or(0);
         let aya_btf = aya::Btf::from_sys_fs().ok();
         let ebpf = EbpfLoader::new()
+            // Read-only data: a constant to the verifier (see the programs'
+            // `kernel::task_pid_offset`).
+            .override_global("TASK_PID_OFFSET", &config.task.pid, true)
+            .override_global("TASK_STACK_OFFSET", &config.task.stack, true)
             .map_max_entries("EVENTS", opts.ring_bytes)
             .map_max_entries("STACKS", opts.stack_entries)
             .map_max_entries("FRAMES", opts.task_map_entries)

@@ -148,6 +148,28 @@ macro_rules! tracepoint {
     };
 }
 
+/// A tracepoint whose program, as tp_btf, loads the pid of the task its
+/// first argument points to straight from the typed pointer (no helper
+/// call, `Hooked::task_tid`): tp_btf first.
+macro_rules! task_tracepoint {
+    ($name:literal, $tp:literal, $what:literal) => {
+        HookSpec {
+            name: $name,
+            module: None,
+            candidates: {
+                const C: &[Candidate] = &[
+                    c(TpBtf, $tp, concat!("tp_", $tp)),
+                    c(RawTracepoint, $tp, concat!("raw_", $tp)),
+                ];
+                C
+            },
+            redundant_with: None,
+            what: $what,
+            optional: false,
+        }
+    };
+}
+
 macro_rules! md {
     ($name:literal, $target:literal, $kind:ident, $program:literal, $what:literal) => {
         HookSpec {
@@ -321,12 +343,12 @@ pub fn hooks() -> &'static [HookSpec] {
             "completion_done",
         );
         hooks.extend([
-            tracepoint!(
+            task_tracepoint!(
                 "sched_waking",
                 "sched_waking",
                 "a sleeping task is being woken (by whom)"
             ),
-            tracepoint!(
+            task_tracepoint!(
                 "sched_wakeup",
                 "sched_wakeup",
                 "a sleeping task is runnable"

@@ -337,6 +337,16 @@ pub fn announcement(probes: &Probes) -> Vec<String> {
             if missing.len() > 4 { ", ..." } else { "" }
         ));
     }
+    if let Policy::OnDemand { idle } = probes.options().syscall_hooks
+        && !probes.options().full
+        && probes.is_attached("sys_exit")
+    {
+        lines.push(format!(
+            "sys_exit/sys_enter stay attached only while a task submits I/O or uses an \
+             on-stack completion, and for {}s after (--syscall-hooks)",
+            idle.as_secs_f64()
+        ));
+    }
     for r in coverage(&probes.outcomes) {
         let state = match &r.state {
             RuleState::Active => "active".to_owned(),

@@ -72,7 +72,7 @@ impl Plan {
             Self {
                 rounds: args.rounds.unwrap_or(3),
                 fio_seconds: 5.0,
-                perf_loops: 100,
+                perf_loops: 400,
                 synthetic_events: 10_000_000,
                 memory_busy_events: 1_000_000,
                 load_rates: vec![10_000, 25_000, 50_000, 100_000, 200_000, 0],
