@@ -616,16 +616,22 @@ mod tests {
 
     /// Candidates are ordered best first: function hooks before tracepoints
     /// (two functions of one mechanism: the better one first), raw
-    /// tracepoints before BTF-typed ones (cheaper to read arguments from).
+    /// tracepoints before BTF-typed ones (cheaper to read arguments from),
+    /// except where the program loads a task's pid from its typed first
+    /// argument (the wakeups).
     #[test]
     fn candidates_prefer_function_hooks() {
-        let rank = |m: Mechanism| match m {
-            Mechanism::Fentry | Mechanism::Fexit => 0,
-            Mechanism::Kprobe | Mechanism::Kretprobe => 1,
-            Mechanism::RawTracepoint => 2,
-            Mechanism::TpBtf => 3,
-        };
+        let typed_first = ["sched_waking", "sched_wakeup"];
         for h in hooks() {
+            let typed = typed_first.contains(&h.name);
+            let rank = |m: Mechanism| match m {
+                Mechanism::Fentry | Mechanism::Fexit => 0,
+                Mechanism::Kprobe | Mechanism::Kretprobe => 1,
+                Mechanism::RawTracepoint if typed => 3,
+                Mechanism::RawTracepoint => 2,
+                Mechanism::TpBtf if typed => 2,
+                Mechanism::TpBtf => 3,
+            };
             let ranks: Vec<_> = h.candidates.iter().map(|c| rank(c.mechanism)).collect();
             assert!(
                 ranks.windows(2).all(|w| w[0] <= w[1]),
