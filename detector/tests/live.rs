@@ -128,12 +128,19 @@ fn direct_io_is_seen_submitted_and_completed() {
     );
     // dd sleeps in I/O wait for its writes; the wakeups name it (their
     // pid is loaded straight from the woken task on tp_btf kernels).
-    let dd_sleeps = evs
+    // Before its first write it may still run under the parent's name.
+    let first_write = submitted.iter().map(|e| e.ts).min().unwrap();
+    let after_exec: Vec<&Event> = evs.iter().filter(|e| e.ts > first_write).collect();
+    let dd_sleeps = after_exec
         .iter()
-        .filter(|e| e.tid == dd && matches!(e.kind, EventKind::SchedSwitch { prev_state, .. } if prev_state & 2 != 0))
+        .filter(|e| e.tid == dd)
+        .filter(
+            |e| matches!(e.kind, EventKind::SchedSwitch { prev_state, .. } if prev_state & 2 != 0),
+        )
         .count();
-    let dd_wakeups: Vec<&Event> = evs
+    let dd_wakeups: Vec<&Event> = after_exec
         .iter()
+        .copied()
         .filter(
             |e| matches!(&e.kind, EventKind::SchedWakeup { target_tid, .. } if *target_tid == dd),
         )

@@ -13,6 +13,7 @@ use detector_common::ProbeConfig;
 use serde::Serialize;
 
 use super::btf::{BtfError, KernelBtf};
+use super::coverage::{RuleState, coverage};
 use super::facts::KernelFacts;
 use super::hooks::{Candidate, HookSpec, Mechanism, hooks};
 use super::loss::WatchedProgram;
@@ -454,6 +455,35 @@ impl Probes {
                 outcome.status = HookStatus::Redundant { with: other };
             }
         }
+        self.drop_waker_hook();
+    }
+
+    /// `sched_waking` says who wakes a task, which only onstack asks (a
+    /// wakeup by the completer's context); for every other rule
+    /// `sched_wakeup` says the same. Where onstack cannot run (no wait
+    /// hooks on this kernel), it is detached: a program less on every
+    /// wakeup on the host.
+    fn drop_waker_hook(&mut self) {
+        let onstack_runs = coverage(&self.outcomes).iter().any(|r| {
+            r.rule == "onstack-completion" && !matches!(r.state, RuleState::Inactive { .. })
+        });
+        let Some(at) = hooks().iter().position(|h| h.name == "sched_waking") else {
+            return;
+        };
+        if onstack_runs
+            || !self.is_attached("sched_wakeup")
+            || self.outcomes[at].attached().is_none()
+        {
+            return;
+        }
+        for c in hooks()[at].candidates {
+            if let Some(p) = self.ebpf.program_mut(c.program) {
+                let _ = detach_all(p);
+            }
+        }
+        self.outcomes[at].status = HookStatus::Redundant {
+            with: "sched_wakeup",
+        };
     }
 
     fn attach_hook(&mut self, spec: &'static HookSpec) -> HookOutcome {
