@@ -123,7 +123,6 @@ args_on_stack!(BtfTracePointContext, hook::TP_BTF, {
     /// made a constant (`kernel::task_pid_offset`): no helper call. The
     /// kernel handles a fault in such a load (the value reads 0).
     ///
-    ///
     /// Only for the first argument: the helper that reads any other as a
     /// number ([`word`]) is handed `ctx + 8n`, and the compiler then loads
     /// the typed pointer through that same sum, which the verifier refuses

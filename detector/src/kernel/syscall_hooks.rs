@@ -118,6 +118,12 @@ impl SyscallHooks {
                 // Not again until the next quiet spell or need.
                 self.last_need = now;
                 tracing::warn!("cannot {} the syscall hooks: {e}", verb(want));
+                if !want {
+                    // A detach that stopped half way may have taken the
+                    // return hook: the engine must not count on returns
+                    // (a marker without a detach only costs verdicts).
+                    events.push(marker(false, monotonic_ns()));
+                }
                 false
             }
         }

@@ -20,7 +20,7 @@ use crate::kernel::coverage::{RuleState, coverage};
 use crate::kernel::loss::{LossCounters, Programs};
 use crate::kernel::reader::{Batch, Reader, ReaderTotals};
 use crate::kernel::stacks::StackResolver;
-use crate::kernel::syscall_hooks::{HookToggles, Policy, SyscallHooks};
+use crate::kernel::syscall_hooks::{Policy, SyscallHooks};
 
 /// How often the reader drains the ring buffer when not woken: with the
 /// reorder window, what a deadline finding waits before it is emitted.
@@ -116,9 +116,10 @@ impl Live {
         let mut module_poll = tokio::time::interval(MODULE_POLL_EVERY);
         module_poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // Everything is reported under --full: the hooks stay.
-        let policy = match probes.options().full {
-            true => Policy::Always,
-            false => probes.options().syscall_hooks,
+        let policy = if probes.options().full {
+            Policy::Always
+        } else {
+            probes.options().syscall_hooks
         };
         let syscall_hooks = SyscallHooks::new(&probes, policy);
         let live = Self {
@@ -161,11 +162,6 @@ impl Live {
                 Some(LiveInput::Modules { attached })
             }
         }
-    }
-
-    /// The syscall hooks' attachments so far.
-    pub fn syscall_hooks(&self) -> HookToggles {
-        self.syscall_hooks.toggles
     }
 
     /// The reader's totals as of the last batch.
