@@ -20,7 +20,7 @@ use crate::event::Dev;
 use crate::filter::EventFilter;
 use crate::kernel::attach::HookOutcome;
 use crate::kernel::coverage::{RuleState, coverage};
-use crate::kernel::syscall_hooks::Policy;
+use crate::kernel::syscall_hooks::When;
 use crate::session::terminal::EventOutput;
 use args::{parse_duration, parse_ring_size};
 
@@ -318,8 +318,8 @@ pub struct TraceArgs {
     /// I/O or uses an on-stack completion. While they are detached, a
     /// lost wakeup whose task may have returned to user space unseen is
     /// counted indeterminate, not reported.
-    #[arg(long, value_name = "WHEN", value_enum, default_value_t = SyscallHooksArg::OnDemand)]
-    pub syscall_hooks: SyscallHooksArg,
+    #[arg(long, value_name = "WHEN", value_enum, default_value_t = When::OnDemand)]
+    pub syscall_hooks: When,
     /// With --syscall-hooks on-demand: detach them after this long with
     /// no task needing them.
     #[arg(long, value_name = "DUR", value_parser = parse_duration, default_value = "10s")]
@@ -333,27 +333,6 @@ pub struct TraceArgs {
     pub output: OutputArgs,
     #[command(flatten)]
     pub engine: EngineArgs,
-}
-
-/// `--syscall-hooks`.
-#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-pub enum SyscallHooksArg {
-    /// While a task may need them, and --syscall-hooks-idle after.
-    OnDemand,
-    /// The whole session.
-    Always,
-}
-
-impl TraceArgs {
-    /// The policy the options ask for.
-    pub fn syscall_hooks(&self) -> Policy {
-        match self.syscall_hooks {
-            SyscallHooksArg::Always => Policy::Always,
-            SyscallHooksArg::OnDemand => Policy::OnDemand {
-                idle: self.syscall_hooks_idle,
-            },
-        }
-    }
 }
 
 #[derive(Args, Debug)]

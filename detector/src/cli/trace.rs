@@ -13,6 +13,7 @@ use crate::engine::Engine;
 use crate::kernel::attach::LoadOptions;
 use crate::kernel::reader::{Batch, ReaderTotals};
 use crate::kernel::stacks::StackResolver;
+use crate::kernel::syscall_hooks::Policy;
 use crate::record::RecordHeader;
 use crate::report::stats::{CpuTime, StatsJson};
 use crate::service::log;
@@ -70,7 +71,7 @@ async fn trace(args: TraceArgs) -> Result<ExitCode> {
         stack_budget: args.stack_budget,
         task_map_entries: args.task_map_entries,
         full: args.full,
-        syscall_hooks: args.syscall_hooks(),
+        syscall_hooks: Policy::new(args.syscall_hooks, args.syscall_hooks_idle),
         ..LoadOptions::default()
     };
     let (live, stacks) = Live::start(opts)?;

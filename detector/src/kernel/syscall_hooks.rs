@@ -47,10 +47,40 @@ pub enum Policy {
 
 impl Default for Policy {
     fn default() -> Self {
-        Policy::OnDemand {
-            idle: Duration::from_secs(10),
+        Policy::new(When::OnDemand, Duration::from_secs(10))
+    }
+}
+
+impl Policy {
+    /// `--syscall-hooks` (or `kernel.syscall-hooks`) with its idle time.
+    pub fn new(when: When, idle: Duration) -> Self {
+        match when {
+            When::Always => Policy::Always,
+            When::OnDemand => Policy::OnDemand { idle },
         }
     }
+}
+
+/// When the hooks are attached, as `trace --syscall-hooks` and the
+/// service's `kernel.syscall-hooks` say it.
+#[derive(
+    clap::ValueEnum,
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    serde::Deserialize,
+    serde::Serialize,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum When {
+    /// While a task may need them, and --syscall-hooks-idle after.
+    #[default]
+    OnDemand,
+    /// The whole session.
+    Always,
 }
 
 /// Attachments and detachments so far.

@@ -86,7 +86,7 @@ impl Source {
                     ring_bytes: kernel.ring_buffer_size.0,
                     stack_budget: kernel.stack_budget,
                     task_map_entries: kernel.task_map_entries.0,
-                    syscall_hooks: kernel.syscall_hooks(),
+                    syscall_hooks: kernel.syscall_hooks_policy(),
                     ..LoadOptions::default()
                 };
                 let (live, stacks) = Live::start(opts)?;

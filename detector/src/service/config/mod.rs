@@ -20,6 +20,7 @@ use crate::cli::EngineArgs;
 use crate::engine::Rule;
 use crate::event::Dev;
 use crate::filter::EventFilter;
+use crate::kernel::syscall_hooks::{Policy, When};
 
 /// Where `detector run` looks when no `--config` is given.
 pub const DEFAULT_PATH: &str = "/etc/detector/detector.toml";
@@ -92,18 +93,16 @@ pub struct Kernel {
     /// Entries of each per-task map (as `trace --task-map-entries`).
     pub task_map_entries: TaskMapEntries,
     /// When sys_exit/sys_enter are attached (as `trace --syscall-hooks`).
-    pub syscall_hooks: SyscallHooks,
+    pub syscall_hooks: When,
     /// As `trace --syscall-hooks-idle`.
     pub syscall_hooks_idle: Seconds,
 }
 
-/// `kernel.syscall-hooks`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum SyscallHooks {
-    #[default]
-    OnDemand,
-    Always,
+impl Kernel {
+    /// The policy `syscall-hooks` and `syscall-hooks-idle` ask for.
+    pub fn syscall_hooks_policy(&self) -> Policy {
+        Policy::new(self.syscall_hooks, self.syscall_hooks_idle.0)
+    }
 }
 
 impl Default for Kernel {
@@ -112,21 +111,8 @@ impl Default for Kernel {
             ring_buffer_size: RingSize(16 << 20),
             stack_budget: 10_000,
             task_map_entries: TaskMapEntries(65536),
-            syscall_hooks: SyscallHooks::OnDemand,
+            syscall_hooks: When::OnDemand,
             syscall_hooks_idle: Seconds(Duration::from_secs(10)),
-        }
-    }
-}
-
-impl Kernel {
-    /// The policy the keys ask for.
-    pub fn syscall_hooks(&self) -> crate::kernel::syscall_hooks::Policy {
-        use crate::kernel::syscall_hooks::Policy;
-        match self.syscall_hooks {
-            SyscallHooks::Always => Policy::Always,
-            SyscallHooks::OnDemand => Policy::OnDemand {
-                idle: self.syscall_hooks_idle.0,
-            },
         }
     }
 }
@@ -459,8 +445,8 @@ impl Config {
         );
         check(
             "kernel.syscall-hooks",
-            format!("{:?}", self.kernel.syscall_hooks()),
-            format!("{:?}", new.kernel.syscall_hooks()),
+            format!("{:?}", self.kernel.syscall_hooks_policy()),
+            format!("{:?}", new.kernel.syscall_hooks_policy()),
         );
         check(
             "metrics.address",
