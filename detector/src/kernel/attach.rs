@@ -408,19 +408,13 @@ impl Probes {
         self.write_config()
     }
 
-    /// The program that hook `name` attached at load.
+    /// The program that hook `name` attached at load, and its target.
     fn attached_program(&self, name: &str) -> Option<(&'static str, &'static str)> {
         let (spec, outcome) = hooks()
             .iter()
             .zip(&self.outcomes)
             .find(|(spec, _)| spec.name == name)?;
-        let HookStatus::Attached { mechanism, target } = outcome.status else {
-            return None;
-        };
-        spec.candidates
-            .iter()
-            .find(|c| c.mechanism == mechanism && c.target == target)
-            .map(|c| (c.program, c.target))
+        attached_candidate(spec, outcome).map(|c| (c.program, c.target))
     }
 
     fn write_config(&mut self) -> Result<(), LoadError> {
@@ -442,20 +436,28 @@ impl Probes {
             .filter(|o| o.attached().is_some())
             .map(|o| o.name)
             .collect();
-        for (spec, outcome) in hooks().iter().zip(self.outcomes.iter_mut()) {
-            if let Some(other) = spec.redundant_with
+        for at in 0..self.outcomes.len() {
+            if let Some(other) = hooks()[at].redundant_with
                 && attached.contains(&other)
-                && outcome.attached().is_some()
             {
-                for c in spec.candidates {
-                    if let Some(p) = self.ebpf.program_mut(c.program) {
-                        let _ = detach_all(p);
-                    }
-                }
-                outcome.status = HookStatus::Redundant { with: other };
+                self.drop_hook(at, other);
             }
         }
         self.drop_waker_hook();
+    }
+
+    /// Detaches the attached hook `hooks()[at]`, which `with` makes
+    /// redundant.
+    fn drop_hook(&mut self, at: usize, with: &'static str) {
+        if self.outcomes[at].attached().is_none() {
+            return;
+        }
+        for c in hooks()[at].candidates {
+            if let Some(p) = self.ebpf.program_mut(c.program) {
+                let _ = detach_all(p);
+            }
+        }
+        self.outcomes[at].status = HookStatus::Redundant { with };
     }
 
     /// `sched_waking` says who wakes a task, which only onstack asks (a
@@ -470,20 +472,9 @@ impl Probes {
         let Some(at) = hooks().iter().position(|h| h.name == "sched_waking") else {
             return;
         };
-        if onstack_runs
-            || !self.is_attached("sched_wakeup")
-            || self.outcomes[at].attached().is_none()
-        {
-            return;
+        if !onstack_runs && self.is_attached("sched_wakeup") {
+            self.drop_hook(at, "sched_wakeup");
         }
-        for c in hooks()[at].candidates {
-            if let Some(p) = self.ebpf.program_mut(c.program) {
-                let _ = detach_all(p);
-            }
-        }
-        self.outcomes[at].status = HookStatus::Redundant {
-            with: "sched_wakeup",
-        };
     }
 
     fn attach_hook(&mut self, spec: &'static HookSpec) -> HookOutcome {
@@ -686,14 +677,7 @@ impl Probes {
     pub fn attached_programs(&self) -> Vec<WatchedProgram> {
         let mut out = Vec::new();
         for (spec, outcome) in hooks().iter().zip(&self.outcomes) {
-            let HookStatus::Attached { mechanism, target } = outcome.status else {
-                continue;
-            };
-            let Some(cand) = spec
-                .candidates
-                .iter()
-                .find(|c| c.mechanism == mechanism && c.target == target)
-            else {
+            let Some(cand) = attached_candidate(spec, outcome) else {
                 continue;
             };
             let fd = self
@@ -712,6 +696,19 @@ impl Probes {
     pub fn outcome_map(&self) -> BTreeMap<&'static str, &HookOutcome> {
         self.outcomes.iter().map(|o| (o.name, o)).collect()
     }
+}
+
+/// The candidate of `spec` that `outcome` says is attached.
+fn attached_candidate(
+    spec: &'static HookSpec,
+    outcome: &HookOutcome,
+) -> Option<&'static Candidate> {
+    let HookStatus::Attached { mechanism, target } = outcome.status else {
+        return None;
+    };
+    spec.candidates
+        .iter()
+        .find(|c| c.mechanism == mechanism && c.target == target)
 }
 
 /// Modules with hooks, by the name their BTF and /sys/module entry use.
