@@ -106,31 +106,32 @@ pub struct SyscallHooks {
 impl SyscallHooks {
     /// For `probes` as loaded: the hooks are attached if they could be.
     pub fn new(probes: &Probes, policy: Policy) -> Self {
+        let attached = probes.is_attached("sys_exit");
         Self {
-            policy,
+            // Without a return hook there is nothing to attach or detach.
+            policy: if attached { policy } else { Policy::Always },
             thread_size: probes.config().thread_size.into(),
             last_need: monotonic_ns(),
             toggles: HookToggles {
-                attached: probes.is_attached("sys_exit"),
+                attached,
                 ..HookToggles::default()
             },
         }
     }
 
     /// Looks at a batch of events; attaches or detaches the hooks if it is
-    /// time, appending the marker that says so. Returns whether it did.
-    pub fn after_batch(&mut self, probes: &mut Probes, events: &mut Vec<Event>) -> bool {
+    /// time, appending the marker that says so.
+    pub fn after_batch(&mut self, probes: &mut Probes, events: &mut Vec<Event>) {
         let Policy::OnDemand { idle } = self.policy else {
-            return false;
+            return;
         };
         let now = monotonic_ns();
         if events.iter().any(|ev| needs_returns(ev, self.thread_size)) {
             self.last_need = now;
         }
-        let quiet = now.saturating_sub(self.last_need) >= idle.as_nanos() as u64;
-        let want = !quiet;
-        if want == self.toggles.attached || !probes.is_attached("sys_exit") {
-            return false;
+        let want = now.saturating_sub(self.last_need) < idle.as_nanos() as u64;
+        if want == self.toggles.attached {
+            return;
         }
         match toggle(probes, want) {
             Ok(()) => {
@@ -141,7 +142,6 @@ impl SyscallHooks {
                     self.toggles.detaches += 1;
                 }
                 events.push(marker(want, monotonic_ns()));
-                true
             }
             Err(e) => {
                 self.toggles.failures += 1;
@@ -154,7 +154,6 @@ impl SyscallHooks {
                     // (a marker without a detach only costs verdicts).
                     events.push(marker(false, monotonic_ns()));
                 }
-                false
             }
         }
     }
