@@ -20,8 +20,14 @@ static TASK_PID_OFFSET: u32 = NO_OFFSET;
 
 #[inline(always)]
 pub fn task_pid_offset() -> u32 {
-    // Volatile: the value is the loader's, not the initializer above.
-    unsafe { core::ptr::read_volatile(&TASK_PID_OFFSET) }
+    loaded(&TASK_PID_OFFSET)
+}
+
+/// A read-only global as the loader set it. Volatile: the compiler would
+/// otherwise use the initializer.
+#[inline(always)]
+fn loaded(global: &'static u32) -> u32 {
+    unsafe { core::ptr::read_volatile(global) }
 }
 
 /// `task_struct.stack`'s offset, as [`TASK_PID_OFFSET`]: every record's
@@ -35,7 +41,7 @@ static TASK_STACK_OFFSET: u32 = NO_OFFSET;
 /// copy (the kernel handles a fault in such a load: it reads 0).
 #[inline(always)]
 pub fn current_stack(cfg: &ProbeConfig) -> u64 {
-    let offset = unsafe { core::ptr::read_volatile(&TASK_STACK_OFFSET) };
+    let offset = loaded(&TASK_STACK_OFFSET);
     if offset == NO_OFFSET {
         return read(current_task(), cfg.task.stack);
     }
