@@ -7,18 +7,29 @@
 //! the same instant, so that what they cover is known before it is judged.
 //!
 //! An event is large (the biggest kind sets its size) and moving one costs
-//! a copy of all of it, so each is written once into a slot of a slab and
-//! stays there until it has been processed; only small keys are ordered.
-//! The input is nearly sorted, so a deque of keys with binary-search
-//! insertion costs O(1) moves per event in practice.
+//! a copy of all of it, so each is written once, in arrival order, into a
+//! ring of held events and stays there until it has been processed; only
+//! small keys are ordered. The input is nearly sorted, so a deque of keys
+//! with binary-search insertion costs O(1) moves per event in practice.
+//!
+//! Events wait a window (tens of milliseconds: megabytes of them on a busy
+//! host) before they are read again, so an event is out of the CPU's
+//! caches by then, and the reader's sleep between drains lets the traced
+//! work evict the rest. Held in arrival order, which is nearly the order
+//! of release, they are written and read as two sequential streams that
+//! the CPU fetches ahead by itself; the events about to be released are
+//! also fetched a few ahead explicitly. Before, each event took a slot
+//! of a slab from a free list, anywhere in megabytes, and the cache and
+//! TLB misses of writing and reading it were a third of the live path's
+//! time under fio.
 
 use std::collections::VecDeque;
 
 use crate::event::{Event, EventKind};
 
-/// Where a held event lives in the slab.
+/// A held event: its arrival number, which places it in the ring.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Slot(usize);
+pub struct Slot(u64);
 
 /// The release order of a held event and where it is.
 #[derive(Clone, Copy)]
@@ -42,11 +53,13 @@ pub struct Reorder {
     max_held: usize,
     /// Keys of the held events in release order.
     held: VecDeque<Key>,
-    /// The held events, and in the slots listed in `free` processed ones,
-    /// dropped when the slot is reused (writing an empty value instead
-    /// would cost as much as moving an event).
-    slab: Vec<Event>,
-    free: Vec<usize>,
+    /// Events in arrival order from arrival number `first`, held or
+    /// processed (`done`); processed ones leave from the front once every
+    /// earlier arrival has been processed too.
+    arrived: VecDeque<Event>,
+    done: VecDeque<bool>,
+    first: u64,
+    /// The next arrival number.
     seq: u64,
     /// Newest event time pushed, or clock time advanced to.
     newest: u64,
@@ -62,8 +75,9 @@ impl Reorder {
             window,
             max_held: max_held.max(1),
             held: VecDeque::new(),
-            slab: Vec::new(),
-            free: Vec::new(),
+            arrived: VecDeque::new(),
+            done: VecDeque::new(),
+            first: 0,
             seq: 0,
             newest: 0,
             released_to: None,
@@ -99,9 +113,11 @@ impl Reorder {
         };
         // Arrival numbers stay below the class bit for 2^63 events.
         let rank = class | (self.seq & !CLASS_EVENT);
+        let slot = Slot(self.seq);
         self.seq += 1;
         let ts = ev.ts;
-        let slot = self.store(ev);
+        self.arrived.push_back(ev);
+        self.done.push_back(false);
         let key = Key { ts, rank, slot };
         let order = key.order();
         if self.held.back().is_none_or(|b| b.order() <= order) {
@@ -112,30 +128,27 @@ impl Reorder {
         }
     }
 
-    #[inline]
-    fn store(&mut self, ev: Event) -> Slot {
-        match self.free.pop() {
-            Some(i) => {
-                self.slab[i] = ev;
-                Slot(i)
-            }
-            None => {
-                let i = self.slab.len();
-                self.slab.push(ev);
-                Slot(i)
-            }
-        }
-    }
-
     /// The held event in `slot` (released by [`Reorder::pop_due`] or
     /// [`Reorder::pop_any`], not yet [`Reorder::discard`]ed).
     pub fn event(&self, slot: Slot) -> &Event {
-        &self.slab[slot.0]
+        &self.arrived[self.index(slot)]
     }
 
-    /// The event in `slot` has been processed: its slot may be reused.
+    /// The event in `slot` has been processed: it leaves the ring with the
+    /// processed events that arrived just before and after it.
     pub fn discard(&mut self, slot: Slot) {
-        self.free.push(slot.0);
+        let i = self.index(slot);
+        self.done[i] = true;
+        let gone = self.done.iter().take_while(|&&done| done).count();
+        if gone > 0 {
+            self.done.drain(..gone);
+            self.arrived.drain(..gone);
+            self.first += gone as u64;
+        }
+    }
+
+    fn index(&self, slot: Slot) -> usize {
+        (slot.0 - self.first) as usize
     }
 
     /// The clock says no event older than `now - window` can still arrive.
@@ -171,6 +184,9 @@ impl Reorder {
     /// Everything, at the end of the stream.
     pub fn pop_any(&mut self) -> Option<Slot> {
         let key = self.held.pop_front()?;
+        if let Some(ahead) = self.held.get(PREFETCH_AHEAD) {
+            prefetch(self.event(ahead.slot));
+        }
         self.released_to = Some(self.released_to.map_or(key.ts, |r| r.max(key.ts)));
         Some(key.slot)
     }
@@ -179,5 +195,77 @@ impl Reorder {
     /// events older than it count as late.
     pub fn release_to(&mut self, to: u64) {
         self.released_to = Some(self.released_to.map_or(to, |r| r.max(to)));
+    }
+}
+
+/// How many events ahead of the one released its successor's slot is
+/// fetched: enough for a memory access to finish while the events in
+/// between are processed (a few hundred nanoseconds each).
+const PREFETCH_AHEAD: usize = 4;
+
+/// Asks the CPU to bring `ev`'s cache lines in; a hint, with no effect on
+/// what the program computes.
+#[inline(always)]
+fn prefetch(ev: &Event) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+        let start = (ev as *const Event).cast::<i8>();
+        for line in (0..size_of::<Event>()).step_by(64) {
+            // SAFETY: SSE is part of x86_64's baseline, and a prefetch
+            // reads nothing the program sees and never faults.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(start.wrapping_add(line)) };
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = ev;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::samples::event;
+
+    fn exit_at(ts: u64) -> Event {
+        event(ts, EventKind::TaskExit)
+    }
+
+    /// Releases everything due at `watermark`, returning the times.
+    fn release(r: &mut Reorder, watermark: u64) -> Vec<u64> {
+        let mut out = Vec::new();
+        while let Some(slot) = r.pop_due(watermark) {
+            out.push(r.event(slot).ts);
+            r.discard(slot);
+        }
+        out
+    }
+
+    #[test]
+    fn events_leave_in_time_order_and_the_ring_empties() {
+        let mut r = Reorder::new(100, 1000);
+        for ts in [10, 30, 20, 50, 40] {
+            r.insert(exit_at(ts));
+        }
+        assert_eq!(release(&mut r, 35), [10, 20, 30]);
+        // 30 arrived before 20: both are gone, 50 and 40 are held.
+        assert_eq!(r.arrived.len(), 2);
+        assert_eq!(release(&mut r, 100), [40, 50]);
+        assert!(r.arrived.is_empty() && r.done.is_empty());
+    }
+
+    #[test]
+    fn an_early_arrival_released_late_holds_those_behind_it_until_it_goes() {
+        let mut r = Reorder::new(100, 1000);
+        for ts in [90, 10, 20] {
+            r.insert(exit_at(ts));
+        }
+        assert_eq!(release(&mut r, 50), [10, 20]);
+        // Processed, but behind the held 90 in arrival order.
+        assert_eq!(r.arrived.len(), 3);
+        r.insert(exit_at(95));
+        assert_eq!(r.event(Slot(3)).ts, 95);
+        assert_eq!(release(&mut r, 100), [90, 95]);
+        assert!(r.arrived.is_empty());
+        assert_eq!(r.first, 4);
     }
 }
