@@ -305,7 +305,7 @@ mod tests {
                 sector: 0,
                 nr_bytes: 4096,
                 error: 0,
-                bios: vec![Addr(1)],
+                bios: smallvec::smallvec![Addr(1)],
                 truncated: false,
             },
         ));

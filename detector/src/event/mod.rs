@@ -254,7 +254,7 @@ pub enum EventKind {
         sector: u64,
         nr_bytes: u32,
         error: i32,
-        bios: Vec<Addr>,
+        bios: BioList,
         /// The walk stopped before covering `nr_bytes`: more bios in the
         /// sector range completed than `bios` names.
         truncated: bool,
@@ -584,6 +584,10 @@ impl Event {
             && addr.0 < self.stack_base.0 + thread_size
     }
 }
+
+/// The bios a request completion names: nearly always one or two, which
+/// are kept inline, so that decoding a completion allocates nothing.
+pub type BioList = smallvec::SmallVec<[Addr; 2]>;
 
 #[cfg(test)]
 mod tests;

@@ -63,7 +63,7 @@ pub fn kernel_events() -> Vec<Event> {
                 sector: 4096,
                 nr_bytes: 8192,
                 error: 0,
-                bios: vec![a(4), a(5)],
+                bios: smallvec::smallvec![a(4), a(5)],
                 truncated: false,
             },
         ),
