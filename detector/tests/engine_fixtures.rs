@@ -98,6 +98,7 @@ const EXPECTED: &[(&str, &[FindingKind])] = &[
     ("lost_io_resubmitted", &[]),
     ("lost_io_unobservable_device", &[]),
     ("lost_io_range_completed", &[]),
+    ("lost_io_range_completed_twice", &[]),
     ("lost_io_range_completed_partition", &[]),
     (
         "reorder_unsynchronized_out_of_order",

@@ -13,3 +13,4 @@
 //! well-mixed high bits down when it finishes.
 
 pub type FastMap<K, V> = rustc_hash::FxHashMap<K, V>;
+pub type FastSet<K> = rustc_hash::FxHashSet<K>;
