@@ -2,17 +2,20 @@
 
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    btf_maps::RingBuf,
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_ktime_get_ns,
+        bpf_ringbuf_query,
     },
     maps::ring_buf::RingBufEntry,
 };
+use core::ffi::c_void;
 use detector_common::{Header, NO_STACK, ProbeConfig, STACK_OVER_BUDGET, counter, header_flag};
 
 use crate::{
     context::Hooked,
     kernel::{bump, current_stack},
-    maps::{EVENTS, STACK_BUDGET, flag},
+    maps::{EVENTS, RING_TEMPLATE_BYTES, STACK_BUDGET, flag},
     tasks::{add_flags, flags_of, widen_stack_range},
 };
 
@@ -109,14 +112,22 @@ fn stack_allowed(cfg: &ProbeConfig, now: u64) -> bool {
     }
 }
 
-/// Reserves a record; a full buffer loses it and counts the loss.
+/// Reserves a record in this CPU's ring; a full ring (or none: never
+/// once userspace has put them in place) loses it and counts the loss.
 #[inline(always)]
 pub fn reserve<T: 'static>() -> Option<RingBufEntry<T>> {
-    let entry = EVENTS.reserve::<T>(0);
+    let entry = this_cpu_ring().and_then(|ring| ring.reserve_untyped::<T>(0));
     if entry.is_none() {
         bump(counter::DROPPED);
     }
     entry
+}
+
+/// The ring of the CPU this program runs on (it cannot migrate while it
+/// runs, so every lookup in one run finds the same ring).
+#[inline(always)]
+fn this_cpu_ring() -> Option<&'static RingBuf<u8, RING_TEMPLATE_BYTES>> {
+    EVENTS.get(unsafe { bpf_get_smp_processor_id() })
 }
 
 /// Publishes a record (every record starts with its `Header`), waking the
@@ -152,7 +163,10 @@ pub fn note_named(cfg: &ProbeConfig, tid: u32) {
 /// own name), and in loops, followed by [`note_named`].
 #[inline(always)]
 pub fn submit_unnamed<T: 'static>(entry: RingBufEntry<T>, cfg: &ProbeConfig) {
-    let flags = if EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= cfg.wakeup_threshold {
+    let waiting = this_cpu_ring().map_or(0, |ring| unsafe {
+        bpf_ringbuf_query(ring as *const _ as *mut c_void, BPF_RB_AVAIL_DATA as u64)
+    });
+    let flags = if waiting >= cfg.wakeup_threshold {
         BPF_RB_FORCE_WAKEUP
     } else {
         BPF_RB_NO_WAKEUP

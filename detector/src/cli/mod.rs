@@ -298,7 +298,8 @@ pub struct TraceArgs {
     /// No status line.
     #[arg(short, long)]
     pub quiet: bool,
-    /// Ring buffer size (a power of two: 4M, 16M, 64M...). Larger loses
+    /// Ring buffer memory in all (4M, 16M, 64M...), shared out among one
+    /// ring per CPU (each a power of two, at least a page). Larger loses
     /// fewer events under bursts.
     #[arg(long, value_name = "SIZE", value_parser = parse_ring_size, default_value = "16M")]
     pub buffer_size: u32,

@@ -18,6 +18,7 @@ use super::facts::KernelFacts;
 use super::hooks::{Candidate, HookSpec, Mechanism, hooks};
 use super::loss::WatchedProgram;
 use super::offsets::{MissingField, probe_config};
+use super::rings::{self, RingError};
 use super::syscall_hooks::Policy;
 use super::taskmaps::TaskMaps;
 
@@ -54,12 +55,15 @@ pub enum LoadError {
     MissingMap(&'static str),
     #[error("cannot write the kernel offsets into CONFIG: {0}")]
     Config(#[source] aya::maps::MapError),
+    #[error(transparent)]
+    Rings(#[from] RingError),
 }
 
 /// Sizes and thresholds for the programs' maps.
 #[derive(Clone, Debug)]
 pub struct LoadOptions {
-    /// Ring buffer size in bytes (a power of two, at least a page).
+    /// Ring buffer bytes in all, shared out among the CPUs' rings
+    /// ([`super::rings::bytes_per_cpu`]).
     pub ring_bytes: u32,
     /// Unread bytes past which producers wake the reader.
     pub wakeup_threshold: u64,
@@ -213,6 +217,11 @@ pub struct Probes {
     /// Tracepoint programs' links by program name, for detaching one
     /// and attaching it again (`set_attached`).
     links: HashMap<&'static str, LinkId>,
+    /// The CPUs' event rings, by CPU id, until taken.
+    rings: Vec<RingBuf<MapData>>,
+    /// How many rings (CPU ids), and each one's size.
+    pub ring_cpus: u32,
+    pub ring_bytes: u32,
 }
 
 /// A tracepoint program's link.
@@ -294,24 +303,31 @@ impl Probes {
                 reasons,
             });
         }
-        let (mut config, missing_fields) =
-            probe_config(&btf, &facts.machine, opts.wakeup_threshold);
+        let cpus = rings::possible_cpus();
+        let ring_bytes = rings::bytes_per_cpu(opts.ring_bytes, cpus, rings::page_size());
+        let (mut config, missing_fields) = probe_config(
+            &btf,
+            &facts.machine,
+            rings::wakeup_threshold(opts.wakeup_threshold, ring_bytes),
+        );
         config.stack_budget = opts.stack_budget;
         config.full = opts.full.into();
         config.bio_chain_endio =
             super::symbols::lookup(&opts.kallsyms, "bio_chain_endio").unwrap_or(0);
         let aya_btf = aya::Btf::from_sys_fs().ok();
-        let ebpf = EbpfLoader::new()
+        let mut ebpf = EbpfLoader::new()
             // Read-only data: a constant to the verifier (see the programs'
             // `kernel::task_pid_offset`).
             .override_global("TASK_PID_OFFSET", &config.task.pid, true)
             .override_global("TASK_STACK_OFFSET", &config.task.stack, true)
-            .map_max_entries("EVENTS", opts.ring_bytes)
+            .map_max_entries("EVENTS", cpus)
             .map_max_entries("STACKS", opts.stack_entries)
             .map_max_entries("FRAMES", opts.task_map_entries)
             .map_max_entries("ENTRY_ARGS", opts.task_map_entries)
             .load(PROGRAMS)
             .map_err(LoadError::Object)?;
+        // Before any program is attached: until then a record has no ring.
+        let rings = rings::create(&mut ebpf, cpus, ring_bytes)?;
         let targets: Vec<&str> = hooks()
             .iter()
             .flat_map(|h| h.candidates.iter().map(|c| c.target))
@@ -328,6 +344,9 @@ impl Probes {
             missing_fields,
             outcomes: Vec::new(),
             links: HashMap::new(),
+            rings,
+            ring_cpus: cpus,
+            ring_bytes,
         };
         probes.write_config()?;
         probes.attach_all();
@@ -642,9 +661,9 @@ impl Probes {
         any
     }
 
-    /// Takes the event ring buffer (once).
-    pub fn take_events(&mut self) -> Option<RingBuf<MapData>> {
-        RingBuf::try_from(self.ebpf.take_map("EVENTS")?).ok()
+    /// Takes the CPUs' event rings, by CPU id (once).
+    pub fn take_events(&mut self) -> Option<Vec<RingBuf<MapData>>> {
+        Some(std::mem::take(&mut self.rings)).filter(|r| !r.is_empty())
     }
 
     /// Takes the stack map (once).

@@ -12,6 +12,7 @@ pub mod loss;
 pub mod names;
 pub mod offsets;
 pub mod reader;
+pub mod rings;
 pub mod stacks;
 pub mod symbols;
 pub mod syscall_hooks;

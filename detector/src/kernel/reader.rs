@@ -10,14 +10,13 @@ use std::time::Duration;
 
 use aya::maps::{MapData, RingBuf};
 use detector_common::counter;
-use tokio::io::unix::AsyncFd;
 use tokio::sync::{mpsc, watch};
 
 use super::loss::{Counts, LossCounters};
 use super::names::TaskNames;
+use super::rings::RingSet;
 use super::taskmaps::TaskMaps;
 use crate::clock::monotonic_ns;
-use crate::event::decode::{comm_omitted, decode};
 use crate::event::{Event, LossCause};
 use crate::kernel::syscall_hooks::HookToggles;
 
@@ -71,7 +70,7 @@ pub struct ReaderTotals {
 }
 
 pub struct Reader {
-    ring: AsyncFd<RingBuf<MapData>>,
+    rings: RingSet,
     loss: LossCounters,
     task_maps: Option<TaskMaps>,
     drain_every: Duration,
@@ -86,17 +85,13 @@ pub struct Reader {
 
 impl Reader {
     pub fn new(
-        ring: RingBuf<MapData>,
+        rings: Vec<RingBuf<MapData>>,
         loss: LossCounters,
         task_maps: Option<TaskMaps>,
         drain_every: Duration,
     ) -> std::io::Result<Self> {
-        // SAFETY: the ring buffer owns its map fd and keeps it open, unchanged,
-        // for as long as it lives; the AsyncFd owns the ring buffer.
-        let ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
-            .map_err(|e| e.into_parts().1)?;
         Ok(Self {
-            ring,
+            rings: RingSet::new(rings)?,
             loss,
             task_maps,
             drain_every,
@@ -127,12 +122,7 @@ impl Reader {
                     }
                     false
                 }
-                guard = self.ring.readable_mut() => {
-                    if let Ok(mut guard) = guard {
-                        guard.clear_ready();
-                    }
-                    false
-                }
+                _ = self.rings.woken() => false,
                 _ = tick.tick() => false,
             };
             if !self.send_all(&tx).await {
@@ -172,19 +162,13 @@ impl Reader {
             events: Vec::with_capacity(self.last_len + self.last_len / 8),
             ..Batch::default()
         };
-        let ring = self.ring.get_mut();
-        while batch.events.len() < MAX_BATCH
-            && let Some(item) = ring.next()
-        {
-            match decode(&item) {
-                Ok(mut event) => {
-                    self.names.complete(&mut event, comm_omitted(&item));
-                    batch.events.push(event);
-                }
-                Err(_) => batch.decode_errors += 1,
-            }
-        }
-        if batch.events.len() < MAX_BATCH {
+        let emptied = self.rings.drain_into(
+            MAX_BATCH,
+            &mut self.names,
+            &mut batch.events,
+            &mut batch.decode_errors,
+        );
+        if emptied {
             let now = monotonic_ns();
             self.account_losses(&mut batch.events, now);
             batch.now = now;

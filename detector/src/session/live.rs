@@ -96,7 +96,7 @@ impl Live {
             return Err(LiveError::NothingAttached);
         }
         let logger = probes.take_logger().map(forward_logs);
-        let ring = probes
+        let rings = probes
             .take_events()
             .ok_or(LiveError::MissingMap("EVENTS"))?;
         let counters = probes
@@ -109,7 +109,7 @@ impl Live {
         let loss = LossCounters::new(counters, programs.clone());
         let task_maps = probes.take_task_maps();
         let reader =
-            Reader::new(ring, loss, Some(task_maps), DRAIN_EVERY).map_err(LiveError::Poll)?;
+            Reader::new(rings, loss, Some(task_maps), DRAIN_EVERY).map_err(LiveError::Poll)?;
         let (tx, rx) = mpsc::channel(BATCHES_IN_FLIGHT);
         let (stop_tx, stop_rx) = watch::channel(false);
         let reader = tokio::spawn(reader.run(tx, stop_rx));
@@ -320,6 +320,11 @@ pub fn announcement(probes: &Probes) -> Vec<String> {
         by_mech.values().sum::<usize>(),
         attached.join(", ")
     )];
+    lines.push(format!(
+        "events: a ring buffer per CPU, {} x {} KiB (--buffer-size is shared out)",
+        probes.ring_cpus,
+        probes.ring_bytes >> 10
+    ));
     if !missing.is_empty() {
         lines.push(format!(
             "could not attach {} hooks on this kernel ({}{}); `detector check` says why",

@@ -58,8 +58,9 @@ pids = []
 exclude-pids = []
 
 [kernel]
-# The ring buffer between the programs and detector: a power of two ("4M",
-# "16M", "64M"). Larger loses fewer events in bursts. Needs a restart.
+# Ring-buffer memory between the programs and detector, in all ("4M",
+# "16M", "64M"): shared out among one ring per CPU, each a power of two of
+# at least a page. Larger loses fewer events in bursts. Needs a restart.
 ring-buffer-size = "{}"
 # Kernel stacks each CPU may capture per second (0: no limit): stack walks
 # are most of the cost of an event. Needs a restart.

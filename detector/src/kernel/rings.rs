@@ -1,0 +1,237 @@
+//! The event ring buffers: one per CPU.
+//!
+//! The programs write each record into the ring of the CPU they run on
+//! (`EVENTS`, an array of ring buffers indexed by CPU id). One ring shared
+//! by every CPU cost each record some 250 ns on a busy host: its lock, its
+//! producer position and the headers of records still being written
+//! bounced between the CPUs on every reserve. Userspace creates the rings
+//! (their size is chosen at run time, which the object's inner-map
+//! template cannot say) and puts them in place before any program is
+//! attached.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+use aya::Ebpf;
+use aya::maps::{ArrayOfMaps, Map, MapData, MapError, RingBuf};
+use aya_obj::generated::bpf_map_type::BPF_MAP_TYPE_RINGBUF;
+use tokio::io::unix::AsyncFd;
+
+use super::names::TaskNames;
+use crate::event::Event;
+use crate::event::decode::{comm_omitted, decode};
+
+/// CPU ids the kernel may ever use (`/sys/devices/system/cpu/possible`),
+/// at least 1: the rings are indexed by them.
+pub fn possible_cpus() -> u32 {
+    aya::util::nr_cpus().map_or(1, |n| n.max(1) as u32)
+}
+
+/// Each CPU's share of `total` bytes: the largest power of two within
+/// `total / cpus`, and never under a page (a ring's size must be a
+/// power-of-two multiple of the page size).
+pub fn bytes_per_cpu(total: u32, cpus: u32, page: u32) -> u32 {
+    let share = total / cpus.max(1);
+    if share < page {
+        return page;
+    }
+    1 << share.ilog2()
+}
+
+/// The page size (4 KiB where it cannot be read).
+pub fn page_size() -> u32 {
+    // SAFETY: sysconf reads a constant of the running system.
+    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    u32::try_from(size).ok().filter(|s| s.is_power_of_two()).unwrap_or(4096)
+}
+
+/// Unread bytes past which a producer wakes the reader: `wanted`, but
+/// never more than a quarter of a ring, so that a small ring still wakes
+/// the reader well before it is full.
+pub fn wakeup_threshold(wanted: u64, ring_bytes: u32) -> u64 {
+    wanted.min(u64::from(ring_bytes) / 4)
+}
+
+/// Creates `cpus` rings of `ring_bytes` each and puts ring `i` at index
+/// `i` of the object's `EVENTS`.
+pub fn create(
+    ebpf: &mut Ebpf,
+    cpus: u32,
+    ring_bytes: u32,
+) -> Result<Vec<RingBuf<MapData>>, RingError> {
+    let events = ebpf.map_mut("EVENTS").ok_or(RingError::NoEventsMap)?;
+    let mut slots: ArrayOfMaps<&mut MapData, RingBuf<MapData>> =
+        ArrayOfMaps::try_from(events).map_err(RingError::Map)?;
+    (0..cpus)
+        .map(|cpu| {
+            let def =
+                aya_obj::Map::new_from_params(BPF_MAP_TYPE_RINGBUF as u32, 0, 0, ring_bytes, 0);
+            let data = MapData::create(def, "events", None).map_err(RingError::Map)?;
+            let ring = RingBuf::try_from(Map::RingBuf(data)).map_err(RingError::Map)?;
+            slots
+                .set(cpu, &ring, 0)
+                .map_err(|e| RingError::Insert(cpu, e))?;
+            Ok(ring)
+        })
+        .collect()
+}
+
+/// The CPUs' rings, read together: each drain takes what every ring
+/// holds and merges it by time.
+pub struct RingSet {
+    rings: Vec<RingBuf<MapData>>,
+    /// An epoll set of the rings: readable when a producer woke any ring.
+    ready: AsyncFd<OwnedFd>,
+    /// One drain's events, ring after ring, until merged.
+    taken: Vec<Option<Event>>,
+    omitted: Vec<bool>,
+    order: Vec<(u64, u32)>,
+}
+
+impl RingSet {
+    /// Must run inside the tokio runtime (it registers the epoll set).
+    pub fn new(rings: Vec<RingBuf<MapData>>) -> io::Result<Self> {
+        // SAFETY: epoll_create1 returns a new fd that nothing else owns.
+        let epoll = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if epoll < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let epoll = unsafe { OwnedFd::from_raw_fd(epoll) };
+        for ring in &rings {
+            let mut interest = libc::epoll_event {
+                events: libc::EPOLLIN as u32,
+                u64: 0,
+            };
+            // SAFETY: both fds are open for the call; the kernel copies
+            // `interest`.
+            let rc = unsafe {
+                libc::epoll_ctl(
+                    epoll.as_raw_fd(),
+                    libc::EPOLL_CTL_ADD,
+                    ring.as_raw_fd(),
+                    &mut interest,
+                )
+            };
+            if rc < 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        // SAFETY: the OwnedFd is moved into the AsyncFd, which keeps it
+        // open, unchanged, for as long as it is registered.
+        let ready =
+            unsafe { AsyncFd::register_with_interest(epoll, tokio::io::Interest::READABLE) }
+                .map_err(|e| e.into_parts().1)?;
+        Ok(Self {
+            rings,
+            ready,
+            taken: Vec::new(),
+            omitted: Vec::new(),
+            order: Vec::new(),
+        })
+    }
+
+    /// Waits until a producer wakes the reader (a ring past its
+    /// threshold).
+    pub async fn woken(&self) {
+        if let Ok(mut guard) = self.ready.readable().await {
+            guard.clear_ready();
+        }
+    }
+
+    /// Moves up to `max` records into `out` in time order, their task
+    /// names filled in; returns whether every ring was emptied. Each ring
+    /// gives at most its share of `max`, so that a busy CPU cannot hold
+    /// the others' records back for several batches.
+    pub fn drain_into(
+        &mut self,
+        max: usize,
+        names: &mut TaskNames,
+        out: &mut Vec<Event>,
+        decode_errors: &mut u64,
+    ) -> bool {
+        let share = (max / self.rings.len().max(1)).max(1);
+        let mut emptied = true;
+        for ring in &mut self.rings {
+            let mut taken = 0;
+            while taken < share {
+                let Some(item) = ring.next() else { break };
+                taken += 1;
+                match decode(&item) {
+                    Ok(event) => {
+                        self.omitted.push(comm_omitted(&item));
+                        self.taken.push(Some(event));
+                    }
+                    Err(_) => *decode_errors += 1,
+                }
+            }
+            emptied &= taken < share;
+        }
+        self.merge_into(names, out);
+        emptied
+    }
+
+    /// Each ring is in time order (nearly: a program that interrupts
+    /// another reserves after it but read the clock after it too); a
+    /// stable sort of their times restores one order, and names are
+    /// filled in that order, so that a task's naming record comes before
+    /// its records on another CPU.
+    fn merge_into(&mut self, names: &mut TaskNames, out: &mut Vec<Event>) {
+        self.order.clear();
+        self.order.extend(
+            self.taken
+                .iter()
+                .enumerate()
+                .filter_map(|(i, ev)| Some((ev.as_ref()?.ts, i as u32))),
+        );
+        if self.rings.len() > 1 {
+            self.order.sort_by_key(|&(ts, _)| ts);
+        }
+        out.reserve(self.order.len());
+        for &(_, i) in &self.order {
+            let i = i as usize;
+            if let Some(mut event) = self.taken[i].take() {
+                names.complete(&mut event, self.omitted[i]);
+                out.push(event);
+            }
+        }
+        self.taken.clear();
+        self.omitted.clear();
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RingError {
+    #[error("the eBPF object lacks map EVENTS (build mismatch)")]
+    NoEventsMap,
+    #[error("cannot create an event ring buffer: {0}")]
+    Map(#[source] MapError),
+    #[error(
+        "cannot put CPU {0}'s ring buffer into EVENTS (kernels before 5.10 need every ring \
+         the size of the object's template): {1}"
+    )]
+    Insert(u32, #[source] MapError),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_cpu_gets_a_power_of_two_share() {
+        let page = 4096;
+        assert_eq!(bytes_per_cpu(16 << 20, 2, page), 8 << 20);
+        assert_eq!(bytes_per_cpu(16 << 20, 3, page), 4 << 20);
+        assert_eq!(bytes_per_cpu(16 << 20, 1, page), 16 << 20);
+        assert_eq!(bytes_per_cpu(16 << 20, 8192, page), page);
+        assert_eq!(bytes_per_cpu(4096, 2, page), page);
+        assert_eq!(bytes_per_cpu(1 << 20, 4, 64 << 10), 256 << 10);
+        assert_eq!(bytes_per_cpu(16 << 20, 0, page), 16 << 20);
+    }
+
+    #[test]
+    fn small_rings_wake_the_reader_early() {
+        assert_eq!(wakeup_threshold(256 << 10, 8 << 20), 256 << 10);
+        assert_eq!(wakeup_threshold(256 << 10, 64 << 10), 16 << 10);
+        assert_eq!(wakeup_threshold(256 << 10, 4096), 1024);
+    }
+}
