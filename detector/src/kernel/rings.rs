@@ -42,7 +42,10 @@ pub fn bytes_per_cpu(total: u32, cpus: u32, page: u32) -> u32 {
 pub fn page_size() -> u32 {
     // SAFETY: sysconf reads a constant of the running system.
     let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    u32::try_from(size).ok().filter(|s| s.is_power_of_two()).unwrap_or(4096)
+    u32::try_from(size)
+        .ok()
+        .filter(|s| s.is_power_of_two())
+        .unwrap_or(4096)
 }
 
 /// Unread bytes past which a producer wakes the reader: `wanted`, but
@@ -186,7 +189,9 @@ impl RingSet {
         if self.rings.len() > 1 {
             self.order.sort_by_key(|&(ts, _)| ts);
         }
-        out.reserve(self.order.len());
+        // With room for the loss markers the reader appends after: a
+        // batch filled to its capacity would be copied whole for them.
+        out.reserve(self.order.len() + MARKER_ROOM);
         for &(_, i) in &self.order {
             let i = i as usize;
             if let Some(mut event) = self.taken[i].take() {
@@ -198,6 +203,10 @@ impl RingSet {
         self.omitted.clear();
     }
 }
+
+/// Loss markers a drain may append after the events (a few per CPU and
+/// cause, and the loss horizon's).
+const MARKER_ROOM: usize = 64;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RingError {
