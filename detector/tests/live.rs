@@ -235,6 +235,83 @@ fn direct_io_is_seen_submitted_and_completed() {
     assert!(stderr.contains(" 0 lost"), "{stderr}");
 }
 
+/// Writes `blocks` 4 KiB direct blocks into `file` from a dd pinned to
+/// `cpu`; returns its pid.
+fn direct_io_on_cpu(file: &Path, blocks: u32, cpu: u32) -> u32 {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "taskset -c {cpu} dd if=/dev/zero of={} bs=4k count={blocks} oflag=direct \
+             2>/dev/null & echo $!; wait $!",
+            file.display()
+        ))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "dd on CPU {cpu} failed");
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
+
+/// Each CPU writes its records into a ring of its own: two writers
+/// pinned to two CPUs are both seen in full (a ring left unread would
+/// lose one of them), each CPU's submissions in time order, and the
+/// announcement says how the buffer was shared out.
+#[test]
+#[ignore = "needs root and a live kernel; run by cargo xtask test"]
+fn every_cpus_ring_is_read() {
+    if online_cpus() < 2 {
+        eprintln!("skipped: one CPU");
+        return;
+    }
+    let scratch = scratch_dir();
+    let trace = Trace::start(&["--json"]);
+    let writers: Vec<_> = (0..2)
+        .map(|cpu| {
+            let file = scratch.path().join(format!("data{cpu}"));
+            std::thread::spawn(move || (cpu, direct_io_on_cpu(&file, 256, cpu)))
+        })
+        .collect();
+    let pids: Vec<(u32, u32)> = writers.into_iter().map(|w| w.join().unwrap()).collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let out = trace.stop();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let evs = events(&json_lines(&out.stdout));
+    for (cpu, pid) in pids {
+        let writes: Vec<&Event> = evs
+            .iter()
+            .filter(|e| {
+                e.pid == pid
+                    && matches!(e.kind, EventKind::BioQueue { opf, size, .. }
+                        if opf & 0xff == 1 && size == 4096)
+            })
+            .collect();
+        assert!(
+            writes.len() >= 256,
+            "dd on CPU {cpu}: {} writes seen\n{stderr}",
+            writes.len()
+        );
+        assert!(
+            writes.iter().all(|e| e.cpu == cpu),
+            "dd pinned to CPU {cpu} submitted elsewhere"
+        );
+        assert!(
+            writes.windows(2).all(|w| w[0].ts <= w[1].ts),
+            "CPU {cpu}'s submissions out of order"
+        );
+    }
+    assert!(stderr.contains(" 0 lost"), "{stderr}");
+    let rings: u32 = stderr
+        .split("a ring buffer per CPU, ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no ring layout announced: {stderr}"));
+    assert!(
+        rings >= online_cpus(),
+        "{rings} rings for {} CPUs",
+        online_cpus()
+    );
+}
+
 /// Loss the programs notice becomes loss markers with their cause, counted
 /// per cause in the summary: a one-page ring buffer overflows under direct
 /// I/O from four writers. Following the four writers' episodes needs no
