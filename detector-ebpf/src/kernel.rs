@@ -30,6 +30,20 @@ fn loaded(global: &'static u32) -> u32 {
     unsafe { core::ptr::read_volatile(global) }
 }
 
+/// The bytes of a `block_device` from its start that hold `bd_dev` and
+/// `bd_disk` (0: more than a small region, as on 6.1, where `bd_dev`
+/// follows the embedded `struct device`; they are then read one by one).
+/// Read-only like [`TASK_PID_OFFSET`], so that the verifier follows only
+/// the way this kernel takes: a choice made from `CONFIG` would double
+/// the paths it walks through every bio hook.
+#[unsafe(no_mangle)]
+static BDEV_SPAN: u32 = 0;
+
+/// 1 when `gendisk.first_minor` directly follows `gendisk.major` (every
+/// kernel so far): one read takes both. Read-only, as [`BDEV_SPAN`].
+#[unsafe(no_mangle)]
+static DISK_DEV_PAIR: u32 = 0;
+
 /// `task_struct.stack`'s offset, as [`TASK_PID_OFFSET`]: every record's
 /// header loads current's stack base straight from the task.
 #[unsafe(no_mangle)]
@@ -236,10 +250,57 @@ fn dev_of(major: i32, minor: i32) -> u32 {
     ((major as u32) << 20) | (minor as u32 & 0xfffff)
 }
 
-/// (`bio->bi_bdev->bd_dev`, the whole disk's `dev_t`).
-#[inline(always)]
-pub fn bio_devs<F: Fields>(cfg: &ProbeConfig, bio: &F) -> (u32, u32) {
-    bdev_devs_peek(cfg, bio.get(cfg.bio.bdev))
+/// A bio's fields, and the numbers of its device and whole disk.
+pub trait BioFields: Fields {
+    /// (`bio->bi_bdev->bd_dev`, the whole disk's `dev_t`).
+    fn devs(&self, cfg: &ProbeConfig) -> (u32, u32);
+}
+
+impl BioFields for Peeked {
+    #[inline(always)]
+    fn devs(&self, cfg: &ProbeConfig) -> (u32, u32) {
+        bdev_devs_peek(cfg, self.get(cfg.bio.bdev))
+    }
+}
+
+/// A bio's leading bytes, copied, and room to copy its block device's
+/// (the hook's `Scratch::first`).
+pub struct CopiedBioAndBdev {
+    bio: CopiedBio,
+    bdev_room: *mut [u64; SMALL_WORDS],
+}
+
+impl CopiedBioAndBdev {
+    #[inline(always)]
+    pub fn read(room: &Scratch, bio: u64, span: u32) -> Self {
+        CopiedBioAndBdev {
+            bio: CopiedBio::read(room.bio, bio, span),
+            bdev_room: room.first,
+        }
+    }
+}
+
+impl Fields for CopiedBioAndBdev {
+    #[inline(always)]
+    fn get<T: Copy>(&self, offset: u32) -> T {
+        self.bio.get(offset)
+    }
+}
+
+impl BioFields for CopiedBioAndBdev {
+    /// The block device's two fields in one read where they lie close
+    /// together ([`BDEV_SPAN`]).
+    #[inline(always)]
+    fn devs(&self, cfg: &ProbeConfig) -> (u32, u32) {
+        let bdev: u64 = self.get(cfg.bio.bdev);
+        let span = loaded(&BDEV_SPAN);
+        if span == 0 {
+            return bdev_devs_peek(cfg, bdev);
+        }
+        let copy = CopiedSmall::read(self.bdev_room, bdev, span);
+        let disk: u64 = copy.get(cfg.block.bdev_disk);
+        (copy.get(cfg.block.bdev_dev), disk_dev_peek(cfg, disk))
+    }
 }
 
 /// The device and whole disk of a `block_device`, peeked.
@@ -247,10 +308,22 @@ pub fn bio_devs<F: Fields>(cfg: &ProbeConfig, bio: &F) -> (u32, u32) {
 fn bdev_devs_peek(cfg: &ProbeConfig, bdev: u64) -> (u32, u32) {
     let dev: u32 = peek(bdev, cfg.block.bdev_dev);
     let disk: u64 = peek(bdev, cfg.block.bdev_disk);
-    // Two reads, no branch: bio_endio's chain loop multiplies branches.
-    let major: i32 = peek(disk, cfg.block.disk_major);
-    let minor: i32 = peek(disk, cfg.block.disk_first_minor);
-    (dev, dev_of(major, minor))
+    (dev, disk_dev_peek(cfg, disk))
+}
+
+/// A disk's `dev_t`, peeked: one read where the minor follows the major
+/// ([`DISK_DEV_PAIR`]), else two; no branch the verifier walks twice.
+#[inline(always)]
+fn disk_dev_peek(cfg: &ProbeConfig, disk: u64) -> u32 {
+    let [major, minor] = if loaded(&DISK_DEV_PAIR) != 0 {
+        peek::<[i32; 2]>(disk, cfg.block.disk_major)
+    } else {
+        [
+            peek(disk, cfg.block.disk_major),
+            peek(disk, cfg.block.disk_first_minor),
+        ]
+    };
+    dev_of(major, minor)
 }
 
 /// Whether `addr` lies in the kernel stack that starts at `stack_base`.

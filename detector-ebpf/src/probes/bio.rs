@@ -19,7 +19,7 @@ use crate::{
     diag::{may_log, site},
     emit::{Stack, header, note_named, reserve, submit, submit_unnamed},
     kernel::{
-        CopiedBio, CopiedSmall, Fields, Peeked, SMALL_WORDS, Scratch, bio_devs, config,
+        BioFields, CopiedBioAndBdev, CopiedSmall, Fields, Peeked, SMALL_WORDS, Scratch, config,
         current_task, disk_dev, on_stack, read, room_for,
     },
     maps::{ENTRY_ARGS, flag, insert_or_count, scratch},
@@ -72,23 +72,28 @@ pub fn kprobe_submit_bio_noacct(ctx: ProbeContext) -> u32 {
 fn try_bio_queue<C: Hooked>(ctx: &C, flags: u8) -> Option<()> {
     let cfg = config()?;
     let bio = ctx.arg_u64(0);
-    let room = Scratch::of(scratch::BIO_QUEUE);
     let span = cfg.bio.span;
-    match room_for(room.map(|r| r.bio), span) {
-        Some(copy) => emit_queue(ctx, cfg, flags, bio, &CopiedBio::read(copy, bio, span)),
+    match room_for(Scratch::of(scratch::BIO_QUEUE), span) {
+        Some(room) => emit_queue(
+            ctx,
+            cfg,
+            flags,
+            bio,
+            &CopiedBioAndBdev::read(&room, bio, span),
+        ),
         None => emit_queue(ctx, cfg, flags, bio, &Peeked(bio)),
     }
 }
 
 #[inline(always)]
-fn emit_queue<C: Hooked, F: Fields>(
+fn emit_queue<C: Hooked, F: BioFields>(
     ctx: &C,
     cfg: &ProbeConfig,
     flags: u8,
     bio: u64,
     fields: &F,
 ) -> Option<()> {
-    let (dev, disk) = bio_devs(cfg, fields);
+    let (dev, disk) = fields.devs(cfg);
     let mut header = header(ctx, cfg, kind::BIO_QUEUE, Stack::Take);
     let private: u64 = fields.get(cfg.bio.private);
     header.flags |= flags | note_submitter(cfg, &header, private);
@@ -294,22 +299,21 @@ pub fn raw_block_bio_complete(ctx: RawTracePointContext) -> u32 {
 fn try_bio_complete<C: Hooked>(ctx: &C) -> Option<()> {
     let cfg = config()?;
     let bio = ctx.arg_u64(1);
-    let room = Scratch::of(scratch::BIO_COMPLETE);
     let span = cfg.bio.span;
-    match room_for(room.map(|r| r.bio), span) {
-        Some(copy) => emit_bio_complete(ctx, cfg, bio, &CopiedBio::read(copy, bio, span)),
+    match room_for(Scratch::of(scratch::BIO_COMPLETE), span) {
+        Some(room) => emit_bio_complete(ctx, cfg, bio, &CopiedBioAndBdev::read(&room, bio, span)),
         None => emit_bio_complete(ctx, cfg, bio, &Peeked(bio)),
     }
 }
 
 #[inline(always)]
-fn emit_bio_complete<C: Hooked, F: Fields>(
+fn emit_bio_complete<C: Hooked, F: BioFields>(
     ctx: &C,
     cfg: &ProbeConfig,
     bio: u64,
     fields: &F,
 ) -> Option<()> {
-    let (dev, disk) = bio_devs(cfg, fields);
+    let (dev, disk) = fields.devs(cfg);
     let header = header(ctx, cfg, kind::BIO_COMPLETE, Stack::Skip);
     let mut entry = reserve::<BioComplete>()?;
     unsafe {
@@ -352,9 +356,11 @@ fn try_bio_endio<C: Hooked>(ctx: &C) -> Option<()> {
     // Counted whether or not the records fit: the exit counts it down.
     handler_depth(header.tid, true);
     let span = cfg.bio.span;
-    let room = room_for(Scratch::of(scratch::BIO_ENDIO).map(|r| r.bio), span);
+    let room = room_for(Scratch::of(scratch::BIO_ENDIO), span);
     let unreported = match room {
-        Some(room) => walk_chain(cfg, bio, header, |bio| CopiedBio::read(room, bio, span)),
+        Some(room) => walk_chain(cfg, bio, header, |bio| {
+            CopiedBioAndBdev::read(&room, bio, span)
+        }),
         None => walk_chain(cfg, bio, header, Peeked),
     };
     // After the first record's place is taken (or its loss counted).
@@ -376,7 +382,7 @@ fn try_bio_endio<C: Hooked>(ctx: &C) -> Option<()> {
 /// parent; returns a parent found but left unreported when the walk ends
 /// (0: none).
 #[inline(always)]
-fn walk_chain<F: Fields>(
+fn walk_chain<F: BioFields>(
     cfg: &ProbeConfig,
     mut bio: u64,
     header: Header,
@@ -400,7 +406,7 @@ fn walk_chain<F: Fields>(
 
 /// Emits one `BIO_ENDIO`; returns whether this call is the bio's final one.
 #[inline(always)]
-fn emit_endio<F: Fields>(
+fn emit_endio<F: BioFields>(
     cfg: &ProbeConfig,
     bio: u64,
     fields: &F,
@@ -420,7 +426,7 @@ fn emit_endio<F: Fields>(
     // A shift past the word is no bit (NO_OFFSET: the kernel has none).
     let integrity = opf.checked_shr(cfg.bio.req_integrity_bit).unwrap_or(0) & 1;
     let blkg: u64 = fields.get(cfg.bio.blkg);
-    let (dev, disk) = bio_devs(cfg, fields);
+    let (dev, disk) = fields.devs(cfg);
     let Some(mut entry) = reserve::<BioEndio>() else {
         return is_final;
     };

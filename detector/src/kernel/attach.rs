@@ -10,6 +10,7 @@ use aya::programs::raw_trace_point::RawTracePointLinkId;
 use aya::programs::tp_btf::BtfTracePointLinkId;
 use aya::{Ebpf, EbpfLoader};
 use detector_common::ProbeConfig;
+use detector_common::config::{NO_OFFSET, SMALL_REGION_BYTES, region_span};
 use serde::Serialize;
 
 use super::btf::{BtfError, KernelBtf};
@@ -98,6 +99,21 @@ impl Default for LoadOptions {
             kallsyms: PathBuf::from("/proc/kallsyms"),
         }
     }
+}
+
+/// The span of a `block_device`'s leading bytes that holds `bd_dev` and
+/// `bd_disk` (0: they do not fit a small region; the programs then read
+/// them one by one).
+fn bdev_span(config: &ProbeConfig) -> u32 {
+    let b = config.block;
+    region_span(SMALL_REGION_BYTES, &[(b.bdev_dev, 4), (b.bdev_disk, 8)])
+}
+
+/// 1 when `gendisk.first_minor` directly follows `gendisk.major`: the
+/// programs read both at once.
+fn disk_dev_pair(config: &ProbeConfig) -> u32 {
+    let b = config.block;
+    (b.disk_major != NO_OFFSET && b.disk_first_minor == b.disk_major.wrapping_add(4)).into()
 }
 
 /// One try of one candidate.
@@ -320,6 +336,8 @@ impl Probes {
             // `kernel::task_pid_offset`).
             .override_global("TASK_PID_OFFSET", &config.task.pid, true)
             .override_global("TASK_STACK_OFFSET", &config.task.stack, true)
+            .override_global("BDEV_SPAN", &bdev_span(&config), true)
+            .override_global("DISK_DEV_PAIR", &disk_dev_pair(&config), true)
             .map_max_entries("EVENTS", cpus)
             .map_max_entries("STACKS", opts.stack_entries)
             .map_max_entries("FRAMES", opts.task_map_entries)
