@@ -135,9 +135,10 @@ fn this_cpu_ring() -> Option<&'static RingBuf<u8, RING_TEMPLATE_BYTES>> {
 /// I/O a third of its speed, and the reader drains on a short timer anyway.
 /// A record that carries its task's name marks the task `NAMED`, so its
 /// later records leave the name out; marked only now, after the record
-/// has its place in the buffer, so that no record without the name can be
-/// placed before it (a program interrupting this one on the CPU sees the
-/// task unnamed until here, and sends the name again).
+/// has its place in this CPU's ring, so that no record without the name
+/// can be placed before it there (a program interrupting this one on the
+/// CPU sees the task unnamed until here, and sends the name again). On
+/// other CPUs' rings the reader's merge by time keeps the order.
 #[inline(always)]
 pub fn submit<T: 'static>(entry: RingBufEntry<T>, cfg: &ProbeConfig) {
     let tid = unsafe { (*entry.as_ptr().cast::<Header>()).tid };

@@ -31,7 +31,7 @@ fn loaded(global: &'static u32) -> u32 {
 }
 
 /// The bytes of a `block_device` from its start that hold `bd_dev` and
-/// `bd_disk` (0: more than a small region, as on 6.1, where `bd_dev`
+/// `bd_disk` (0: more than a small region, as on 6.1, where `bd_disk`
 /// follows the embedded `struct device`; they are then read one by one).
 /// Read-only like [`TASK_PID_OFFSET`], so that the verifier follows only
 /// the way this kernel takes: a choice made from `CONFIG` would double
@@ -156,21 +156,34 @@ impl<const WORDS: usize> Copied<WORDS> {
     /// peek does (the helper zero-fills), and counts.
     #[inline(always)]
     pub fn read(room: *mut [u64; WORDS], base: u64, span: u32) -> Self {
+        if !Self::copy(room, base, span) {
+            bump(counter::READ_ERRORS);
+        }
+        Copied { copy: room }
+    }
+
+    /// [`Copied::read`] without counting a failure, for what was peeked
+    /// before (a bio's `bi_bdev` may be NULL by the time it ends).
+    #[inline(always)]
+    pub fn read_quiet(room: *mut [u64; WORDS], base: u64, span: u32) -> Self {
+        Self::copy(room, base, span);
+        Copied { copy: room }
+    }
+
+    /// Whether the copy succeeded (on failure the helper zero-fills).
+    #[inline(always)]
+    fn copy(room: *mut [u64; WORDS], base: u64, span: u32) -> bool {
         // Userspace gives at most `BYTES`; the mask bounds the size for the
         // verifier wherever the compiler put the value, and each room has
         // `ROOM_BYTES` behind it (`REGIONS`).
         let len = span & (ROOM_BYTES - 1);
-        let failed = unsafe {
+        unsafe {
             aya_ebpf::helpers::generated::bpf_probe_read_kernel(
                 room.cast(),
                 len,
                 base as *const core::ffi::c_void,
-            )
-        } != 0;
-        if failed {
-            bump(counter::READ_ERRORS);
+            ) == 0
         }
-        Copied { copy: room }
     }
 }
 
@@ -297,7 +310,7 @@ impl BioFields for CopiedBioAndBdev {
         if span == 0 {
             return bdev_devs_peek(cfg, bdev);
         }
-        let copy = CopiedSmall::read(self.bdev_room, bdev, span);
+        let copy = CopiedSmall::read_quiet(self.bdev_room, bdev, span);
         let disk: u64 = copy.get(cfg.block.bdev_disk);
         (copy.get(cfg.block.bdev_dev), disk_dev_peek(cfg, disk))
     }

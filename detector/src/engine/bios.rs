@@ -303,7 +303,8 @@ pub struct Bios {
     /// in `indexed`.
     by_end: BTreeSet<(Dev, u64, Addr)>,
     /// Disks whose in-flight bios `by_end` holds. A disk joins at its
-    /// first range completion, and its bios in flight then are indexed at
+    /// first range completion (a request whose bio walk was cut short),
+    /// and its bios in flight then are indexed at
     /// once: keeping every bio of every disk in the index was some 8 % of
     /// the live path under fio's small requests, which never need it.
     indexed: FastSet<Dev>,

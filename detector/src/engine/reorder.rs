@@ -126,6 +126,9 @@ impl Reorder {
             let at = self.held.partition_point(|h| h.order() <= order);
             self.held.insert(at, key);
         }
+        if self.arrived.len() > 2 * self.held.len() + COMPACT_SLACK {
+            self.compact();
+        }
     }
 
     /// The held event in `slot` (released by [`Reorder::pop_due`] or
@@ -149,6 +152,39 @@ impl Reorder {
 
     fn index(&self, slot: Slot) -> usize {
         (slot.0 - self.first) as usize
+    }
+
+    /// Keeps only the held events, renumbered in arrival order. Processed
+    /// events leave only from the front, so one held event that arrived
+    /// early and is released late keeps every later arrival, processed or
+    /// not: with a steady stream released ahead of it (forced out by the
+    /// cap, or a recording's crafted times) that would grow without
+    /// bound. Amortised: at least `COMPACT_SLACK` arrivals between two.
+    fn compact(&mut self) {
+        let first = self.seq;
+        let mut renumbered = vec![0u64; self.arrived.len()];
+        let mut kept = VecDeque::with_capacity(self.held.len());
+        let arrived = std::mem::take(&mut self.arrived);
+        for ((i, ev), done) in arrived.into_iter().enumerate().zip(&self.done) {
+            if !done {
+                renumbered[i] = first + kept.len() as u64;
+                kept.push_back(ev);
+            }
+        }
+        for key in &mut self.held {
+            key.slot = Slot(renumbered[(key.slot.0 - self.first) as usize]);
+        }
+        self.seq = first + kept.len() as u64;
+        self.first = first;
+        self.done = VecDeque::from(vec![false; kept.len()]);
+        self.arrived = kept;
+    }
+
+    /// Events kept in arrival order (held or processed): what the buffer
+    /// holds in memory.
+    #[cfg(test)]
+    fn kept(&self) -> usize {
+        self.arrived.len()
     }
 
     /// The clock says no event older than `now - window` can still arrive.
@@ -197,6 +233,9 @@ impl Reorder {
         self.released_to = Some(self.released_to.map_or(to, |r| r.max(to)));
     }
 }
+
+/// Arrivals past twice the held events before the ring is compacted.
+const COMPACT_SLACK: usize = 4096;
 
 /// How many events ahead of the one released its successor's slot is
 /// fetched: enough for a memory access to finish while the events in
@@ -251,6 +290,26 @@ mod tests {
         assert_eq!(r.arrived.len(), 2);
         assert_eq!(release(&mut r, 100), [40, 50]);
         assert!(r.arrived.is_empty() && r.done.is_empty());
+    }
+
+    #[test]
+    fn an_event_held_behind_a_stream_released_ahead_of_it_keeps_memory_bounded() {
+        // One event far ahead in time, then a steady stream the cap
+        // forces out ahead of it, in time order, one by one.
+        let mut r = Reorder::new(1_000_000, 8);
+        r.insert(exit_at(900_000));
+        let mut released = Vec::new();
+        for ts in 0..50_000u64 {
+            r.insert(exit_at(ts));
+            released.extend(release(&mut r, 0));
+        }
+        assert!(r.kept() <= 2 * r.len() + COMPACT_SLACK, "{} kept", r.kept());
+        assert!(r.forced > 0);
+        assert!(released.windows(2).all(|w| w[0] <= w[1]));
+        released.extend(release(&mut r, u64::MAX));
+        assert_eq!(released.len(), 50_001);
+        assert_eq!(released.last(), Some(&900_000));
+        assert_eq!(r.kept(), 0);
     }
 
     #[test]

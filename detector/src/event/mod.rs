@@ -254,6 +254,7 @@ pub enum EventKind {
         sector: u64,
         nr_bytes: u32,
         error: i32,
+        #[serde(deserialize_with = "bio_list")]
         bios: BioList,
         /// The walk stopped before covering `nr_bytes`: more bios in the
         /// sector range completed than `bios` names.
@@ -588,6 +589,13 @@ impl Event {
 /// The bios a request completion names: nearly always one or two, which
 /// are kept inline, so that decoding a completion allocates nothing.
 pub type BioList = smallvec::SmallVec<[Addr; 2]>;
+
+/// A [`BioList`] read through a `Vec`, whose deserializer reserves no
+/// more than a little up front whatever length the input claims
+/// (`SmallVec`'s reserves the claimed length at once).
+fn bio_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<BioList, D::Error> {
+    Vec::<Addr>::deserialize(d).map(|bios| bios.into_iter().collect())
+}
 
 #[cfg(test)]
 mod tests;

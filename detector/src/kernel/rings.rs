@@ -21,10 +21,23 @@ use super::names::TaskNames;
 use crate::event::Event;
 use crate::event::decode::{comm_omitted, decode};
 
-/// CPU ids the kernel may ever use (`/sys/devices/system/cpu/possible`),
-/// at least 1: the rings are indexed by them.
+/// One past the highest CPU id the kernel may ever use
+/// (`/sys/devices/system/cpu/possible`), at least 1: the rings are
+/// indexed by CPU id, and the list may have gaps.
 pub fn possible_cpus() -> u32 {
-    aya::util::nr_cpus().map_or(1, |n| n.max(1) as u32)
+    std::fs::read_to_string("/sys/devices/system/cpu/possible")
+        .ok()
+        .and_then(|list| cpu_ids_end(&list))
+        .unwrap_or_else(|| aya::util::nr_cpus().map_or(1, |n| n as u32))
+        .max(1)
+}
+
+/// One past the highest id of a CPU list such as `0-3,8-11`.
+fn cpu_ids_end(list: &str) -> Option<u32> {
+    list.trim()
+        .split(',')
+        .map(|range| range.rsplit('-').next()?.parse::<u32>().ok())
+        .try_fold(0, |end, last| Some(end.max(last? + 1)))
 }
 
 /// Each CPU's share of `total` bytes: the largest power of two within
@@ -85,10 +98,7 @@ pub struct RingSet {
     rings: Vec<RingBuf<MapData>>,
     /// An epoll set of the rings: readable when a producer woke any ring.
     ready: AsyncFd<OwnedFd>,
-    /// One drain's events, ring after ring, until merged.
-    taken: Vec<Option<Event>>,
-    omitted: Vec<bool>,
-    order: Vec<(u64, u32)>,
+    pending: Pending,
 }
 
 impl RingSet {
@@ -127,9 +137,7 @@ impl RingSet {
         Ok(Self {
             rings,
             ready,
-            taken: Vec::new(),
-            omitted: Vec::new(),
-            order: Vec::new(),
+            pending: Pending::default(),
         })
     }
 
@@ -141,10 +149,13 @@ impl RingSet {
         }
     }
 
-    /// Moves up to `max` records into `out` in time order, their task
-    /// names filled in; returns whether every ring was emptied. Each ring
-    /// gives at most its share of `max`, so that a busy CPU cannot hold
-    /// the others' records back for several batches.
+    /// Moves up to about `max` records into `out` in time order, their
+    /// task names filled in; returns whether every ring was emptied. Each
+    /// ring gives at most its share of `max`, so that a busy CPU cannot
+    /// hold the others' records back for several batches. A ring that
+    /// still holds more has records older than what the others gave:
+    /// records past its last one wait here for the next drain, so that
+    /// they are not handed on ahead of its backlog.
     pub fn drain_into(
         &mut self,
         max: usize,
@@ -153,32 +164,62 @@ impl RingSet {
         decode_errors: &mut u64,
     ) -> bool {
         let share = (max / self.rings.len().max(1)).max(1);
-        let mut emptied = true;
+        // The last time a ring with more to give reached.
+        let mut cut: Option<u64> = None;
         for ring in &mut self.rings {
             let mut taken = 0;
+            let mut last = 0;
             while taken < share {
                 let Some(item) = ring.next() else { break };
                 taken += 1;
                 match decode(&item) {
                     Ok(event) => {
-                        self.omitted.push(comm_omitted(&item));
-                        self.taken.push(Some(event));
+                        last = event.ts;
+                        self.pending.push(event, comm_omitted(&item));
                     }
                     Err(_) => *decode_errors += 1,
                 }
             }
-            emptied &= taken < share;
+            if taken == share {
+                cut = Some(cut.map_or(last, |c| c.min(last)));
+            }
         }
-        self.merge_into(names, out);
-        emptied
+        let several = self.rings.len() > 1;
+        // One ring's order is the order: nothing needs to wait.
+        self.pending
+            .merge_into(cut.filter(|_| several), several, names, out);
+        cut.is_none()
+    }
+}
+
+/// One drain's records, ring after ring, until merged, and those that
+/// wait for the next drain.
+#[derive(Default)]
+struct Pending {
+    taken: Vec<Option<Event>>,
+    omitted: Vec<bool>,
+    order: Vec<(u64, u32)>,
+}
+
+impl Pending {
+    fn push(&mut self, event: Event, omitted: bool) {
+        self.omitted.push(omitted);
+        self.taken.push(Some(event));
     }
 
-    /// Each ring is in time order (nearly: a program that interrupts
-    /// another reserves after it but read the clock after it too); a
-    /// stable sort of their times restores one order, and names are
-    /// filled in that order, so that a task's naming record comes before
-    /// its records on another CPU.
-    fn merge_into(&mut self, names: &mut TaskNames, out: &mut Vec<Event>) {
+    /// Hands on the records up to `cut` (all: `None`) in time order. Each
+    /// ring is in time order (nearly: a program that interrupts another
+    /// reserves after it but read the clock after it too); a stable sort
+    /// of their times restores one order, and names are filled in that
+    /// order, so that a task's naming record comes before its records on
+    /// another CPU.
+    fn merge_into(
+        &mut self,
+        cut: Option<u64>,
+        sort: bool,
+        names: &mut TaskNames,
+        out: &mut Vec<Event>,
+    ) {
         self.order.clear();
         self.order.extend(
             self.taken
@@ -186,21 +227,31 @@ impl RingSet {
                 .enumerate()
                 .filter_map(|(i, ev)| Some((ev.as_ref()?.ts, i as u32))),
         );
-        if self.rings.len() > 1 {
+        if sort {
             self.order.sort_by_key(|&(ts, _)| ts);
         }
         // With room for the loss markers the reader appends after: a
         // batch filled to its capacity would be copied whole for them.
         out.reserve(self.order.len() + MARKER_ROOM);
-        for &(_, i) in &self.order {
+        for &(ts, i) in &self.order {
+            if cut.is_some_and(|cut| ts > cut) {
+                break;
+            }
             let i = i as usize;
             if let Some(mut event) = self.taken[i].take() {
                 names.complete(&mut event, self.omitted[i]);
                 out.push(event);
             }
         }
-        self.taken.clear();
-        self.omitted.clear();
+        self.keep_waiting();
+    }
+
+    /// Drops what was handed on, keeping the records that wait for the
+    /// next drain in arrival order.
+    fn keep_waiting(&mut self) {
+        let mut keep = self.taken.iter().map(Option::is_some);
+        self.omitted.retain(|_| keep.next().unwrap_or(false));
+        self.taken.retain(Option::is_some);
     }
 }
 
@@ -235,6 +286,67 @@ mod tests {
         assert_eq!(bytes_per_cpu(4096, 2, page), page);
         assert_eq!(bytes_per_cpu(1 << 20, 4, 64 << 10), 256 << 10);
         assert_eq!(bytes_per_cpu(16 << 20, 0, page), 16 << 20);
+    }
+
+    fn exit_at(ts: u64, tid: u32) -> Event {
+        let mut ev = crate::event::samples::event(ts, crate::event::EventKind::TaskExit);
+        ev.tid = tid;
+        ev
+    }
+
+    fn times(events: &[Event]) -> Vec<u64> {
+        events.iter().map(|e| e.ts).collect()
+    }
+
+    #[test]
+    fn rings_are_merged_by_time_and_a_backlogged_rings_successors_wait() {
+        let mut pending = Pending::default();
+        let mut names = TaskNames::default();
+        // Ring 0 gave 10, 20, 30 and holds more; ring 1 gave 15, 35.
+        for ts in [10, 20, 30, 15, 35] {
+            pending.push(exit_at(ts, 7), false);
+        }
+        let mut out = Vec::new();
+        pending.merge_into(Some(30), true, &mut names, &mut out);
+        assert_eq!(times(&out), [10, 15, 20, 30]);
+        // 35 waits for ring 0's next records, and goes with them.
+        for ts in [32, 40] {
+            pending.push(exit_at(ts, 7), false);
+        }
+        out.clear();
+        pending.merge_into(None, true, &mut names, &mut out);
+        assert_eq!(times(&out), [32, 35, 40]);
+        assert!(pending.taken.is_empty() && pending.omitted.is_empty());
+    }
+
+    #[test]
+    fn names_are_filled_in_time_order_across_rings() {
+        let mut pending = Pending::default();
+        let mut names = TaskNames::default();
+        // The naming record (ring 0, ts 10) arrives after a later record
+        // of the same thread from ring 1 that left its name out.
+        let mut named = exit_at(10, 9);
+        named.comm = "fio".into();
+        named.kind = crate::event::EventKind::SyscallHooks { attached: true };
+        let mut unnamed = exit_at(20, 9);
+        unnamed.comm = "".into();
+        unnamed.kind = crate::event::EventKind::SyscallHooks { attached: true };
+        pending.push(unnamed, true);
+        pending.push(named, false);
+        let mut out = Vec::new();
+        pending.merge_into(None, true, &mut names, &mut out);
+        assert_eq!(times(&out), [10, 20]);
+        assert_eq!(out[1].comm, "fio");
+    }
+
+    #[test]
+    fn cpu_lists_with_gaps_give_one_past_the_highest_id() {
+        assert_eq!(cpu_ids_end("0-1\n"), Some(2));
+        assert_eq!(cpu_ids_end("0"), Some(1));
+        assert_eq!(cpu_ids_end("0-3,8-11"), Some(12));
+        assert_eq!(cpu_ids_end("0,2,5"), Some(6));
+        assert_eq!(cpu_ids_end("zero"), None);
+        assert_eq!(cpu_ids_end(""), None);
     }
 
     #[test]
