@@ -304,9 +304,9 @@ pub struct Bios {
     by_end: BTreeSet<(Dev, u64, Addr)>,
     /// Disks whose in-flight bios `by_end` holds. A disk joins at its
     /// first range completion (a request whose bio walk was cut short),
-    /// and its bios in flight then are indexed at
-    /// once: keeping every bio of every disk in the index was some 8 % of
-    /// the live path under fio's small requests, which never need it.
+    /// and its bios in flight then are indexed at once: keeping every bio
+    /// of every disk in the index was some 8 % of the live path under
+    /// fio's small requests, which never need it.
     indexed: FastSet<Dev>,
     /// In-flight chained bios' latest count reads (few bios are chained:
     /// kept apart from the bio table).

@@ -320,7 +320,8 @@ impl Probes {
             });
         }
         let cpus = rings::possible_cpus();
-        let ring_bytes = rings::bytes_per_cpu(opts.ring_bytes, cpus, rings::page_size());
+        let ring_bytes =
+            rings::bytes_per_cpu(opts.ring_bytes, cpus, super::layout::page_size() as u32);
         let (mut config, missing_fields) = probe_config(
             &btf,
             &facts.machine,

@@ -75,10 +75,6 @@ pub struct Reader {
     task_maps: Option<TaskMaps>,
     drain_every: Duration,
     last_drain: u64,
-    /// Events the last drain took: the next batch gets room for as many
-    /// up front instead of being copied as it grows (an event is over a
-    /// hundred bytes, and a busy host's batch holds thousands).
-    last_len: usize,
     names: TaskNames,
     pub totals: ReaderTotals,
 }
@@ -96,7 +92,6 @@ impl Reader {
             task_maps,
             drain_every,
             last_drain: monotonic_ns(),
-            last_len: 0,
             names: TaskNames::default(),
             totals: ReaderTotals::default(),
         })
@@ -158,10 +153,7 @@ impl Reader {
     /// batch's `now` is 0 when more remain (losses are accounted, and the
     /// clock given, only once the ring buffer was emptied).
     pub fn drain(&mut self) -> Batch {
-        let mut batch = Batch {
-            events: Vec::with_capacity(self.last_len + self.last_len / 8),
-            ..Batch::default()
-        };
+        let mut batch = Batch::default();
         let emptied = self.rings.drain_into(
             MAX_BATCH,
             &mut self.names,
@@ -174,7 +166,6 @@ impl Reader {
             batch.now = now;
             self.last_drain = now;
         }
-        self.last_len = batch.events.len();
         self.totals.events += batch.events.len() as u64;
         self.totals.decode_errors += batch.decode_errors;
         self.totals.names_filled = self.names.filled;

@@ -51,16 +51,6 @@ pub fn bytes_per_cpu(total: u32, cpus: u32, page: u32) -> u32 {
     1 << share.ilog2()
 }
 
-/// The page size (4 KiB where it cannot be read).
-pub fn page_size() -> u32 {
-    // SAFETY: sysconf reads a constant of the running system.
-    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    u32::try_from(size)
-        .ok()
-        .filter(|s| s.is_power_of_two())
-        .unwrap_or(4096)
-}
-
 /// Unread bytes past which a producer wakes the reader: `wanted`, but
 /// never more than a quarter of a ring, so that a small ring still wakes
 /// the reader well before it is full.
@@ -230,8 +220,9 @@ impl Pending {
         if sort {
             self.order.sort_by_key(|&(ts, _)| ts);
         }
-        // With room for the loss markers the reader appends after: a
-        // batch filled to its capacity would be copied whole for them.
+        // The batch's one allocation, with room for the loss markers the
+        // reader appends after (a batch filled to its capacity would be
+        // copied whole for them).
         out.reserve(self.order.len() + MARKER_ROOM);
         for &(ts, i) in &self.order {
             if cut.is_some_and(|cut| ts > cut) {
