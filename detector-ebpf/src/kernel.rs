@@ -239,7 +239,7 @@ pub fn current_task() -> u64 {
 /// `dev_t` of a `struct gendisk` (`major << 20 | first_minor`).
 #[inline(always)]
 pub fn disk_dev(cfg: &ProbeConfig, disk: u64) -> u32 {
-    let [major, minor] = if minor_follows_major(cfg) {
+    let [major, minor] = if loaded(&DISK_DEV_PAIR) != 0 {
         read::<[i32; 2]>(disk, cfg.block.disk_major)
     } else {
         [
@@ -248,14 +248,6 @@ pub fn disk_dev(cfg: &ProbeConfig, disk: u64) -> u32 {
         ]
     };
     dev_of(major, minor)
-}
-
-/// Whether `gendisk.first_minor` directly follows `gendisk.major` (as in
-/// every kernel so far): then one read fetches both.
-#[inline(always)]
-fn minor_follows_major(cfg: &ProbeConfig) -> bool {
-    cfg.block.disk_major != NO_OFFSET
-        && cfg.block.disk_first_minor == cfg.block.disk_major.wrapping_add(4)
 }
 
 #[inline(always)]
