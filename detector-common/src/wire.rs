@@ -3,6 +3,10 @@
 //! A record is exactly `size_of` its struct; the header's `kind` says which.
 //! Addresses are kernel virtual addresses, times are `bpf_ktime_get_ns()`
 //! (CLOCK_MONOTONIC), devices are kernel `dev_t` (`major << 20 | minor`).
+//!
+//! Padding is made of integers, not byte arrays: the programs zero a byte
+//! array through a byte-by-byte `memset` call (see `detector-ebpf`'s
+//! `words`).
 
 /// Length of `task_struct.comm`.
 pub const COMM_LEN: usize = 16;
@@ -247,7 +251,8 @@ pub struct BioEndio {
     /// 1 when `REQ_INTEGRITY` was set on entry: a successful read then
     /// defers to integrity verification, which calls `bio_endio` again.
     pub integrity: u8,
-    pub _pad: [u8; 5],
+    pub _pad: u8,
+    pub _pad2: u32,
 }
 
 /// `BIO_ENDIO_EXIT`, `BIO_INIT`: a bare bio pointer.
@@ -293,7 +298,8 @@ pub struct MdEvent {
     /// One of [`teardown`] for `MD_TEARDOWN`; 0 otherwise.
     pub stage: u8,
     pub status: u8,
-    pub _pad: [u8; 6],
+    pub _pad: u16,
+    pub _pad2: u32,
 }
 
 /// `DEL_GENDISK`, `DEL_GENDISK_EXIT` (`disk` is 0 for kretprobes).
@@ -323,7 +329,8 @@ pub struct SchedSwitch {
     /// 1 when the outgoing task sleeps in `io_schedule` (`in_iowait`).
     pub prev_in_iowait: u8,
     pub preempt: u8,
-    pub _pad: [u8; 6],
+    pub _pad: u16,
+    pub _pad2: u32,
     pub next_comm: [u8; COMM_LEN],
 }
 
@@ -348,7 +355,9 @@ pub struct SysExit {
     /// `SYS_EXIT`: the task's next syscall entry will be reported too, so
     /// until then it is known to be in user space.
     pub enter_reported: u8,
-    pub _pad: [u8; 7],
+    pub _pad: u8,
+    pub _pad2: u16,
+    pub _pad3: u32,
 }
 
 /// `TASK_EXIT` carries the header alone.

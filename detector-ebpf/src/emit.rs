@@ -4,8 +4,7 @@ use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     btf_maps::RingBuf,
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_ktime_get_ns,
-        bpf_ringbuf_query,
+        bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_ringbuf_query,
     },
     maps::ring_buf::RingBufEntry,
 };
@@ -17,6 +16,7 @@ use crate::{
     kernel::{bump, current_stack},
     maps::{EVENTS, RING_TEMPLATE_BYTES, STACK_BUDGET, flag},
     tasks::{add_flags, flags_of, widen_stack_range},
+    words,
 };
 
 /// Whether the record quotes the kernel stack it was taken on.
@@ -67,9 +67,9 @@ pub fn header_on<C: Hooked>(
         },
         _pad1: 0,
         comm: if named {
-            [0; 16]
+            words::no_comm()
         } else {
-            bpf_get_current_comm().unwrap_or([0; 16])
+            words::current_comm()
         },
     }
 }

@@ -15,6 +15,7 @@ mod kernel;
 mod maps;
 mod probes;
 mod tasks;
+mod words;
 
 // The kernel only lets GPL-compatible programs call bpf_probe_read_kernel and
 // attach to fentry/fexit.

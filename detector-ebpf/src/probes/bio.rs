@@ -24,6 +24,7 @@ use crate::{
     },
     maps::{ENTRY_ARGS, flag, insert_or_count, scratch},
     tasks::{flags_of, note_onstack, set_flags},
+    words,
 };
 
 // ---- submission ---------------------------------------------------------
@@ -256,7 +257,7 @@ fn walk_rq<F: Fields>(
     bios: &mut [u64; RQ_MAX_BIOS],
     fields_of: impl Fn(u64) -> F,
 ) -> RqWalk {
-    *bios = [0; RQ_MAX_BIOS];
+    unsafe { words::zero::<RQ_MAX_BIOS>(bios.as_mut_ptr()) };
     let mut left = nr_bytes as u64;
     let mut found: u16 = 0;
     for slot in bios.iter_mut() {
@@ -448,7 +449,8 @@ fn emit_endio<F: BioFields>(
             chain_depth: depth,
             has_blkg: (blkg != 0) as u8,
             integrity: integrity as u8,
-            _pad: [0; 5],
+            _pad: 0,
+            _pad2: 0,
         })
     };
     submit_unnamed(entry, cfg);

@@ -66,7 +66,8 @@ fn emit<C: Hooked>(ctx: &C, cfg: &ProbeConfig, kind: u16, md: Md) -> Option<()> 
             pending_writes: pending_writes(cfg, md.mddev),
             stage: md.stage,
             status: md.status,
-            _pad: [0; 6],
+            _pad: 0,
+            _pad2: 0,
         })
     };
     submit(entry, cfg);

@@ -2,7 +2,6 @@
 //! task leaves the kernel (syscall return, exit).
 
 use aya_ebpf::{
-    helpers::bpf_probe_read_kernel_buf,
     macros::{btf_tracepoint, raw_tracepoint},
     programs::{BtfTracePointContext, RawTracePointContext},
 };
@@ -18,6 +17,7 @@ use crate::{
     kernel::{config, read},
     maps::flag,
     tasks::{above_frames, flags_of, forget_frames, set_flags, widen_stack_range},
+    words,
 };
 
 /// Whether everything is to be reported (`ProbeConfig::full`): looked up
@@ -32,12 +32,11 @@ const TASK_UNINTERRUPTIBLE: u32 = 0x2;
 
 #[inline(always)]
 fn task_comm(cfg: &ProbeConfig, task: u64) -> [u8; COMM_LEN] {
-    let mut comm = [0u8; COMM_LEN];
     if task != 0 && cfg.task.comm != NO_OFFSET {
-        let src = (task + cfg.task.comm as u64) as *const u8;
-        let _ = unsafe { bpf_probe_read_kernel_buf(src, &mut comm) };
+        words::comm_at(task + cfg.task.comm as u64)
+    } else {
+        words::no_comm()
     }
-    comm
 }
 
 /// `sched_switch(bool preempt, struct task_struct *prev,
@@ -134,7 +133,8 @@ fn try_sched_switch<C: Hooked>(ctx: &C) -> Option<()> {
             prev_state,
             prev_in_iowait: (iowait as u32 & cfg.task.in_iowait_mask != 0) as u8,
             preempt,
-            _pad: [0; 6],
+            _pad: 0,
+            _pad2: 0,
             next_comm: task_comm(cfg, next),
         })
     };
@@ -287,14 +287,21 @@ fn emit_syscall<C: Hooked>(
     let regs = ctx.arg_u64(0);
     let header = header(ctx, cfg, kind, Stack::Skip);
     let mut entry = reserve::<SysExit>()?;
+    // Volatile: `sys_enter`'s zero `ret` and flag would otherwise become
+    // one `memset` call (see `words`).
     unsafe {
-        entry.as_mut_ptr().write(SysExit {
-            header,
-            nr: read(regs, cfg.pt_regs_syscall_nr),
-            ret,
-            enter_reported: enter_reported as u8,
-            _pad: [0; 7],
-        })
+        core::ptr::write_volatile(
+            entry.as_mut_ptr(),
+            SysExit {
+                header,
+                nr: read(regs, cfg.pt_regs_syscall_nr),
+                ret,
+                enter_reported: enter_reported as u8,
+                _pad: 0,
+                _pad2: 0,
+                _pad3: 0,
+            },
+        )
     };
     submit(entry, cfg);
     Some(())

@@ -110,7 +110,8 @@ fn md(
         pending_writes: pending.unwrap_or(-1),
         stage,
         status,
-        _pad: [0; 6],
+        _pad: 0,
+        _pad2: 0,
     })
 }
 
@@ -236,7 +237,8 @@ pub fn encode(ev: &Event) -> Result<Vec<u8>, NotAKernelEvent> {
             chain_depth: *chain_depth,
             has_blkg: *has_blkg as u8,
             integrity: *integrity as u8,
-            _pad: [0; 5],
+            _pad: 0,
+            _pad2: 0,
         }),
         EventKind::BioEndioExit { bio } => bytes_of(&wire::BioRef {
             header: k(kind::BIO_ENDIO_EXIT)?,
@@ -398,7 +400,8 @@ pub fn encode(ev: &Event) -> Result<Vec<u8>, NotAKernelEvent> {
             prev_state: *prev_state,
             prev_in_iowait: *prev_in_iowait as u8,
             preempt: *preempt as u8,
-            _pad: [0; 6],
+            _pad: 0,
+            _pad2: 0,
             next_comm: comm(next_comm),
         }),
         EventKind::SchedWaking {
@@ -426,7 +429,9 @@ pub fn encode(ev: &Event) -> Result<Vec<u8>, NotAKernelEvent> {
         } => bytes_of(&wire::SysExit {
             header: k(kind::SYS_EXIT)?,
             enter_reported: *enter_reported as u8,
-            _pad: [0; 7],
+            _pad: 0,
+            _pad2: 0,
+            _pad3: 0,
             nr: *nr,
             ret: *ret,
         }),
@@ -435,7 +440,9 @@ pub fn encode(ev: &Event) -> Result<Vec<u8>, NotAKernelEvent> {
             nr: *nr,
             ret: 0,
             enter_reported: 0,
-            _pad: [0; 7],
+            _pad: 0,
+            _pad2: 0,
+            _pad3: 0,
         }),
         EventKind::TaskExit => bytes_of(&k(kind::TASK_EXIT)?),
         EventKind::Lost { .. } => return Err(NotAKernelEvent("lost")),
