@@ -291,6 +291,28 @@ pub fn region_span(limit: u32, fields: &[(u32, u32)]) -> u32 {
     span
 }
 
+/// The bytes a record of `size` bytes takes in a BPF ring buffer: its
+/// 8-byte ring header, then the record, rounded up to 8.
+#[inline(always)]
+pub const fn ring_record_bytes(size: usize) -> u64 {
+    ((size + 8 + 7) & !7) as u64
+}
+
+/// Whether the record just reserved, of `record` ring bytes, took the data
+/// waiting in its ring (`waiting`, the record included) past `threshold`
+/// ([`ProbeConfig::wakeup_threshold`]): only that record wakes the reader.
+/// Waking it for every record once past the threshold, until it drains,
+/// cost the traced I/O nearly as much as a wakeup per event: each queues
+/// the ring's `irq_work` anew, a self-interrupt (in a VM, a VM exit). The
+/// reader drains a ring empty once woken, and on a short timer anyway,
+/// which also covers a crossing missed because a program that interrupted
+/// the producer reserved in between.
+#[inline(always)]
+pub const fn wakes_reader(waiting: u64, record: u64, threshold: u64) -> bool {
+    let threshold = if threshold == 0 { 1 } else { threshold };
+    waiting >= threshold && waiting.saturating_sub(record) < threshold
+}
+
 // SAFETY: plain-old-data, `#[repr(C)]`, integers only, no implicit padding
 // (the size assertions above pin the layout).
 #[cfg(feature = "user")]
@@ -299,6 +321,23 @@ unsafe impl aya::Pod for ProbeConfig {}
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_record_that_crosses_the_threshold_wakes_the_reader() {
+        let rec = ring_record_bytes(112);
+        assert_eq!(rec, 120);
+        assert_eq!(ring_record_bytes(1), 16);
+        assert!(!wakes_reader(1000, rec, 1024));
+        assert!(wakes_reader(1024, rec, 1024));
+        assert!(wakes_reader(1100, rec, 1024));
+        assert!(!wakes_reader(1024 + rec, rec, 1024));
+        assert!(!wakes_reader(1 << 20, rec, 1024));
+        // A record larger than the threshold crosses it from an empty ring.
+        assert!(wakes_reader(rec, rec, 64));
+        // No threshold: the record that finds the ring empty wakes it.
+        assert!(wakes_reader(rec, rec, 0));
+        assert!(!wakes_reader(2 * rec, rec, 0));
+    }
 
     #[test]
     fn span_ends_at_the_last_field_read() {

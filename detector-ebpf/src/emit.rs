@@ -9,7 +9,11 @@ use aya_ebpf::{
     maps::ring_buf::RingBufEntry,
 };
 use core::ffi::c_void;
-use detector_common::{Header, NO_STACK, ProbeConfig, STACK_OVER_BUDGET, counter, header_flag};
+use detector_common::{
+    Header, NO_STACK, ProbeConfig, STACK_OVER_BUDGET,
+    config::{ring_record_bytes, wakes_reader},
+    counter, header_flag,
+};
 
 use crate::{
     context::Hooked,
@@ -131,8 +135,8 @@ fn this_cpu_ring() -> Option<&'static RingBuf<u8, RING_TEMPLATE_BYTES>> {
 }
 
 /// Publishes a record (every record starts with its `Header`), waking the
-/// reader only once enough data waits: a wakeup per event costs the traced
-/// I/O a third of its speed, and the reader drains on a short timer anyway.
+/// reader once the data waiting in this CPU's ring crosses the threshold
+/// (see [`submit_unnamed`]).
 /// A record that carries its task's name marks the task `NAMED`, so its
 /// later records leave the name out; marked only now, after the record
 /// has its place in this CPU's ring, so that no record without the name
@@ -167,7 +171,8 @@ pub fn submit_unnamed<T: 'static>(entry: RingBufEntry<T>, cfg: &ProbeConfig) {
     let waiting = this_cpu_ring().map_or(0, |ring| unsafe {
         bpf_ringbuf_query(ring as *const _ as *mut c_void, BPF_RB_AVAIL_DATA as u64)
     });
-    let flags = if waiting >= cfg.wakeup_threshold {
+    let record = ring_record_bytes(core::mem::size_of::<T>());
+    let flags = if wakes_reader(waiting, record, cfg.wakeup_threshold) {
         BPF_RB_FORCE_WAKEUP
     } else {
         BPF_RB_NO_WAKEUP
