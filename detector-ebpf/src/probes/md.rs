@@ -55,20 +55,25 @@ struct Md {
 fn emit<C: Hooked>(ctx: &C, cfg: &ProbeConfig, kind: u16, md: Md) -> Option<()> {
     let header = header(ctx, cfg, kind, Stack::Take);
     let mut entry = reserve::<MdEvent>()?;
+    // Volatile: a teardown's zero fields would otherwise become one
+    // `memset` call (see `words`).
     unsafe {
-        entry.as_mut_ptr().write(MdEvent {
-            header,
-            mddev: md.mddev,
-            rdev: md.rdev,
-            bio: md.bio,
-            sector: md.sector,
-            size: md.size,
-            pending_writes: pending_writes(cfg, md.mddev),
-            stage: md.stage,
-            status: md.status,
-            _pad: 0,
-            _pad2: 0,
-        })
+        core::ptr::write_volatile(
+            entry.as_mut_ptr(),
+            MdEvent {
+                header,
+                mddev: md.mddev,
+                rdev: md.rdev,
+                bio: md.bio,
+                sector: md.sector,
+                size: md.size,
+                pending_writes: pending_writes(cfg, md.mddev),
+                stage: md.stage,
+                status: md.status,
+                _pad: 0,
+                _pad2: 0,
+            },
+        )
     };
     submit(entry, cfg);
     Some(())

@@ -24,7 +24,8 @@ use super::syscall_hooks::Policy;
 use super::taskmaps::TaskMaps;
 
 /// The programs, built for the bpf target by build.rs.
-static PROGRAMS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/detector"));
+pub(crate) static PROGRAMS: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/detector"));
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {

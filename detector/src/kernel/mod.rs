@@ -11,6 +11,8 @@ pub mod layout;
 pub mod loss;
 pub mod names;
 pub mod offsets;
+#[cfg(test)]
+mod program_code;
 pub mod reader;
 pub mod rings;
 pub mod stacks;
