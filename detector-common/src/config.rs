@@ -137,8 +137,10 @@ pub struct ProbeConfig {
     /// Address of `bio_chain_endio`, to follow chained bios (0 if unknown).
     pub bio_chain_endio: u64,
     /// Bytes of unread ring-buffer data past which a producer wakes the
-    /// reader. Below it events are submitted silently and the reader's drain
-    /// timer picks them up: a wakeup per event costs more than the I/O.
+    /// reader: the record that takes the data past a multiple of it does
+    /// ([`wakes_reader`]). The others are submitted silently and the
+    /// reader's drain timer picks them up: a wakeup per event costs more
+    /// than the I/O.
     pub wakeup_threshold: u64,
     /// `task_struct.__state`, for kernels whose `sched_switch` does not
     /// pass `prev_state` (before 5.18).
@@ -299,18 +301,20 @@ pub const fn ring_record_bytes(size: usize) -> u64 {
 }
 
 /// Whether the record just reserved, of `record` ring bytes, took the data
-/// waiting in its ring (`waiting`, the record included) past `threshold`
-/// ([`ProbeConfig::wakeup_threshold`]): only that record wakes the reader.
-/// Waking it for every record once past the threshold, until it drains,
-/// cost the traced I/O nearly as much as a wakeup per event: each queues
-/// the ring's `irq_work` anew, a self-interrupt (in a VM, a VM exit). The
-/// reader drains a ring empty once woken, and on a short timer anyway,
-/// which also covers a crossing missed because a program that interrupted
-/// the producer reserved in between.
+/// waiting in its ring (`waiting`, the record included) past a multiple of
+/// `threshold` ([`ProbeConfig::wakeup_threshold`]): only such a record
+/// wakes the reader. Waking it for every record once past the threshold,
+/// until it drained, cost the traced I/O nearly as much as a wakeup per
+/// event: each queued the ring's `irq_work` anew, a self-interrupt (in a
+/// VM, a VM exit). Every multiple, not just the first: a crossing is
+/// missed when a program that interrupted the producer reserved in
+/// between, and a reader that fell behind is then still woken once per
+/// threshold's worth of data (it drains a woken ring empty, and drains on
+/// a short timer anyway).
 #[inline(always)]
 pub const fn wakes_reader(waiting: u64, record: u64, threshold: u64) -> bool {
     let threshold = if threshold == 0 { 1 } else { threshold };
-    waiting >= threshold && waiting.saturating_sub(record) < threshold
+    waiting >= threshold && waiting.saturating_sub(record) / threshold != waiting / threshold
 }
 
 // SAFETY: plain-old-data, `#[repr(C)]`, integers only, no implicit padding
@@ -323,7 +327,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_the_record_that_crosses_the_threshold_wakes_the_reader() {
+    fn only_a_record_that_crosses_a_multiple_of_the_threshold_wakes_the_reader() {
         let rec = ring_record_bytes(112);
         assert_eq!(rec, 120);
         assert_eq!(ring_record_bytes(1), 16);
@@ -331,12 +335,17 @@ mod tests {
         assert!(wakes_reader(1024, rec, 1024));
         assert!(wakes_reader(1100, rec, 1024));
         assert!(!wakes_reader(1024 + rec, rec, 1024));
-        assert!(!wakes_reader(1 << 20, rec, 1024));
+        // Past the first multiple, the next ones still wake it (a crossing
+        // missed, a reader behind).
+        assert!(wakes_reader(2048 + 10, rec, 1024));
+        assert!(!wakes_reader(2048 + rec, rec, 1024));
+        assert!(wakes_reader(1 << 20, rec, 1024));
+        assert!(!wakes_reader((1 << 20) + 500, rec, 1024));
         // A record larger than the threshold crosses it from an empty ring.
         assert!(wakes_reader(rec, rec, 64));
-        // No threshold: the record that finds the ring empty wakes it.
+        // No threshold: every record wakes it.
         assert!(wakes_reader(rec, rec, 0));
-        assert!(!wakes_reader(2 * rec, rec, 0));
+        assert!(wakes_reader(2 * rec, rec, 0));
     }
 
     #[test]

@@ -280,7 +280,7 @@ pub struct CompletionEvent {
     pub variant: u8,
     /// 1 when `x` lies inside the calling task's own kernel stack.
     pub on_own_stack: u8,
-    pub _pad: [u8; 2],
+    pub _pad: u16,
 }
 
 /// `MD_SUPER_WRITE`, `MD_SUPER_WRITTEN`, `MD_SUPER_WAIT*`, `MD_TEARDOWN`.

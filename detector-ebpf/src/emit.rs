@@ -135,8 +135,8 @@ fn this_cpu_ring() -> Option<&'static RingBuf<u8, RING_TEMPLATE_BYTES>> {
 }
 
 /// Publishes a record (every record starts with its `Header`), waking the
-/// reader once the data waiting in this CPU's ring crosses the threshold
-/// (see [`submit_unnamed`]).
+/// reader when the data waiting in this CPU's ring passes a multiple of
+/// the threshold (`detector_common::config::wakes_reader`).
 /// A record that carries its task's name marks the task `NAMED`, so its
 /// later records leave the name out; marked only now, after the record
 /// has its place in this CPU's ring, so that no record without the name

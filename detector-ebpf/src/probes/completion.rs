@@ -66,7 +66,7 @@ fn emit<C: Hooked>(ctx: &C, kind: u16, x: u64, variant: u8, value: i64) -> Optio
             done: read(x, cfg.completion_done),
             variant,
             on_own_stack: own as u8,
-            _pad: [0; 2],
+            _pad: 0,
         })
     };
     submit(entry, cfg);

@@ -84,7 +84,7 @@ fn completion(
         done,
         variant,
         on_own_stack: own as u8,
-        _pad: [0; 2],
+        _pad: 0,
     })
 }
 

@@ -67,7 +67,8 @@ pub struct LoadOptions {
     /// Ring buffer bytes in all, shared out among the CPUs' rings
     /// ([`super::rings::bytes_per_cpu`]).
     pub ring_bytes: u32,
-    /// Unread bytes past which producers wake the reader.
+    /// Unread bytes per ring per wakeup of the reader
+    /// (`detector_common::config::wakes_reader`).
     pub wakeup_threshold: u64,
     /// Distinct kernel stacks kept.
     pub stack_entries: u32,

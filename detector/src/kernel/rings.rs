@@ -51,7 +51,8 @@ pub fn bytes_per_cpu(total: u32, cpus: u32, page: u32) -> u32 {
     1 << share.ilog2()
 }
 
-/// Unread bytes past which a producer wakes the reader: `wanted`, but
+/// Unread bytes per wakeup of the reader (a producer wakes it when the
+/// data waiting in its ring passes a multiple of this): `wanted`, but
 /// never more than a quarter of a ring, so that a small ring still wakes
 /// the reader well before it is full.
 pub fn wakeup_threshold(wanted: u64, ring_bytes: u32) -> u64 {
