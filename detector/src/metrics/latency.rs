@@ -4,8 +4,7 @@
 //! detector cannot see (bio-based devices on a tracepoint-only kernel) bios
 //! would otherwise pile up for weeks.
 
-use std::collections::HashMap;
-
+use crate::engine::hash::FastMap;
 use crate::event::{Addr, Event, EventKind};
 
 /// Bios timed at once; past it the table starts over (a few histogram
@@ -23,7 +22,7 @@ fn secs(from: u64, to: u64) -> f64 {
 /// Submission times of bios in flight.
 #[derive(Default)]
 pub struct BioLatency {
-    queued: HashMap<Addr, u64>,
+    queued: FastMap<Addr, u64>,
 }
 
 impl BioLatency {
@@ -74,7 +73,7 @@ impl BioLatency {
 /// dropped, not mis-timed).
 #[derive(Default)]
 pub struct HandlerTime {
-    open: HashMap<(u32, u32), Vec<(Addr, u64)>>,
+    open: FastMap<(u32, u32), Vec<(Addr, u64)>>,
 }
 
 impl HandlerTime {
