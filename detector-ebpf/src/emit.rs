@@ -17,7 +17,7 @@ use detector_common::{
 
 use crate::{
     context::Hooked,
-    kernel::{bump, current_stack},
+    kernel::{bump, current_stack, on_stack},
     maps::{EVENTS, RING_TEMPLATE_BYTES, STACK_BUDGET, flag},
     tasks::{add_flags, flags_of, widen_stack_range},
     words,
@@ -145,8 +145,9 @@ fn this_cpu_ring() -> Option<&'static RingBuf<u8, RING_TEMPLATE_BYTES>> {
 /// other CPUs' rings the reader's merge by time keeps the order.
 #[inline(always)]
 pub fn submit<T: 'static>(entry: RingBufEntry<T>, cfg: &ProbeConfig) {
-    let tid = unsafe { (*entry.as_ptr().cast::<Header>()).tid };
-    note_named(cfg, tid);
+    let header = unsafe { &*entry.as_ptr().cast::<Header>() };
+    let (tid, stack_base, sp) = (header.tid, header.stack_base, header.sp);
+    note_named(cfg, tid, stack_base, sp);
     submit_unnamed(entry, cfg);
 }
 
@@ -156,9 +157,15 @@ pub fn submit<T: 'static>(entry: RingBufEntry<T>, cfg: &ProbeConfig) {
 /// named and unnamed paths through the whole hook apart. For a hook that
 /// submits several records with one header: once, after the first is
 /// placed (a branch per record in a loop multiplies the verifier's paths).
+///
+/// Only a record made in the task's own context (`sp` on its stack) marks
+/// it. An interrupt can arrive while the task renames itself, between the
+/// `task_rename` tracepoint (which clears `NAMED`) and the copy of the new
+/// name: a record of the interrupt then carries the old name, and had it
+/// marked the task, every later record would have left the new name out.
 #[inline(always)]
-pub fn note_named(cfg: &ProbeConfig, tid: u32) {
-    if cfg.names_once != 0 {
+pub fn note_named(cfg: &ProbeConfig, tid: u32, stack_base: u64, sp: u64) {
+    if cfg.names_once != 0 && on_stack(cfg, stack_base, sp) {
         add_flags(tid, flag::NAMED);
     }
 }

@@ -365,7 +365,7 @@ fn try_bio_endio<C: Hooked>(ctx: &C) -> Option<()> {
         None => walk_chain(cfg, bio, header, Peeked),
     };
     // After the first record's place is taken (or its loss counted).
-    note_named(cfg, header.tid);
+    note_named(cfg, header.tid, header.stack_base, header.sp);
     if unreported != 0 && may_log(site::CHAIN_CUT) {
         aya_log_ebpf::warn!(
             ctx,
