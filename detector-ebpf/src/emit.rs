@@ -145,14 +145,12 @@ fn this_cpu_ring() -> Option<&'static RingBuf<u8, RING_TEMPLATE_BYTES>> {
 /// other CPUs' rings the reader's merge by time keeps the order.
 #[inline(always)]
 pub fn submit<T: 'static>(entry: RingBufEntry<T>, cfg: &ProbeConfig) {
-    let header = unsafe { &*entry.as_ptr().cast::<Header>() };
-    let (tid, stack_base, sp) = (header.tid, header.stack_base, header.sp);
-    note_named(cfg, tid, stack_base, sp);
+    note_named(cfg, unsafe { &*entry.as_ptr().cast::<Header>() });
     submit_unnamed(entry, cfg);
 }
 
-/// Marks `tid` `NAMED` unless it is already: if it is not, the record
-/// just placed carried its name. Decided from the flags rather than from
+/// Marks the task of `header` `NAMED` unless it is already: if it is not,
+/// the record just placed carried its name. Decided from the flags rather than from
 /// the header's `COMM_OMITTED`, which would make the verifier follow the
 /// named and unnamed paths through the whole hook apart. For a hook that
 /// submits several records with one header: once, after the first is
@@ -164,10 +162,17 @@ pub fn submit<T: 'static>(entry: RingBufEntry<T>, cfg: &ProbeConfig) {
 /// name: a record of the interrupt then carries the old name, and had it
 /// marked the task, every later record would have left the new name out.
 #[inline(always)]
-pub fn note_named(cfg: &ProbeConfig, tid: u32, stack_base: u64, sp: u64) {
-    if cfg.names_once != 0 && on_stack(cfg, stack_base, sp) {
-        add_flags(tid, flag::NAMED);
+pub fn note_named(cfg: &ProbeConfig, header: &Header) {
+    if cfg.names_once != 0 && in_task_context(cfg, header) {
+        add_flags(header.tid, flag::NAMED);
     }
+}
+
+/// Whether the record of `header` was made in its task's own context: the
+/// hook's stack pointer on the task's stack, not an interrupt's.
+#[inline(always)]
+pub fn in_task_context(cfg: &ProbeConfig, header: &Header) -> bool {
+    on_stack(cfg, header.stack_base, header.sp)
 }
 
 /// [`submit`] without marking the task named: for a task's last record

@@ -23,35 +23,35 @@ pub unsafe fn zero<const N: usize>(at: *mut u64) {
 /// A task name of zeros.
 #[inline(always)]
 pub fn no_comm() -> [u8; COMM_LEN] {
-    let mut words = core::mem::MaybeUninit::<[u64; 2]>::uninit();
-    unsafe {
-        zero::<2>(words.as_mut_ptr().cast());
-        core::mem::transmute::<[u64; 2], [u8; COMM_LEN]>(words.assume_init())
-    }
+    name_filled_by(|at| unsafe { zero::<2>(at) })
 }
 
 /// `current->comm`. The helper fills the whole buffer, with zeros if it
 /// fails (the reader then looks the name up).
 #[inline(always)]
 pub fn current_comm() -> [u8; COMM_LEN] {
-    let mut words = core::mem::MaybeUninit::<[u64; 2]>::uninit();
-    unsafe {
-        helper::bpf_get_current_comm(words.as_mut_ptr().cast(), COMM_LEN as u32);
-        core::mem::transmute::<[u64; 2], [u8; COMM_LEN]>(words.assume_init())
-    }
+    name_filled_by(|at| unsafe {
+        helper::bpf_get_current_comm(at.cast(), COMM_LEN as u32);
+    })
 }
 
 /// The name at `src` (a task's `comm`). The helper fills the whole buffer,
-/// with zeros if the read fails.
+/// with zeros if the read fails (not `kernel::peek`, which zeroes its
+/// buffer first, through `memset`).
 #[inline(always)]
 pub fn comm_at(src: u64) -> [u8; COMM_LEN] {
+    name_filled_by(|at| unsafe {
+        helper::bpf_probe_read_kernel(at.cast(), COMM_LEN as u32, src as *const core::ffi::c_void);
+    })
+}
+
+/// A task name as two words, which `fill` writes in full: built as bytes
+/// (what the helpers' wrappers return), or zeroed as a whole, it would be
+/// zeroed through `memset` and moved byte by byte.
+#[inline(always)]
+fn name_filled_by(fill: impl FnOnce(*mut u64)) -> [u8; COMM_LEN] {
     let mut words = core::mem::MaybeUninit::<[u64; 2]>::uninit();
-    unsafe {
-        helper::bpf_probe_read_kernel(
-            words.as_mut_ptr().cast(),
-            COMM_LEN as u32,
-            src as *const core::ffi::c_void,
-        );
-        core::mem::transmute::<[u64; 2], [u8; COMM_LEN]>(words.assume_init())
-    }
+    fill(words.as_mut_ptr().cast());
+    // SAFETY: `fill` wrote both words.
+    unsafe { core::mem::transmute::<[u64; 2], [u8; COMM_LEN]>(words.assume_init()) }
 }

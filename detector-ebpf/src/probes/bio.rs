@@ -17,7 +17,7 @@ use super::done;
 use crate::{
     context::Hooked,
     diag::{may_log, site},
-    emit::{Stack, header, note_named, reserve, submit, submit_unnamed},
+    emit::{Stack, header, in_task_context, note_named, reserve, submit, submit_unnamed},
     kernel::{
         BioFields, CopiedBioAndBdev, CopiedSmall, Fields, Peeked, SMALL_WORDS, Scratch, config,
         current_task, disk_dev, on_stack, read, room_for,
@@ -123,7 +123,7 @@ fn emit_queue<C: Hooked, F: BioFields>(
 /// header flag saying that it starts one.
 #[inline(always)]
 fn note_submitter(cfg: &ProbeConfig, header: &Header, private: u64) -> u8 {
-    if header.tid == 0 || !on_stack(cfg, header.stack_base, header.sp) {
+    if header.tid == 0 || !in_task_context(cfg, header) {
         return 0;
     }
     let (at, old) = flags_of(header.tid);
@@ -365,7 +365,7 @@ fn try_bio_endio<C: Hooked>(ctx: &C) -> Option<()> {
         None => walk_chain(cfg, bio, header, Peeked),
     };
     // After the first record's place is taken (or its loss counted).
-    note_named(cfg, header.tid, header.stack_base, header.sp);
+    note_named(cfg, &header);
     if unreported != 0 && may_log(site::CHAIN_CUT) {
         aya_log_ebpf::warn!(
             ctx,
