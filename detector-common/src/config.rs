@@ -162,13 +162,52 @@ pub struct ProbeConfig {
     /// `EPISODE_UNBOUNDED`, since the return that would end the episode
     /// they start may go unseen.
     pub returns_watched: u32,
+    /// 1: a healthy bio's submission and completion may be paired in the
+    /// kernel and neither shipped (detector-ebpf's `pairing`); userspace
+    /// ships what stays held past its age limit, and what a shipped
+    /// completion's `SUBMISSIONS_HELD` names. 0 under `--full`, where
+    /// `bio_endio` is hooked (a double completion needs every life seen),
+    /// and where the kernel cannot look up and delete in one step.
+    pub pair_bios: u32,
+    pub _pad_end: u32,
 }
+
+/// Upper bounds (inclusive) of the bio in-flight time histogram's buckets,
+/// in ns: 50 µs (a fast NVMe completion) to 30 s (the SCSI command
+/// timeout), about three per decade. The kernel counts the bios it pairs
+/// into these (`PAIRED_TIMES`) and userspace exports the same buckets.
+pub const IO_BUCKET_NS: [u64; 16] = [
+    50_000,
+    100_000,
+    250_000,
+    500_000,
+    1_000_000,
+    2_500_000,
+    5_000_000,
+    10_000_000,
+    25_000_000,
+    50_000_000,
+    100_000_000,
+    250_000_000,
+    500_000_000,
+    1_000_000_000,
+    5_000_000_000,
+    30_000_000_000,
+];
+
+/// Bios the programs hold at once at most (`HELD_BIOS`); past it
+/// submissions are shipped at once.
+pub const HELD_BIOS_ENTRIES: u32 = 16384;
+
+/// Entries of `PAIRED_TIMES`: for each bucket of [`IO_BUCKET_NS`] and one
+/// past the last, a count (at `2 * i`) and a sum of ns (at `2 * i + 1`).
+pub const PAIRED_TIME_SLOTS: usize = 2 * (IO_BUCKET_NS.len() + 1);
 
 const _: () = assert!(core::mem::size_of::<TaskOffsets>() == 32);
 const _: () = assert!(core::mem::size_of::<BioOffsets>() == 64);
 const _: () = assert!(core::mem::size_of::<BlockOffsets>() == 40);
 const _: () = assert!(core::mem::size_of::<MdOffsets>() == 16);
-const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 208);
+const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 216);
 
 impl ProbeConfig {
     /// A config with every offset unknown: programs read nothing.
@@ -231,6 +270,8 @@ impl ProbeConfig {
         full: 0,
         names_once: 0,
         returns_watched: 1,
+        pair_bios: 0,
+        _pad_end: 0,
     };
 
     /// Sets the spans through which the programs fetch a bio or a request

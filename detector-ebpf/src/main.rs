@@ -13,6 +13,7 @@ mod diag;
 mod emit;
 mod kernel;
 mod maps;
+mod pairing;
 mod probes;
 mod tasks;
 mod words;

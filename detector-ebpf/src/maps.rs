@@ -5,7 +5,11 @@ use aya_ebpf::{
     macros::{btf_map, map},
     maps::{Array, HashMap, PerCpuArray, StackTrace},
 };
-use detector_common::{ProbeConfig, counter};
+use detector_common::{
+    BioQueue, ProbeConfig,
+    config::{HELD_BIOS_ENTRIES, PAIRED_TIME_SLOTS},
+    counter,
+};
 
 use crate::kernel::bump;
 
@@ -124,6 +128,39 @@ pub static ENTRY_ARGS: HashMap<u64, u64> = HashMap::with_max_entries(65536, 0);
 /// has been remapped to the whole disk and advanced past the data.
 #[map]
 pub static MD_WRITES: HashMap<u64, u64> = HashMap::with_max_entries(4096, 0);
+
+/// Submissions held back by `pairing` (`ProbeConfig::pair_bios`), by bio
+/// address: the completion that finds its bio here takes it out and ships
+/// neither record when nothing about the I/O can matter to a rule.
+/// Userspace takes out (and ships) what stays longer than its age limit,
+/// and what a completion flagged `SUBMISSIONS_HELD` names; whoever deletes
+/// an entry owns it, so a submission is shipped once or not at all.
+#[map]
+pub static HELD_BIOS: HashMap<u64, BioQueue> = HashMap::with_max_entries(HELD_BIOS_ENTRIES, 0);
+
+/// What the programs learned of each disk (by `struct gendisk` address):
+/// bits of
+/// [`disk`]. A disk's first completion, and every one after its removal
+/// began, is shipped whole: the rules judge lost I/O only on disks that
+/// showed a completion, and completions after `del_gendisk`.
+#[map]
+pub static DISKS: HashMap<u64, u32> = HashMap::with_max_entries(4096, 0);
+
+/// `DISKS` bits.
+pub mod disk {
+    /// A completion of this disk was shipped.
+    pub const COMPLETION_SHIPPED: u32 = 0x1;
+    /// `del_gendisk` ran for it (a disk allocated again at the same
+    /// address keeps it: its completions are all shipped).
+    pub const REMOVED: u32 = 0x2;
+}
+
+/// The in-flight times of paired bios, per CPU: a count and a sum of ns
+/// per bucket of `detector_common::config::IO_BUCKET_NS`, for the
+/// exported histogram (the bios themselves never reach userspace).
+#[map]
+pub static PAIRED_TIMES: PerCpuArray<[u64; PAIRED_TIME_SLOTS]> =
+    PerCpuArray::with_max_entries(1, 0);
 
 /// Inserts into a map whose refusal loses what an event needs: a full map
 /// counts in `full` (a loss).

@@ -20,6 +20,18 @@ pub unsafe fn zero<const N: usize>(at: *mut u64) {
     }
 }
 
+/// Copies `N` words from `from` to `to`.
+///
+/// # Safety
+/// `from` must be valid for reads, and `to` for writes, of `N` aligned
+/// words.
+#[inline(always)]
+pub unsafe fn copy<const N: usize>(to: *mut u64, from: *const u64) {
+    for i in 0..N {
+        unsafe { core::ptr::write_volatile(to.add(i), core::ptr::read_volatile(from.add(i))) };
+    }
+}
+
 /// A task name of zeros.
 #[inline(always)]
 pub fn no_comm() -> [u8; COMM_LEN] {

@@ -25,18 +25,19 @@ use crate::engine::{EngineConfig, EngineStats, FindingKind, Rule};
 use crate::event::{Event, EventKind};
 use crate::kernel::attach::HookOutcome;
 use crate::kernel::coverage::{RuleState, coverage};
+use crate::kernel::held::PairedTimes;
 use crate::kernel::hooks::Mechanism;
 use crate::kernel::reader::ReaderTotals;
 use crate::session::{Emitted, SessionEvent, Sink};
+use detector_common::config::IO_BUCKET_NS;
 use detector_common::counter;
 use latency::{BioLatency, HandlerTime};
 
-/// Latency buckets for block I/O, in seconds: 50 µs (a fast NVMe
-/// completion) to 30 s (the SCSI command timeout), about three per decade.
-pub const IO_BUCKETS: [f64; 16] = [
-    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
-    5.0, 30.0,
-];
+/// Latency buckets for block I/O, in seconds: the kernel's own
+/// (`IO_BUCKET_NS`), which it counts the bios it pairs into.
+fn io_buckets() -> Vec<f64> {
+    IO_BUCKET_NS.iter().map(|&ns| ns as f64 / 1e9).collect()
+}
 
 /// Kinds the reader makes (loss markers, loss checks), not kernel events.
 const NOT_KERNEL_EVENTS: [&str; 3] = ["lost", "loss_checked", "syscall_hooks"];
@@ -75,6 +76,8 @@ pub struct Metrics {
     rule_state: IntGaugeVec,
     hooks_attached: IntGaugeVec,
     bio_in_flight_time: Histogram,
+    /// The paired bios' times already put into `bio_in_flight_time`.
+    paired_seen: Mutex<PairedTimes>,
     handler_time: Histogram,
     build_info: IntGaugeVec,
     reload_success: IntGauge,
@@ -98,7 +101,7 @@ impl Metrics {
             })
             .collect::<Result<Vec<_>, _>>()?;
         let histogram = |name: &str, help: &str| {
-            Histogram::with_opts(HistogramOpts::new(name, help).buckets(IO_BUCKETS.to_vec()))
+            Histogram::with_opts(HistogramOpts::new(name, help).buckets(io_buckets()))
         };
         let metrics = Self {
             events: IntCounterVec::new(
@@ -179,8 +182,10 @@ impl Metrics {
             )?,
             bio_in_flight_time: histogram(
                 "detector_bio_in_flight_duration_seconds",
-                "Time from a bio's submission to its completion",
+                "Time from a bio's submission to its completion (bios paired in the kernel \
+                 included: counted there into the same buckets)",
             )?,
+            paired_seen: Mutex::new(PairedTimes::default()),
             handler_time: histogram(
                 "detector_completion_handler_duration_seconds",
                 "Time a bio completion (bio_endio and its end_io handler) ran",
@@ -364,6 +369,7 @@ impl Metrics {
             }
             let d = &self.decode_errors;
             d.inc_by(totals.decode_errors.saturating_sub(d.get()));
+            self.observe_paired(&totals.paired_times);
             for (found, value) in [
                 ("proc", totals.names_from_proc),
                 ("unknown", totals.names_unknown),
@@ -387,6 +393,22 @@ impl Metrics {
         if let Err(e) = engine.publish(&self.registry, stats) {
             tracing::debug!("engine statistics not exported: {e}");
         }
+    }
+
+    /// Adds the bios paired in the kernel since the last call to the
+    /// in-flight histogram. Each bucket's bios are observed at their mean,
+    /// which lies in the bucket: counts and the sum come out exact.
+    fn observe_paired(&self, times: &PairedTimes) {
+        let mut seen = match self.paired_seen.lock() {
+            Ok(seen) => seen,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        for (count, mean) in times.since(&seen) {
+            for _ in 0..count {
+                self.bio_in_flight_time.observe(mean);
+            }
+        }
+        *seen = *times;
     }
 
     /// The sink that counts what flows through a session.

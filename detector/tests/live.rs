@@ -14,6 +14,9 @@ use std::time::{Duration, Instant};
 use detector::event::{Dev, Event, EventKind};
 use serde_json::Value;
 
+#[path = "live/pairing.rs"]
+mod pairing;
+
 const BIN: &str = env!("CARGO_BIN_EXE_detector");
 
 /// A `detector trace` running in the background.
@@ -26,13 +29,19 @@ struct Trace {
 impl Trace {
     /// Starts tracing and waits until every hook is attached.
     fn start(extra: &[&str]) -> Self {
+        Self::start_with(extra, Stdio::piped())
+    }
+
+    /// [`Trace::start`] with its output sent to `stdout` (a file, for a
+    /// session whose output outgrows a pipe nobody reads until the end).
+    fn start_with(extra: &[&str], stdout: Stdio) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let ready = dir.path().join("ready");
         let child = Command::new(BIN)
             .args(["trace", "--quiet", "--duration", "120s", "--ready-file"])
             .arg(&ready)
             .args(extra)
-            .stdout(Stdio::piped())
+            .stdout(stdout)
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();

@@ -23,6 +23,7 @@ use crate::{
         current_task, disk_dev, on_stack, read, room_for,
     },
     maps::{ENTRY_ARGS, flag, insert_or_count, scratch},
+    pairing::{self, Pairing},
     tasks::{flags_of, note_onstack, set_flags},
     words,
 };
@@ -97,34 +98,52 @@ fn emit_queue<C: Hooked, F: BioFields>(
     let (dev, disk) = fields.devs(cfg);
     let mut header = header(ctx, cfg, kind::BIO_QUEUE, Stack::Take);
     let private: u64 = fields.get(cfg.bio.private);
-    header.flags |= flags | note_submitter(cfg, &header, private);
-    super::md::note_submission(cfg, bio, private);
-    let mut entry = reserve::<BioQueue>()?;
-    unsafe {
-        entry.as_mut_ptr().write(BioQueue {
-            header,
-            bio,
-            sector: fields.get(cfg.bio.sector),
-            end_io: fields.get(cfg.bio.end_io),
-            private,
-            dev,
-            disk_dev: disk,
-            size: fields.get(cfg.bio.size),
-            opf: fields.get(cfg.bio.opf),
-        })
+    let submitter = note_submitter(cfg, &header, private);
+    header.flags |= flags | submitter.header_flags;
+    let md_write = super::md::note_submission(cfg, bio, private);
+    let record = BioQueue {
+        header,
+        bio,
+        sector: fields.get(cfg.bio.sector),
+        end_io: fields.get(cfg.bio.end_io),
+        private,
+        dev,
+        disk_dev: disk,
+        size: fields.get(cfg.bio.size),
+        opf: fields.get(cfg.bio.opf),
     };
+    let watched = submitter.onstack || md_write;
+    if pairing::may_hold(cfg, &record, submitter.task_flags, watched) && pairing::hold(&record) {
+        return Some(());
+    }
+    pairing::forget_earlier(cfg, bio);
+    let mut entry = reserve::<BioQueue>()?;
+    unsafe { entry.as_mut_ptr().write(record) };
     submit(entry, cfg);
     Some(())
 }
 
+/// What a submission's hook learned of its submitter.
+struct Submitter {
+    /// `EPISODE_START`, `EPISODE_UNBOUNDED`.
+    header_flags: u8,
+    /// Its `TASK_FLAGS` before this submission (0 in an interrupt).
+    task_flags: u8,
+    /// Its `bi_private` lies in its own stack.
+    onstack: bool,
+}
+
 /// Flags the submitter (see `TASK_FLAGS`): a submission in task context
 /// starts or continues its episode; one from an interrupt over it (its
-/// stack pointer off the task's stack) is not its own. Returns the
-/// header flag saying that it starts one.
+/// stack pointer off the task's stack) is not its own.
 #[inline(always)]
-fn note_submitter(cfg: &ProbeConfig, header: &Header, private: u64) -> u8 {
+fn note_submitter(cfg: &ProbeConfig, header: &Header, private: u64) -> Submitter {
     if header.tid == 0 || !in_task_context(cfg, header) {
-        return 0;
+        return Submitter {
+            header_flags: 0,
+            task_flags: 0,
+            onstack: false,
+        };
     }
     let (at, old) = flags_of(header.tid);
     set_flags(at, old, old | flag::EPISODE);
@@ -139,10 +158,15 @@ fn note_submitter(cfg: &ProbeConfig, header: &Header, private: u64) -> u8 {
     // bi_private in the submitter's own stack: its end_io may complete
     // something in this frame (blkdev_issue_zeroout's bio batch), so where
     // the frame ends is worth seeing.
-    if on_stack(cfg, header.stack_base, private) {
+    let onstack = on_stack(cfg, header.stack_base, private);
+    if onstack {
         note_onstack(header.tid, private);
     }
-    starts | unbounded
+    Submitter {
+        header_flags: starts | unbounded,
+        task_flags: old,
+        onstack,
+    }
 }
 
 /// `EPISODE_UNBOUNDED` for a user task's submission while the syscall
@@ -201,19 +225,28 @@ fn emit_rq<C: Hooked, F: Fields>(
     let nr_bytes = ctx.arg_u64(2) as u32;
     let q: u64 = rq_fields.get(cfg.block.rq_q);
     let disk: u64 = read(q, cfg.block.q_disk);
-    let header = header(ctx, cfg, kind::RQ_COMPLETE, Stack::Take);
+    let first: u64 = rq_fields.get(cfg.block.rq_bio);
+    let pairing = pairing::pair(cfg, first, Some(nr_bytes), error != 0, disk);
+    if pairing == Pairing::Paired {
+        return Some(());
+    }
+    let mut header = header(ctx, cfg, kind::RQ_COMPLETE, Stack::Take);
     let mut entry = reserve::<RqComplete>()?;
     let ev = entry.as_mut_ptr();
-    let first: u64 = rq_fields.get(cfg.block.rq_bio);
     let span = cfg.bio.walk_span;
+    // Userspace ships the held submissions of a request of several bios.
+    let look_up_held = pairing == Pairing::Unsettled;
     let walk = unsafe {
         match walk_room {
-            Some(room) => walk_rq(cfg, first, nr_bytes, &mut (*ev).bios, |bio| {
+            Some(room) => walk_rq(cfg, first, nr_bytes, &mut (*ev).bios, look_up_held, |bio| {
                 CopiedSmall::read(room, bio, span)
             }),
-            None => walk_rq(cfg, first, nr_bytes, &mut (*ev).bios, Peeked),
+            None => walk_rq(cfg, first, nr_bytes, &mut (*ev).bios, look_up_held, Peeked),
         }
     };
+    if walk.held {
+        header.flags |= header_flag::SUBMISSIONS_HELD;
+    }
     unsafe {
         (*ev).header = header;
         (*ev).rq = rq;
@@ -244,6 +277,8 @@ struct RqWalk {
     left: u64,
     /// The walk stopped at `RQ_MAX_BIOS` with bios and bytes left.
     truncated: bool,
+    /// A bio found has its submission held (looked up only if asked).
+    held: bool,
 }
 
 /// Mirrors blk_update_request(): bios are ended in order while they fit
@@ -255,11 +290,13 @@ fn walk_rq<F: Fields>(
     mut bio: u64,
     nr_bytes: u32,
     bios: &mut [u64; RQ_MAX_BIOS],
+    look_up_held: bool,
     fields_of: impl Fn(u64) -> F,
 ) -> RqWalk {
     unsafe { words::zero::<RQ_MAX_BIOS>(bios.as_mut_ptr()) };
     let mut left = nr_bytes as u64;
     let mut found: u16 = 0;
+    let mut held = false;
     for slot in bios.iter_mut() {
         if bio == 0 {
             break;
@@ -271,6 +308,7 @@ fn walk_rq<F: Fields>(
         }
         *slot = bio;
         found += 1;
+        held |= look_up_held && pairing::is_held(bio);
         left -= size;
         bio = fields.get(cfg.bio.next);
         if left == 0 {
@@ -281,6 +319,7 @@ fn walk_rq<F: Fields>(
         found,
         left,
         truncated: found as usize == RQ_MAX_BIOS && bio != 0 && left > 0,
+        held,
     }
 }
 
@@ -314,6 +353,13 @@ fn emit_bio_complete<C: Hooked, F: BioFields>(
     bio: u64,
     fields: &F,
 ) -> Option<()> {
+    let error = fields.get::<u8>(cfg.bio.status) as i32;
+    if cfg.pair_bios != 0 {
+        let gendisk: u64 = read(ctx.arg_u64(0), cfg.block.q_disk);
+        if pairing::pair(cfg, bio, None, error != 0, gendisk) == Pairing::Paired {
+            return Some(());
+        }
+    }
     let (dev, disk) = fields.devs(cfg);
     let header = header(ctx, cfg, kind::BIO_COMPLETE, Stack::Skip);
     let mut entry = reserve::<BioComplete>()?;
@@ -325,7 +371,7 @@ fn emit_bio_complete<C: Hooked, F: BioFields>(
             dev,
             disk_dev: disk,
             size: fields.get(cfg.bio.size),
-            error: fields.get::<u8>(cfg.bio.status) as i32,
+            error,
         })
     };
     submit(entry, cfg);
@@ -573,6 +619,7 @@ fn try_del_gendisk<C: Hooked>(ctx: &C) -> Option<()> {
         disk,
         counter::ARGS_FULL,
     );
+    pairing::note_removal(disk);
     emit_disk(ctx, cfg, kind::DEL_GENDISK, disk)
 }
 

@@ -112,25 +112,26 @@ fn try_super_write(ctx: &ProbeContext) -> Option<()> {
 /// `md_super_write`, for the same rdev (`bi_private`), is that write's, and
 /// its sector is remembered for `super_written`. (`md_super_write` may
 /// return early without a bio, for a faulty rdev: the rdev check keeps its
-/// stale entry from claiming an unrelated bio.)
+/// stale entry from claiming an unrelated bio.) Returns whether it is.
 #[inline(always)]
-pub fn note_submission(cfg: &ProbeConfig, bio: u64, private: u64) {
+pub fn note_submission(cfg: &ProbeConfig, bio: u64, private: u64) -> bool {
     if cfg.md.rdev_mddev == NO_OFFSET {
-        return; // md_mod is not loaded
+        return false; // md_mod is not loaded
     }
     let rdev_key = entry_key(SLOT_SUPER_WRITE_RDEV);
     let sector_key = entry_key(SLOT_SUPER_WRITE_SECTOR);
     let (Some(&rdev), Some(&sector)) = (unsafe { ENTRY_ARGS.get(rdev_key) }, unsafe {
         ENTRY_ARGS.get(sector_key)
     }) else {
-        return;
+        return false;
     };
     if private != rdev {
-        return;
+        return false;
     }
     let _ = ENTRY_ARGS.remove(rdev_key);
     let _ = ENTRY_ARGS.remove(sector_key);
     insert_or_count(&MD_WRITES, bio, sector, counter::ARGS_FULL);
+    true
 }
 
 /// `static void super_written(struct bio *bio)`: the end_io of those writes;

@@ -287,8 +287,10 @@ pub struct TraceArgs {
     pub record: Option<PathBuf>,
     /// Report everything the hooks see: every switch, wakeup, syscall
     /// boundary and completion call on the host, not only those of tasks
-    /// and objects a rule follows (for debugging; costs every traced task
-    /// several times what the default does).
+    /// and objects a rule follows, and every bio (by default, asynchronous
+    /// I/O that completes cleanly after its syscall returned is paired in
+    /// the kernel and only counted). For debugging; costs every traced
+    /// task several times what the default does.
     #[arg(long)]
     pub full: bool,
     /// Create FILE once every hook is attached (for scripts that must not

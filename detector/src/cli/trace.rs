@@ -243,7 +243,7 @@ async fn trace_loop(
             input = live.next() => match input {
                 None => break,
                 Some(LiveInput::Batch(batch)) => {
-                    feed(session, batch)?;
+                    feed(session, *batch)?;
                     if last_sync.elapsed() >= RECORD_FLUSH_EVERY {
                         session.sync()?;
                         last_sync = Instant::now();

@@ -175,6 +175,14 @@ pub fn comm_omitted(bytes: &[u8]) -> bool {
         .is_some_and(|f| f & wire::header_flag::COMM_OMITTED != 0)
 }
 
+/// Whether the record is a completion whose bios' submissions the
+/// programs may still hold (`SUBMISSIONS_HELD`).
+pub fn submissions_held(bytes: &[u8]) -> bool {
+    bytes
+        .get(core::mem::offset_of!(wire::Header, flags))
+        .is_some_and(|f| f & wire::header_flag::SUBMISSIONS_HELD != 0)
+}
+
 /// Decodes one ring-buffer record.
 pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
     if bytes.len() < size_of::<wire::Header>() {

@@ -4,18 +4,19 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
-use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf, StackTraceMap};
+use aya::maps::{Array, HashMap as BpfHashMap, Map, MapData, PerCpuArray, RingBuf, StackTraceMap};
 use aya::programs::Program;
 use aya::programs::raw_trace_point::RawTracePointLinkId;
 use aya::programs::tp_btf::BtfTracePointLinkId;
 use aya::{Ebpf, EbpfLoader};
 use detector_common::ProbeConfig;
-use detector_common::config::{NO_OFFSET, SMALL_REGION_BYTES, region_span};
+use detector_common::config::{HELD_BIOS_ENTRIES, NO_OFFSET, SMALL_REGION_BYTES, region_span};
 use serde::Serialize;
 
 use super::btf::{BtfError, KernelBtf};
 use super::coverage::{RuleState, coverage};
 use super::facts::KernelFacts;
+use super::held::{HeldBios, PairedTimesMap};
 use super::hooks::{Candidate, HookSpec, Mechanism, hooks};
 use super::loss::WatchedProgram;
 use super::offsets::{MissingField, probe_config};
@@ -240,6 +241,9 @@ pub struct Probes {
     /// How many rings (CPU ids), and each one's size.
     pub ring_cpus: u32,
     pub ring_bytes: u32,
+    /// The submissions the programs hold back, until taken; `None` while
+    /// bios are not paired in the kernel (`ProbeConfig::pair_bios`).
+    held: Option<HeldBios>,
 }
 
 /// A tracepoint program's link.
@@ -368,6 +372,7 @@ impl Probes {
             rings,
             ring_cpus: cpus,
             ring_bytes,
+            held: None,
         };
         probes.write_config()?;
         probes.attach_all();
@@ -376,6 +381,8 @@ impl Probes {
         // Names go out once per task only where a rename makes the next
         // record carry the new one.
         probes.config.names_once = probes.is_attached("task_rename").into();
+        probes.held = probes.held_bios();
+        probes.config.pair_bios = probes.held.is_some().into();
         probes.write_config()?;
         Ok(probes)
     }
@@ -702,6 +709,38 @@ impl Probes {
     /// Takes the per-CPU counters (once).
     pub fn take_counters(&mut self) -> Option<PerCpuArray<MapData, u64>> {
         PerCpuArray::try_from(self.ebpf.take_map("COUNTERS")?).ok()
+    }
+
+    /// Takes the map of held submissions (once); `None` while bios are
+    /// not paired in the kernel.
+    pub fn take_held_bios(&mut self) -> Option<HeldBios> {
+        self.held.take()
+    }
+
+    /// Takes the paired bios' in-flight times (once).
+    pub fn take_paired_times(&mut self) -> Option<PairedTimesMap> {
+        let map = self.ebpf.take_map("PAIRED_TIMES")?;
+        PerCpuArray::try_from(map).ok().map(PairedTimesMap)
+    }
+
+    /// Whether bios are paired in the kernel (`ProbeConfig::pair_bios`).
+    pub fn pairs_bios(&self) -> bool {
+        self.config.pair_bios != 0
+    }
+
+    /// The held-submission map, where the programs may pair bios: not
+    /// under `--full` (everything is shipped), nor where `bio_endio` is
+    /// hooked (a double completion is only seen when every life's
+    /// completions are), nor on a kernel that cannot take an entry out
+    /// of a hash map in one step (before 5.14).
+    fn held_bios(&mut self) -> Option<HeldBios> {
+        if self.opts.full || self.is_attached("bio_endio") {
+            return None;
+        }
+        let Map::HashMap(map) = self.ebpf.take_map("HELD_BIOS")? else {
+            return None;
+        };
+        HeldBios::new(map, HELD_BIOS_ENTRIES as usize)
     }
 
     /// Takes the per-task maps (once), for pruning.

@@ -5,6 +5,7 @@ pub mod attach;
 pub mod btf;
 pub mod coverage;
 pub mod facts;
+pub mod held;
 pub mod hooks;
 pub mod kallsyms;
 pub mod layout;

@@ -12,6 +12,7 @@ use aya::maps::{MapData, RingBuf};
 use detector_common::counter;
 use tokio::sync::{mpsc, watch};
 
+use super::held::{HeldBios, PairedTimes, PairedTimesMap};
 use super::loss::{Counts, LossCounters};
 use super::names::TaskNames;
 use super::rings::RingSet;
@@ -67,10 +68,19 @@ pub struct ReaderTotals {
     pub counters: Counts,
     /// The syscall hooks' attachments (filled in by the live source).
     pub syscall_hooks: HookToggles,
+    /// In-flight times of the bios paired in the kernel (never shipped):
+    /// a count and a sum of ns per bucket of `IO_BUCKET_NS`.
+    #[serde(skip)]
+    pub paired_times: PairedTimes,
+    /// Held submissions shipped by the reader: older than the hold limit
+    /// (swept), or named by a shipped completion (released).
+    pub held_swept: u64,
+    pub held_released: u64,
 }
 
 pub struct Reader {
     rings: RingSet,
+    paired_times: Option<PairedTimesMap>,
     loss: LossCounters,
     task_maps: Option<TaskMaps>,
     drain_every: Duration,
@@ -82,12 +92,15 @@ pub struct Reader {
 impl Reader {
     pub fn new(
         rings: Vec<RingBuf<MapData>>,
+        held: Option<HeldBios>,
+        paired_times: Option<PairedTimesMap>,
         loss: LossCounters,
         task_maps: Option<TaskMaps>,
         drain_every: Duration,
     ) -> std::io::Result<Self> {
         Ok(Self {
-            rings: RingSet::new(rings)?,
+            rings: RingSet::new(rings)?.with_held(held),
+            paired_times,
             loss,
             task_maps,
             drain_every,
@@ -126,7 +139,8 @@ impl Reader {
             if stopping || *stop.borrow() {
                 // The batches above may have waited for room in the channel
                 // while the programs kept writing: one more pass takes
-                // everything written before the stop.
+                // everything written before the stop, and what is held.
+                self.rings.flush_held();
                 self.send_all(&tx).await;
                 break;
             }
@@ -183,6 +197,10 @@ impl Reader {
         self.totals.read_errors = c.get(counter::READ_ERRORS);
         self.totals.stack_errors = c.get(counter::STACK_ERRORS);
         self.totals.stacks_over_budget = c.get(counter::STACKS_OVER_BUDGET);
+        if let Some(times) = &self.paired_times {
+            self.totals.paired_times = times.read();
+        }
+        (self.totals.held_swept, self.totals.held_released) = self.rings.held_shipped();
     }
 }
 

@@ -17,9 +17,11 @@ use aya::maps::{ArrayOfMaps, Map, MapData, MapError, RingBuf};
 use aya_obj::generated::bpf_map_type::BPF_MAP_TYPE_RINGBUF;
 use tokio::io::unix::AsyncFd;
 
+use super::held::HeldBios;
 use super::names::TaskNames;
-use crate::event::Event;
-use crate::event::decode::{comm_omitted, decode};
+use crate::clock::monotonic_ns;
+use crate::event::decode::{comm_omitted, decode, submissions_held};
+use crate::event::{Event, EventKind};
 
 /// One past the highest CPU id the kernel may ever use
 /// (`/sys/devices/system/cpu/possible`), at least 1: the rings are
@@ -90,6 +92,10 @@ pub struct RingSet {
     /// An epoll set of the rings: readable when a producer woke any ring.
     ready: AsyncFd<OwnedFd>,
     pending: Pending,
+    /// The submissions the programs hold back, when they pair bios.
+    held: Option<HeldBios>,
+    /// The next drain ships every held submission (the session ends).
+    flush_held: bool,
 }
 
 impl RingSet {
@@ -129,7 +135,27 @@ impl RingSet {
             rings,
             ready,
             pending: Pending::default(),
+            held: None,
+            flush_held: false,
         })
+    }
+
+    /// Ships the submissions the programs hold back along with the
+    /// records (`HeldBios`).
+    pub fn with_held(mut self, held: Option<HeldBios>) -> Self {
+        self.held = held;
+        self
+    }
+
+    /// Makes the next drain ship every held submission, old or not.
+    pub fn flush_held(&mut self) {
+        self.flush_held = true;
+    }
+
+    /// Held submissions shipped so far: (swept for their age, released by
+    /// their completion).
+    pub fn held_shipped(&self) -> (u64, u64) {
+        self.held.as_ref().map_or((0, 0), |h| (h.swept, h.released))
     }
 
     /// Waits until a producer wakes the reader (a ring past its
@@ -155,9 +181,24 @@ impl RingSet {
         decode_errors: &mut u64,
     ) -> bool {
         let share = (max / self.rings.len().max(1)).max(1);
+        let Self {
+            rings,
+            pending,
+            held,
+            flush_held,
+            ..
+        } = self;
+        // Held records are older than what the rings give: they need the
+        // sort even from one ring.
+        let mut injected = match held {
+            Some(held) => held.sweep(monotonic_ns(), std::mem::take(flush_held), &mut |bytes| {
+                ship_bytes(bytes, pending, decode_errors)
+            }),
+            None => false,
+        };
         // The last time a ring with more to give reached.
         let mut cut: Option<u64> = None;
-        for ring in &mut self.rings {
+        for ring in rings.iter_mut() {
             let mut taken = 0;
             let mut last = 0;
             while taken < share {
@@ -166,7 +207,10 @@ impl RingSet {
                 match decode(&item) {
                     Ok(event) => {
                         last = event.ts;
-                        self.pending.push(event, comm_omitted(&item));
+                        if let Some(held) = held.as_mut().filter(|_| submissions_held(&item)) {
+                            injected |= release_held(held, &event, pending, decode_errors);
+                        }
+                        pending.push(event, comm_omitted(&item));
                     }
                     Err(_) => *decode_errors += 1,
                 }
@@ -175,12 +219,40 @@ impl RingSet {
                 cut = Some(cut.map_or(last, |c| c.min(last)));
             }
         }
-        let several = self.rings.len() > 1;
+        let several = rings.len() > 1;
         // One ring's order is the order: nothing needs to wait.
-        self.pending
-            .merge_into(cut.filter(|_| several), several, names, out);
+        pending.merge_into(cut.filter(|_| several), several || injected, names, out);
         cut.is_none()
     }
+}
+
+/// Decodes a held submission into this drain's records.
+fn ship_bytes(bytes: &[u8], pending: &mut Pending, decode_errors: &mut u64) {
+    match decode(bytes) {
+        Ok(event) => pending.push(event, comm_omitted(bytes)),
+        Err(_) => *decode_errors += 1,
+    }
+}
+
+/// Ships the held submissions of the bios `completion` names, ahead of it
+/// (in time: the merge sorts); returns whether there were any.
+fn release_held(
+    held: &mut HeldBios,
+    completion: &Event,
+    pending: &mut Pending,
+    decode_errors: &mut u64,
+) -> bool {
+    let mut shipped = false;
+    let mut ship = |bytes: &[u8]| {
+        shipped = true;
+        ship_bytes(bytes, pending, decode_errors);
+    };
+    if let EventKind::RqComplete { bios, .. } = &completion.kind {
+        for bio in bios.iter() {
+            held.release(bio.0, &mut ship);
+        }
+    }
+    shipped
 }
 
 /// One drain's records, ring after ring, until merged, and those that

@@ -139,3 +139,34 @@ fn rule_states_follow_the_configuration() {
         Some(0.0)
     );
 }
+
+#[test]
+fn bios_paired_in_the_kernel_join_the_in_flight_histogram() {
+    let m = Metrics::new().unwrap();
+    let mut totals = ReaderTotals::default();
+    // Three bios of 30-40 µs (the first bucket, <= 50 µs) and one of 2 ms.
+    totals.paired_times.0[0] = 3;
+    totals.paired_times.0[1] = 105_000;
+    totals.paired_times.0[2 * 5] = 1;
+    totals.paired_times.0[2 * 5 + 1] = 2_000_000;
+    m.publish(&EngineStats::default(), Some(&totals));
+    // Published again with nothing new: nothing counted twice.
+    m.publish(&EngineStats::default(), Some(&totals));
+    let text = m.encode().unwrap();
+    let series = "detector_bio_in_flight_duration_seconds";
+    assert_eq!(value(&text, &format!("{series}_count")), Some(4.0), "{text}");
+    let sum = value(&text, &format!("{series}_sum")).unwrap();
+    assert!((sum - 0.002105).abs() < 1e-9, "{sum}");
+    assert_eq!(
+        value(&text, &format!("{series}_bucket{{le=\"0.00005\"}}")),
+        Some(3.0)
+    );
+    assert_eq!(
+        value(&text, &format!("{series}_bucket{{le=\"0.001\"}}")),
+        Some(3.0)
+    );
+    assert_eq!(
+        value(&text, &format!("{series}_bucket{{le=\"0.0025\"}}")),
+        Some(4.0)
+    );
+}

@@ -65,7 +65,7 @@ pub enum Source {
 }
 
 enum Input {
-    Batch(Batch),
+    Batch(Box<Batch>),
     Modules { attached: Option<&'static str> },
     Replayed(PacedBatch),
 }
@@ -316,7 +316,7 @@ pub async fn run(
                         break;
                     }
                     Some(Input::Batch(batch)) => {
-                        feed(&mut session, batch)?;
+                        feed(&mut session, *batch)?;
                         if stall_reader {
                             stall_reader_on_purpose();
                         }

@@ -53,7 +53,7 @@ pub enum LiveError {
 
 /// What the kernel side produced.
 pub enum LiveInput {
-    Batch(Batch),
+    Batch(Box<Batch>),
     /// The module poll came round: symbolize with the modules loaded now;
     /// `attached` names a module whose hooks were just attached.
     Modules {
@@ -108,8 +108,17 @@ impl Live {
         let programs: Programs = Arc::new(Mutex::new(probes.attached_programs()));
         let loss = LossCounters::new(counters, programs.clone());
         let task_maps = probes.take_task_maps();
-        let reader =
-            Reader::new(rings, loss, Some(task_maps), DRAIN_EVERY).map_err(LiveError::Poll)?;
+        let held = probes.take_held_bios();
+        let paired_times = probes.take_paired_times();
+        let reader = Reader::new(
+            rings,
+            held,
+            paired_times,
+            loss,
+            Some(task_maps),
+            DRAIN_EVERY,
+        )
+        .map_err(LiveError::Poll)?;
         let (tx, rx) = mpsc::channel(BATCHES_IN_FLIGHT);
         let (stop_tx, stop_rx) = watch::channel(false);
         let reader = tokio::spawn(reader.run(tx, stop_rx));
@@ -149,7 +158,7 @@ impl Live {
                 batch.totals.syscall_hooks = self.syscall_hooks.toggles;
                 self.totals = batch.totals;
                 self.last_batch = Instant::now();
-                Some(LiveInput::Batch(batch))
+                Some(LiveInput::Batch(Box::new(batch)))
             }
             _ = self.module_poll.tick() => {
                 let attached = self.probes.attach_module("md_mod").then_some("md_mod");

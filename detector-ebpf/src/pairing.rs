@@ -1,0 +1,208 @@
+//! Pairing healthy bios in the kernel (`ProbeConfig::pair_bios`).
+//!
+//! Under asynchronous load every I/O shipped two records (its submission
+//! and its request's completion), and each cost a record's emission here
+//! and several hundred ns in userspace, for an I/O no rule will quote. A
+//! submission that nothing marks as interesting is held in `HELD_BIOS`
+//! instead of the ring; its completion takes it out and ships neither when
+//! the I/O ended cleanly and nothing about it can matter to a rule.
+//!
+//! When a pair may go: the submitter has returned to user space since it
+//! submitted the bio (`flag::EPISODE` clear: `sys_exit` clears it), is not
+//! asleep uninterruptibly, and owns no on-stack completion. Then the
+//! bio's episode is over, and every sleep of it was woken (a sleep that
+//! was not is still going on, and keeps the task in its episode):
+//! lost-wakeup judges a sleep only from its episode's submissions and
+//! completions, and each of those happened while the task was in the
+//! episode, so each was shipped. Synchronous I/O therefore ships as
+//! before; what is paired away is asynchronous I/O (libaio, io_uring)
+//! completing after its syscall returned. Kernel threads never return,
+//! and their I/O is always shipped.
+//!
+//! Also shipped whole (docs/rules.md): a submission whose `bi_private`
+//! lies on its submitter's stack (onstack) or that is an md superblock
+//! write (md-teardown); a completion with an error; a disk's first
+//! completion (lost-io judges only disks that showed one) and every
+//! completion after its `del_gendisk` began (bio-complete-after-teardown);
+//! a request of several bios, or whose walk was cut short.
+//!
+//! Nothing stays held long: userspace ships what is older than a few
+//! milliseconds, well inside the engine's reorder window, so a bio that
+//! never completes (lost-io) or is in flight at a teardown is seen as
+//! before. Whoever deletes an entry (a completion here, or userspace)
+//! owns it: a submission is shipped once, or not at all.
+
+use aya_ebpf::helpers::bpf_ktime_get_ns;
+use detector_common::{
+    BioQueue, ProbeConfig,
+    config::{IO_BUCKET_NS, PAIRED_TIME_SLOTS},
+    counter, header_flag,
+};
+
+use crate::{
+    emit::{reserve, submit_unnamed},
+    kernel::bump,
+    maps::{DISKS, HELD_BIOS, PAIRED_TIMES, disk, flag},
+    tasks::flags_of,
+    words,
+};
+
+/// Task flags that make a submitter's I/O worth shipping: still in the
+/// episode (not returned to user space since), asleep uninterruptibly, or
+/// owning on-stack frames.
+const SUBMITTER_WATCHED: u8 = flag::EPISODE | flag::SLEEPING | flag::ONSTACK | flag::FRAMES;
+
+/// Task flags that make a submission worth shipping at once.
+const SUBMITTER_WATCHED_NOW: u8 = flag::SLEEPING | flag::ONSTACK | flag::FRAMES;
+
+/// Whether a submission may be held rather than shipped: pairing is on,
+/// it starts its submitter's episode, no rule can use it on its own
+/// (`watched`: see the module's list), and its submitter is not watched.
+///
+/// Only an episode's first submission is held: an asynchronous submitter
+/// (libaio, io_uring) submits one or a few per syscall, while a kernel
+/// thread, which never returns, would only have its bios held and
+/// shipped later at a higher cost.
+#[inline(always)]
+pub fn may_hold(cfg: &ProbeConfig, record: &BioQueue, submitter_flags: u8, watched: bool) -> bool {
+    cfg.pair_bios != 0
+        && record.header.flags & header_flag::EPISODE_START != 0
+        && !watched
+        && submitter_flags & SUBMITTER_WATCHED_NOW == 0
+}
+
+/// Holds `record` until its completion; false (ship it now) when the map
+/// is full. A submission of a bio held already (a resubmission) takes the
+/// earlier one's place: the later one restarts the clock.
+#[inline(always)]
+pub fn hold(record: &BioQueue) -> bool {
+    if HELD_BIOS.insert(record.bio, record, 0).is_ok() {
+        return true;
+    }
+    bump(counter::HELD_MAP_FULL);
+    false
+}
+
+/// For a submission about to be shipped: an earlier one of the same bio
+/// must not stay held, or the completion would pair with it and leave
+/// this one without its completion.
+#[inline(always)]
+pub fn forget_earlier(cfg: &ProbeConfig, bio: u64) {
+    if cfg.pair_bios != 0 {
+        let _ = HELD_BIOS.remove(bio);
+    }
+}
+
+/// What a completion did with its bio's held submission.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Pairing {
+    /// Paired: neither record is shipped.
+    Paired,
+    /// The completion is shipped; the submission is not held (it was
+    /// shipped before, just now, or never seen).
+    Shipped,
+    /// The completion covers more than the held submission: the request
+    /// has several bios, and the walk looks each one up.
+    Unsettled,
+}
+
+/// Pairs the completion of `bio` (of `bytes` when it is a request's,
+/// error or not) on `gendisk` with its held submission, or ships that
+/// submission ahead of the completion when a rule may need the two.
+#[inline(always)]
+pub fn pair(cfg: &ProbeConfig, bio: u64, bytes: Option<u32>, error: bool, gendisk: u64) -> Pairing {
+    if cfg.pair_bios == 0 {
+        return Pairing::Shipped;
+    }
+    let Some(held) = HELD_BIOS.get_ptr(bio) else {
+        return Pairing::Shipped;
+    };
+    let (submitter, queued_at, size) =
+        unsafe { ((*held).header.tid, (*held).header.ts_ns, (*held).size) };
+    if bytes.is_some_and(|bytes| bytes != size) {
+        return Pairing::Unsettled;
+    }
+    if error || submitter_watched(submitter) || disk_wants_completions(gendisk) {
+        release(cfg, bio, held);
+        return Pairing::Shipped;
+    }
+    // Userspace may have taken it since the lookup: then it shipped the
+    // submission, and the completion must follow.
+    if HELD_BIOS.remove(bio).is_err() {
+        return Pairing::Shipped;
+    }
+    bump(counter::BIOS_PAIRED);
+    count_time(unsafe { bpf_ktime_get_ns() }.saturating_sub(queued_at));
+    Pairing::Paired
+}
+
+/// Ships the held submission at `held` (of `bio`) now, ahead of its
+/// completion, unless userspace took it out first. Its task is not
+/// marked named: this runs in the completion's context, not the task's.
+#[inline(always)]
+fn release(cfg: &ProbeConfig, bio: u64, held: *const BioQueue) {
+    const WORDS: usize = core::mem::size_of::<BioQueue>() / 8;
+    let Some(mut entry) = reserve::<BioQueue>() else {
+        return; // counted; userspace ships it once it is old
+    };
+    unsafe { words::copy::<WORDS>(entry.as_mut_ptr().cast(), held.cast()) };
+    if HELD_BIOS.remove(bio).is_ok() {
+        submit_unnamed(entry, cfg);
+    } else {
+        entry.discard(0);
+    }
+}
+
+/// Whether `bio`'s submission is held (for a completion about to be
+/// shipped: userspace takes it out and ships it first).
+#[inline(always)]
+pub fn is_held(bio: u64) -> bool {
+    unsafe { HELD_BIOS.get(bio) }.is_some()
+}
+
+#[inline(always)]
+fn submitter_watched(tid: u32) -> bool {
+    tid != 0 && flags_of(tid).1 & SUBMITTER_WATCHED != 0
+}
+
+/// Whether this completion must be shipped for its disk's sake: the
+/// disk's first, or one after its removal began. Marks the first.
+#[inline(always)]
+fn disk_wants_completions(gendisk: u64) -> bool {
+    match unsafe { DISKS.get(gendisk) } {
+        Some(bits) => bits & disk::REMOVED != 0,
+        None => {
+            let _ = DISKS.insert(gendisk, disk::COMPLETION_SHIPPED, 0);
+            true
+        }
+    }
+}
+
+/// Marks `gendisk` as being removed: its completions are shipped from
+/// now on.
+#[inline(always)]
+pub fn note_removal(gendisk: u64) {
+    let _ = DISKS.insert(gendisk, disk::COMPLETION_SHIPPED | disk::REMOVED, 0);
+}
+
+/// Counts a paired bio's in-flight time into its bucket.
+#[inline(always)]
+fn count_time(ns: u64) {
+    let Some(slots) = PAIRED_TIMES.get_ptr_mut(0) else {
+        return;
+    };
+    let mut bucket = IO_BUCKET_NS.len();
+    for (i, bound) in IO_BUCKET_NS.iter().enumerate() {
+        if ns <= *bound {
+            bucket = i;
+            break;
+        }
+    }
+    let at = 2 * bucket;
+    if at + 1 < PAIRED_TIME_SLOTS {
+        unsafe {
+            (*slots)[at] += 1;
+            (*slots)[at + 1] += ns;
+        }
+    }
+}

@@ -1,0 +1,232 @@
+//! Submissions the programs hold back (`HELD_BIOS`, detector-ebpf's
+//! `pairing`): the reader ships each one that is older than [`HOLD_AGE`],
+//! and each one a shipped completion says it may still hold
+//! (`SUBMISSIONS_HELD`), before that completion.
+//!
+//! A completion in the kernel and the reader may go for one entry at the
+//! same moment: whoever deletes it owns it. The reader takes entries out
+//! with `BPF_MAP_LOOKUP_AND_DELETE_ELEM`, which reads and deletes under the
+//! bucket's lock (hash maps: 5.14+), so a submission is shipped once, or
+//! paired away in the kernel, never both.
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+
+use aya::maps::{MapData, PerCpuArray};
+use detector_common::config::PAIRED_TIME_SLOTS;
+use detector_common::wire;
+
+/// Held submissions older than this are shipped: well inside the engine's
+/// reorder window (30 ms) with a drain interval (10 ms) on top, so that a
+/// shipped submission is never late. Longer than almost every I/O on
+/// solid-state storage, so most pairs complete before.
+pub const HOLD_AGE_NS: u64 = 5_000_000;
+
+/// How often the reader looks through the map at most.
+const SWEEP_EVERY_NS: u64 = 2_000_000;
+
+const BPF_MAP_LOOKUP_AND_DELETE_ELEM: libc::c_long = 21;
+const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+
+/// `union bpf_attr` for the element commands.
+#[repr(C)]
+#[derive(Default)]
+struct ElemAttr {
+    map_fd: u32,
+    _pad: u32,
+    key: u64,
+    value: u64,
+    flags: u64,
+}
+
+/// `union bpf_attr` for the batch commands.
+#[repr(C)]
+#[derive(Default)]
+struct BatchAttr {
+    in_batch: u64,
+    out_batch: u64,
+    keys: u64,
+    values: u64,
+    count: u32,
+    map_fd: u32,
+    elem_flags: u64,
+    flags: u64,
+}
+
+fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<()> {
+    // SAFETY: `attr` is a valid, initialised `union bpf_attr` prefix of
+    // the size given; the kernel zero-extends the rest.
+    let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *mut T, std::mem::size_of::<T>()) };
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+const VALUE_BYTES: usize = std::mem::size_of::<wire::BioQueue>();
+
+/// The reader's side of `HELD_BIOS`.
+pub struct HeldBios {
+    map: MapData,
+    /// Room for one look through the whole map.
+    keys: Vec<u64>,
+    values: Vec<u8>,
+    last_sweep: u64,
+    /// Submissions taken out and shipped, by why.
+    pub swept: u64,
+    pub released: u64,
+}
+
+impl HeldBios {
+    /// `entries`: the map's size. `None` when this kernel cannot look up
+    /// and delete one of its entries in one step (before 5.14): then the
+    /// programs must not hold anything.
+    pub fn new(map: MapData, entries: usize) -> Option<Self> {
+        let held = Self {
+            map,
+            keys: vec![0; entries],
+            values: vec![0; entries * VALUE_BYTES],
+            last_sweep: 0,
+            swept: 0,
+            released: 0,
+        };
+        held.take(0).ok().map(|_| held)
+    }
+
+    fn fd(&self) -> BorrowedFd<'_> {
+        self.map.fd().as_fd()
+    }
+
+    /// Takes `bio`'s entry out: `Ok(None)` when there is none (paired in
+    /// the kernel, or shipped already).
+    fn take(&self, bio: u64) -> io::Result<Option<[u8; VALUE_BYTES]>> {
+        let mut value = [0u8; VALUE_BYTES];
+        let mut attr = ElemAttr {
+            map_fd: self.fd().as_raw_fd() as u32,
+            key: &bio as *const u64 as u64,
+            value: value.as_mut_ptr() as u64,
+            ..ElemAttr::default()
+        };
+        match bpf(BPF_MAP_LOOKUP_AND_DELETE_ELEM, &mut attr) {
+            Ok(()) => Ok(Some(value)),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Ships `bio`'s held submission, if any, through `ship`.
+    pub fn release(&mut self, bio: u64, ship: &mut impl FnMut(&[u8])) {
+        if let Ok(Some(value)) = self.take(bio) {
+            self.released += 1;
+            ship(&value);
+        }
+    }
+
+    /// Ships every held submission older than [`HOLD_AGE_NS`] at `now`
+    /// (all of them with `all`), at most every few milliseconds unless
+    /// `all`. Returns whether it shipped any.
+    pub fn sweep(&mut self, now: u64, all: bool, ship: &mut impl FnMut(&[u8])) -> bool {
+        if !all && now.saturating_sub(self.last_sweep) < SWEEP_EVERY_NS {
+            return false;
+        }
+        self.last_sweep = now;
+        let old: Vec<u64> = self
+            .look()
+            .filter(|&(_, queued)| all || now.saturating_sub(queued) >= HOLD_AGE_NS)
+            .map(|(bio, _)| bio)
+            .collect();
+        let mut shipped = false;
+        for bio in old {
+            if let Ok(Some(value)) = self.take(bio) {
+                self.swept += 1;
+                shipped = true;
+                ship(&value);
+            }
+        }
+        shipped
+    }
+
+    /// Every entry's bio and submission time, in one pass of
+    /// `BPF_MAP_LOOKUP_BATCH` calls (a call per entry would cost more than
+    /// the records the map saves).
+    fn look(&mut self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        let mut filled = 0usize;
+        let mut token = 0u32;
+        let mut next = 0u32;
+        let mut first = true;
+        while filled < self.keys.len() {
+            let mut attr = BatchAttr {
+                in_batch: if first {
+                    0
+                } else {
+                    &token as *const u32 as u64
+                },
+                out_batch: &mut next as *mut u32 as u64,
+                keys: self.keys[filled..].as_mut_ptr() as u64,
+                values: self.values[filled * VALUE_BYTES..].as_mut_ptr() as u64,
+                count: (self.keys.len() - filled) as u32,
+                map_fd: self.fd().as_raw_fd() as u32,
+                ..BatchAttr::default()
+            };
+            let rc = bpf(BPF_MAP_LOOKUP_BATCH, &mut attr);
+            filled += attr.count as usize;
+            match rc {
+                Ok(()) => {
+                    token = next;
+                    first = false;
+                }
+                // ENOENT: the last bucket was read.
+                Err(_) => break,
+            }
+        }
+        let ts_at = std::mem::offset_of!(wire::Header, ts_ns);
+        (0..filled.min(self.keys.len())).map(move |i| {
+            let at = i * VALUE_BYTES + ts_at;
+            let ts = u64::from_ne_bytes(self.values[at..at + 8].try_into().unwrap_or_default());
+            (self.keys[i], ts)
+        })
+    }
+}
+
+/// The in-flight times of the bios paired in the kernel (`PAIRED_TIMES`):
+/// per bucket of `IO_BUCKET_NS` (and one past it), a count and a sum of ns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PairedTimes(pub [u64; PAIRED_TIME_SLOTS]);
+
+impl Default for PairedTimes {
+    fn default() -> Self {
+        Self([0; PAIRED_TIME_SLOTS])
+    }
+}
+
+impl PairedTimes {
+    /// Per bucket: the bios counted since `earlier`, and their mean time
+    /// in seconds.
+    pub fn since(&self, earlier: &Self) -> Vec<(u64, f64)> {
+        (0..PAIRED_TIME_SLOTS / 2)
+            .map(|b| {
+                let count = self.0[2 * b].saturating_sub(earlier.0[2 * b]);
+                let sum = self.0[2 * b + 1].saturating_sub(earlier.0[2 * b + 1]);
+                (count, sum as f64 / count.max(1) as f64 / 1e9)
+            })
+            .collect()
+    }
+}
+
+/// Reads `PAIRED_TIMES`, summed over the CPUs.
+pub struct PairedTimesMap(pub PerCpuArray<MapData, [u64; PAIRED_TIME_SLOTS]>);
+
+impl PairedTimesMap {
+    pub fn read(&self) -> PairedTimes {
+        let mut total = PairedTimes::default();
+        if let Ok(per_cpu) = self.0.get(&0, 0) {
+            for cpu in per_cpu.iter() {
+                for (t, v) in total.0.iter_mut().zip(cpu) {
+                    *t += v;
+                }
+            }
+        }
+        total
+    }
+}
