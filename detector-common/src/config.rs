@@ -197,7 +197,7 @@ pub const IO_BUCKET_NS: [u64; 16] = [
 
 /// Bios the programs hold at once at most (`HELD_BIOS`); past it
 /// submissions are shipped at once.
-pub const HELD_BIOS_ENTRIES: u32 = 16384;
+pub const HELD_BIOS_ENTRIES: u32 = 8192;
 
 /// Entries of `PAIRED_TIMES`: for each bucket of [`IO_BUCKET_NS`] and one
 /// past the last, a count (at `2 * i`) and a sum of ns (at `2 * i + 1`).

@@ -23,7 +23,7 @@ use detector_common::wire;
 pub const HOLD_AGE_NS: u64 = 5_000_000;
 
 /// How often the reader looks through the map at most.
-const SWEEP_EVERY_NS: u64 = 2_000_000;
+const SWEEP_EVERY_NS: u64 = 4_000_000;
 
 const BPF_MAP_LOOKUP_AND_DELETE_ELEM: libc::c_long = 21;
 const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;

@@ -154,7 +154,11 @@ fn bios_paired_in_the_kernel_join_the_in_flight_histogram() {
     m.publish(&EngineStats::default(), Some(&totals));
     let text = m.encode().unwrap();
     let series = "detector_bio_in_flight_duration_seconds";
-    assert_eq!(value(&text, &format!("{series}_count")), Some(4.0), "{text}");
+    assert_eq!(
+        value(&text, &format!("{series}_count")),
+        Some(4.0),
+        "{text}"
+    );
     let sum = value(&text, &format!("{series}_sum")).unwrap();
     assert!((sum - 0.002105).abs() < 1e-9, "{sum}");
     assert_eq!(
