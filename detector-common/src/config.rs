@@ -169,7 +169,11 @@ pub struct ProbeConfig {
     /// `bio_endio` is hooked (a double completion needs every life seen),
     /// and where the kernel cannot look up and delete in one step.
     pub pair_bios: u32,
-    pub _pad_end: u32,
+    /// `REQ_PREFLUSH | REQ_FUA` in `bio.bi_opf` (from BTF's
+    /// `enum req_flag_bits`; 0 when unknown, and then nothing is paired):
+    /// a request in a flush sequence reports its bios to
+    /// `block_rq_complete` before it ends them, so such bios are never held.
+    pub req_flush_fua_mask: u32,
 }
 
 /// Upper bounds (inclusive) of the bio in-flight time histogram's buckets,
@@ -271,7 +275,7 @@ impl ProbeConfig {
         names_once: 0,
         returns_watched: 1,
         pair_bios: 0,
-        _pad_end: 0,
+        req_flush_fua_mask: 0,
     };
 
     /// Sets the spans through which the programs fetch a bio or a request

@@ -120,11 +120,18 @@ fn stack_allowed(cfg: &ProbeConfig, now: u64) -> bool {
 /// once userspace has put them in place) loses it and counts the loss.
 #[inline(always)]
 pub fn reserve<T: 'static>() -> Option<RingBufEntry<T>> {
-    let entry = this_cpu_ring().and_then(|ring| ring.reserve_untyped::<T>(0));
+    let entry = reserve_uncounted();
     if entry.is_none() {
         bump(counter::DROPPED);
     }
     entry
+}
+
+/// [`reserve`] for a record that is not lost if it finds no room (a held
+/// submission stays held, and is shipped later).
+#[inline(always)]
+pub fn reserve_uncounted<T: 'static>() -> Option<RingBufEntry<T>> {
+    this_cpu_ring().and_then(|ring| ring.reserve_untyped::<T>(0))
 }
 
 /// The ring of the CPU this program runs on (it cannot migrate while it

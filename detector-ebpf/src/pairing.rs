@@ -40,7 +40,7 @@ use detector_common::{
 };
 
 use crate::{
-    emit::{reserve, submit_unnamed},
+    emit::{reserve_uncounted, submit_unnamed},
     kernel::bump,
     maps::{DISKS, HELD_BIOS, PAIRED_TIMES, disk, flag},
     tasks::flags_of,
@@ -56,8 +56,10 @@ const SUBMITTER_WATCHED: u8 = flag::EPISODE | flag::SLEEPING | flag::ONSTACK | f
 const SUBMITTER_WATCHED_NOW: u8 = flag::SLEEPING | flag::ONSTACK | flag::FRAMES;
 
 /// Whether a submission may be held rather than shipped: pairing is on,
-/// it starts its submitter's episode, no rule can use it on its own
-/// (`watched`: see the module's list), and its submitter is not watched.
+/// it starts its submitter's episode, it is a plain read or write (no
+/// flush or FUA: a flush sequence reports its bios to `block_rq_complete`
+/// before it ends them), no rule can use it on its own (`watched`: see
+/// the module's list), and its submitter is not watched.
 ///
 /// Only an episode's first submission is held: an asynchronous submitter
 /// (libaio, io_uring) submits one or a few per syscall, while a kernel
@@ -65,32 +67,48 @@ const SUBMITTER_WATCHED_NOW: u8 = flag::SLEEPING | flag::ONSTACK | flag::FRAMES;
 /// shipped later at a higher cost.
 #[inline(always)]
 pub fn may_hold(cfg: &ProbeConfig, record: &BioQueue, submitter_flags: u8, watched: bool) -> bool {
+    const REQ_OP_MASK: u32 = 0xff;
+    const REQ_OP_WRITE: u32 = 1;
     cfg.pair_bios != 0
         && record.header.flags & header_flag::EPISODE_START != 0
+        && record.opf & REQ_OP_MASK <= REQ_OP_WRITE
+        && record.opf & cfg.req_flush_fua_mask == 0
         && !watched
         && submitter_flags & SUBMITTER_WATCHED_NOW == 0
 }
 
 /// Holds `record` until its completion; false (ship it now) when the map
-/// is full. A submission of a bio held already (a resubmission) takes the
-/// earlier one's place: the later one restarts the clock.
+/// refuses it (full, or busy: an interrupt's program holds the bucket).
 #[inline(always)]
 pub fn hold(record: &BioQueue) -> bool {
-    if HELD_BIOS.insert(record.bio, record, 0).is_ok() {
+    const NOEXIST: u64 = aya_ebpf::bindings::BPF_NOEXIST as u64;
+    if HELD_BIOS.insert(record.bio, record, NOEXIST).is_ok() {
         return true;
     }
     bump(counter::HELD_MAP_FULL);
     false
 }
 
-/// For a submission about to be shipped: an earlier one of the same bio
-/// must not stay held, or the completion would pair with it and leave
-/// this one without its completion.
+/// For every submission while pairing is on: an earlier submission of the
+/// same bio still held (a split remainder or a requeue submitted again,
+/// or an entry a completion could not take out) is shipped first, so
+/// that it is neither lost nor paired with a later life's completion.
 #[inline(always)]
-pub fn forget_earlier(cfg: &ProbeConfig, bio: u64) {
-    if cfg.pair_bios != 0 {
-        let _ = HELD_BIOS.remove(bio);
+pub fn ship_earlier(cfg: &ProbeConfig, bio: u64) {
+    if cfg.pair_bios == 0 {
+        return;
     }
+    if let Some(held) = HELD_BIOS.get_ptr(bio) {
+        release(cfg, bio, held);
+    }
+}
+
+/// The request a completion covers, to check it against a held
+/// submission: exactly that bio, at its sector.
+#[derive(Clone, Copy)]
+pub struct Covered {
+    pub bytes: u32,
+    pub sector: u64,
 }
 
 /// What a completion did with its bio's held submission.
@@ -98,38 +116,43 @@ pub fn forget_earlier(cfg: &ProbeConfig, bio: u64) {
 pub enum Pairing {
     /// Paired: neither record is shipped.
     Paired,
-    /// The completion is shipped; the submission is not held (it was
-    /// shipped before, just now, or never seen).
-    Shipped,
-    /// The completion covers more than the held submission: the request
-    /// has several bios, and the walk looks each one up.
-    Unsettled,
+    /// The completion is shipped; a held submission of its first bio was
+    /// shipped ahead of it (or was not held, or could not be taken out:
+    /// then userspace ships it).
+    Ship,
 }
 
-/// Pairs the completion of `bio` (of `bytes` when it is a request's,
-/// error or not) on `gendisk` with its held submission, or ships that
+/// Pairs the completion of `bio` (of the request `covered`, if it is a
+/// request's) on `gendisk` with its held submission, or ships that
 /// submission ahead of the completion when a rule may need the two.
 #[inline(always)]
-pub fn pair(cfg: &ProbeConfig, bio: u64, bytes: Option<u32>, error: bool, gendisk: u64) -> Pairing {
+pub fn pair(
+    cfg: &ProbeConfig,
+    bio: u64,
+    covered: Option<Covered>,
+    error: bool,
+    gendisk: u64,
+) -> Pairing {
     if cfg.pair_bios == 0 {
-        return Pairing::Shipped;
+        return Pairing::Ship;
     }
     let Some(held) = HELD_BIOS.get_ptr(bio) else {
-        return Pairing::Shipped;
+        return Pairing::Ship;
     };
-    let (submitter, queued_at, size) =
-        unsafe { ((*held).header.tid, (*held).header.ts_ns, (*held).size) };
-    if bytes.is_some_and(|bytes| bytes != size) {
-        return Pairing::Unsettled;
-    }
-    if error || submitter_watched(submitter) || disk_wants_completions(gendisk) {
+    let (submitter, queued_at, size, sector) = unsafe {
+        let h = &*held;
+        (h.header.tid, h.header.ts_ns, h.size, h.sector)
+    };
+    let whole = covered.is_none_or(|c| c.bytes == size && c.sector == sector);
+    if !whole || error || submitter_watched(submitter) || disk_wants_completions(gendisk) {
         release(cfg, bio, held);
-        return Pairing::Shipped;
+        return Pairing::Ship;
     }
-    // Userspace may have taken it since the lookup: then it shipped the
-    // submission, and the completion must follow.
+    // Userspace may have taken it since the lookup (then it shipped the
+    // submission, and the completion must follow), or an interrupt's
+    // program holds the bucket (then userspace ships it later).
     if HELD_BIOS.remove(bio).is_err() {
-        return Pairing::Shipped;
+        return Pairing::Ship;
     }
     bump(counter::BIOS_PAIRED);
     count_time(unsafe { bpf_ktime_get_ns() }.saturating_sub(queued_at));
@@ -139,11 +162,13 @@ pub fn pair(cfg: &ProbeConfig, bio: u64, bytes: Option<u32>, error: bool, gendis
 /// Ships the held submission at `held` (of `bio`) now, ahead of its
 /// completion, unless userspace took it out first. Its task is not
 /// marked named: this runs in the completion's context, not the task's.
+/// Where it cannot (no room, the bucket busy) it stays held, and
+/// userspace ships it once it is old or a completion names it.
 #[inline(always)]
 fn release(cfg: &ProbeConfig, bio: u64, held: *const BioQueue) {
     const WORDS: usize = core::mem::size_of::<BioQueue>() / 8;
-    let Some(mut entry) = reserve::<BioQueue>() else {
-        return; // counted; userspace ships it once it is old
+    let Some(mut entry) = reserve_uncounted::<BioQueue>() else {
+        return;
     };
     unsafe { words::copy::<WORDS>(entry.as_mut_ptr().cast(), held.cast()) };
     if HELD_BIOS.remove(bio).is_ok() {

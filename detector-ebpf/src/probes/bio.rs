@@ -113,10 +113,10 @@ fn emit_queue<C: Hooked, F: BioFields>(
         opf: fields.get(cfg.bio.opf),
     };
     let watched = submitter.onstack || md_write;
+    pairing::ship_earlier(cfg, bio);
     if pairing::may_hold(cfg, &record, submitter.task_flags, watched) && pairing::hold(&record) {
         return Some(());
     }
-    pairing::forget_earlier(cfg, bio);
     let mut entry = reserve::<BioQueue>()?;
     unsafe { entry.as_mut_ptr().write(record) };
     submit(entry, cfg);
@@ -226,16 +226,21 @@ fn emit_rq<C: Hooked, F: Fields>(
     let q: u64 = rq_fields.get(cfg.block.rq_q);
     let disk: u64 = read(q, cfg.block.q_disk);
     let first: u64 = rq_fields.get(cfg.block.rq_bio);
-    let pairing = pairing::pair(cfg, first, Some(nr_bytes), error != 0, disk);
-    if pairing == Pairing::Paired {
+    let sector: u64 = rq_fields.get(cfg.block.rq_sector);
+    let covered = pairing::Covered {
+        bytes: nr_bytes,
+        sector,
+    };
+    if pairing::pair(cfg, first, Some(covered), error != 0, disk) == Pairing::Paired {
         return Some(());
     }
     let mut header = header(ctx, cfg, kind::RQ_COMPLETE, Stack::Take);
     let mut entry = reserve::<RqComplete>()?;
     let ev = entry.as_mut_ptr();
     let span = cfg.bio.walk_span;
-    // Userspace ships the held submissions of a request of several bios.
-    let look_up_held = pairing == Pairing::Unsettled;
+    // Userspace ships the held submissions of the request's other bios
+    // (and the first's, if the program could not take it out).
+    let look_up_held = cfg.pair_bios != 0;
     let walk = unsafe {
         match walk_room {
             Some(room) => walk_rq(cfg, first, nr_bytes, &mut (*ev).bios, look_up_held, |bio| {
@@ -250,7 +255,7 @@ fn emit_rq<C: Hooked, F: Fields>(
     unsafe {
         (*ev).header = header;
         (*ev).rq = rq;
-        (*ev).sector = rq_fields.get(cfg.block.rq_sector);
+        (*ev).sector = sector;
         (*ev).disk_dev = disk_dev(cfg, disk);
         (*ev).nr_bytes = nr_bytes;
         (*ev).error = error;

@@ -732,9 +732,14 @@ impl Probes {
     /// under `--full` (everything is shipped), nor where `bio_endio` is
     /// hooked (a double completion is only seen when every life's
     /// completions are), nor on a kernel that cannot take an entry out
-    /// of a hash map in one step (before 5.14).
+    /// of a hash map in one step or read one in batches, or whose
+    /// request queues do not name their disk (before 5.15).
     fn held_bios(&mut self) -> Option<HeldBios> {
-        if self.opts.full || self.is_attached("bio_endio") {
+        // Completions find their disk through `request_queue.disk` (5.15+),
+        // and flush sequences must be told apart.
+        let knows_disks = self.config.block.q_disk != NO_OFFSET;
+        let knows_flushes = self.config.req_flush_fua_mask != 0;
+        if self.opts.full || self.is_attached("bio_endio") || !knows_disks || !knows_flushes {
             return None;
         }
         let Map::HashMap(map) = self.ebpf.take_map("HELD_BIOS")? else {

@@ -73,6 +73,8 @@ pub struct HeldBios {
     keys: Vec<u64>,
     values: Vec<u8>,
     last_sweep: u64,
+    /// Where the batch read in progress goes on from.
+    token: Option<u32>,
     /// Submissions taken out and shipped, by why.
     pub swept: u64,
     pub released: u64,
@@ -83,15 +85,17 @@ impl HeldBios {
     /// and delete one of its entries in one step (before 5.14): then the
     /// programs must not hold anything.
     pub fn new(map: MapData, entries: usize) -> Option<Self> {
-        let held = Self {
+        let mut held = Self {
             map,
             keys: vec![0; entries],
             values: vec![0; entries * VALUE_BYTES],
             last_sweep: 0,
+            token: None,
             swept: 0,
             released: 0,
         };
-        held.take(0).ok().map(|_| held)
+        let batches = held.look_batch(0, 1).is_ok();
+        (batches && held.take(0).is_ok()).then_some(held)
     }
 
     fn fd(&self) -> BorrowedFd<'_> {
@@ -152,40 +156,49 @@ impl HeldBios {
     /// the records the map saves).
     fn look(&mut self) -> impl Iterator<Item = (u64, u64)> + '_ {
         let mut filled = 0usize;
-        let mut token = 0u32;
-        let mut next = 0u32;
-        let mut first = true;
         while filled < self.keys.len() {
-            let mut attr = BatchAttr {
-                in_batch: if first {
-                    0
-                } else {
-                    &token as *const u32 as u64
-                },
-                out_batch: &mut next as *mut u32 as u64,
-                keys: self.keys[filled..].as_mut_ptr() as u64,
-                values: self.values[filled * VALUE_BYTES..].as_mut_ptr() as u64,
-                count: (self.keys.len() - filled) as u32,
-                map_fd: self.fd().as_raw_fd() as u32,
-                ..BatchAttr::default()
-            };
-            let rc = bpf(BPF_MAP_LOOKUP_BATCH, &mut attr);
-            filled += attr.count as usize;
-            match rc {
-                Ok(()) => {
-                    token = next;
-                    first = false;
+            match self.look_batch(filled, self.keys.len() - filled) {
+                Ok((count, next)) => {
+                    filled += count;
+                    self.token = next;
+                    if next.is_none() {
+                        break;
+                    }
                 }
-                // ENOENT: the last bucket was read.
-                Err(_) => break,
+                Err(e) => {
+                    tracing::debug!("held bios not looked through: {e}");
+                    break;
+                }
             }
         }
+        self.token = None;
         let ts_at = std::mem::offset_of!(wire::Header, ts_ns);
-        (0..filled.min(self.keys.len())).map(move |i| {
+        (0..filled).map(move |i| {
             let at = i * VALUE_BYTES + ts_at;
             let ts = u64::from_ne_bytes(self.values[at..at + 8].try_into().unwrap_or_default());
             (self.keys[i], ts)
         })
+    }
+
+    /// One `BPF_MAP_LOOKUP_BATCH` into the room from entry `at`, for at
+    /// most `room` entries, going on from `self.token`: the entries read,
+    /// and the token to go on from (`None`: the map was read to its end).
+    fn look_batch(&mut self, at: usize, room: usize) -> io::Result<(usize, Option<u32>)> {
+        let mut next = 0u32;
+        let mut attr = BatchAttr {
+            in_batch: self.token.as_ref().map_or(0, |t| t as *const u32 as u64),
+            out_batch: &mut next as *mut u32 as u64,
+            keys: self.keys[at..].as_mut_ptr() as u64,
+            values: self.values[at * VALUE_BYTES..].as_mut_ptr() as u64,
+            count: room as u32,
+            map_fd: self.fd().as_raw_fd() as u32,
+            ..BatchAttr::default()
+        };
+        match bpf(BPF_MAP_LOOKUP_BATCH, &mut attr) {
+            Ok(()) => Ok((attr.count as usize, Some(next))),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok((attr.count as usize, None)),
+            Err(e) => Err(e),
+        }
     }
 }
 

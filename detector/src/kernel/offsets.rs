@@ -137,6 +137,7 @@ pub fn probe_config(
             reason: "not in BTF (integrity-verified reads look completed twice)".into(),
         }),
     }
+    cfg.req_flush_fua_mask = flush_fua_mask(btf);
     cfg.sched_switch_prev_state_arg = layout::sched_switch_prev_state_arg(btf).unwrap_or(NO_OFFSET);
     if cfg.sched_switch_prev_state_arg == NO_OFFSET {
         match btf.member(None, "task_struct", "__state") {
@@ -152,6 +153,16 @@ pub fn probe_config(
     cfg.wakeup_threshold = wakeup_threshold;
     cfg.set_region_spans();
     (cfg, missing)
+}
+
+/// `REQ_PREFLUSH | REQ_FUA` (`enum req_flag_bits`); 0 when either is
+/// unknown, which turns pairing in the kernel off.
+fn flush_fua_mask(btf: &KernelBtf) -> u32 {
+    let bit = |name| btf.enum_value(name).filter(|b| (0..32).contains(b));
+    match (bit("__REQ_PREFLUSH"), bit("__REQ_FUA")) {
+        (Some(flush), Some(fua)) => (1u32 << flush) | (1u32 << fua),
+        _ => 0,
+    }
 }
 
 /// THREAD_SIZE for this kernel (see [`layout::thread_size`]); 16 KiB on an

@@ -100,6 +100,8 @@ pub struct SyscallHooks {
     thread_size: u64,
     /// CLOCK_MONOTONIC of the last event that showed a need.
     last_need: u64,
+    /// Bios paired in the kernel, as of the last batch.
+    paired: u64,
     pub toggles: HookToggles,
 }
 
@@ -112,6 +114,7 @@ impl SyscallHooks {
             policy: if attached { policy } else { Policy::Always },
             thread_size: probes.config().thread_size.into(),
             last_need: monotonic_ns(),
+            paired: 0,
             toggles: HookToggles {
                 attached,
                 ..HookToggles::default()
@@ -121,12 +124,18 @@ impl SyscallHooks {
 
     /// Looks at a batch of events; attaches or detaches the hooks if it is
     /// time, appending the marker that says so.
-    pub fn after_batch(&mut self, probes: &mut Probes, events: &mut Vec<Event>) {
+    ///
+    /// `paired`: the bios paired in the kernel so far. Each was an episode's
+    /// first submission, which needs the hooks as much as one shipped: an
+    /// asynchronous submitter's episodes are all paired away, and without
+    /// the returns nothing would be paired any more.
+    pub fn after_batch(&mut self, probes: &mut Probes, events: &mut Vec<Event>, paired: u64) {
         let Policy::OnDemand { idle } = self.policy else {
             return;
         };
         let now = monotonic_ns();
-        if events.iter().any(|ev| needs_returns(ev, self.thread_size)) {
+        let pairing = paired > std::mem::replace(&mut self.paired, paired);
+        if pairing || events.iter().any(|ev| needs_returns(ev, self.thread_size)) {
             self.last_need = now;
         }
         let want = now.saturating_sub(self.last_need) < idle.as_nanos() as u64;

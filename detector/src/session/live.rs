@@ -154,7 +154,9 @@ impl Live {
         tokio::select! {
             batch = self.rx.recv() => {
                 let mut batch = batch?;
-                self.syscall_hooks.after_batch(&mut self.probes, &mut batch.events);
+                let paired = batch.totals.counters.get(detector_common::counter::BIOS_PAIRED);
+                self.syscall_hooks
+                    .after_batch(&mut self.probes, &mut batch.events, paired);
                 batch.totals.syscall_hooks = self.syscall_hooks.toggles;
                 self.totals = batch.totals;
                 self.last_batch = Instant::now();
