@@ -78,7 +78,8 @@ pub fn may_hold(cfg: &ProbeConfig, record: &BioQueue, submitter_flags: u8, watch
 }
 
 /// Holds `record` until its completion; false (ship it now) when the map
-/// refuses it (full, or busy: an interrupt's program holds the bucket).
+/// refuses it (full; busy: an interrupt's program holds the bucket; or an
+/// earlier submission of the bio is still held, stale).
 #[inline(always)]
 pub fn hold(record: &BioQueue) -> bool {
     const NOEXIST: u64 = aya_ebpf::bindings::BPF_NOEXIST as u64;
@@ -98,7 +99,7 @@ pub fn ship_earlier(cfg: &ProbeConfig, bio: u64) {
     if cfg.pair_bios == 0 {
         return;
     }
-    if let Some(held) = HELD_BIOS.get_ptr(bio) {
+    if let Some(held) = HELD_BIOS.get_ptr_mut(bio) {
         release(cfg, bio, held);
     }
 }
@@ -136,14 +137,20 @@ pub fn pair(
     if cfg.pair_bios == 0 {
         return Pairing::Ship;
     }
-    let Some(held) = HELD_BIOS.get_ptr(bio) else {
+    let Some(held) = HELD_BIOS.get_ptr_mut(bio) else {
         return Pairing::Ship;
     };
-    let (submitter, queued_at, size, sector) = unsafe {
+    let (submitter, queued_at, size, sector, stale) = unsafe {
         let h = &*held;
-        (h.header.tid, h.header.ts_ns, h.size, h.sector)
+        (
+            h.header.tid,
+            h.header.ts_ns,
+            h.size,
+            h.sector,
+            h.header._pad1,
+        )
     };
-    let whole = covered.is_none_or(|c| c.bytes == size && c.sector == sector);
+    let whole = stale == 0 && covered.is_none_or(|c| c.bytes == size && c.sector == sector);
     if !whole || error || submitter_watched(submitter) || disk_wants_completions(gendisk) {
         release(cfg, bio, held);
         return Pairing::Ship;
@@ -162,20 +169,33 @@ pub fn pair(
 /// Ships the held submission at `held` (of `bio`) now, ahead of its
 /// completion, unless userspace took it out first. Its task is not
 /// marked named: this runs in the completion's context, not the task's.
-/// Where it cannot (no room, the bucket busy) it stays held, and
-/// userspace ships it once it is old or a completion names it.
+/// Where it cannot (no room, the bucket busy) it stays held, marked
+/// stale, and userspace ships it once it is old or a completion names it:
+/// the bio may meanwhile be reused, and its next completion must not be
+/// paired with this record.
 #[inline(always)]
-fn release(cfg: &ProbeConfig, bio: u64, held: *const BioQueue) {
+fn release(cfg: &ProbeConfig, bio: u64, held: *mut BioQueue) {
     const WORDS: usize = core::mem::size_of::<BioQueue>() / 8;
     let Some(mut entry) = reserve_uncounted::<BioQueue>() else {
+        mark_stale(held);
         return;
     };
     unsafe { words::copy::<WORDS>(entry.as_mut_ptr().cast(), held.cast()) };
     if HELD_BIOS.remove(bio).is_ok() {
         submit_unnamed(entry, cfg);
     } else {
+        // Taken by userspace (then `held` may already be another bio's
+        // record: marking it only keeps that one from pairing), or busy.
         entry.discard(0);
+        mark_stale(held);
     }
+}
+
+/// Marks a held record as one no completion may pair with (in the
+/// header's padding, which the reader ignores).
+#[inline(always)]
+fn mark_stale(held: *mut BioQueue) {
+    unsafe { core::ptr::write_volatile(&raw mut (*held).header._pad1, 1) };
 }
 
 /// Whether `bio`'s submission is held (for a completion about to be
