@@ -165,7 +165,9 @@ pub struct OutputArgs {
     /// strings, devices "MAJ:MIN".
     #[arg(long)]
     pub json: bool,
-    /// Print every event, one line each (with --json: always on).
+    /// Print every event, one line each (with --json: always on). Bios
+    /// paired in the kernel (asynchronous I/O that ended cleanly after its
+    /// syscall returned) are only counted: --full shows them too.
     #[arg(long)]
     pub events: bool,
     /// With --json, add each event's symbolized kernel stack as `frames`.
