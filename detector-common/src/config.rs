@@ -167,7 +167,9 @@ pub struct ProbeConfig {
     /// ships what stays held past its age limit, and what a shipped
     /// completion's `SUBMISSIONS_HELD` names. 0 under `--full`, where
     /// `bio_endio` is hooked (a double completion needs every life seen),
-    /// and where the kernel cannot look up and delete in one step.
+    /// before 5.15 (`request_queue.disk`), where the flush bits are
+    /// unknown, and where the map cannot be read in batches or an entry
+    /// looked up and deleted in one step.
     pub pair_bios: u32,
     /// `REQ_PREFLUSH | REQ_FUA` in `bio.bi_opf` (from BTF's
     /// `enum req_flag_bits`; 0 when unknown, and then nothing is paired):

@@ -157,11 +157,12 @@ pub fn submit<T: 'static>(entry: RingBufEntry<T>, cfg: &ProbeConfig) {
 }
 
 /// Marks the task of `header` `NAMED` unless it is already: if it is not,
-/// the record just placed carried its name. Decided from the flags rather than from
-/// the header's `COMM_OMITTED`, which would make the verifier follow the
-/// named and unnamed paths through the whole hook apart. For a hook that
-/// submits several records with one header: once, after the first is
-/// placed (a branch per record in a loop multiplies the verifier's paths).
+/// the record just placed carried its name. Decided from the flags rather
+/// than from the header's `COMM_OMITTED`, which would make the verifier
+/// follow the named and unnamed paths through the whole hook apart. For a
+/// hook that submits several records with one header: once, after the
+/// first is placed (a branch per record in a loop multiplies the
+/// verifier's paths).
 ///
 /// Only a record made in the task's own context (`sp` on its stack) marks
 /// it. An interrupt can arrive while the task renames itself, between the

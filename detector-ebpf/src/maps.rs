@@ -139,9 +139,8 @@ pub static MD_WRITES: HashMap<u64, u64> = HashMap::with_max_entries(4096, 0);
 pub static HELD_BIOS: HashMap<u64, BioQueue> = HashMap::with_max_entries(HELD_BIOS_ENTRIES, 0);
 
 /// What the programs learned of each disk (by `struct gendisk` address):
-/// bits of
-/// [`disk`]. A disk's first completion, and every one after its removal
-/// began, is shipped whole: the rules judge lost I/O only on disks that
+/// bits of [`disk`]. A disk's first completion, and every one after its
+/// removal began, is shipped whole: the rules judge lost I/O only on disks that
 /// showed a completion, and completions after `del_gendisk`.
 #[map]
 pub static DISKS: HashMap<u64, u32> = HashMap::with_max_entries(4096, 0);

@@ -723,11 +723,6 @@ impl Probes {
         PerCpuArray::try_from(map).ok().map(PairedTimesMap)
     }
 
-    /// Whether bios are paired in the kernel (`ProbeConfig::pair_bios`).
-    pub fn pairs_bios(&self) -> bool {
-        self.config.pair_bios != 0
-    }
-
     /// The held-submission map, where the programs may pair bios: not
     /// under `--full` (everything is shipped), nor where `bio_endio` is
     /// hooked (a double completion is only seen when every life's

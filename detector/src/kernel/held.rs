@@ -1,5 +1,5 @@
 //! Submissions the programs hold back (`HELD_BIOS`, detector-ebpf's
-//! `pairing`): the reader ships each one that is older than [`HOLD_AGE`],
+//! `pairing`): the reader ships each one that is older than [`HOLD_AGE_NS`],
 //! and each one a shipped completion says it may still hold
 //! (`SUBMISSIONS_HELD`), before that completion.
 //!
@@ -81,9 +81,9 @@ pub struct HeldBios {
 }
 
 impl HeldBios {
-    /// `entries`: the map's size. `None` when this kernel cannot look up
-    /// and delete one of its entries in one step (before 5.14): then the
-    /// programs must not hold anything.
+    /// `entries`: the map's size. `None` when this kernel cannot read the
+    /// map in batches or look up and delete one of its entries in one step
+    /// (before 5.14): then the programs must not hold anything.
     pub fn new(map: MapData, entries: usize) -> Option<Self> {
         let mut held = Self {
             map,
@@ -119,11 +119,22 @@ impl HeldBios {
         }
     }
 
-    /// Ships `bio`'s held submission, if any, through `ship`.
-    pub fn release(&mut self, bio: u64, ship: &mut impl FnMut(&[u8])) {
-        if let Ok(Some(value)) = self.take(bio) {
-            self.released += 1;
-            ship(&value);
+    /// Ships `bio`'s held submission, if any, through `ship`; returns
+    /// whether there was one.
+    pub fn release(&mut self, bio: u64, ship: &mut impl FnMut(&[u8])) -> bool {
+        let shipped = self.ship_taken(bio, ship);
+        self.released += u64::from(shipped);
+        shipped
+    }
+
+    /// Takes `bio`'s entry out and ships it; whether there was one.
+    fn ship_taken(&self, bio: u64, ship: &mut impl FnMut(&[u8])) -> bool {
+        match self.take(bio) {
+            Ok(Some(value)) => {
+                ship(&value);
+                true
+            }
+            _ => false,
         }
     }
 
@@ -142,10 +153,9 @@ impl HeldBios {
             .collect();
         let mut shipped = false;
         for bio in old {
-            if let Ok(Some(value)) = self.take(bio) {
+            if self.ship_taken(bio, ship) {
                 self.swept += 1;
                 shipped = true;
-                ship(&value);
             }
         }
         shipped

@@ -23,9 +23,10 @@ fn calls() -> Vec<(String, String)> {
 }
 
 /// The eBPF runtime's `memset` (and `memcpy`, `memmove`) is a loop over
-/// bytes (four instructions a byte): a record that zeroed its task name, its padding or its bio list
-/// through it spent hundreds of instructions on it. detector-ebpf's `words`
-/// module says how the programs avoid the calls the compiler would make.
+/// bytes (four instructions a byte): a record that zeroed its task name,
+/// its padding or its bio list through it spent hundreds of instructions
+/// on it. detector-ebpf's `words` module says how the programs avoid the
+/// calls the compiler would make.
 #[test]
 fn no_program_calls_the_byte_loop_memset() {
     let calls = calls();

@@ -242,14 +242,11 @@ fn release_held(
     pending: &mut Pending,
     decode_errors: &mut u64,
 ) -> bool {
+    let mut ship = |bytes: &[u8]| ship_bytes(bytes, pending, decode_errors);
     let mut shipped = false;
-    let mut ship = |bytes: &[u8]| {
-        shipped = true;
-        ship_bytes(bytes, pending, decode_errors);
-    };
     if let EventKind::RqComplete { bios, .. } = &completion.kind {
         for bio in bios.iter() {
-            held.release(bio.0, &mut ship);
+            shipped |= held.release(bio.0, &mut ship);
         }
     }
     shipped
