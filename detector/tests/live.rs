@@ -166,6 +166,12 @@ fn direct_io_is_seen_submitted_and_completed() {
         ),
         "a wakeup named dd's tid but not its name"
     );
+    // Before matching completions: a lost one would look unmatched.
+    assert!(
+        !evs.iter().any(|e| matches!(e.kind, EventKind::Lost { .. })),
+        "events were lost at this rate"
+    );
+    assert!(stderr.contains(" 0 lost"), "{stderr}");
     let cpus = online_cpus();
     let completions: Vec<&Event> = evs
         .iter()
@@ -237,11 +243,6 @@ fn direct_io_is_seen_submitted_and_completed() {
         sizes.get(&4096).copied().unwrap_or(0) >= 256,
         "dd wrote 4 KiB blocks: {sizes:?}"
     );
-    assert!(
-        !evs.iter().any(|e| matches!(e.kind, EventKind::Lost { .. })),
-        "events were lost at this rate"
-    );
-    assert!(stderr.contains(" 0 lost"), "{stderr}");
 }
 
 /// Writes `blocks` 4 KiB direct blocks into `file` from a dd pinned to
