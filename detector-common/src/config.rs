@@ -205,6 +205,18 @@ pub const IO_BUCKET_NS: [u64; 16] = [
 /// submissions are shipped at once.
 pub const HELD_BIOS_ENTRIES: u32 = 8192;
 
+/// Held submissions are counted by age (`HELD_AGES`): in and out per
+/// slot of `1 << HELD_AGE_SHIFT` ns (2.1 ms) of their submission time,
+/// over [`HELD_AGE_SLOTS`] slots that wrap (70 ms), so that the reader
+/// looks through `HELD_BIOS` only when some entry may be old.
+pub const HELD_AGE_SHIFT: u32 = 21;
+pub const HELD_AGE_SLOTS: usize = 32;
+
+/// The `HELD_AGES` slot of a submission made at `ts_ns`.
+pub const fn held_age_slot(ts_ns: u64) -> usize {
+    (ts_ns >> HELD_AGE_SHIFT) as usize & (HELD_AGE_SLOTS - 1)
+}
+
 /// Entries of `PAIRED_TIMES`: for each bucket of [`IO_BUCKET_NS`] and one
 /// past the last, a count (at `2 * i`) and a sum of ns (at `2 * i + 1`).
 pub const PAIRED_TIME_SLOTS: usize = 2 * (IO_BUCKET_NS.len() + 1);

@@ -442,6 +442,8 @@ pub mod counter {
     pub const HELD_MAP_FULL: u32 = 8;
     /// Number of counters the programs keep (entries of `COUNTERS`).
     pub const COUNT: u32 = 9;
+    /// The per-CPU counters, one word per index: one read gives them all.
+    pub type Slots = [u64; COUNT as usize];
     /// Runs of detector's programs the kernel skipped because a program
     /// was already running on that CPU (`recursion_misses` in each
     /// program's `bpf_prog_info`: fentry, fexit, tp_btf and raw

@@ -71,10 +71,12 @@ pub fn config() -> Option<&'static ProbeConfig> {
 
 #[inline(always)]
 pub fn bump(index: u32) {
-    if let Some(slot) = COUNTERS.get_ptr_mut(index) {
+    if let Some(slots) = COUNTERS.get_ptr_mut(0)
+        && index < counter::COUNT
+    {
         // Per-CPU slot: no other CPU writes it, and programs do not nest on
         // one CPU for the same counter often enough to matter for a count.
-        unsafe { *slot += 1 };
+        unsafe { (*slots)[index as usize] += 1 };
     }
 }
 

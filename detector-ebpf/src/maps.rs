@@ -7,7 +7,7 @@ use aya_ebpf::{
 };
 use detector_common::{
     BioQueue, ProbeConfig,
-    config::{HELD_BIOS_ENTRIES, PAIRED_TIME_SLOTS},
+    config::{HELD_AGE_SLOTS, HELD_BIOS_ENTRIES, PAIRED_TIME_SLOTS},
     counter,
 };
 
@@ -35,9 +35,10 @@ pub const RING_TEMPLATE_BYTES: usize = 64 << 10;
 #[map]
 pub static STACKS: StackTrace = StackTrace::with_max_entries(8192, 0);
 
-/// Per-CPU event counters, indexed by `detector_common::counter`.
+/// Per-CPU event counters, indexed by `detector_common::counter`, in one
+/// entry: the reader takes them all with one syscall every drain.
 #[map]
-pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
+pub static COUNTERS: PerCpuArray<counter::Slots> = PerCpuArray::with_max_entries(1, 0);
 
 /// The running kernel's field offsets, written by userspace (index 0).
 #[map]
@@ -137,6 +138,14 @@ pub static MD_WRITES: HashMap<u64, u64> = HashMap::with_max_entries(4096, 0);
 /// an entry owns it, so a submission is shipped once or not at all.
 #[map]
 pub static HELD_BIOS: HashMap<u64, BioQueue> = HashMap::with_max_entries(HELD_BIOS_ENTRIES, 0);
+
+/// `HELD_BIOS` entries by the slot of their submission time
+/// (`detector_common::config::held_age_slot`), per CPU: at `slot` those
+/// held, at `HELD_AGE_SLOTS + slot` those the programs took out again.
+/// Summed with what it took itself, the reader knows whether any entry
+/// may be old without looking through the map.
+#[map]
+pub static HELD_AGES: PerCpuArray<[u64; 2 * HELD_AGE_SLOTS]> = PerCpuArray::with_max_entries(1, 0);
 
 /// What the programs learned of each disk (by `struct gendisk` address):
 /// bits of [`disk`]. A disk's first completion, and every one after its

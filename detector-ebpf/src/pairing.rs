@@ -35,14 +35,14 @@
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use detector_common::{
     BioQueue, ProbeConfig,
-    config::{IO_BUCKET_NS, PAIRED_TIME_SLOTS},
+    config::{HELD_AGE_SLOTS, IO_BUCKET_NS, PAIRED_TIME_SLOTS, held_age_slot},
     counter, header_flag,
 };
 
 use crate::{
     emit::{reserve_uncounted, submit_unnamed},
     kernel::bump,
-    maps::{DISKS, HELD_BIOS, PAIRED_TIMES, disk, flag},
+    maps::{DISKS, HELD_AGES, HELD_BIOS, PAIRED_TIMES, disk, flag},
     tasks::flags_of,
     words,
 };
@@ -79,28 +79,37 @@ pub fn may_hold(cfg: &ProbeConfig, record: &BioQueue, submitter_flags: u8, watch
 
 /// Holds `record` until its completion; false (ship it now) when the map
 /// refuses it (full; busy: an interrupt's program holds the bucket; or an
-/// earlier submission of the bio is still held, stale).
+/// earlier submission of the bio is still held: that one is shipped
+/// first). The insert itself finds an earlier entry: no lookup before it.
 #[inline(always)]
-pub fn hold(record: &BioQueue) -> bool {
+pub fn hold(cfg: &ProbeConfig, record: &BioQueue) -> bool {
     const NOEXIST: u64 = aya_ebpf::bindings::BPF_NOEXIST as u64;
     if HELD_BIOS.insert(record.bio, record, NOEXIST).is_ok() {
+        count_age(record.header.ts_ns, 0);
         return true;
     }
-    bump(counter::HELD_MAP_FULL);
+    if !ship_earlier(cfg, record.bio) {
+        bump(counter::HELD_MAP_FULL);
+    }
     false
 }
 
-/// For every submission while pairing is on: an earlier submission of the
-/// same bio still held (a split remainder or a requeue submitted again,
-/// or an entry a completion could not take out) is shipped first, so
-/// that it is neither lost nor paired with a later life's completion.
+/// For a submission that is not held while pairing is on: an earlier
+/// submission of the same bio still held (a split remainder or a requeue
+/// submitted again, or an entry a completion could not take out) is
+/// shipped first, so that it is neither lost nor paired with a later
+/// life's completion. Returns whether there was one.
 #[inline(always)]
-pub fn ship_earlier(cfg: &ProbeConfig, bio: u64) {
+pub fn ship_earlier(cfg: &ProbeConfig, bio: u64) -> bool {
     if cfg.pair_bios == 0 {
-        return;
+        return false;
     }
-    if let Some(held) = HELD_BIOS.get_ptr_mut(bio) {
-        release(cfg, bio, held);
+    match HELD_BIOS.get_ptr_mut(bio) {
+        Some(held) => {
+            release(cfg, bio, held);
+            true
+        }
+        None => false,
     }
 }
 
@@ -161,6 +170,7 @@ pub fn pair(
     if HELD_BIOS.remove(bio).is_err() {
         return Pairing::Ship;
     }
+    count_age(queued_at, HELD_AGE_SLOTS);
     bump(counter::BIOS_PAIRED);
     count_time(unsafe { bpf_ktime_get_ns() }.saturating_sub(queued_at));
     Pairing::Paired
@@ -181,7 +191,9 @@ fn release(cfg: &ProbeConfig, bio: u64, held: *mut BioQueue) {
         return;
     };
     unsafe { words::copy::<WORDS>(entry.as_mut_ptr().cast(), held.cast()) };
+    let queued_at = unsafe { (*entry.as_ptr()).header.ts_ns };
     if HELD_BIOS.remove(bio).is_ok() {
+        count_age(queued_at, HELD_AGE_SLOTS);
         submit_unnamed(entry, cfg);
     } else {
         // Taken by userspace (then `held` may already be another bio's
@@ -228,6 +240,19 @@ fn disk_wants_completions(gendisk: u64) -> bool {
 #[inline(always)]
 pub fn note_removal(gendisk: u64) {
     let _ = DISKS.insert(gendisk, disk::COMPLETION_SHIPPED | disk::REMOVED, 0);
+}
+
+/// Counts an entry held (`base` 0) or taken out (`HELD_AGE_SLOTS`) by
+/// the slot of its submission time `queued_at` (`HELD_AGES`).
+#[inline(always)]
+fn count_age(queued_at: u64, base: usize) {
+    let Some(slots) = HELD_AGES.get_ptr_mut(0) else {
+        return;
+    };
+    let at = base + held_age_slot(queued_at);
+    if at < 2 * HELD_AGE_SLOTS {
+        unsafe { (*slots)[at] += 1 };
+    }
 }
 
 /// Counts a paired bio's in-flight time into its bucket.

@@ -113,9 +113,12 @@ fn emit_queue<C: Hooked, F: BioFields>(
         opf: fields.get(cfg.bio.opf),
     };
     let watched = submitter.onstack || md_write;
-    pairing::ship_earlier(cfg, bio);
-    if pairing::may_hold(cfg, &record, submitter.task_flags, watched) && pairing::hold(&record) {
-        return Some(());
+    if pairing::may_hold(cfg, &record, submitter.task_flags, watched) {
+        if pairing::hold(cfg, &record) {
+            return Some(());
+        }
+    } else {
+        pairing::ship_earlier(cfg, bio);
     }
     let mut entry = reserve::<BioQueue>()?;
     unsafe { entry.as_mut_ptr().write(record) };

@@ -9,8 +9,8 @@ use aya::programs::Program;
 use aya::programs::raw_trace_point::RawTracePointLinkId;
 use aya::programs::tp_btf::BtfTracePointLinkId;
 use aya::{Ebpf, EbpfLoader};
-use detector_common::ProbeConfig;
 use detector_common::config::{HELD_BIOS_ENTRIES, NO_OFFSET, SMALL_REGION_BYTES, region_span};
+use detector_common::{ProbeConfig, counter};
 use serde::Serialize;
 
 use super::btf::{BtfError, KernelBtf};
@@ -707,7 +707,7 @@ impl Probes {
     }
 
     /// Takes the per-CPU counters (once).
-    pub fn take_counters(&mut self) -> Option<PerCpuArray<MapData, u64>> {
+    pub fn take_counters(&mut self) -> Option<PerCpuArray<MapData, counter::Slots>> {
         PerCpuArray::try_from(self.ebpf.take_map("COUNTERS")?).ok()
     }
 
@@ -740,7 +740,11 @@ impl Probes {
         let Map::HashMap(map) = self.ebpf.take_map("HELD_BIOS")? else {
             return None;
         };
-        HeldBios::new(map, HELD_BIOS_ENTRIES as usize)
+        let ages = self
+            .ebpf
+            .take_map("HELD_AGES")
+            .and_then(|m| PerCpuArray::try_from(m).ok());
+        HeldBios::new(map, ages, HELD_BIOS_ENTRIES as usize)
     }
 
     /// Takes the per-task maps (once), for pruning.

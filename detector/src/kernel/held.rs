@@ -8,12 +8,19 @@
 //! with `BPF_MAP_LOOKUP_AND_DELETE_ELEM`, which reads and deletes under the
 //! bucket's lock (hash maps: 5.14+), so a submission is shipped once, or
 //! paired away in the kernel, never both.
+//!
+//! Looking through the map walks every bucket (some 40 µs for 8192), so
+//! the reader first asks `HELD_AGES` whether any entry may be old: the
+//! programs count the entries they hold and take out by the slot of their
+//! submission time, the reader counts what it took, and only a slot old
+//! enough to hold an entry past [`HOLD_AGE_NS`] with some entry left in it
+//! makes it look.
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 
 use aya::maps::{MapData, PerCpuArray};
-use detector_common::config::PAIRED_TIME_SLOTS;
+use detector_common::config::{HELD_AGE_SHIFT, HELD_AGE_SLOTS, PAIRED_TIME_SLOTS, held_age_slot};
 use detector_common::wire;
 
 /// Held submissions older than this are shipped: well inside the engine's
@@ -66,9 +73,17 @@ fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<()> {
 
 const VALUE_BYTES: usize = std::mem::size_of::<wire::BioQueue>();
 
+/// `HELD_AGES`: per CPU, entries held and taken out by the programs, by
+/// the slot of their submission time.
+pub type HeldAgesMap = PerCpuArray<MapData, [u64; 2 * HELD_AGE_SLOTS]>;
+
 /// The reader's side of `HELD_BIOS`.
 pub struct HeldBios {
     map: MapData,
+    /// `None`: look through the map at every sweep.
+    ages: Option<HeldAgesMap>,
+    /// Entries the reader took out, by the slot of their submission time.
+    taken: [u64; HELD_AGE_SLOTS],
     /// Room for one look through the whole map.
     keys: Vec<u64>,
     values: Vec<u8>,
@@ -84,9 +99,11 @@ impl HeldBios {
     /// `entries`: the map's size. `None` when this kernel cannot read the
     /// map in batches or look up and delete one of its entries in one step
     /// (before 5.14): then the programs must not hold anything.
-    pub fn new(map: MapData, entries: usize) -> Option<Self> {
+    pub fn new(map: MapData, ages: Option<HeldAgesMap>, entries: usize) -> Option<Self> {
         let mut held = Self {
             map,
+            ages,
+            taken: [0; HELD_AGE_SLOTS],
             keys: vec![0; entries],
             values: vec![0; entries * VALUE_BYTES],
             last_sweep: 0,
@@ -128,9 +145,10 @@ impl HeldBios {
     }
 
     /// Takes `bio`'s entry out and ships it; whether there was one.
-    fn ship_taken(&self, bio: u64, ship: &mut impl FnMut(&[u8])) -> bool {
+    fn ship_taken(&mut self, bio: u64, ship: &mut impl FnMut(&[u8])) -> bool {
         match self.take(bio) {
             Ok(Some(value)) => {
+                self.taken[held_age_slot(queued_at(&value))] += 1;
                 ship(&value);
                 true
             }
@@ -140,12 +158,16 @@ impl HeldBios {
 
     /// Ships every held submission older than [`HOLD_AGE_NS`] at `now`
     /// (all of them with `all`), at most every few milliseconds unless
-    /// `all`. Returns whether it shipped any.
+    /// `all`, and only when some entry may be that old. Returns whether it
+    /// shipped any.
     pub fn sweep(&mut self, now: u64, all: bool, ship: &mut impl FnMut(&[u8])) -> bool {
         if !all && now.saturating_sub(self.last_sweep) < SWEEP_EVERY_NS {
             return false;
         }
         self.last_sweep = now;
+        if !all && !self.any_may_be_old(now) {
+            return false;
+        }
         let old: Vec<u64> = self
             .look()
             .filter(|&(_, queued)| all || now.saturating_sub(queued) >= HOLD_AGE_NS)
@@ -182,12 +204,26 @@ impl HeldBios {
             }
         }
         self.token = None;
-        let ts_at = std::mem::offset_of!(wire::Header, ts_ns);
         (0..filled).map(move |i| {
-            let at = i * VALUE_BYTES + ts_at;
-            let ts = u64::from_ne_bytes(self.values[at..at + 8].try_into().unwrap_or_default());
-            (self.keys[i], ts)
+            let value = &self.values[i * VALUE_BYTES..(i + 1) * VALUE_BYTES];
+            (self.keys[i], queued_at(value))
         })
+    }
+
+    /// Whether some entry may be older than [`HOLD_AGE_NS`] at `now`
+    /// (true when the counts cannot be read).
+    fn any_may_be_old(&self, now: u64) -> bool {
+        let Some(per_cpu) = self.ages.as_ref().and_then(|ages| ages.get(&0, 0).ok()) else {
+            return true;
+        };
+        let mut counts = [0u64; 2 * HELD_AGE_SLOTS];
+        for cpu in per_cpu.iter() {
+            for (total, n) in counts.iter_mut().zip(cpu) {
+                *total = total.wrapping_add(*n);
+            }
+        }
+        let (held, out) = counts.split_at(HELD_AGE_SLOTS);
+        old_slot_occupied(held, out, &self.taken, now)
     }
 
     /// One `BPF_MAP_LOOKUP_BATCH` into the room from entry `at`, for at
@@ -212,6 +248,34 @@ impl HeldBios {
     }
 }
 
+/// The submission time of a held record.
+fn queued_at(value: &[u8]) -> u64 {
+    let at = std::mem::offset_of!(wire::Header, ts_ns);
+    value
+        .get(at..at + 8)
+        .and_then(|b| b.try_into().ok())
+        .map_or(0, u64::from_ne_bytes)
+}
+
+/// Whether a slot that may hold an entry older than [`HOLD_AGE_NS`] at
+/// `now` still has one: held, less taken out by the programs (`out`) and
+/// by the reader (`taken`). A slot is young while its oldest possible
+/// entry is: `d` slots behind `now`'s, its entries are younger than
+/// `(d + 1)` slot lengths. Slots wrap: an entry a whole turn old in a young
+/// slot waits for the slot to age again, a few milliseconds.
+fn old_slot_occupied(held: &[u64], out: &[u64], taken: &[u64], now: u64) -> bool {
+    let current = held_age_slot(now);
+    let slot_ns = 1u64 << HELD_AGE_SHIFT;
+    (0..HELD_AGE_SLOTS).any(|slot| {
+        let behind = ((current + HELD_AGE_SLOTS - slot) % HELD_AGE_SLOTS) as u64;
+        let young = (behind + 1) * slot_ns <= HOLD_AGE_NS;
+        // Counts are read while the programs run: a take-out counted
+        // before its hold reads as a negative count, never as an entry.
+        let left = held[slot].wrapping_sub(out[slot]).wrapping_sub(taken[slot]) as i64;
+        !young && left > 0
+    })
+}
+
 /// The in-flight times of the bios paired in the kernel (`PAIRED_TIMES`):
 /// per bucket of `IO_BUCKET_NS` (and one past it), a count and a sum of ns.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -220,20 +284,6 @@ pub struct PairedTimes(pub [u64; PAIRED_TIME_SLOTS]);
 impl Default for PairedTimes {
     fn default() -> Self {
         Self([0; PAIRED_TIME_SLOTS])
-    }
-}
-
-impl PairedTimes {
-    /// Per bucket: the bios counted since `earlier`, and their mean time
-    /// in seconds.
-    pub fn since(&self, earlier: &Self) -> Vec<(u64, f64)> {
-        (0..PAIRED_TIME_SLOTS / 2)
-            .map(|b| {
-                let count = self.0[2 * b].saturating_sub(earlier.0[2 * b]);
-                let sum = self.0[2 * b + 1].saturating_sub(earlier.0[2 * b + 1]);
-                (count, sum as f64 / count.max(1) as f64 / 1e9)
-            })
-            .collect()
     }
 }
 
@@ -251,5 +301,87 @@ impl PairedTimesMap {
             }
         }
         total
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SLOT_NS: u64 = 1 << HELD_AGE_SHIFT;
+
+    /// Counts with `n` entries held in the slot of `ts`.
+    fn held_at(ts: u64, n: u64) -> [u64; HELD_AGE_SLOTS] {
+        let mut held = [0; HELD_AGE_SLOTS];
+        held[held_age_slot(ts)] = n;
+        held
+    }
+
+    const NONE: [u64; HELD_AGE_SLOTS] = [0; HELD_AGE_SLOTS];
+
+    #[test]
+    fn an_entry_younger_than_the_hold_age_is_not_looked_for() {
+        let now = 1_000 * SLOT_NS + 10;
+        let held = held_at(now - SLOT_NS, 3);
+        assert!(!old_slot_occupied(&held, &NONE, &NONE, now));
+        assert!(!old_slot_occupied(&held_at(now, 1), &NONE, &NONE, now));
+    }
+
+    #[test]
+    fn an_entry_that_may_be_past_the_hold_age_is_looked_for() {
+        let now = 1_000 * SLOT_NS + 10;
+        // Three slots back: at least two slot lengths (4.2 ms) old, and
+        // possibly past 5 ms.
+        let queued = now - 2 * SLOT_NS;
+        assert!(old_slot_occupied(&held_at(queued, 1), &NONE, &NONE, now));
+        assert!(old_slot_occupied(
+            &held_at(now - HOLD_AGE_NS, 1),
+            &NONE,
+            &NONE,
+            now
+        ));
+        assert!(old_slot_occupied(
+            &held_at(now - 20 * SLOT_NS, 1),
+            &NONE,
+            &NONE,
+            now
+        ));
+    }
+
+    #[test]
+    fn entries_taken_out_by_either_side_leave_nothing_to_look_for() {
+        let now = 1_000 * SLOT_NS;
+        let queued = now - 10 * SLOT_NS;
+        let held = held_at(queued, 5);
+        let by_programs = held_at(queued, 3);
+        let by_reader = held_at(queued, 2);
+        assert!(!old_slot_occupied(&held, &by_programs, &by_reader, now));
+        assert!(old_slot_occupied(
+            &held,
+            &by_programs,
+            &held_at(queued, 1),
+            now
+        ));
+    }
+
+    #[test]
+    fn a_take_out_counted_before_its_hold_hides_no_other_slot() {
+        let now = 1_000 * SLOT_NS;
+        let young = now;
+        let old = now - 8 * SLOT_NS;
+        let mut held = held_at(old, 1);
+        let out = held_at(young, 1);
+        assert!(old_slot_occupied(&held, &out, &NONE, now));
+        held[held_age_slot(old)] = 0;
+        assert!(!old_slot_occupied(&held, &out, &NONE, now));
+    }
+
+    #[test]
+    fn the_submission_time_is_read_from_the_record_header() {
+        let mut value = [0u8; VALUE_BYTES];
+        let at = std::mem::offset_of!(wire::Header, ts_ns);
+        value[at..at + 8].copy_from_slice(&123_456u64.to_ne_bytes());
+        assert_eq!(queued_at(&value), 123_456);
+        assert_eq!(queued_at(&[]), 0);
     }
 }

@@ -71,7 +71,7 @@ impl Counts {
 const PROGRAM_POLL_NS: u64 = 50_000_000;
 
 pub struct LossCounters {
-    counters: PerCpuArray<MapData, u64>,
+    counters: PerCpuArray<MapData, counter::Slots>,
     /// When programs were last asked (the start of the next marker's window).
     programs_polled: Option<u64>,
     /// Per counter index, per CPU: the value already accounted for.
@@ -81,7 +81,7 @@ pub struct LossCounters {
 }
 
 impl LossCounters {
-    pub fn new(counters: PerCpuArray<MapData, u64>, programs: Programs) -> Self {
+    pub fn new(counters: PerCpuArray<MapData, counter::Slots>, programs: Programs) -> Self {
         Self {
             counters,
             seen: vec![Vec::new(); counter::COUNT as usize],
@@ -105,11 +105,11 @@ impl LossCounters {
     }
 
     fn poll_sources(&mut self, since: u64, now: u64, out: &mut Vec<Event>) {
+        let Ok(values) = self.counters.get(&0, 0) else {
+            return;
+        };
         for index in 0..counter::COUNT {
-            let Ok(values) = self.counters.get(&index, 0) else {
-                continue;
-            };
-            let per_cpu: Vec<u64> = values.iter().copied().collect();
+            let per_cpu: Vec<u64> = values.iter().map(|cpu| cpu[index as usize]).collect();
             let seen = &mut self.seen[index as usize];
             let deltas = per_cpu_deltas(seen, &per_cpu);
             self.totals.0[index as usize] += deltas.iter().map(|(_, n)| n).sum::<u64>();
