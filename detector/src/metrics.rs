@@ -10,6 +10,7 @@
 //! counter appears without a change here.
 
 mod engine;
+mod in_flight;
 mod latency;
 
 use std::collections::HashMap;
@@ -25,12 +26,12 @@ use crate::engine::{EngineConfig, EngineStats, FindingKind, Rule};
 use crate::event::{Event, EventKind};
 use crate::kernel::attach::HookOutcome;
 use crate::kernel::coverage::{RuleState, coverage};
-use crate::kernel::held::PairedTimes;
 use crate::kernel::hooks::Mechanism;
 use crate::kernel::reader::ReaderTotals;
 use crate::session::{Emitted, SessionEvent, Sink};
 use detector_common::config::IO_BUCKET_NS;
 use detector_common::counter;
+use in_flight::InFlightHistogram;
 use latency::{BioLatency, HandlerTime};
 
 /// Latency buckets for block I/O, in seconds: the kernel's own
@@ -75,9 +76,7 @@ pub struct Metrics {
     thresholds: GaugeVec,
     rule_state: IntGaugeVec,
     hooks_attached: IntGaugeVec,
-    bio_in_flight_time: Histogram,
-    /// The paired bios' times already put into `bio_in_flight_time`.
-    paired_seen: Mutex<PairedTimes>,
+    bio_in_flight_time: InFlightHistogram,
     handler_time: Histogram,
     build_info: IntGaugeVec,
     reload_success: IntGauge,
@@ -180,12 +179,14 @@ impl Metrics {
                 Opts::new("detector_hooks_attached", "Hooks attached, by mechanism"),
                 &["mechanism"],
             )?,
-            bio_in_flight_time: histogram(
-                "detector_bio_in_flight_duration_seconds",
-                "Time from a bio's submission to its completion (bios paired in the kernel \
-                 included: counted there into the same buckets)",
+            bio_in_flight_time: InFlightHistogram::new(
+                HistogramOpts::new(
+                    "detector_bio_in_flight_duration_seconds",
+                    "Time from a bio's submission to its completion (bios paired in the kernel \
+                     included: counted there into the same buckets)",
+                )
+                .buckets(io_buckets()),
             )?,
-            paired_seen: Mutex::new(PairedTimes::default()),
             handler_time: histogram(
                 "detector_completion_handler_duration_seconds",
                 "Time a bio completion (bio_endio and its end_io handler) ran",
@@ -369,7 +370,7 @@ impl Metrics {
             }
             let d = &self.decode_errors;
             d.inc_by(totals.decode_errors.saturating_sub(d.get()));
-            self.observe_paired(&totals.paired_times);
+            self.bio_in_flight_time.set_paired(&totals.paired_times);
             for (found, value) in [
                 ("proc", totals.names_from_proc),
                 ("unknown", totals.names_unknown),
@@ -393,22 +394,6 @@ impl Metrics {
         if let Err(e) = engine.publish(&self.registry, stats) {
             tracing::debug!("engine statistics not exported: {e}");
         }
-    }
-
-    /// Adds the bios paired in the kernel since the last call to the
-    /// in-flight histogram. Each bucket's bios are observed at their mean,
-    /// which lies in the bucket: counts and the sum come out exact.
-    fn observe_paired(&self, times: &PairedTimes) {
-        let mut seen = match self.paired_seen.lock() {
-            Ok(seen) => seen,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        for (count, mean) in times.since(&seen) {
-            for _ in 0..count {
-                self.bio_in_flight_time.observe(mean);
-            }
-        }
-        *seen = *times;
     }
 
     /// The sink that counts what flows through a session.

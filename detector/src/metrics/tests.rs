@@ -174,3 +174,33 @@ fn bios_paired_in_the_kernel_join_the_in_flight_histogram() {
         Some(4.0)
     );
 }
+
+#[test]
+fn bios_timed_in_userspace_and_paired_in_the_kernel_add_up() {
+    let m = Metrics::new().unwrap();
+    // The engine timed two bios: 0.3 ms and 40 s (past the last bound).
+    m.bio_in_flight_time.observe(0.0003);
+    m.bio_in_flight_time.observe(40.0);
+    let mut totals = ReaderTotals::default();
+    // The kernel paired two of 0.2 ms (bucket <= 0.25 ms)...
+    totals.paired_times.0[2 * 2] = 2;
+    totals.paired_times.0[2 * 2 + 1] = 400_000;
+    m.publish(&EngineStats::default(), Some(&totals));
+    // ...and, by the next drain, one more of 0.1 ms (bucket 1: its count
+    // at 2, its sum at 3): totals only grow.
+    totals.paired_times.0[2] = 1;
+    totals.paired_times.0[3] = 100_000;
+    m.publish(&EngineStats::default(), Some(&totals));
+    let text = m.encode().unwrap();
+    let series = "detector_bio_in_flight_duration_seconds";
+    let bucket = |le: &str| value(&text, &format!("{series}_bucket{{le=\"{le}\"}}"));
+    assert_eq!(bucket("0.00005"), Some(0.0), "{text}");
+    assert_eq!(bucket("0.0001"), Some(1.0), "{text}");
+    assert_eq!(bucket("0.00025"), Some(3.0), "{text}");
+    assert_eq!(bucket("0.0005"), Some(4.0), "{text}");
+    assert_eq!(bucket("30"), Some(4.0), "{text}");
+    assert_eq!(bucket("+Inf"), Some(5.0), "{text}");
+    assert_eq!(value(&text, &format!("{series}_count")), Some(5.0));
+    let sum = value(&text, &format!("{series}_sum")).unwrap();
+    assert!((sum - 40.0008).abs() < 1e-9, "{sum}");
+}
