@@ -130,6 +130,11 @@ pub enum Pairing {
     /// shipped ahead of it (or was not held, or could not be taken out:
     /// then userspace ships it).
     Ship,
+    /// As `Ship`, and it would have paired but its disk has shown no
+    /// completion yet: once its record is in the ring, the caller marks
+    /// the disk (`note_completion_shipped`). A record lost to a full ring
+    /// leaves it unmarked, and a later completion is shipped in its place.
+    ShipFirstOfDisk,
 }
 
 /// Pairs the completion of `bio` (of the request `covered`, if it is a
@@ -160,9 +165,20 @@ pub fn pair(
         )
     };
     let whole = stale == 0 && covered.is_none_or(|c| c.bytes == size && c.sector == sector);
-    if !whole || error || submitter_watched(submitter) || disk_wants_completions(gendisk) {
+    if !whole || error || submitter_watched(submitter) {
         release(cfg, bio, held);
         return Pairing::Ship;
+    }
+    match disk_state(gendisk) {
+        DiskState::Paired => {}
+        DiskState::Removed => {
+            release(cfg, bio, held);
+            return Pairing::Ship;
+        }
+        DiskState::NoCompletionYet => {
+            release(cfg, bio, held);
+            return Pairing::ShipFirstOfDisk;
+        }
     }
     // Userspace may have taken it since the lookup (then it shipped the
     // submission, and the completion must follow), or an interrupt's
@@ -222,17 +238,32 @@ fn submitter_watched(tid: u32) -> bool {
     tid != 0 && flags_of(tid).1 & SUBMITTER_WATCHED != 0
 }
 
-/// Whether this completion must be shipped for its disk's sake: the
-/// disk's first, or one after its removal began. Marks the first.
+/// What a completion must do for its disk's sake.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum DiskState {
+    /// Its completions may pair.
+    Paired,
+    /// Its removal began: every completion is shipped.
+    Removed,
+    /// It has shown no completion yet: this one is shipped.
+    NoCompletionYet,
+}
+
 #[inline(always)]
-fn disk_wants_completions(gendisk: u64) -> bool {
+fn disk_state(gendisk: u64) -> DiskState {
     match unsafe { DISKS.get(gendisk) } {
-        Some(bits) => bits & disk::REMOVED != 0,
-        None => {
-            let _ = DISKS.insert(gendisk, disk::COMPLETION_SHIPPED, 0);
-            true
-        }
+        Some(bits) if bits & disk::REMOVED != 0 => DiskState::Removed,
+        Some(_) => DiskState::Paired,
+        None => DiskState::NoCompletionYet,
     }
+}
+
+/// Marks `gendisk` as having shown a completion (its record is in the
+/// ring), unless its removal marked it first.
+#[inline(always)]
+pub fn note_completion_shipped(gendisk: u64) {
+    const NOEXIST: u64 = aya_ebpf::bindings::BPF_NOEXIST as u64;
+    let _ = DISKS.insert(gendisk, disk::COMPLETION_SHIPPED, NOEXIST);
 }
 
 /// Marks `gendisk` as being removed: its completions are shipped from

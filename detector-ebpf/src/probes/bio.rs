@@ -234,7 +234,8 @@ fn emit_rq<C: Hooked, F: Fields>(
         bytes: nr_bytes,
         sector,
     };
-    if pairing::pair(cfg, first, Some(covered), error != 0, disk) == Pairing::Paired {
+    let pairing = pairing::pair(cfg, first, Some(covered), error != 0, disk);
+    if pairing == Pairing::Paired {
         return Some(());
     }
     let mut header = header(ctx, cfg, kind::RQ_COMPLETE, Stack::Take);
@@ -267,6 +268,9 @@ fn emit_rq<C: Hooked, F: Fields>(
         (*ev)._pad = 0;
     }
     submit(entry, cfg);
+    if pairing == Pairing::ShipFirstOfDisk {
+        pairing::note_completion_shipped(disk);
+    }
     if walk.truncated && may_log(site::RQ_WALK_CUT) {
         aya_log_ebpf::debug!(
             ctx,
@@ -362,11 +366,14 @@ fn emit_bio_complete<C: Hooked, F: BioFields>(
     fields: &F,
 ) -> Option<()> {
     let error = fields.get::<u8>(cfg.bio.status) as i32;
-    if cfg.pair_bios != 0 {
+    let (pairing, gendisk) = if cfg.pair_bios != 0 {
         let gendisk: u64 = read(ctx.arg_u64(0), cfg.block.q_disk);
-        if pairing::pair(cfg, bio, None, error != 0, gendisk) == Pairing::Paired {
-            return Some(());
-        }
+        (pairing::pair(cfg, bio, None, error != 0, gendisk), gendisk)
+    } else {
+        (Pairing::Ship, 0)
+    };
+    if pairing == Pairing::Paired {
+        return Some(());
     }
     let (dev, disk) = fields.devs(cfg);
     let header = header(ctx, cfg, kind::BIO_COMPLETE, Stack::Skip);
@@ -383,6 +390,9 @@ fn emit_bio_complete<C: Hooked, F: BioFields>(
         })
     };
     submit(entry, cfg);
+    if pairing == Pairing::ShipFirstOfDisk {
+        pairing::note_completion_shipped(gendisk);
+    }
     Some(())
 }
 
