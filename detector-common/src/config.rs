@@ -207,14 +207,31 @@ pub const HELD_BIOS_ENTRIES: u32 = 8192;
 
 /// Held submissions are counted by age (`HELD_AGES`): in and out per
 /// slot of `1 << HELD_AGE_SHIFT` ns (2.1 ms) of their submission time,
-/// over [`HELD_AGE_SLOTS`] slots that wrap (70 ms), so that the reader
+/// over [`HELD_AGE_SLOTS`] slots that wrap (34 ms), so that the reader
 /// looks through `HELD_BIOS` only when some entry may be old.
 pub const HELD_AGE_SHIFT: u32 = 21;
-pub const HELD_AGE_SLOTS: usize = 32;
+pub const HELD_AGE_SLOTS: usize = 16;
 
 /// The `HELD_AGES` slot of a submission made at `ts_ns`.
 pub const fn held_age_slot(ts_ns: u64) -> usize {
     (ts_ns >> HELD_AGE_SHIFT) as usize & (HELD_AGE_SLOTS - 1)
+}
+
+/// `HELD_AGES` rows of [`HELD_AGE_SLOTS`] counts each, one per program
+/// that writes it: a program never runs nested in itself on a CPU (the
+/// kernel skips such a run), but the completion hooks interrupt the
+/// submission hook, and a count lost to that would be wrong for good.
+pub mod held_age_row {
+    /// Entries held (by the submission hook).
+    pub const HELD: usize = 0;
+    /// Entries the submission hook took out again (an earlier submission
+    /// of the bio shipped, or its own insert refused).
+    pub const OUT_BY_SUBMISSION: usize = 1;
+    /// Entries `block_rq_complete` took out (paired or shipped).
+    pub const OUT_BY_REQUEST: usize = 2;
+    /// Entries `block_bio_complete` took out.
+    pub const OUT_BY_BIO: usize = 3;
+    pub const COUNT: usize = 4;
 }
 
 /// Entries of `PAIRED_TIMES`: for each bucket of [`IO_BUCKET_NS`] and one

@@ -436,9 +436,11 @@ pub mod counter {
     /// neither was shipped (`ProbeConfig::pair_bios`): a healthy I/O no
     /// rule could quote. Left out by design, not lost.
     pub const BIOS_PAIRED: u32 = 7;
-    /// The map of held submissions refused one (full, busy, or an earlier
-    /// submission of the same bio still held): it was shipped at once
-    /// instead. Costs events, loses none.
+    /// The map of held submissions refused one (full, or busy: an
+    /// interrupt's program held the bucket): it was shipped at once
+    /// instead. Costs events, loses none. (A refusal because an earlier
+    /// submission of the bio is still held ships that one first, and is
+    /// not counted.)
     pub const HELD_MAP_FULL: u32 = 8;
     /// Number of counters the programs keep (entries of `COUNTERS`).
     pub const COUNT: u32 = 9;

@@ -7,7 +7,7 @@ use aya_ebpf::{
 };
 use detector_common::{
     BioQueue, ProbeConfig,
-    config::{HELD_AGE_SLOTS, HELD_BIOS_ENTRIES, PAIRED_TIME_SLOTS},
+    config::{HELD_AGE_SLOTS, HELD_BIOS_ENTRIES, PAIRED_TIME_SLOTS, held_age_row},
     counter,
 };
 
@@ -140,12 +140,13 @@ pub static MD_WRITES: HashMap<u64, u64> = HashMap::with_max_entries(4096, 0);
 pub static HELD_BIOS: HashMap<u64, BioQueue> = HashMap::with_max_entries(HELD_BIOS_ENTRIES, 0);
 
 /// `HELD_BIOS` entries by the slot of their submission time
-/// (`detector_common::config::held_age_slot`), per CPU: at `slot` those
-/// held, at `HELD_AGE_SLOTS + slot` those the programs took out again.
-/// Summed with what it took itself, the reader knows whether any entry
-/// may be old without looking through the map.
+/// (`detector_common::config::held_age_slot`), per CPU, in a row per
+/// program (`held_age_row`): those held, and those each program took out
+/// again. Summed with what it took itself, the reader knows whether any
+/// entry may be old without looking through the map.
 #[map]
-pub static HELD_AGES: PerCpuArray<[u64; 2 * HELD_AGE_SLOTS]> = PerCpuArray::with_max_entries(1, 0);
+pub static HELD_AGES: PerCpuArray<[u64; held_age_row::COUNT * HELD_AGE_SLOTS]> =
+    PerCpuArray::with_max_entries(1, 0);
 
 /// What the programs learned of each disk (by `struct gendisk` address):
 /// bits of [`disk`]. A disk's first completion, and every one after its

@@ -35,7 +35,7 @@
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use detector_common::{
     BioQueue, ProbeConfig,
-    config::{HELD_AGE_SLOTS, IO_BUCKET_NS, PAIRED_TIME_SLOTS, held_age_slot},
+    config::{HELD_AGE_SLOTS, IO_BUCKET_NS, PAIRED_TIME_SLOTS, held_age_row, held_age_slot},
     counter, header_flag,
 };
 
@@ -84,10 +84,16 @@ pub fn may_hold(cfg: &ProbeConfig, record: &BioQueue, submitter_flags: u8, watch
 #[inline(always)]
 pub fn hold(cfg: &ProbeConfig, record: &BioQueue) -> bool {
     const NOEXIST: u64 = aya_ebpf::bindings::BPF_NOEXIST as u64;
+    // Counted before it is in the map, and counted out again if it is
+    // not: while a program runs between the two steps (preemptible under
+    // fentry), the counts may show an entry that is not there, never miss
+    // one that is.
+    let queued_at = record.header.ts_ns;
+    count_age(queued_at, held_age_row::HELD);
     if HELD_BIOS.insert(record.bio, record, NOEXIST).is_ok() {
-        count_age(record.header.ts_ns, 0);
         return true;
     }
+    count_age(queued_at, held_age_row::OUT_BY_SUBMISSION);
     if !ship_earlier(cfg, record.bio) {
         bump(counter::HELD_MAP_FULL);
     }
@@ -106,7 +112,7 @@ pub fn ship_earlier(cfg: &ProbeConfig, bio: u64) -> bool {
     }
     match HELD_BIOS.get_ptr_mut(bio) {
         Some(held) => {
-            release(cfg, bio, held);
+            release(cfg, bio, held, held_age_row::OUT_BY_SUBMISSION);
             true
         }
         None => false,
@@ -140,6 +146,7 @@ pub enum Pairing {
 /// Pairs the completion of `bio` (of the request `covered`, if it is a
 /// request's) on `gendisk` with its held submission, or ships that
 /// submission ahead of the completion when a rule may need the two.
+/// `row`: the calling hook's `held_age_row`.
 #[inline(always)]
 pub fn pair(
     cfg: &ProbeConfig,
@@ -147,6 +154,7 @@ pub fn pair(
     covered: Option<Covered>,
     error: bool,
     gendisk: u64,
+    row: usize,
 ) -> Pairing {
     if cfg.pair_bios == 0 {
         return Pairing::Ship;
@@ -166,17 +174,17 @@ pub fn pair(
     };
     let whole = stale == 0 && covered.is_none_or(|c| c.bytes == size && c.sector == sector);
     if !whole || error || submitter_watched(submitter) {
-        release(cfg, bio, held);
+        release(cfg, bio, held, row);
         return Pairing::Ship;
     }
     match disk_state(gendisk) {
         DiskState::Paired => {}
         DiskState::Removed => {
-            release(cfg, bio, held);
+            release(cfg, bio, held, row);
             return Pairing::Ship;
         }
         DiskState::NoCompletionYet => {
-            release(cfg, bio, held);
+            release(cfg, bio, held, row);
             return Pairing::ShipFirstOfDisk;
         }
     }
@@ -186,7 +194,7 @@ pub fn pair(
     if HELD_BIOS.remove(bio).is_err() {
         return Pairing::Ship;
     }
-    count_age(queued_at, HELD_AGE_SLOTS);
+    count_age(queued_at, row);
     bump(counter::BIOS_PAIRED);
     count_time(unsafe { bpf_ktime_get_ns() }.saturating_sub(queued_at));
     Pairing::Paired
@@ -200,7 +208,7 @@ pub fn pair(
 /// the bio may meanwhile be reused, and its next completion must not be
 /// paired with this record.
 #[inline(always)]
-fn release(cfg: &ProbeConfig, bio: u64, held: *mut BioQueue) {
+fn release(cfg: &ProbeConfig, bio: u64, held: *mut BioQueue, row: usize) {
     const WORDS: usize = core::mem::size_of::<BioQueue>() / 8;
     let Some(mut entry) = reserve_uncounted::<BioQueue>() else {
         mark_stale(held);
@@ -209,7 +217,7 @@ fn release(cfg: &ProbeConfig, bio: u64, held: *mut BioQueue) {
     unsafe { words::copy::<WORDS>(entry.as_mut_ptr().cast(), held.cast()) };
     let queued_at = unsafe { (*entry.as_ptr()).header.ts_ns };
     if HELD_BIOS.remove(bio).is_ok() {
-        count_age(queued_at, HELD_AGE_SLOTS);
+        count_age(queued_at, row);
         submit_unnamed(entry, cfg);
     } else {
         // Taken by userspace (then `held` may already be another bio's
@@ -273,15 +281,16 @@ pub fn note_removal(gendisk: u64) {
     let _ = DISKS.insert(gendisk, disk::COMPLETION_SHIPPED | disk::REMOVED, 0);
 }
 
-/// Counts an entry held (`base` 0) or taken out (`HELD_AGE_SLOTS`) by
-/// the slot of its submission time `queued_at` (`HELD_AGES`).
+/// Counts an entry held, or taken out, in `row` (`held_age_row`) by the
+/// slot of its submission time `queued_at` (`HELD_AGES`). A plain add: the
+/// row is this program's, and a program does not nest in itself.
 #[inline(always)]
-fn count_age(queued_at: u64, base: usize) {
+fn count_age(queued_at: u64, row: usize) {
     let Some(slots) = HELD_AGES.get_ptr_mut(0) else {
         return;
     };
-    let at = base + held_age_slot(queued_at);
-    if at < 2 * HELD_AGE_SLOTS {
+    let at = row * HELD_AGE_SLOTS + held_age_slot(queued_at);
+    if at < held_age_row::COUNT * HELD_AGE_SLOTS {
         unsafe { (*slots)[at] += 1 };
     }
 }

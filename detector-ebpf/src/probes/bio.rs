@@ -10,7 +10,9 @@ use aya_ebpf::{
 };
 use detector_common::{
     BioComplete, BioEndio, BioQueue, BioRef, DiskEvent, Header, ProbeConfig, RQ_MAX_BIOS,
-    RqComplete, config::NO_OFFSET, counter, header_flag, hook, kind,
+    RqComplete,
+    config::{NO_OFFSET, held_age_row},
+    counter, header_flag, hook, kind,
 };
 
 use super::done;
@@ -234,7 +236,8 @@ fn emit_rq<C: Hooked, F: Fields>(
         bytes: nr_bytes,
         sector,
     };
-    let pairing = pairing::pair(cfg, first, Some(covered), error != 0, disk);
+    let row = held_age_row::OUT_BY_REQUEST;
+    let pairing = pairing::pair(cfg, first, Some(covered), error != 0, disk, row);
     if pairing == Pairing::Paired {
         return Some(());
     }
@@ -368,7 +371,11 @@ fn emit_bio_complete<C: Hooked, F: BioFields>(
     let error = fields.get::<u8>(cfg.bio.status) as i32;
     let (pairing, gendisk) = if cfg.pair_bios != 0 {
         let gendisk: u64 = read(ctx.arg_u64(0), cfg.block.q_disk);
-        (pairing::pair(cfg, bio, None, error != 0, gendisk), gendisk)
+        let row = held_age_row::OUT_BY_BIO;
+        (
+            pairing::pair(cfg, bio, None, error != 0, gendisk, row),
+            gendisk,
+        )
     } else {
         (Pairing::Ship, 0)
     };

@@ -14,13 +14,18 @@
 //! programs count the entries they hold and take out by the slot of their
 //! submission time, the reader counts what it took, and only a slot old
 //! enough to hold an entry past [`HOLD_AGE_NS`] with some entry left in it
-//! makes it look.
+//! makes it look. The counts err towards an entry: the programs count a
+//! hold before the insert and a take-out after the delete. Once a second
+//! the reader looks anyway, a bound on the delay of an entry the counts
+//! would ever miss.
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 
 use aya::maps::{MapData, PerCpuArray};
-use detector_common::config::{HELD_AGE_SHIFT, HELD_AGE_SLOTS, PAIRED_TIME_SLOTS, held_age_slot};
+use detector_common::config::{
+    HELD_AGE_SHIFT, HELD_AGE_SLOTS, PAIRED_TIME_SLOTS, held_age_row, held_age_slot,
+};
 use detector_common::wire;
 
 /// Held submissions older than this are shipped: well inside the engine's
@@ -31,6 +36,10 @@ pub const HOLD_AGE_NS: u64 = 5_000_000;
 
 /// How often the reader looks through the map at most.
 const SWEEP_EVERY_NS: u64 = 4_000_000;
+
+/// How often the reader looks through the map whatever the counts say: a
+/// bound on how late an entry the counts did not show would be shipped.
+const LOOK_ANYWAY_EVERY_NS: u64 = 1_000_000_000;
 
 const BPF_MAP_LOOKUP_AND_DELETE_ELEM: libc::c_long = 21;
 const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
@@ -74,8 +83,8 @@ fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<()> {
 const VALUE_BYTES: usize = std::mem::size_of::<wire::BioQueue>();
 
 /// `HELD_AGES`: per CPU, entries held and taken out by the programs, by
-/// the slot of their submission time.
-pub type HeldAgesMap = PerCpuArray<MapData, [u64; 2 * HELD_AGE_SLOTS]>;
+/// the slot of their submission time, a row per program.
+pub type HeldAgesMap = PerCpuArray<MapData, [u64; held_age_row::COUNT * HELD_AGE_SLOTS]>;
 
 /// The reader's side of `HELD_BIOS`.
 pub struct HeldBios {
@@ -88,6 +97,7 @@ pub struct HeldBios {
     keys: Vec<u64>,
     values: Vec<u8>,
     last_sweep: u64,
+    last_look: u64,
     /// Where the batch read in progress goes on from.
     token: Option<u32>,
     /// Submissions taken out and shipped, by why.
@@ -107,6 +117,7 @@ impl HeldBios {
             keys: vec![0; entries],
             values: vec![0; entries * VALUE_BYTES],
             last_sweep: 0,
+            last_look: 0,
             token: None,
             swept: 0,
             released: 0,
@@ -165,9 +176,11 @@ impl HeldBios {
             return false;
         }
         self.last_sweep = now;
-        if !all && !self.any_may_be_old(now) {
+        let due = now.saturating_sub(self.last_look) >= LOOK_ANYWAY_EVERY_NS;
+        if !all && !due && !self.any_may_be_old(now) {
             return false;
         }
+        self.last_look = now;
         let old: Vec<u64> = self
             .look()
             .filter(|&(_, queued)| all || now.saturating_sub(queued) >= HOLD_AGE_NS)
@@ -216,14 +229,21 @@ impl HeldBios {
         let Some(per_cpu) = self.ages.as_ref().and_then(|ages| ages.get(&0, 0).ok()) else {
             return true;
         };
-        let mut counts = [0u64; 2 * HELD_AGE_SLOTS];
+        let mut held = [0u64; HELD_AGE_SLOTS];
+        let mut out = [0u64; HELD_AGE_SLOTS];
         for cpu in per_cpu.iter() {
-            for (total, n) in counts.iter_mut().zip(cpu) {
-                *total = total.wrapping_add(*n);
+            for (row, counts) in cpu.chunks_exact(HELD_AGE_SLOTS).enumerate() {
+                let total = if row == held_age_row::HELD {
+                    &mut held
+                } else {
+                    &mut out
+                };
+                for (t, n) in total.iter_mut().zip(counts) {
+                    *t = t.wrapping_add(*n);
+                }
             }
         }
-        let (held, out) = counts.split_at(HELD_AGE_SLOTS);
-        old_slot_occupied(held, out, &self.taken, now)
+        old_slot_occupied(&held, &out, &self.taken, now)
     }
 
     /// One `BPF_MAP_LOOKUP_BATCH` into the room from entry `at`, for at
