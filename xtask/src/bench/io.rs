@@ -103,6 +103,18 @@ fn goal_for(kind: TargetKind) -> &'static str {
     }
 }
 
+/// A traced/untraced ratio above this is a broken measurement. The disk
+/// is not the bench's own: a write-back stall of the host can slow one
+/// untraced run of `--quick`'s single second to half or less (CI saw
+/// 2.2 for random writes, the peer 2.4), while the tmpfs loop is only
+/// CPU-bound.
+fn sane_ratio_below(kind: TargetKind) -> f64 {
+    match kind {
+        TargetKind::TmpfsLoop => 2.0,
+        TargetKind::DiskFile => 5.0,
+    }
+}
+
 fn rows(s: &Samples) -> Vec<Row> {
     let mut rows = Vec::new();
     for kind in TargetKind::ALL {
@@ -123,7 +135,7 @@ fn rows(s: &Samples) -> Vec<Row> {
                 )
                 .peer(cell(Tracer::Bpftrace))
                 .goal(goal_for(kind))
-                .sane(0.0..2.0),
+                .sane(0.0..sane_ratio_below(kind)),
             );
         }
     }
