@@ -62,6 +62,9 @@ pub struct Metrics {
     decode_errors: IntCounter,
     /// Task names the reader lacked, by where it found them.
     names_missed: IntCounterVec,
+    /// CPUs' rings stuck behind a record still being written.
+    ring_stalls: IntCounterVec,
+    ring_stall_longest: Gauge,
     /// Whether sys_exit/sys_enter are attached now.
     syscall_hooks_attached: IntGauge,
     /// Their attachments and detachments, and the refused ones.
@@ -119,6 +122,20 @@ impl Metrics {
                      (read from /proc) or unknown (the thread was gone; shown as ?)",
                 ),
                 &["found"],
+            )?,
+            ring_stalls: IntCounterVec::new(
+                Opts::new(
+                    "detector_ring_stalls_total",
+                    "Times a CPU's event ring stayed stuck behind a record still being written \
+                     for over a millisecond, holding back how far events were judged, by \
+                     outcome: waited (its records came and were judged in order) or given_up \
+                     (stuck over 2 s: its records came late and count as a loss)",
+                ),
+                &["outcome"],
+            )?,
+            ring_stall_longest: Gauge::new(
+                "detector_ring_stall_longest_seconds",
+                "The longest time a CPU's event ring stayed stuck behind one record",
             )?,
             syscall_hooks_attached: IntGauge::new(
                 "detector_syscall_hooks_attached",
@@ -219,6 +236,8 @@ impl Metrics {
         r.register(Box::new(self.events.clone()))?;
         r.register(Box::new(self.decode_errors.clone()))?;
         r.register(Box::new(self.names_missed.clone()))?;
+        r.register(Box::new(self.ring_stalls.clone()))?;
+        r.register(Box::new(self.ring_stall_longest.clone()))?;
         r.register(Box::new(self.syscall_hooks_attached.clone()))?;
         r.register(Box::new(self.syscall_hook_changes.clone()))?;
         r.register(Box::new(self.lost.clone()))?;
@@ -266,6 +285,9 @@ impl Metrics {
         }
         for change in ["attach", "detach", "failure"] {
             self.syscall_hook_changes.with_label_values(&[change]);
+        }
+        for outcome in ["waited", "given_up"] {
+            self.ring_stalls.with_label_values(&[outcome]);
         }
         let mut engine = self.lock_engine();
         for rule in Rule::ALL {
@@ -377,6 +399,14 @@ impl Metrics {
             ] {
                 up_to(&self.names_missed.with_label_values(&[found]), value);
             }
+            let stalls = &totals.ring_stalls;
+            for (outcome, value) in [
+                ("waited", stalls.episodes - stalls.given_up),
+                ("given_up", stalls.given_up),
+            ] {
+                up_to(&self.ring_stalls.with_label_values(&[outcome]), value);
+            }
+            self.ring_stall_longest.set(stalls.longest_ns as f64 / 1e9);
             let hooks = &totals.syscall_hooks;
             self.syscall_hooks_attached.set(hooks.attached.into());
             for (change, value) in [

@@ -607,6 +607,13 @@ fn task_names_are_sent_once_and_again_after_a_rename() {
     let stats: Value = serde_json::from_slice(&std::fs::read(&stats).unwrap()).unwrap();
     let filled = stats["reader"]["names_filled"].as_u64().unwrap();
     assert!(filled >= 60, "names filled in by the reader: {filled}");
+    // The reader read the rings' positions after its drains, and they
+    // agreed with what it had taken (a consumer position at or past the
+    // records taken, and never past the producer).
+    let rings = &stats["reader"]["ring_stalls"];
+    assert!(rings["looks"].as_u64().unwrap() > 0, "{rings}");
+    assert_eq!(rings["position_errors"].as_u64(), Some(0), "{rings}");
+    assert_eq!(rings["given_up"].as_u64(), Some(0), "{rings}");
 }
 
 fn counts_by_kind(evs: &[Event]) -> BTreeMap<String, u64> {

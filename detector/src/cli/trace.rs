@@ -177,6 +177,25 @@ fn print_reader_totals(totals: &ReaderTotals) {
             totals.names_from_proc, totals.names_unknown
         );
     }
+    let stalls = &totals.ring_stalls;
+    if stalls.episodes > 0 {
+        eprintln!(
+            "  CPU rings stuck behind a record being written: {} times, longest {:.1} ms \
+             (judging waited for them{})",
+            stalls.episodes,
+            stalls.longest_ns as f64 / 1e6,
+            match stalls.given_up {
+                0 => String::new(),
+                n => format!("; {n} past 2 s: their records came late and count as a loss"),
+            }
+        );
+    }
+    if stalls.position_errors > 0 {
+        eprintln!(
+            "  ring positions that made no sense (not trusted): {}",
+            stalls.position_errors
+        );
+    }
     let hooks = &totals.syscall_hooks;
     if hooks.detaches > 0 || hooks.failures > 0 {
         eprintln!(

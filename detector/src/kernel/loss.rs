@@ -94,10 +94,11 @@ impl LossCounters {
     /// Reads every counter; each increase of a loss counter since the last
     /// poll becomes a marker covering `[since, now]`. Ends with a
     /// `LossChecked` saying up to when every source has been read: the
-    /// programs' skipped runs are read less often than the counters.
-    pub fn poll(&mut self, since: u64, now: u64, out: &mut Vec<Event>) {
+    /// programs' skipped runs are read less often than the counters, and
+    /// the rings have been read up to `read_to`.
+    pub fn poll(&mut self, since: u64, now: u64, read_to: u64, out: &mut Vec<Event>) {
         self.poll_sources(since, now, out);
-        let checked = self.programs_polled.unwrap_or(now).min(now);
+        let checked = self.programs_polled.unwrap_or(now).min(now).min(read_to);
         out.push(Event {
             kind: EventKind::LossChecked { until: checked },
             ..lost_marker(UNKNOWN_CPU, 0, now, now, LossCause::RingBufferFull)

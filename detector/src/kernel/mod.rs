@@ -15,6 +15,7 @@ pub mod offsets;
 #[cfg(test)]
 mod program_code;
 pub mod reader;
+pub mod ring_progress;
 pub mod rings;
 pub mod stacks;
 pub mod symbols;

@@ -15,6 +15,7 @@ use tokio::sync::{mpsc, watch};
 use super::held::{HeldBios, PairedTimes, PairedTimesMap};
 use super::loss::{Counts, LossCounters};
 use super::names::TaskNames;
+use super::ring_progress::Stalls;
 use super::rings::RingSet;
 use super::taskmaps::TaskMaps;
 use crate::clock::monotonic_ns;
@@ -76,6 +77,9 @@ pub struct ReaderTotals {
     /// (swept), or named by a shipped completion (released).
     pub held_swept: u64,
     pub held_released: u64,
+    /// CPUs' rings stuck behind a record still being written, which held
+    /// back how far the session was judged (`ring_progress`).
+    pub ring_stalls: Stalls,
 }
 
 pub struct Reader {
@@ -176,7 +180,8 @@ impl Reader {
         );
         if emptied {
             let now = monotonic_ns();
-            self.account_losses(&mut batch.events, now);
+            let read_to = self.rings.read_to().min(now);
+            self.account_losses(&mut batch.events, now, read_to);
             batch.now = now;
             self.last_drain = now;
         }
@@ -189,8 +194,8 @@ impl Reader {
         batch
     }
 
-    fn account_losses(&mut self, events: &mut Vec<Event>, now: u64) {
-        self.loss.poll(self.last_drain, now, events);
+    fn account_losses(&mut self, events: &mut Vec<Event>, now: u64, read_to: u64) {
+        self.loss.poll(self.last_drain, now, read_to, events);
         let c = self.loss.totals;
         self.totals.counters = c;
         self.totals.dropped = c.get(counter::DROPPED);
@@ -201,6 +206,7 @@ impl Reader {
             self.totals.paired_times = times.read();
         }
         (self.totals.held_swept, self.totals.held_released) = self.rings.held_shipped();
+        self.totals.ring_stalls = self.rings.stalls;
     }
 }
 

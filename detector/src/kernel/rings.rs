@@ -19,6 +19,7 @@ use tokio::io::unix::AsyncFd;
 
 use super::held::HeldBios;
 use super::names::TaskNames;
+use super::ring_progress::{Positions, Progress, Stalls};
 use crate::clock::monotonic_ns;
 use crate::event::decode::{comm_omitted, decode, submissions_held};
 use crate::event::{Event, EventKind};
@@ -96,6 +97,12 @@ pub struct RingSet {
     held: Option<HeldBios>,
     /// The next drain ships every held submission (the session ends).
     flush_held: bool,
+    /// Per ring: its positions (unless they could not be mapped) and how
+    /// far it has been read.
+    progress: Vec<(Option<Positions>, Progress)>,
+    /// Up to when every ring has been read, as of the last emptying drain.
+    read_to: u64,
+    pub stalls: Stalls,
 }
 
 impl RingSet {
@@ -131,12 +138,30 @@ impl RingSet {
         let ready =
             unsafe { AsyncFd::register_with_interest(epoll, tokio::io::Interest::READABLE) }
                 .map_err(|e| e.into_parts().1)?;
+        let page = super::layout::page_size() as usize;
+        let progress = rings
+            .iter()
+            .map(|ring| {
+                let positions = Positions::map(ring, page)
+                    .inspect_err(|e| {
+                        tracing::warn!(
+                            "cannot map a ring's positions ({e}): a CPU that holds a record \
+                             back can make the others' events be judged without its own"
+                        )
+                    })
+                    .ok();
+                (positions, Progress::default())
+            })
+            .collect();
         Ok(Self {
             rings,
             ready,
             pending: Pending::default(),
             held: None,
             flush_held: false,
+            progress,
+            read_to: 0,
+            stalls: Stalls::default(),
         })
     }
 
@@ -156,6 +181,12 @@ impl RingSet {
     /// their completion).
     pub fn held_shipped(&self) -> (u64, u64) {
         self.held.as_ref().map_or((0, 0), |h| (h.swept, h.released))
+    }
+
+    /// Up to when every ring had been read at the last drain that emptied
+    /// them (`ring_progress`): the records still to come are later.
+    pub fn read_to(&self) -> u64 {
+        self.read_to
     }
 
     /// Waits until a producer wakes the reader (a ring past its
@@ -186,6 +217,7 @@ impl RingSet {
             pending,
             held,
             flush_held,
+            progress,
             ..
         } = self;
         // Held records are older than what the rings give: they need the
@@ -198,12 +230,13 @@ impl RingSet {
         };
         // The last time a ring with more to give reached.
         let mut cut: Option<u64> = None;
-        for ring in rings.iter_mut() {
+        for (ring, (_, progress)) in rings.iter_mut().zip(progress.iter_mut()) {
             let mut taken = 0;
             let mut last = 0;
             while taken < share {
                 let Some(item) = ring.next() else { break };
                 taken += 1;
+                progress.took(item.len());
                 match decode(&item) {
                     Ok(event) => {
                         last = event.ts;
@@ -218,11 +251,30 @@ impl RingSet {
             if taken == share {
                 cut = Some(cut.map_or(last, |c| c.min(last)));
             }
+            progress.handed_on(last);
         }
         let several = rings.len() > 1;
         // One ring's order is the order: nothing needs to wait.
         pending.merge_into(cut.filter(|_| several), several || injected, names, out);
+        if cut.is_none() {
+            self.look();
+        }
         cut.is_none()
+    }
+
+    /// Reads every ring's positions after a drain that emptied them, and
+    /// sets how far they have all been read.
+    fn look(&mut self) {
+        let now = monotonic_ns();
+        self.read_to = self
+            .progress
+            .iter_mut()
+            .map(|(positions, progress)| match positions {
+                Some(p) => progress.look(p.read(), now, &mut self.stalls),
+                None => now,
+            })
+            .min()
+            .unwrap_or(now);
     }
 }
 

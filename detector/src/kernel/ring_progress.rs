@@ -1,0 +1,282 @@
+//! How far in time each CPU's ring has been read.
+//!
+//! A ring hands its records over in the order they were reserved, and a
+//! record reserved but not yet committed stops the reader there: the
+//! records behind it wait, committed or not. A program commits within
+//! microseconds, normally. But a CPU can leave one record uncommitted for
+//! much longer while it goes on writing records behind it (seen for 585 ms
+//! in a 2-CPU guest on a busy host, during a disk's removal), and the other
+//! CPUs' records keep coming meanwhile. Had the reader said "everything
+//! written before now has been read" all along, the engine would have
+//! judged without that CPU's records: there, a bio's completion on the
+//! other CPU was paired with a submission whose real completion, and the
+//! bio's reuse for another disk, sat in the stalled ring.
+//!
+//! So after each drain the reader reads each ring's consumer and producer
+//! positions (the ring's first two pages, mapped read-only). A ring with
+//! nothing left is read up to the moment of that look. A ring with bytes
+//! left (its head is being written, or it gave its share of a batch) is
+//! read up to the later of the last look that found it empty and its last
+//! record handed on: every record still to come was reserved after both,
+//! and took its time stamp just before (interrupt nesting reorders by
+//! microseconds, which the engine's reorder window absorbs). The reader
+//! claims completeness (the engine's loss horizon) only up to the lowest
+//! of these. A ring whose head stays put past [`STALL_LIMIT`] no longer
+//! holds the claim back: what it gives then arrives late, and the engine
+//! treats it as a loss around those events instead of waiting forever.
+
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// How long a ring stuck behind one record may hold back every verdict.
+pub const STALL_LIMIT_NS: u64 = 2_000_000_000;
+
+/// A ring's consumer and producer positions, mapped read-only.
+pub struct Positions {
+    base: *mut libc::c_void,
+    page: usize,
+}
+
+// SAFETY: the mapping is read-only shared memory, owned by this value
+// until it drops, and only ever read with atomic loads.
+unsafe impl Send for Positions {}
+unsafe impl Sync for Positions {}
+
+impl Positions {
+    /// Maps the first two pages of the ring behind `fd`: the consumer
+    /// position, then the producer position, each at its page's start.
+    pub fn map(fd: &impl AsRawFd, page: usize) -> io::Result<Self> {
+        let fd: RawFd = fd.as_raw_fd();
+        // SAFETY: a new read-only shared mapping of the ring's control
+        // pages; the kernel allows it for any ring buffer map.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                2 * page,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                fd,
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Self { base, page })
+    }
+
+    /// (consumer, producer). The producer is read last: a consumer behind
+    /// it means bytes were there at the look.
+    pub fn read(&self) -> (u64, u64) {
+        // SAFETY: both words lie at the start of a mapped page, are 8-byte
+        // aligned, and are only read here.
+        unsafe {
+            let consumer = &*(self.base as *const AtomicU64);
+            let producer = &*(self.base.add(self.page) as *const AtomicU64);
+            let c = consumer.load(Ordering::Acquire);
+            (c, producer.load(Ordering::Acquire))
+        }
+    }
+}
+
+impl Drop for Positions {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `map`, unmapped once.
+        unsafe { libc::munmap(self.base, 2 * self.page) };
+    }
+}
+
+/// Each record's header in the ring (`BPF_RINGBUF_HDR_SZ`); records are
+/// padded to 8 bytes.
+const RECORD_HEADER: u64 = 8;
+
+/// A head that stays put longer than this is counted as a stall: a
+/// program holds a record for microseconds.
+const STALL_NOTE_NS: u64 = 1_000_000;
+
+/// One ring's progress across drains.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Progress {
+    /// The last look that found the ring empty.
+    empty_at: u64,
+    /// The time of the last record handed on from it.
+    last_ts: u64,
+    /// Bytes of the records taken from it, with their headers: the
+    /// consumer position can only be at or past this (discarded records
+    /// are skipped without being taken).
+    taken_bytes: u64,
+    /// Where its head stayed when looks found bytes left behind it.
+    head: Option<Head>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Head {
+    /// The consumer position.
+    at: u64,
+    /// The first look that found the head there.
+    since: u64,
+    counted: bool,
+    given_up: bool,
+}
+
+/// Rings stuck behind a record, over the session.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Stalls {
+    /// Looks at a ring's positions after a drain.
+    pub looks: u64,
+    /// Episodes of a ring's head staying put, with records behind it, for
+    /// longer than a millisecond.
+    pub episodes: u64,
+    /// The longest such episode so far, ns.
+    pub longest_ns: u64,
+    /// Episodes that outlasted [`STALL_LIMIT_NS`]: the ring stopped
+    /// holding verdicts back, and its records came late.
+    pub given_up: u64,
+    /// Looks whose positions made no sense (a consumer behind what was
+    /// taken, or past the producer): not trusted, so they held nothing
+    /// back.
+    pub position_errors: u64,
+}
+
+impl Progress {
+    /// A record of `len` bytes was taken from this ring.
+    pub fn took(&mut self, len: usize) {
+        self.taken_bytes += (RECORD_HEADER + len as u64).next_multiple_of(8);
+    }
+
+    /// A record of time `ts` was handed on from this ring.
+    pub fn handed_on(&mut self, ts: u64) {
+        self.last_ts = self.last_ts.max(ts);
+    }
+
+    /// The ring's positions `(consumer, producer)` were read at `now`,
+    /// after a drain; returns the time up to which it has been read.
+    pub fn look(&mut self, (consumer, producer): (u64, u64), now: u64, stalls: &mut Stalls) -> u64 {
+        stalls.looks += 1;
+        if consumer < self.taken_bytes || consumer > producer {
+            stalls.position_errors += 1;
+            return now;
+        }
+        if consumer == producer {
+            self.empty_at = now;
+            self.head = None;
+            return now;
+        }
+        let head = match &mut self.head {
+            Some(head) if head.at == consumer => head,
+            head => head.insert(Head {
+                at: consumer,
+                since: now,
+                counted: false,
+                given_up: false,
+            }),
+        };
+        let stuck = now.saturating_sub(head.since);
+        if stuck > STALL_NOTE_NS && !head.counted {
+            head.counted = true;
+            stalls.episodes += 1;
+        }
+        stalls.longest_ns = stalls.longest_ns.max(stuck);
+        if stuck > STALL_LIMIT_NS {
+            if !head.given_up {
+                head.given_up = true;
+                stalls.given_up += 1;
+            }
+            return now;
+        }
+        self.empty_at.max(self.last_ts).min(now)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: u64 = 1_000_000;
+
+    /// Takes `n` records of 56 bytes (64 in the ring) handed on up to `ts`.
+    fn take(p: &mut Progress, n: u64, ts: u64) -> u64 {
+        for _ in 0..n {
+            p.took(56);
+        }
+        p.handed_on(ts);
+        n * 64
+    }
+
+    #[test]
+    fn an_empty_ring_is_read_up_to_the_look() {
+        let mut p = Progress::default();
+        let mut stalls = Stalls::default();
+        let at = take(&mut p, 3, 90 * MS);
+        assert_eq!(p.look((at, at), 100 * MS, &mut stalls), 100 * MS);
+        assert_eq!(
+            stalls,
+            Stalls {
+                looks: 1,
+                ..Stalls::default()
+            }
+        );
+    }
+
+    #[test]
+    fn a_ring_stuck_behind_a_record_holds_the_claim_at_its_last_empty_look() {
+        let mut p = Progress::default();
+        let mut stalls = Stalls::default();
+        let at = take(&mut p, 3, 95 * MS);
+        assert_eq!(p.look((at, at), 100 * MS, &mut stalls), 100 * MS);
+        // Its head is being written; records are committed behind it.
+        let behind = (at, at + 640);
+        assert_eq!(p.look(behind, 104 * MS, &mut stalls), 100 * MS);
+        assert_eq!(p.look(behind, 600 * MS, &mut stalls), 100 * MS);
+        assert_eq!(stalls.episodes, 1);
+        assert_eq!(stalls.longest_ns, 496 * MS);
+        // The head is committed: everything behind it is taken.
+        let at = at + take(&mut p, 10, 590 * MS);
+        assert_eq!(p.look((at, at), 610 * MS, &mut stalls), 610 * MS);
+        assert_eq!(stalls.episodes, 1);
+        assert_eq!(stalls.given_up, 0);
+    }
+
+    #[test]
+    fn a_busy_ring_whose_head_moves_is_read_up_to_its_last_record() {
+        let mut p = Progress::default();
+        let mut stalls = Stalls::default();
+        let mut at = take(&mut p, 1, 10 * MS);
+        assert_eq!(p.look((at, at), 10 * MS, &mut stalls), 10 * MS);
+        // Never found empty again, but every look finds the head moved.
+        for step in 1..100 {
+            at += take(&mut p, 50, (10 + 4 * step) * MS);
+            let read = p.look((at, at + 128), (11 + 4 * step) * MS, &mut stalls);
+            assert_eq!(read, (10 + 4 * step) * MS);
+        }
+        assert_eq!(stalls.episodes, 0);
+    }
+
+    #[test]
+    fn a_stall_past_the_limit_stops_holding_the_claim_and_is_counted_once() {
+        let mut p = Progress::default();
+        let mut stalls = Stalls::default();
+        assert_eq!(p.look((0, 0), MS, &mut stalls), MS);
+        let behind = (0, 64);
+        assert_eq!(p.look(behind, 2 * MS, &mut stalls), MS);
+        let late = 3 * MS + STALL_LIMIT_NS;
+        assert_eq!(p.look(behind, late, &mut stalls), late);
+        assert_eq!(p.look(behind, late + MS, &mut stalls), late + MS);
+        assert_eq!((stalls.episodes, stalls.given_up), (1, 1));
+    }
+
+    #[test]
+    fn positions_that_cannot_be_are_not_trusted() {
+        let mut p = Progress::default();
+        let mut stalls = Stalls::default();
+        let at = take(&mut p, 2, 5 * MS);
+        // A consumer behind what was taken, or past the producer.
+        assert_eq!(p.look((0, 640), 9 * MS, &mut stalls), 9 * MS);
+        assert_eq!(p.look((at + 64, at), 9 * MS, &mut stalls), 9 * MS);
+        assert_eq!(stalls.position_errors, 2);
+        // Discarded records move the consumer past what was taken.
+        assert_eq!(p.look((at + 64, at + 64), 10 * MS, &mut stalls), 10 * MS);
+        assert_eq!(stalls.position_errors, 2);
+    }
+}
