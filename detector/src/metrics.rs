@@ -400,10 +400,7 @@ impl Metrics {
                 up_to(&self.names_missed.with_label_values(&[found]), value);
             }
             let stalls = &totals.ring_stalls;
-            for (outcome, value) in [
-                ("waited", stalls.episodes - stalls.given_up),
-                ("given_up", stalls.given_up),
-            ] {
+            for (outcome, value) in [("waited", stalls.waited), ("given_up", stalls.given_up)] {
                 up_to(&self.ring_stalls.with_label_values(&[outcome]), value);
             }
             self.ring_stall_longest.set(stalls.longest_ns as f64 / 1e9);

@@ -12,25 +12,36 @@
 //! other CPU was paired with a submission whose real completion, and the
 //! bio's reuse for another disk, sat in the stalled ring.
 //!
-//! So after each drain the reader reads each ring's consumer and producer
-//! positions (the ring's first two pages, mapped read-only). A ring with
-//! nothing left is read up to the moment of that look. A ring with bytes
-//! left (its head is being written, or it gave its share of a batch) is
-//! read up to the later of the last look that found it empty and its last
-//! record handed on: every record still to come was reserved after both,
-//! and took its time stamp just before (interrupt nesting reorders by
-//! microseconds, which the engine's reorder window absorbs). The reader
-//! claims completeness (the engine's loss horizon) only up to the lowest
-//! of these. A ring whose head stays put past [`STALL_LIMIT`] no longer
+//! So after each drain that emptied the rings as far as they would go, the
+//! reader reads each ring's consumer and producer positions (the ring's
+//! first two pages, mapped read-only). A ring with nothing left is read up
+//! to the moment of that look. A ring with bytes left (its head is being
+//! written, or a record was committed just after the drain) is read up to
+//! the later of the last look that found it empty and its last record
+//! handed on, less [`SLACK_NS`]: every record still to come was reserved
+//! after both, but its time stamp may be older than its reservation. A
+//! program reads the clock before its stack walk, and a held submission
+//! shipped by a completion (`detector-ebpf/src/pairing.rs`) carries its
+//! submission's time, a few milliseconds old. The reader claims
+//! completeness (the engine's loss horizon) only up to the lowest of
+//! these. A ring whose head stays put past [`STALL_LIMIT_NS`] no longer
 //! holds the claim back: what it gives then arrives late, and the engine
 //! treats it as a loss around those events instead of waiting forever.
+//! (Holding back also fills the engine's reorder buffer; past its cap,
+//! events are released anyway and counted as forced releases.)
 
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// How long a ring stuck behind one record may hold back every verdict.
 pub const STALL_LIMIT_NS: u64 = 2_000_000_000;
+
+/// How much older than its reservation a record's time stamp may be: a
+/// held submission is shipped by the completion at most a hold (5 ms)
+/// plus a sweep (4 ms) after it was made, and the engine's reorder window
+/// (30 ms) already allows that much.
+pub const SLACK_NS: u64 = 30_000_000;
 
 /// A ring's consumer and producer positions, mapped read-only.
 pub struct Positions {
@@ -69,13 +80,13 @@ impl Positions {
     /// (consumer, producer). The producer is read last: a consumer behind
     /// it means bytes were there at the look.
     pub fn read(&self) -> (u64, u64) {
-        // SAFETY: both words lie at the start of a mapped page, are 8-byte
-        // aligned, and are only read here.
+        // SAFETY: both words (the kernel's `unsigned long`s) lie at the
+        // start of a mapped page, aligned, and are only read here.
         unsafe {
-            let consumer = &*(self.base as *const AtomicU64);
-            let producer = &*(self.base.add(self.page) as *const AtomicU64);
+            let consumer = &*(self.base as *const AtomicUsize);
+            let producer = &*(self.base.add(self.page) as *const AtomicUsize);
             let c = consumer.load(Ordering::Acquire);
-            (c, producer.load(Ordering::Acquire))
+            (c as u64, producer.load(Ordering::Acquire) as u64)
         }
     }
 }
@@ -128,6 +139,9 @@ pub struct Stalls {
     /// Episodes of a ring's head staying put, with records behind it, for
     /// longer than a millisecond.
     pub episodes: u64,
+    /// Episodes that ended (the head moved) before the limit: their
+    /// records came, and were judged in order.
+    pub waited: u64,
     /// The longest such episode so far, ns.
     pub longest_ns: u64,
     /// Episodes that outlasted [`STALL_LIMIT_NS`]: the ring stopped
@@ -158,20 +172,22 @@ impl Progress {
             stalls.position_errors += 1;
             return now;
         }
+        if self
+            .head
+            .is_some_and(|h| consumer != h.at || consumer == producer)
+        {
+            self.head_moved(stalls);
+        }
         if consumer == producer {
             self.empty_at = now;
-            self.head = None;
             return now;
         }
-        let head = match &mut self.head {
-            Some(head) if head.at == consumer => head,
-            head => head.insert(Head {
-                at: consumer,
-                since: now,
-                counted: false,
-                given_up: false,
-            }),
-        };
+        let head = self.head.get_or_insert(Head {
+            at: consumer,
+            since: now,
+            counted: false,
+            given_up: false,
+        });
         let stuck = now.saturating_sub(head.since);
         if stuck > STALL_NOTE_NS && !head.counted {
             head.counted = true;
@@ -185,7 +201,20 @@ impl Progress {
             }
             return now;
         }
-        self.empty_at.max(self.last_ts).min(now)
+        self.empty_at
+            .max(self.last_ts)
+            .min(now)
+            .saturating_sub(SLACK_NS)
+    }
+
+    /// The head the last looks found stuck has moved on.
+    fn head_moved(&mut self, stalls: &mut Stalls) {
+        if let Some(head) = self.head.take()
+            && head.counted
+            && !head.given_up
+        {
+            stalls.waited += 1;
+        }
     }
 }
 
@@ -225,16 +254,18 @@ mod tests {
         let mut stalls = Stalls::default();
         let at = take(&mut p, 3, 95 * MS);
         assert_eq!(p.look((at, at), 100 * MS, &mut stalls), 100 * MS);
-        // Its head is being written; records are committed behind it.
+        // Its head is being written; records are committed behind it, some
+        // with time stamps up to the slack older than their reservation.
         let behind = (at, at + 640);
-        assert_eq!(p.look(behind, 104 * MS, &mut stalls), 100 * MS);
-        assert_eq!(p.look(behind, 600 * MS, &mut stalls), 100 * MS);
-        assert_eq!(stalls.episodes, 1);
+        let claim = 100 * MS - SLACK_NS;
+        assert_eq!(p.look(behind, 104 * MS, &mut stalls), claim);
+        assert_eq!(p.look(behind, 600 * MS, &mut stalls), claim);
+        assert_eq!((stalls.episodes, stalls.waited), (1, 0));
         assert_eq!(stalls.longest_ns, 496 * MS);
         // The head is committed: everything behind it is taken.
         let at = at + take(&mut p, 10, 590 * MS);
         assert_eq!(p.look((at, at), 610 * MS, &mut stalls), 610 * MS);
-        assert_eq!(stalls.episodes, 1);
+        assert_eq!((stalls.episodes, stalls.waited), (1, 1));
         assert_eq!(stalls.given_up, 0);
     }
 
@@ -245,25 +276,28 @@ mod tests {
         let mut at = take(&mut p, 1, 10 * MS);
         assert_eq!(p.look((at, at), 10 * MS, &mut stalls), 10 * MS);
         // Never found empty again, but every look finds the head moved.
-        for step in 1..100 {
+        for step in 10..100 {
             at += take(&mut p, 50, (10 + 4 * step) * MS);
             let read = p.look((at, at + 128), (11 + 4 * step) * MS, &mut stalls);
-            assert_eq!(read, (10 + 4 * step) * MS);
+            assert_eq!(read, (10 + 4 * step) * MS - SLACK_NS);
         }
-        assert_eq!(stalls.episodes, 0);
+        assert_eq!((stalls.episodes, stalls.waited), (0, 0));
     }
 
     #[test]
     fn a_stall_past_the_limit_stops_holding_the_claim_and_is_counted_once() {
         let mut p = Progress::default();
         let mut stalls = Stalls::default();
-        assert_eq!(p.look((0, 0), MS, &mut stalls), MS);
+        assert_eq!(p.look((0, 0), 40 * MS, &mut stalls), 40 * MS);
         let behind = (0, 64);
-        assert_eq!(p.look(behind, 2 * MS, &mut stalls), MS);
-        let late = 3 * MS + STALL_LIMIT_NS;
+        assert_eq!(p.look(behind, 41 * MS, &mut stalls), 10 * MS);
+        let late = 42 * MS + STALL_LIMIT_NS;
         assert_eq!(p.look(behind, late, &mut stalls), late);
         assert_eq!(p.look(behind, late + MS, &mut stalls), late + MS);
         assert_eq!((stalls.episodes, stalls.given_up), (1, 1));
+        // When it ends, it did not wait: it was given up.
+        assert_eq!(p.look((64, 64), late + 2 * MS, &mut stalls), late + 2 * MS);
+        assert_eq!((stalls.episodes, stalls.waited, stalls.given_up), (1, 0, 1));
     }
 
     #[test]
