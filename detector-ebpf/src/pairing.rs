@@ -173,20 +173,18 @@ pub fn pair(
         )
     };
     let whole = stale == 0 && covered.is_none_or(|c| c.bytes == size && c.sector == sector);
-    if !whole || error || submitter_watched(submitter) {
+    let shipped = if !whole || error || submitter_watched(submitter) {
+        Some(Pairing::Ship)
+    } else {
+        match disk_state(gendisk) {
+            DiskState::Paired => None,
+            DiskState::Removed => Some(Pairing::Ship),
+            DiskState::NoCompletionYet => Some(Pairing::ShipFirstOfDisk),
+        }
+    };
+    if let Some(pairing) = shipped {
         release(cfg, bio, held, row);
-        return Pairing::Ship;
-    }
-    match disk_state(gendisk) {
-        DiskState::Paired => {}
-        DiskState::Removed => {
-            release(cfg, bio, held, row);
-            return Pairing::Ship;
-        }
-        DiskState::NoCompletionYet => {
-            release(cfg, bio, held, row);
-            return Pairing::ShipFirstOfDisk;
-        }
+        return pairing;
     }
     // Userspace may have taken it since the lookup (then it shipped the
     // submission, and the completion must follow), or an interrupt's
