@@ -488,3 +488,44 @@ fn fixtures_replay_deterministically_in_any_order_the_window_allows() {
         }
     }
 }
+
+/// The seed's teardown race with a burst of other submissions on the same
+/// disk around it: `n` of them, spread over the race.
+fn teardown_in_a_burst(n: u64) -> Vec<detector::event::Event> {
+    let events = load("bio_complete_after_del_gendisk");
+    let (first, last) = (events[0].ts, events.last().unwrap().ts);
+    let mut all = events.clone();
+    for i in 0..n {
+        let mut other = events[0].clone();
+        other.ts = first + (last - first) * i / n;
+        if let EventKind::BioQueue { bio, sector, .. } = &mut other.kind {
+            *bio = Addr(0xffff_8880_5000_0000 + i * 0x100);
+            *sector += 8 * (i + 1);
+        }
+        all.push(other);
+    }
+    all.sort_by_key(|e| e.ts);
+    all
+}
+
+#[test]
+fn events_forced_out_of_a_full_reorder_buffer_leave_verdicts_indeterminate() {
+    use detector::engine::EngineConfig;
+    // With room for the burst, the race is found.
+    let roomy = common::replay_with(teardown_in_a_burst(200), EngineConfig::default());
+    assert_eq!(roomy.kinds(), [BioCompleteAfterTeardown]);
+    assert_eq!(roomy.stats.forced_releases, 0);
+    // A buffer too small for the window releases events before older ones
+    // may have arrived: the verdict is left open, not given.
+    let cfg = EngineConfig {
+        max_buffered_events: 16,
+        ..EngineConfig::default()
+    };
+    let cramped = common::replay_with(teardown_in_a_burst(200), cfg);
+    assert!(cramped.stats.forced_releases > 0);
+    assert_eq!(cramped.kinds(), []);
+    assert_eq!(
+        cramped.stats.indeterminate(Rule::BioCompleteAfterTeardown),
+        1
+    );
+}

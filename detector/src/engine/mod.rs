@@ -246,8 +246,14 @@ impl Engine {
 
     fn release(&mut self, watermark: u64, out: &mut Vec<Finding>) {
         while let Some(slot) = self.reorder.pop_due(watermark) {
-            self.core
-                .fire_before_and_process(self.reorder.event(slot), out);
+            let ev = self.reorder.event(slot);
+            if ev.ts > watermark {
+                // Forced out by the buffer's cap before its window passed:
+                // older events may still come, so what it is judged with
+                // may be missing them, as after a loss.
+                self.core.world.loss.gap(ev.ts, ev.ts);
+            }
+            self.core.fire_before_and_process(ev, out);
             self.reorder.discard(slot);
         }
         self.core.fire(watermark, out);

@@ -50,7 +50,8 @@ pub struct EngineStats {
     /// Events that arrived after the reorder window had passed them; the
     /// span they cover is treated like a loss.
     pub late_events: u64,
-    /// Events released before their window passed (reorder buffer full).
+    /// Events released before their window passed (reorder buffer full);
+    /// like a late event, each is treated as a loss.
     pub forced_releases: u64,
     /// Loss markers, and the events they say were lost.
     pub loss_records: u64,

@@ -32,7 +32,8 @@ const KNOWN: &[(&str, &str)] = &[
     ),
     (
         "forced_releases",
-        "Events released before their reorder window passed (the window was full)",
+        "Events released before their reorder window passed because the buffer was full \
+         (treated like a loss)",
     ),
     ("loss_records", "Loss markers the engine received"),
     ("lost_events", "Events the loss markers said were lost"),
