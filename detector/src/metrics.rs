@@ -129,7 +129,8 @@ impl Metrics {
                     "Times a CPU's event ring stayed stuck behind a record still being written \
                      for over a millisecond, holding back how far events were judged, by \
                      outcome: waited (its records came and were judged in order) or given_up \
-                     (stuck over 2 s: its records came late and count as a loss)",
+                     (stuck over 2 s: the span it held back was marked lost, and its \
+                     records came late)",
                 ),
                 &["outcome"],
             )?,

@@ -24,8 +24,9 @@ use std::path::PathBuf;
 
 use detector::engine::{Engine, EngineConfig, FindingKind};
 use detector::event::samples;
-use detector::event::{Event, EventKind};
-use detector::kernel::ring_progress::{Progress, Stalls};
+use detector::event::{Event, EventKind, LossCause};
+use detector::kernel::loss::lost_marker;
+use detector::kernel::ring_progress::{Progress, STALL_LIMIT_NS, Stalls};
 
 const MS: u64 = 1_000_000;
 const DRAIN_EVERY: u64 = 4 * MS;
@@ -33,6 +34,8 @@ const DRAIN_EVERY: u64 = 4 * MS;
 /// first drain after the stuck head was committed.
 const STUCK_FROM: u64 = 135_467_321_360;
 const STUCK_UNTIL: u64 = 136_052_000_000;
+/// A stall the reader gives up: it outlasts the limit.
+const STUCK_LONG: u64 = STUCK_FROM + STALL_LIMIT_NS + 500 * MS;
 /// A ring record's size in the simulated positions.
 const RECORD: u64 = 64;
 
@@ -46,15 +49,26 @@ fn ring_events() -> Vec<Event> {
         .collect()
 }
 
-/// Whether ring `cpu` can give the record of time `ts` at a drain at `t`.
-fn given(cpu: u32, ts: u64, t: u64) -> bool {
-    ts < t && !(cpu == 0 && ts >= STUCK_FROM && t < STUCK_UNTIL)
+/// Whether ring `cpu`, stuck until `until`, can give the record of time
+/// `ts` at a drain at `t`.
+fn given(cpu: u32, ts: u64, t: u64, until: u64) -> bool {
+    ts < t && !(cpu == 0 && ts >= STUCK_FROM && t < until)
 }
 
 /// The findings of the run, read as the reader reads it; `look` says
 /// whether the reader looks at the rings' positions (else it claims every
 /// drain's time, as it did before).
 fn judge(events: &[Event], look: bool) -> (Vec<FindingKind>, Stalls) {
+    judge_stuck_until(events, look, STUCK_UNTIL).0
+}
+
+/// [`judge`] with CPU 0's ring stuck until `until`; also gives the engine's
+/// count of indeterminate verdicts.
+fn judge_stuck_until(
+    events: &[Event],
+    look: bool,
+    until: u64,
+) -> ((Vec<FindingKind>, Stalls), u64) {
     let mut engine = Engine::new(EngineConfig::default());
     let mut progress = [Progress::default(); 2];
     let mut consumed = [0u64; 2];
@@ -62,12 +76,12 @@ fn judge(events: &[Event], look: bool) -> (Vec<FindingKind>, Stalls) {
     let mut given_yet = vec![false; events.len()];
     let mut found = Vec::new();
     let first = events.iter().map(|e| e.ts).min().unwrap();
-    let last = events.iter().map(|e| e.ts).max().unwrap().max(STUCK_UNTIL);
+    let last = events.iter().map(|e| e.ts).max().unwrap().max(until);
     let mut t = first + DRAIN_EVERY;
     while t < last + 10 * DRAIN_EVERY {
         let mut batch: Vec<&Event> = Vec::new();
         for (ev, taken) in events.iter().zip(given_yet.iter_mut()) {
-            if !*taken && given(ev.cpu, ev.ts, t) {
+            if !*taken && given(ev.cpu, ev.ts, t, until) {
                 *taken = true;
                 let ring = ev.cpu as usize;
                 progress[ring].took(RECORD as usize - 8);
@@ -82,14 +96,23 @@ fn judge(events: &[Event], look: bool) -> (Vec<FindingKind>, Stalls) {
         }
         let read_to = (0..2)
             .map(|ring| {
-                let stuck = ring == 0 && (STUCK_FROM..STUCK_UNTIL).contains(&t);
+                let stuck = ring == 0 && (STUCK_FROM..until).contains(&t);
                 let producer = consumed[ring] + if stuck { RECORD } else { 0 };
                 progress[ring].look((consumed[ring], producer), t, &mut stalls)
             })
             .min()
             .unwrap();
-        let until = if look { read_to } else { t };
-        found.extend(engine.push(samples::event(t, EventKind::LossChecked { until })));
+        // As the reader: a stall given up is marked lost from the claim it
+        // held to this drain.
+        for (ring, p) in progress.iter_mut().enumerate() {
+            if let Some(from) = p.take_given_up().filter(|_| look) {
+                let marker = lost_marker(ring as u32, 0, from, t, LossCause::RingStalled);
+                found.extend(engine.push(marker));
+            }
+        }
+        let checked = if look { read_to } else { t };
+        let loss_checked = EventKind::LossChecked { until: checked };
+        found.extend(engine.push(samples::event(t, loss_checked)));
         found.extend(engine.advance(t));
         t += DRAIN_EVERY;
     }
@@ -97,7 +120,11 @@ fn judge(events: &[Event], look: bool) -> (Vec<FindingKind>, Stalls) {
     // claim moved on once the stuck ring gave its records.
     assert_eq!(engine.stats().live.buffered_events, 0);
     found.extend(engine.finish());
-    (found.iter().map(|f| f.kind).collect(), stalls)
+    let indeterminate = engine.stats().indeterminate.values().sum();
+    (
+        (found.iter().map(|f| f.kind).collect(), stalls),
+        indeterminate,
+    )
 }
 
 #[test]
@@ -133,4 +160,15 @@ fn a_stall_delays_a_true_finding_but_does_not_hide_it() {
     let (found, stalls) = judge(&events, true);
     assert_eq!(found, [FindingKind::BioCompleteAfterTeardown]);
     assert_eq!(stalls.episodes, 1);
+}
+
+#[test]
+fn a_stall_past_the_limit_leaves_the_verdict_open_instead_of_false() {
+    // The same run with CPU 0 stuck for longer than the reader waits: the
+    // completion on CPU 1 is judged before CPU 0's records come, but the
+    // span they cover is marked lost first.
+    let ((found, stalls), indeterminate) = judge_stuck_until(&ring_events(), true, STUCK_LONG);
+    assert_eq!(found, [], "{found:?}");
+    assert_eq!(stalls.given_up, 1, "{stalls:?}");
+    assert!(indeterminate >= 1, "{indeterminate}");
 }

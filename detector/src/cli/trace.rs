@@ -186,7 +186,7 @@ fn print_reader_totals(totals: &ReaderTotals) {
             stalls.longest_ns as f64 / 1e6,
             match stalls.given_up {
                 0 => String::new(),
-                n => format!("; {n} past 2 s: their records came late and count as a loss"),
+                n => format!("; {n} past 2 s: marked lost, their records came late"),
             }
         );
     }

@@ -56,6 +56,10 @@ pub enum LossCause {
     /// that CPU (fentry/fexit/tracepoint recursion protection; kprobes
     /// skipped while any BPF program runs, counted since Linux 6.7).
     RecursionMisses,
+    /// A CPU's ring stayed stuck behind a record still being written for
+    /// longer than the reader waits (`kernel::ring_progress`): its records
+    /// from then on come late, and how many is not known.
+    RingStalled,
 }
 
 impl LossCause {
@@ -85,6 +89,7 @@ impl LossCause {
             Self::SleepersMapFull => return "sleepers_map_full",
             Self::EntryArgsMapFull => detector_common::counter::ARGS_FULL,
             Self::RecursionMisses => detector_common::counter::RECURSION_MISSES,
+            Self::RingStalled => return "ring_stalled",
         };
         detector_common::counter::NAMES[index as usize]
     }

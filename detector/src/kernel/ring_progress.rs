@@ -25,8 +25,11 @@
 //! submission's time, a few milliseconds old. The reader claims
 //! completeness (the engine's loss horizon) only up to the lowest of
 //! these. A ring whose head stays put past [`STALL_LIMIT_NS`] no longer
-//! holds the claim back: what it gives then arrives late, and the engine
-//! treats it as a loss around those events instead of waiting forever.
+//! holds the claim back: the reader marks the span from the claim it held
+//! to that moment lost on its CPU (`LossCause::RingStalled`), before the
+//! engine judges it, and what the ring gives later arrives late, which the
+//! engine treats as a loss too; verdicts there are left open instead of
+//! waiting forever.
 //! (Holding back also fills the engine's reorder buffer; past its cap,
 //! events are released anyway and counted as forced releases.)
 
@@ -119,6 +122,8 @@ pub struct Progress {
     taken_bytes: u64,
     /// Where its head stayed when looks found bytes left behind it.
     head: Option<Head>,
+    /// The claim a stall held until it was given up, not yet reported.
+    given_up_from: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -145,7 +150,8 @@ pub struct Stalls {
     /// The longest such episode so far, ns.
     pub longest_ns: u64,
     /// Episodes that outlasted [`STALL_LIMIT_NS`]: the ring stopped
-    /// holding verdicts back, and its records came late.
+    /// holding verdicts back, the span it held was marked lost, and its
+    /// records came late.
     pub given_up: u64,
     /// Looks whose positions made no sense (a consumer behind what was
     /// taken, or past the producer): not trusted, so they held nothing
@@ -194,17 +200,24 @@ impl Progress {
             stalls.episodes += 1;
         }
         stalls.longest_ns = stalls.longest_ns.max(stuck);
+        let held = self.empty_at.max(self.last_ts).min(now);
+        let held = held.saturating_sub(SLACK_NS);
         if stuck > STALL_LIMIT_NS {
             if !head.given_up {
                 head.given_up = true;
                 stalls.given_up += 1;
+                self.given_up_from = Some(held);
             }
             return now;
         }
-        self.empty_at
-            .max(self.last_ts)
-            .min(now)
-            .saturating_sub(SLACK_NS)
+        held
+    }
+
+    /// Once, after a look gave up a stall: the claim it held until then.
+    /// The ring's records from there on come late, so the span from it to
+    /// the look is as good as lost.
+    pub fn take_given_up(&mut self) -> Option<u64> {
+        self.given_up_from.take()
     }
 
     /// The head the last looks found stuck has moved on.
@@ -291,9 +304,14 @@ mod tests {
         assert_eq!(p.look((0, 0), 40 * MS, &mut stalls), 40 * MS);
         let behind = (0, 64);
         assert_eq!(p.look(behind, 41 * MS, &mut stalls), 10 * MS);
+        assert_eq!(p.take_given_up(), None);
         let late = 42 * MS + STALL_LIMIT_NS;
         assert_eq!(p.look(behind, late, &mut stalls), late);
+        // What it held is reported once, to be marked lost up to the look.
+        assert_eq!(p.take_given_up(), Some(10 * MS));
+        assert_eq!(p.take_given_up(), None);
         assert_eq!(p.look(behind, late + MS, &mut stalls), late + MS);
+        assert_eq!(p.take_given_up(), None);
         assert_eq!((stalls.episodes, stalls.given_up), (1, 1));
         // When it ends, it did not wait: it was given up.
         assert_eq!(p.look((64, 64), late + 2 * MS, &mut stalls), late + 2 * MS);

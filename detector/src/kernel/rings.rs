@@ -102,6 +102,8 @@ pub struct RingSet {
     progress: Vec<(Option<Positions>, Progress)>,
     /// Up to when every ring has been read, as of the last emptying drain.
     read_to: u64,
+    /// Rings whose stall the last look gave up: (CPU, the claim it held).
+    given_up: Vec<(u32, u64)>,
     pub stalls: Stalls,
 }
 
@@ -161,6 +163,7 @@ impl RingSet {
             flush_held: false,
             progress,
             read_to: 0,
+            given_up: Vec::new(),
             stalls: Stalls::default(),
         })
     }
@@ -266,15 +269,22 @@ impl RingSet {
     /// sets how far they have all been read.
     fn look(&mut self) {
         let now = monotonic_ns();
-        self.read_to = self
-            .progress
-            .iter_mut()
-            .map(|(positions, progress)| match positions {
-                Some(p) => progress.look(p.read(), now, &mut self.stalls),
-                None => now,
-            })
-            .min()
-            .unwrap_or(now);
+        let mut read_to = now;
+        for (cpu, (positions, progress)) in self.progress.iter_mut().enumerate() {
+            if let Some(p) = positions {
+                read_to = read_to.min(progress.look(p.read(), now, &mut self.stalls));
+            }
+            if let Some(from) = progress.take_given_up() {
+                self.given_up.push((cpu as u32, from));
+            }
+        }
+        self.read_to = read_to;
+    }
+
+    /// The rings whose stall was given up since the last call: (CPU, the
+    /// claim it held until then).
+    pub fn take_given_up(&mut self) -> std::vec::Drain<'_, (u32, u64)> {
+        self.given_up.drain(..)
     }
 }
 
