@@ -21,7 +21,8 @@ pub struct Seen {
 
 #[derive(Debug, Default)]
 pub struct Loss {
-    /// Bumped by every loss marker, late event and eviction of live state.
+    /// Bumped by every loss marker, late event, event forced out of a full
+    /// reorder buffer (at most once a window) and eviction of live state.
     epoch: u32,
     /// End of the latest loss interval.
     until: Option<u64>,
@@ -51,8 +52,15 @@ impl Loss {
         self.gap(from, until);
     }
 
+    /// Whether `ts` lies inside the latest loss interval: an object born
+    /// then is tainted already.
+    pub fn covers(&self, ts: u64) -> bool {
+        self.until.is_some_and(|until| ts <= until)
+    }
+
     /// The order of events in `[from, until]` is unknown (an event arrived
-    /// after the reorder window had passed it): as good as a loss.
+    /// after the reorder window had passed it, or was forced out of the
+    /// reorder buffer before its window passed): as good as a loss.
     pub fn gap(&mut self, from: u64, until: u64) {
         self.epoch = self.epoch.wrapping_add(1);
         let end = until.max(from);

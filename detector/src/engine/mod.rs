@@ -247,11 +247,14 @@ impl Engine {
     fn release(&mut self, watermark: u64, out: &mut Vec<Finding>) {
         while let Some(slot) = self.reorder.pop_due(watermark) {
             let ev = self.reorder.event(slot);
-            if ev.ts > watermark {
+            let loss = &mut self.core.world.loss;
+            if ev.ts > watermark && !loss.covers(ev.ts) {
                 // Forced out by the buffer's cap before its window passed:
                 // older events may still come, so what it is judged with
-                // may be missing them, as after a loss.
-                self.core.world.loss.gap(ev.ts, ev.ts);
+                // may be missing them, as after a loss. One gap a window
+                // covers the events forced out after it.
+                let window = self.core.cfg.reorder_window_ns;
+                loss.gap(ev.ts, ev.ts.saturating_add(window));
             }
             self.core.fire_before_and_process(ev, out);
             self.reorder.discard(slot);
