@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use rustc_hash::FxHashMap;
 use serde::Serialize;
 
-use crate::event::{Addr, Dev, Event, EventKind};
+use crate::event::{Addr, Dev, Event, EventKind, LossCause};
 use crate::heartbeat::{Heartbeat, SilentCpu};
 
 /// A CPU silent this long while others report is named in the summary
@@ -33,6 +33,9 @@ pub struct Summary {
     pub lost: u64,
     /// Lost events by cause (`ring_buffer_full`, `entry_args_map_full`, ...).
     pub lost_by_cause: BTreeMap<&'static str, u64>,
+    /// Spans marked lost because a CPU's ring stayed stuck past the
+    /// reader's limit: how many events they hid is not known.
+    pub stalled_spans: u64,
     devices: BTreeMap<Dev, DeviceStats>,
     /// Bio -> (disk, sector), for bios submitted during the session.
     in_flight: FxHashMap<Addr, (Dev, u64)>,
@@ -51,6 +54,7 @@ impl Default for Summary {
             counts: [0; EventKind::NAMES.len()],
             lost: 0,
             lost_by_cause: BTreeMap::new(),
+            stalled_spans: 0,
             devices: BTreeMap::new(),
             in_flight: FxHashMap::default(),
             completion_seen: BTreeSet::new(),
@@ -68,6 +72,8 @@ pub struct SummaryJson {
     pub by_kind: BTreeMap<&'static str, u64>,
     pub lost: u64,
     pub lost_by_cause: BTreeMap<&'static str, u64>,
+    /// Spans marked lost for a CPU's ring stuck past the reader's limit.
+    pub stalled_spans: u64,
     pub devices: BTreeMap<String, DeviceStats>,
     pub in_flight: u64,
     /// CPUs that stopped reporting events while others went on.
@@ -152,6 +158,10 @@ impl Summary {
                     }
                 }
             }
+            EventKind::Lost {
+                cause: LossCause::RingStalled,
+                ..
+            } => self.stalled_spans += 1,
             EventKind::Lost { count, cause, .. } => {
                 self.lost += count;
                 *self.lost_by_cause.entry(cause.name()).or_default() += count;
@@ -197,6 +207,7 @@ impl Summary {
             by_kind: self.by_kind(),
             lost: self.lost,
             lost_by_cause: self.lost_by_cause.clone(),
+            stalled_spans: self.stalled_spans,
             devices: self
                 .device_table()
                 .into_iter()
@@ -216,7 +227,7 @@ impl Summary {
             "{} events in {secs:.1}s, {} lost{}",
             self.events(),
             self.lost,
-            if self.lost > 0 {
+            if self.lost > 0 || self.stalled_spans > 0 {
                 " (verdicts on objects alive then are indeterminate)"
             } else {
                 ""
@@ -224,6 +235,13 @@ impl Summary {
         );
         for (cause, n) in &self.lost_by_cause {
             let _ = writeln!(out, "  lost ({cause}): {n}");
+        }
+        if self.stalled_spans > 0 {
+            let _ = writeln!(
+                out,
+                "  spans marked lost for a CPU ring stuck past the reader's limit: {}",
+                self.stalled_spans
+            );
         }
         for cpu in self.heartbeat.silent() {
             let _ = writeln!(out, "  {}", cpu.describe());
@@ -338,5 +356,18 @@ mod tests {
         assert!(text.contains("lost (recursion_misses): 2"), "{text}");
         assert_eq!(s.to_json().lost_by_cause["ring_buffer_full"], 5);
         assert_eq!(s.to_json().devices["8:0"].bytes, 8192);
+        // A stalled ring's span: counted apart, its events unknown.
+        s.observe(&ev(
+            34,
+            EventKind::Lost {
+                count: 0,
+                until: 40,
+                cause: crate::event::LossCause::RingStalled,
+            },
+        ));
+        assert_eq!((s.lost, s.stalled_spans), (7, 1));
+        assert!(!s.lost_by_cause.contains_key("ring_stalled"));
+        let text = s.render();
+        assert!(text.contains("stuck past the reader's limit: 1"), "{text}");
     }
 }

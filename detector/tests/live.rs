@@ -11,7 +11,7 @@ use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use detector::event::{Dev, Event, EventKind};
+use detector::event::{Dev, Event, EventKind, LossCause};
 use serde_json::Value;
 
 #[path = "live/pairing.rs"]
@@ -346,6 +346,10 @@ fn losses_become_markers_counted_by_cause() {
     let mut by_cause: BTreeMap<&str, u64> = BTreeMap::new();
     for e in events(&json_lines(&out.stdout)) {
         if let EventKind::Lost { count, cause, .. } = e.kind {
+            if cause == LossCause::RingStalled {
+                // A span a stuck ring left unread: no count to give.
+                continue;
+            }
             assert!(count > 0, "a marker for no loss: {e:?}");
             *by_cause.entry(cause.name()).or_default() += count;
         }

@@ -102,10 +102,10 @@ fn judge_stuck_until(
             })
             .min()
             .unwrap();
-        // As the reader: a stall given up is marked lost from the claim it
-        // held to this drain.
+        // As the reader: a stall past the limit is marked lost from the
+        // claim it held (then from the last mark) to this drain.
         for (ring, p) in progress.iter_mut().enumerate() {
-            if let Some(from) = p.take_given_up().filter(|_| look) {
+            if let Some(from) = p.take_lost_span().filter(|_| look) {
                 let marker = lost_marker(ring as u32, 0, from, t, LossCause::RingStalled);
                 found.extend(engine.push(marker));
             }

@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 
-use super::{Event, EventKind, Hook};
+use super::{Event, EventKind, Hook, LossCause};
 
 /// Name of the operation in a `bi_opf` (its low 8 bits, `enum req_op`).
 pub fn op_name(opf: u32) -> &'static str {
@@ -179,6 +179,11 @@ pub fn line(ev: &Event, start_ns: u64) -> String {
         EventKind::TaskExit => Ok(()),
         EventKind::SyscallHooks { attached: true } => write!(s, " sys_exit/sys_enter attached"),
         EventKind::SyscallHooks { attached: false } => write!(s, " sys_exit/sys_enter detached"),
+        EventKind::Lost {
+            cause: LossCause::RingStalled,
+            until,
+            ..
+        } => write!(s, " events of this CPU's stuck ring unread until {until}"),
         EventKind::Lost { count, .. } => write!(s, " {count} events lost"),
         EventKind::LossChecked { until } => write!(s, " losses accounted until {until}"),
     };

@@ -25,13 +25,15 @@
 //! submission's time, a few milliseconds old. The reader claims
 //! completeness (the engine's loss horizon) only up to the lowest of
 //! these. A ring whose head stays put past [`STALL_LIMIT_NS`] no longer
-//! holds the claim back: the reader marks the span from the claim it held
-//! to that moment lost on its CPU (`LossCause::RingStalled`), before the
-//! engine judges it, and what the ring gives later arrives late, which the
-//! engine treats as a loss too; verdicts there are left open instead of
-//! waiting forever.
+//! holds the claim back: at that look and every later one while it stays
+//! put, the reader marks the span it leaves unread lost on its CPU
+//! (`LossCause::RingStalled`), from the claim it held, before the engine
+//! judges that span. What the ring gives later arrives late, which the
+//! engine treats as a loss too: verdicts there are left open instead of
+//! waiting forever. Empty rings are claimed less the slack as well, so
+//! that a ring's claim never goes back (the engine keeps the highest).
 //! (Holding back also fills the engine's reorder buffer; past its cap,
-//! events are released anyway and counted as forced releases.)
+//! events are released anyway, which the engine treats as a loss.)
 
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
@@ -122,8 +124,10 @@ pub struct Progress {
     taken_bytes: u64,
     /// Where its head stayed when looks found bytes left behind it.
     head: Option<Head>,
-    /// The claim a stall held until it was given up, not yet reported.
-    given_up_from: Option<u64>,
+    /// A span to mark lost, not yet reported: from the claim a stall held
+    /// when it was given up, then from the last span's end while its head
+    /// stays put.
+    lost_from: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -134,6 +138,8 @@ struct Head {
     since: u64,
     counted: bool,
     given_up: bool,
+    /// Up to when its spans have been marked lost, once given up.
+    marked_to: u64,
 }
 
 /// Rings stuck behind a record, over the session.
@@ -186,13 +192,14 @@ impl Progress {
         }
         if consumer == producer {
             self.empty_at = now;
-            return now;
+            return now.saturating_sub(SLACK_NS);
         }
         let head = self.head.get_or_insert(Head {
             at: consumer,
             since: now,
             counted: false,
             given_up: false,
+            marked_to: 0,
         });
         let stuck = now.saturating_sub(head.since);
         if stuck > STALL_NOTE_NS && !head.counted {
@@ -203,21 +210,27 @@ impl Progress {
         let held = self.empty_at.max(self.last_ts).min(now);
         let held = held.saturating_sub(SLACK_NS);
         if stuck > STALL_LIMIT_NS {
-            if !head.given_up {
+            let from = if head.given_up {
+                head.marked_to
+            } else {
                 head.given_up = true;
                 stalls.given_up += 1;
-                self.given_up_from = Some(held);
-            }
+                held
+            };
+            // The records it holds back from here on will come late: what
+            // is judged meanwhile must know that they may be missing.
+            head.marked_to = now;
+            self.lost_from = Some(from);
             return now;
         }
         held
     }
 
-    /// Once, after a look gave up a stall: the claim it held until then.
-    /// The ring's records from there on come late, so the span from it to
-    /// the look is as good as lost.
-    pub fn take_given_up(&mut self) -> Option<u64> {
-        self.given_up_from.take()
+    /// After a look that found a stall given up: where the span it leaves
+    /// unread starts (the claim it held, then the previous span's end). Up
+    /// to that look, its records will come late: as good as lost.
+    pub fn take_lost_span(&mut self) -> Option<u64> {
+        self.lost_from.take()
     }
 
     /// The head the last looks found stuck has moved on.
@@ -247,11 +260,11 @@ mod tests {
     }
 
     #[test]
-    fn an_empty_ring_is_read_up_to_the_look() {
+    fn an_empty_ring_is_read_up_to_the_look_less_the_slack() {
         let mut p = Progress::default();
         let mut stalls = Stalls::default();
         let at = take(&mut p, 3, 90 * MS);
-        assert_eq!(p.look((at, at), 100 * MS, &mut stalls), 100 * MS);
+        assert_eq!(p.look((at, at), 100 * MS, &mut stalls), 100 * MS - SLACK_NS);
         assert_eq!(
             stalls,
             Stalls {
@@ -266,18 +279,20 @@ mod tests {
         let mut p = Progress::default();
         let mut stalls = Stalls::default();
         let at = take(&mut p, 3, 95 * MS);
-        assert_eq!(p.look((at, at), 100 * MS, &mut stalls), 100 * MS);
+        let claim = 100 * MS - SLACK_NS;
+        assert_eq!(p.look((at, at), 100 * MS, &mut stalls), claim);
         // Its head is being written; records are committed behind it, some
         // with time stamps up to the slack older than their reservation.
+        // The claim never goes back: the engine keeps the highest.
         let behind = (at, at + 640);
-        let claim = 100 * MS - SLACK_NS;
         assert_eq!(p.look(behind, 104 * MS, &mut stalls), claim);
         assert_eq!(p.look(behind, 600 * MS, &mut stalls), claim);
         assert_eq!((stalls.episodes, stalls.waited), (1, 0));
         assert_eq!(stalls.longest_ns, 496 * MS);
+        assert_eq!(p.take_lost_span(), None);
         // The head is committed: everything behind it is taken.
         let at = at + take(&mut p, 10, 590 * MS);
-        assert_eq!(p.look((at, at), 610 * MS, &mut stalls), 610 * MS);
+        assert_eq!(p.look((at, at), 610 * MS, &mut stalls), 610 * MS - SLACK_NS);
         assert_eq!((stalls.episodes, stalls.waited), (1, 1));
         assert_eq!(stalls.given_up, 0);
     }
@@ -287,7 +302,7 @@ mod tests {
         let mut p = Progress::default();
         let mut stalls = Stalls::default();
         let mut at = take(&mut p, 1, 10 * MS);
-        assert_eq!(p.look((at, at), 10 * MS, &mut stalls), 10 * MS);
+        p.look((at, at), 10 * MS, &mut stalls);
         // Never found empty again, but every look finds the head moved.
         for step in 10..100 {
             at += take(&mut p, 50, (10 + 4 * step) * MS);
@@ -298,23 +313,26 @@ mod tests {
     }
 
     #[test]
-    fn a_stall_past_the_limit_stops_holding_the_claim_and_is_counted_once() {
+    fn a_stall_past_the_limit_is_marked_lost_span_by_span_while_it_lasts() {
         let mut p = Progress::default();
         let mut stalls = Stalls::default();
-        assert_eq!(p.look((0, 0), 40 * MS, &mut stalls), 40 * MS);
+        assert_eq!(p.look((0, 0), 40 * MS, &mut stalls), 10 * MS);
         let behind = (0, 64);
         assert_eq!(p.look(behind, 41 * MS, &mut stalls), 10 * MS);
-        assert_eq!(p.take_given_up(), None);
+        assert_eq!(p.take_lost_span(), None);
         let late = 42 * MS + STALL_LIMIT_NS;
         assert_eq!(p.look(behind, late, &mut stalls), late);
-        // What it held is reported once, to be marked lost up to the look.
-        assert_eq!(p.take_given_up(), Some(10 * MS));
-        assert_eq!(p.take_given_up(), None);
-        assert_eq!(p.look(behind, late + MS, &mut stalls), late + MS);
-        assert_eq!(p.take_given_up(), None);
+        // From the claim it held to this look; then look by look.
+        assert_eq!(p.take_lost_span(), Some(10 * MS));
+        assert_eq!(p.take_lost_span(), None);
+        assert_eq!(p.look(behind, late + 4 * MS, &mut stalls), late + 4 * MS);
+        assert_eq!(p.take_lost_span(), Some(late));
         assert_eq!((stalls.episodes, stalls.given_up), (1, 1));
-        // When it ends, it did not wait: it was given up.
-        assert_eq!(p.look((64, 64), late + 2 * MS, &mut stalls), late + 2 * MS);
+        // When it ends, it did not wait: it was given up; nothing more to
+        // mark.
+        let end = late + 8 * MS;
+        assert_eq!(p.look((64, 64), end, &mut stalls), end - SLACK_NS);
+        assert_eq!(p.take_lost_span(), None);
         assert_eq!((stalls.episodes, stalls.waited, stalls.given_up), (1, 0, 1));
     }
 
@@ -328,7 +346,8 @@ mod tests {
         assert_eq!(p.look((at + 64, at), 9 * MS, &mut stalls), 9 * MS);
         assert_eq!(stalls.position_errors, 2);
         // Discarded records move the consumer past what was taken.
-        assert_eq!(p.look((at + 64, at + 64), 10 * MS, &mut stalls), 10 * MS);
+        let seen = p.look((at + 64, at + 64), 40 * MS, &mut stalls);
+        assert_eq!(seen, 40 * MS - SLACK_NS);
         assert_eq!(stalls.position_errors, 2);
     }
 }

@@ -102,8 +102,9 @@ pub struct RingSet {
     progress: Vec<(Option<Positions>, Progress)>,
     /// Up to when every ring has been read, as of the last emptying drain.
     read_to: u64,
-    /// Rings whose stall the last look gave up: (CPU, the claim it held).
-    given_up: Vec<(u32, u64)>,
+    /// Rings stuck past the limit at the last look: (CPU, where the span
+    /// it leaves unread starts).
+    lost_spans: Vec<(u32, u64)>,
     pub stalls: Stalls,
 }
 
@@ -163,7 +164,7 @@ impl RingSet {
             flush_held: false,
             progress,
             read_to: 0,
-            given_up: Vec::new(),
+            lost_spans: Vec::new(),
             stalls: Stalls::default(),
         })
     }
@@ -274,17 +275,17 @@ impl RingSet {
             if let Some(p) = positions {
                 read_to = read_to.min(progress.look(p.read(), now, &mut self.stalls));
             }
-            if let Some(from) = progress.take_given_up() {
-                self.given_up.push((cpu as u32, from));
+            if let Some(from) = progress.take_lost_span() {
+                self.lost_spans.push((cpu as u32, from));
             }
         }
         self.read_to = read_to;
     }
 
-    /// The rings whose stall was given up since the last call: (CPU, the
-    /// claim it held until then).
-    pub fn take_given_up(&mut self) -> std::vec::Drain<'_, (u32, u64)> {
-        self.given_up.drain(..)
+    /// The rings stuck past the limit at the last look: (CPU, where the
+    /// span they leave unread up to that look starts).
+    pub fn take_lost_spans(&mut self) -> std::vec::Drain<'_, (u32, u64)> {
+        self.lost_spans.drain(..)
     }
 }
 
