@@ -181,12 +181,6 @@ impl Reader {
         if emptied {
             let now = monotonic_ns();
             let read_to = self.rings.read_to().min(now);
-            for (cpu, from) in self.rings.take_lost_spans() {
-                // What that CPU wrote since the held claim comes late, in
-                // a number nobody knows: judged as lost.
-                let marker = super::loss::lost_marker(cpu, 0, from, now, LossCause::RingStalled);
-                batch.events.push(marker);
-            }
             self.account_losses(&mut batch.events, now, read_to);
             batch.now = now;
             self.last_drain = now;

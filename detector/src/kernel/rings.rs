@@ -22,7 +22,7 @@ use super::names::TaskNames;
 use super::ring_progress::{Positions, Progress, Stalls};
 use crate::clock::monotonic_ns;
 use crate::event::decode::{comm_omitted, decode, submissions_held};
-use crate::event::{Event, EventKind};
+use crate::event::{Event, EventKind, LossCause};
 
 /// One past the highest CPU id the kernel may ever use
 /// (`/sys/devices/system/cpu/possible`), at least 1: the rings are
@@ -102,9 +102,6 @@ pub struct RingSet {
     progress: Vec<(Option<Positions>, Progress)>,
     /// Up to when every ring has been read, as of the last emptying drain.
     read_to: u64,
-    /// Rings stuck past the limit at the last look: (CPU, where the span
-    /// it leaves unread starts).
-    lost_spans: Vec<(u32, u64)>,
     pub stalls: Stalls,
 }
 
@@ -164,7 +161,6 @@ impl RingSet {
             flush_held: false,
             progress,
             read_to: 0,
-            lost_spans: Vec::new(),
             stalls: Stalls::default(),
         })
     }
@@ -261,14 +257,17 @@ impl RingSet {
         // One ring's order is the order: nothing needs to wait.
         pending.merge_into(cut.filter(|_| several), several || injected, names, out);
         if cut.is_none() {
-            self.look();
+            self.look(out);
         }
         cut.is_none()
     }
 
     /// Reads every ring's positions after a drain that emptied them, and
-    /// sets how far they have all been read.
-    fn look(&mut self) {
+    /// sets how far they have all been read. A ring stuck past the limit
+    /// leaves the span up to this look unread: its records will come late,
+    /// so `out` gets a loss marker for it, ahead of the `LossChecked` that
+    /// lets the engine judge that span.
+    fn look(&mut self, out: &mut Vec<Event>) {
         let now = monotonic_ns();
         let mut read_to = now;
         for (cpu, (positions, progress)) in self.progress.iter_mut().enumerate() {
@@ -276,16 +275,11 @@ impl RingSet {
                 read_to = read_to.min(progress.look(p.read(), now, &mut self.stalls));
             }
             if let Some(from) = progress.take_lost_span() {
-                self.lost_spans.push((cpu as u32, from));
+                let cause = LossCause::RingStalled;
+                out.push(super::loss::lost_marker(cpu as u32, 0, from, now, cause));
             }
         }
         self.read_to = read_to;
-    }
-
-    /// The rings stuck past the limit at the last look: (CPU, where the
-    /// span they leave unread up to that look starts).
-    pub fn take_lost_spans(&mut self) -> std::vec::Drain<'_, (u32, u64)> {
-        self.lost_spans.drain(..)
     }
 }
 
