@@ -1,6 +1,7 @@
 //! Reading kernel memory through the offsets userspace found in BTF.
 
 use aya_ebpf::helpers::{bpf_get_current_task, bpf_get_current_task_btf, bpf_probe_read_kernel};
+use core::intrinsics::{AtomicOrdering, atomic_xadd};
 use detector_common::{
     ProbeConfig,
     config::{BIO_REGION_BYTES, NO_OFFSET, SMALL_REGION_BYTES},
@@ -69,15 +70,38 @@ pub fn config() -> Option<&'static ProbeConfig> {
     CONFIG.get(0)
 }
 
+/// Counts one lost or skipped event in this CPU's slot. The add is atomic:
+/// a program that reserves in a full ring from process context can be
+/// interrupted by one that fails the same way from an interrupt, on the
+/// same CPU, and a plain load-add-store would then keep only one of the
+/// two. Loss is data, so every count of it must be whole.
 #[inline(always)]
 pub fn bump(index: u32) {
-    if let Some(slots) = COUNTERS.get_ptr_mut(0)
-        && index < counter::COUNT
-    {
-        // Per-CPU slot: no other CPU writes it, and programs do not nest on
-        // one CPU for the same counter often enough to matter for a count.
-        unsafe { (*slots)[index as usize] += 1 };
+    if let Some(slot) = counter_slot(index) {
+        // The BPF target has no atomic read-modify-write in `core`, hence
+        // the intrinsic. Its result is unused, so it compiles to BPF's
+        // plain `lock xadd` (no BPF_FETCH), which every kernel runs.
+        unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(slot, 1) };
     }
+}
+
+/// Counts a healthy event (a bio paired in the kernel) with a plain add:
+/// it runs for every I/O, and a count collapsed by a nested program on the
+/// same CPU changes no verdict.
+#[inline(always)]
+pub fn tally(index: u32) {
+    if let Some(slot) = counter_slot(index) {
+        unsafe { *slot += 1 };
+    }
+}
+
+#[inline(always)]
+fn counter_slot(index: u32) -> Option<*mut u64> {
+    let slots = COUNTERS.get_ptr_mut(0)?;
+    if index >= counter::COUNT {
+        return None;
+    }
+    Some(unsafe { (*slots).as_mut_ptr().add(index as usize) })
 }
 
 /// Reads a `T` at `base + offset`. A field this kernel lacks, or a null

@@ -7,6 +7,9 @@
 //! rare conditions worth a line in the log go through `diag`, rate-limited.
 #![no_std]
 #![no_main]
+// `atomic_xadd`: the BPF target's `core` has no atomic fetch_add.
+#![allow(internal_features)]
+#![feature(core_intrinsics)]
 
 mod context;
 mod diag;

@@ -41,7 +41,7 @@ use detector_common::{
 
 use crate::{
     emit::{reserve_uncounted, submit_unnamed},
-    kernel::bump,
+    kernel::{bump, tally},
     maps::{DISKS, HELD_AGES, HELD_BIOS, PAIRED_TIMES, disk, flag},
     tasks::flags_of,
     words,
@@ -193,7 +193,7 @@ pub fn pair(
         return Pairing::Ship;
     }
     count_age(queued_at, row);
-    bump(counter::BIOS_PAIRED);
+    tally(counter::BIOS_PAIRED);
     count_time(unsafe { bpf_ktime_get_ns() }.saturating_sub(queued_at));
     Pairing::Paired
 }
