@@ -66,6 +66,16 @@ pub const FLAG_CHUNK: usize = 4096;
 #[map]
 pub static TASK_FLAGS: Array<[u8; FLAG_CHUNK]> = Array::with_max_entries(1024, 0);
 
+/// When each thread's current episode began, one byte per thread id
+/// (indexed as `TASK_FLAGS`): `episode_mark` of the time stamp of the
+/// submission that started it, written by that submission. A completion
+/// whose submitter is in an episode (`flag::EPISODE`) reads it to tell
+/// whether that is still the episode of the bio it completes: a mark
+/// other than the bio's own means a later episode began, so the task
+/// returned to user space in between (see `pairing`).
+#[map]
+pub static EPISODE_MARKS: Array<[u8; FLAG_CHUNK]> = Array::with_max_entries(1024, 0);
+
 /// `TASK_FLAGS` bits.
 pub mod flag {
     /// It submitted I/O in task context since it last returned to user

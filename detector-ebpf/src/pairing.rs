@@ -8,8 +8,9 @@
 //! the I/O ended cleanly and nothing about it can matter to a rule.
 //!
 //! When a pair may go: the submitter has returned to user space since it
-//! submitted the bio (`flag::EPISODE` clear: `sys_exit` clears it), is not
-//! asleep uninterruptibly, and owns no on-stack completion. Then the
+//! submitted the bio (`flag::EPISODE` clear: `sys_exit` clears it; or set
+//! by a later episode, whose start left another mark in `EPISODE_MARKS`),
+//! is not asleep uninterruptibly, and owns no on-stack completion. Then the
 //! bio's episode is over, and every sleep of it was woken (a sleep that
 //! was not is still going on, and keeps the task in its episode):
 //! lost-wakeup judges a sleep only from its episode's submissions and
@@ -43,17 +44,14 @@ use crate::{
     emit::{reserve_uncounted, submit_unnamed},
     kernel::{bump, tally},
     maps::{DISKS, HELD_AGES, HELD_BIOS, PAIRED_TIMES, disk, flag},
-    tasks::flags_of,
+    tasks::{episode_began_since, flags_of},
     words,
 };
 
-/// Task flags that make a submitter's I/O worth shipping: still in the
-/// episode (not returned to user space since), asleep uninterruptibly, or
-/// owning on-stack frames.
-const SUBMITTER_WATCHED: u8 = flag::EPISODE | flag::SLEEPING | flag::ONSTACK | flag::FRAMES;
-
-/// Task flags that make a submission worth shipping at once.
-const SUBMITTER_WATCHED_NOW: u8 = flag::SLEEPING | flag::ONSTACK | flag::FRAMES;
+/// Task flags that make a submitter's I/O worth shipping whatever its
+/// episode (a submission at once, a completion with its submission):
+/// asleep uninterruptibly, or owning on-stack frames.
+const SUBMITTER_WATCHED: u8 = flag::SLEEPING | flag::ONSTACK | flag::FRAMES;
 
 /// Whether a submission may be held rather than shipped: pairing is on,
 /// it starts its submitter's episode, it is a plain read or write (no
@@ -74,7 +72,7 @@ pub fn may_hold(cfg: &ProbeConfig, record: &BioQueue, submitter_flags: u8, watch
         && record.opf & REQ_OP_MASK <= REQ_OP_WRITE
         && record.opf & cfg.req_flush_fua_mask == 0
         && !watched
-        && submitter_flags & SUBMITTER_WATCHED_NOW == 0
+        && submitter_flags & SUBMITTER_WATCHED == 0
 }
 
 /// Holds `record` until its completion; false (ship it now) when the map
@@ -173,7 +171,7 @@ pub fn pair(
         )
     };
     let whole = stale == 0 && covered.is_none_or(|c| c.bytes == size && c.sector == sector);
-    let shipped = if !whole || error || submitter_watched(submitter) {
+    let shipped = if !whole || error || submitter_watched(submitter, queued_at) {
         Some(Pairing::Ship)
     } else {
         match disk_state(gendisk) {
@@ -239,9 +237,20 @@ pub fn is_held(bio: u64) -> bool {
     unsafe { HELD_BIOS.get(bio) }.is_some()
 }
 
+/// Whether the submitter of a bio whose episode began at `started` (its
+/// held submission started it) may still need the pair: it sleeps
+/// uninterruptibly or owns on-stack frames, or it is still in that
+/// episode. `EPISODE` alone does not say which episode: an asynchronous
+/// submitter spends much of its time in its next `io_submit`, and its
+/// episode mark tells that one apart from the bio's.
 #[inline(always)]
-fn submitter_watched(tid: u32) -> bool {
-    tid != 0 && flags_of(tid).1 & SUBMITTER_WATCHED != 0
+fn submitter_watched(tid: u32, started: u64) -> bool {
+    if tid == 0 {
+        return false;
+    }
+    let flags = flags_of(tid).1;
+    flags & SUBMITTER_WATCHED != 0
+        || flags & flag::EPISODE != 0 && !episode_began_since(tid, started)
 }
 
 /// What a completion must do for its disk's sake.

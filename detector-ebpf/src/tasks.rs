@@ -5,7 +5,7 @@ use detector_common::{ProbeConfig, counter};
 
 use crate::{
     kernel::bump,
-    maps::{FLAG_CHUNK, FRAMES, STACK_RANGE, TASK_FLAGS, flag},
+    maps::{EPISODE_MARKS, FLAG_CHUNK, FRAMES, STACK_RANGE, TASK_FLAGS, flag},
 };
 
 /// The flags byte of thread `tid`, or `None` beyond the array (counted:
@@ -38,6 +38,40 @@ pub fn set_flags(at: Option<*mut u8>, old: u8, new: u8) {
     {
         unsafe { *p = new };
     }
+}
+
+/// The byte `EPISODE_MARKS` keeps of an episode's start time: the time
+/// in units of 1.024 µs, modulo 256. Two episodes of a task never share
+/// a start time, so different marks prove different episodes; equal
+/// marks prove nothing (the same episode, or one 262 µs-multiple later).
+#[inline(always)]
+pub fn episode_mark(ts: u64) -> u8 {
+    (ts >> 10) as u8
+}
+
+/// Notes that `tid`'s episode starting at `ts` began (see
+/// `EPISODE_MARKS`). One byte store: a reader on another CPU sees the
+/// old mark or the new one, and either is true of some episode start.
+#[inline(always)]
+pub fn note_episode_start(tid: u32, ts: u64) {
+    if let Some(p) = mark_ptr(tid) {
+        unsafe { core::ptr::write_volatile(p, episode_mark(ts)) };
+    }
+}
+
+/// Whether `tid` began an episode after the one that started at
+/// `started`: then it returned to user space since. False when it cannot
+/// tell (same mark, thread beyond the array): the caller then treats the
+/// episode as going on.
+#[inline(always)]
+pub fn episode_began_since(tid: u32, started: u64) -> bool {
+    mark_ptr(tid).is_some_and(|p| unsafe { core::ptr::read_volatile(p) } != episode_mark(started))
+}
+
+#[inline(always)]
+fn mark_ptr(tid: u32) -> Option<*mut u8> {
+    let chunk = EPISODE_MARKS.get_ptr_mut(tid / FLAG_CHUNK as u32)?;
+    Some(unsafe { chunk.cast::<u8>().add(tid as usize & (FLAG_CHUNK - 1)) })
 }
 
 /// Sets `bits` in `tid`'s flags.

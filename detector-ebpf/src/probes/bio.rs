@@ -26,7 +26,7 @@ use crate::{
     },
     maps::{ENTRY_ARGS, flag, insert_or_count, scratch},
     pairing::{self, Pairing},
-    tasks::{flags_of, note_onstack, set_flags},
+    tasks::{flags_of, note_episode_start, note_onstack, set_flags},
     words,
 };
 
@@ -151,14 +151,15 @@ fn note_submitter(cfg: &ProbeConfig, header: &Header, private: u64) -> Submitter
         };
     }
     let (at, old) = flags_of(header.tid);
-    set_flags(at, old, old | flag::EPISODE);
     // `sys_exit` cleared the bit, unreported unless the task also owned an
     // on-stack completion: the engine learns of the new episode from here.
     let starts = if old & flag::EPISODE == 0 {
+        note_episode_start(header.tid, header.ts_ns);
         header_flag::EPISODE_START
     } else {
         0
     };
+    set_flags(at, old, old | flag::EPISODE);
     let unbounded = unbounded_episode(cfg);
     // bi_private in the submitter's own stack: its end_io may complete
     // something in this frame (blkdev_issue_zeroout's bio batch), so where
