@@ -110,7 +110,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     eprintln!("bench: the synthetic busy host");
     rows.extend(scale::synthetic(&plan, &bin, &dir)?);
     eprintln!("bench: event rate without loss");
-    rows.push(load::measure(&plan, &bin, &dir)?);
+    rows.extend(load::measure(&plan, &bin, &dir)?);
     eprintln!("bench: detection latency");
     match latency::measure(&plan, &bin, &dir) {
         Ok(row) => rows.push(row),
