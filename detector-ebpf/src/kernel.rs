@@ -78,11 +78,17 @@ pub fn config() -> Option<&'static ProbeConfig> {
 #[inline(always)]
 pub fn bump(index: u32) {
     if let Some(slot) = counter_slot(index) {
-        // The BPF target has no atomic read-modify-write in `core`, hence
-        // the intrinsic. Its result is unused, so it compiles to BPF's
-        // plain `lock xadd` (no BPF_FETCH), which every kernel runs.
-        unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(slot, 1) };
+        atomic_add(slot);
     }
+}
+
+/// Adds 1 to `*slot` atomically. The BPF target has no atomic
+/// read-modify-write in `core`, hence the intrinsic; its result is
+/// unused, so it compiles to BPF's plain `lock xadd` (no BPF_FETCH),
+/// which every kernel runs. `slot` must point into a map value.
+#[inline(always)]
+pub fn atomic_add(slot: *mut u64) {
+    unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(slot, 1) };
 }
 
 /// Counts a healthy event (a bio paired in the kernel) with a plain add:

@@ -9,7 +9,7 @@
 //!
 //! When a pair may go: the submitter has returned to user space since it
 //! submitted the bio (`flag::EPISODE` clear: `sys_exit` clears it; or set
-//! by a later episode, whose start left another mark in `EPISODE_MARKS`),
+//! by a later episode, whose start left another mark: `tasks::episode_mark`),
 //! is not asleep uninterruptibly, and owns no on-stack completion. Then the
 //! bio's episode is over, and every sleep of it was woken (a sleep that
 //! was not is still going on, and keeps the task in its episode):
@@ -42,7 +42,7 @@ use detector_common::{
 
 use crate::{
     emit::{reserve_uncounted, submit_unnamed},
-    kernel::{bump, tally},
+    kernel::{atomic_add, bump, tally},
     maps::{DISKS, HELD_AGES, HELD_BIOS, PAIRED_TIMES, disk, flag},
     tasks::{episode_began_since, flags_of},
     words,
@@ -248,9 +248,9 @@ fn submitter_watched(tid: u32, started: u64) -> bool {
     if tid == 0 {
         return false;
     }
-    let flags = flags_of(tid).1;
+    let (at, flags) = flags_of(tid);
     flags & SUBMITTER_WATCHED != 0
-        || flags & flag::EPISODE != 0 && !episode_began_since(tid, started)
+        || flags & flag::EPISODE != 0 && !episode_began_since(at, started)
 }
 
 /// What a completion must do for its disk's sake.
@@ -289,8 +289,11 @@ pub fn note_removal(gendisk: u64) {
 }
 
 /// Counts an entry held, or taken out, in `row` (`held_age_row`) by the
-/// slot of its submission time `queued_at` (`HELD_AGES`). A plain add: the
-/// row is this program's, and a program does not nest in itself.
+/// slot of its submission time `queued_at` (`HELD_AGES`). Each program
+/// counts in a row of its own, but a tracepoint program may nest in
+/// itself (a submission from an interrupt over one from its task, where
+/// the kernel does not refuse the nested run): the add is atomic, so that
+/// a held entry is never missing from the counts.
 #[inline(always)]
 fn count_age(queued_at: u64, row: usize) {
     let Some(slots) = HELD_AGES.get_ptr_mut(0) else {
@@ -298,7 +301,7 @@ fn count_age(queued_at: u64, row: usize) {
     };
     let at = row * HELD_AGE_SLOTS + held_age_slot(queued_at);
     if at < held_age_row::COUNT * HELD_AGE_SLOTS {
-        unsafe { (*slots)[at] += 1 };
+        atomic_add(unsafe { (*slots).as_mut_ptr().add(at) });
     }
 }
 

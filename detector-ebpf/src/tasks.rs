@@ -5,7 +5,7 @@ use detector_common::{ProbeConfig, counter};
 
 use crate::{
     kernel::bump,
-    maps::{EPISODE_MARKS, FLAG_CHUNK, FRAMES, STACK_RANGE, TASK_FLAGS, flag},
+    maps::{FLAG_CHUNK, FRAMES, STACK_RANGE, TASK_FLAGS, flag},
 };
 
 /// The flags byte of thread `tid`, or `None` beyond the array (counted:
@@ -40,38 +40,55 @@ pub fn set_flags(at: Option<*mut u8>, old: u8, new: u8) {
     }
 }
 
-/// The byte `EPISODE_MARKS` keeps of an episode's start time: the time
-/// in units of 1.024 µs, modulo 256. Two episodes of a task never share
-/// a start time, so different marks prove different episodes; equal
-/// marks prove nothing (the same episode, or one 262 µs-multiple later).
+/// The byte kept of an episode's start time (`TASK_FLAGS`' second half):
+/// the time in units of 1.024 µs, modulo 256. What pairing relies on:
+/// a thread's mark is that of its latest episode start, which is the held
+/// bio's own start (written before the bio went to the driver) or a later
+/// one, and a later one is written only by a submission that found
+/// `EPISODE` clear, after the thread returned to user space (or exited,
+/// and its id was reused). So a mark other than the held start's proves
+/// the bio's episode over; an equal one proves nothing (the same episode,
+/// or a later one within a 1.024 µs unit of a multiple of 262 µs after).
 #[inline(always)]
 pub fn episode_mark(ts: u64) -> u8 {
     (ts >> 10) as u8
 }
 
-/// Notes that `tid`'s episode starting at `ts` began (see
-/// `EPISODE_MARKS`). One byte store: a reader on another CPU sees the
-/// old mark or the new one, and either is true of some episode start.
+/// Notes, for the thread whose flags are at `at`, that a submission at
+/// `ts` started an episode if its flags before it (`old`) had `EPISODE`
+/// clear. Without a branch on `old`: a fork there, with the header's
+/// `EPISODE_START` differing between its arms, doubled the states the
+/// verifier walks through the rest of the submission program, and took
+/// its fentry version on 6.1 past the million instructions. One byte
+/// store: a reader on another CPU sees the old mark or the new one.
 #[inline(always)]
-pub fn note_episode_start(tid: u32, ts: u64) {
-    if let Some(p) = mark_ptr(tid) {
-        unsafe { core::ptr::write_volatile(p, episode_mark(ts)) };
+pub fn note_episode(at: Option<*mut u8>, old: u8, ts: u64) {
+    let Some(p) = at else { return };
+    let mark_at = unsafe { p.add(FLAG_CHUNK) };
+    // 0xff when this submission starts an episode, else 0; kept from
+    // LLVM, which would turn the masking below into a select (a branch).
+    let starts = core::hint::black_box((old & flag::EPISODE).wrapping_sub(1));
+    let kept = unsafe { core::ptr::read_volatile(mark_at) };
+    let mark = kept ^ ((kept ^ episode_mark(ts)) & starts);
+    if mark != kept {
+        unsafe { core::ptr::write_volatile(mark_at, mark) };
     }
 }
 
-/// Whether `tid` began an episode after the one that started at
-/// `started`: then it returned to user space since. False when it cannot
-/// tell (same mark, thread beyond the array): the caller then treats the
-/// episode as going on.
+/// Whether the thread whose flags are at `at` began an episode after the
+/// one that started at `started`: then it returned to user space since
+/// (see `episode_mark`). False when it cannot tell (same mark, or a
+/// thread beyond the array): the caller then takes the episode as going
+/// on. A lost `EPISODE` set (see `TASK_FLAGS`) makes the thread's next
+/// submission start an episode, and its mark, inside the same syscall:
+/// like a lost set before, that costs events (fewer findings, never a
+/// false one).
 #[inline(always)]
-pub fn episode_began_since(tid: u32, started: u64) -> bool {
-    mark_ptr(tid).is_some_and(|p| unsafe { core::ptr::read_volatile(p) } != episode_mark(started))
-}
-
-#[inline(always)]
-fn mark_ptr(tid: u32) -> Option<*mut u8> {
-    let chunk = EPISODE_MARKS.get_ptr_mut(tid / FLAG_CHUNK as u32)?;
-    Some(unsafe { chunk.cast::<u8>().add(tid as usize & (FLAG_CHUNK - 1)) })
+pub fn episode_began_since(at: Option<*mut u8>, started: u64) -> bool {
+    at.is_some_and(|p| {
+        let mark = unsafe { core::ptr::read_volatile(p.add(FLAG_CHUNK)) };
+        mark != episode_mark(started)
+    })
 }
 
 /// Sets `bits` in `tid`'s flags.

@@ -26,7 +26,7 @@ use crate::{
     },
     maps::{ENTRY_ARGS, flag, insert_or_count, scratch},
     pairing::{self, Pairing},
-    tasks::{flags_of, note_episode_start, note_onstack, set_flags},
+    tasks::{flags_of, note_episode, note_onstack, set_flags},
     words,
 };
 
@@ -154,11 +154,11 @@ fn note_submitter(cfg: &ProbeConfig, header: &Header, private: u64) -> Submitter
     // `sys_exit` cleared the bit, unreported unless the task also owned an
     // on-stack completion: the engine learns of the new episode from here.
     let starts = if old & flag::EPISODE == 0 {
-        note_episode_start(header.tid, header.ts_ns);
         header_flag::EPISODE_START
     } else {
         0
     };
+    note_episode(at, old, header.ts_ns);
     set_flags(at, old, old | flag::EPISODE);
     let unbounded = unbounded_episode(cfg);
     // bi_private in the submitter's own stack: its end_io may complete
