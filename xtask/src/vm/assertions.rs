@@ -648,7 +648,11 @@ const TRACEPOINT_HOOKS: &[&str] = &[
 /// `detector check --json` of phase `base` (md_mod not loaded) or `md`:
 /// exit 0; every function hook attached with fentry/fexit or a kprobe (or
 /// absent from this kernel, or redundant); md's hooks waiting for md_mod
-/// before it loads and attached after. Returns one line per hook.
+/// before it loads and attached after; no program the verifier rejected
+/// (on this kernel each verifies with its first mechanism: a rejection is
+/// a program grown too complex, which falls back to a kprobe and takes
+/// tens of seconds of verification to get there). Returns one line per
+/// hook.
 pub fn check_output(share: &Path, phase: &str) -> Result<String> {
     let rc = std::fs::read_to_string(share.join(format!("check-{phase}.rc")))
         .context("no exit status (the guest did not run it)")?;
@@ -679,6 +683,12 @@ pub fn check_output(share: &Path, phase: &str) -> Result<String> {
         }
         if !ok {
             bad.push(format!("{} ({} {mechanism})", h.name, h.status));
+        }
+        for rejected in &h.verifier_rejected {
+            bad.push(format!(
+                "{} (its {rejected} program rejected by the verifier)",
+                h.name
+            ));
         }
     }
     ensure!(md > 0, "no md hooks listed");

@@ -219,6 +219,9 @@ pub struct CheckedHook {
     /// For an attached hook: fentry, fexit, kprobe, kretprobe, tp_btf, ...
     pub mechanism: Option<String>,
     pub module: Option<String>,
+    /// Mechanisms tried before the one attached whose program the
+    /// verifier rejected.
+    pub verifier_rejected: Vec<String>,
 }
 
 /// The `hooks` array of `detector check --json`.
@@ -236,7 +239,26 @@ pub fn hooks_of_check(check: &Value) -> Result<Vec<CheckedHook>> {
                 status: text(h, "status").with_context(|| format!("hook without a status: {h}"))?,
                 mechanism: text(h, "mechanism"),
                 module: text(h, "module"),
+                verifier_rejected: verifier_rejected(h),
             })
+        })
+        .collect()
+}
+
+/// The mechanisms in a hook's `tried` list that the verifier rejected.
+fn verifier_rejected(hook: &Value) -> Vec<String> {
+    let tried = hook.get("tried").and_then(Value::as_array);
+    tried
+        .into_iter()
+        .flatten()
+        .filter(|t| {
+            t.get("error")
+                .and_then(Value::as_str)
+                .is_some_and(|e| e.starts_with("rejected by the verifier"))
+        })
+        .map(|t| {
+            let mechanism = t.get("mechanism").and_then(Value::as_str);
+            mechanism.unwrap_or("?").to_owned()
         })
         .collect()
 }
@@ -281,5 +303,23 @@ mod tests {
     #[test]
     fn rejects_non_json() {
         assert!(Trace::parse("detector: replaying\n").is_err());
+    }
+
+    /// The shape `detector check --json` gave on 6.1 when the fentry
+    /// submission program outgrew the verifier's limit.
+    #[test]
+    fn names_the_programs_the_verifier_rejected() {
+        let check = serde_json::json!({"hooks": [
+            {"name": "bio_submit", "status": "attached", "mechanism": "kprobe",
+             "target": "submit_bio_noacct_nocheck", "tried": [
+                {"mechanism": "fentry", "target": "submit_bio_noacct",
+                 "error": "rejected by the verifier: stack depth 280+24",
+                 "detail": "BPF program is too large. Processed 1000001 insn"},
+                {"mechanism": "fentry", "target": "submit_bio_noacct_nocheck",
+                 "error": "no such function on this kernel"}]},
+            {"name": "complete", "status": "attached", "mechanism": "fentry"}]});
+        let hooks = hooks_of_check(&check).unwrap();
+        assert_eq!(hooks[0].verifier_rejected, vec!["fentry".to_owned()]);
+        assert!(hooks[1].verifier_rejected.is_empty());
     }
 }
