@@ -60,6 +60,11 @@ pub enum LossCause {
     /// longer than the reader waits (`kernel::ring_progress`): its records
     /// from then on come late, and how many is not known.
     RingStalled,
+    /// A cause this build does not know, read from a recording or an
+    /// event file made by a newer one: still a loss (the span stays
+    /// indeterminate), where failing the whole chunk would lose the rest.
+    #[serde(other)]
+    Unknown,
 }
 
 impl LossCause {
@@ -90,6 +95,7 @@ impl LossCause {
             Self::EntryArgsMapFull => detector_common::counter::ARGS_FULL,
             Self::RecursionMisses => detector_common::counter::RECURSION_MISSES,
             Self::RingStalled => return "ring_stalled",
+            Self::Unknown => return "unknown",
         };
         detector_common::counter::NAMES[index as usize]
     }

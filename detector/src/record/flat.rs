@@ -367,4 +367,38 @@ mod tests {
         let flat: FlatRecord = ciborium::from_reader(cbor.as_slice()).unwrap();
         assert_eq!(flat.into_record().err(), Some("sector"));
     }
+
+    /// A loss marker whose cause a newer build added reads as a loss of
+    /// an unknown cause, its count and span kept, in binary records and
+    /// in JSON events alike.
+    #[test]
+    fn a_loss_cause_from_a_newer_build_is_still_a_loss() {
+        let lost = crate::kernel::reader::lost_marker(1, 5, 10, 20);
+        let mut cbor = Vec::new();
+        ciborium::into_writer(&Record::Event(lost.clone()), &mut cbor).unwrap();
+        let mut value: ciborium::Value = ciborium::from_reader(cbor.as_slice()).unwrap();
+        let inner = value.as_map_mut().unwrap()[0].1.as_map_mut().unwrap();
+        let cause = inner
+            .iter_mut()
+            .find(|(k, _)| k.as_text() == Some("cause"))
+            .expect("a loss marker names its cause");
+        cause.1 = ciborium::Value::Text("a_cause_from_later".into());
+        let mut cbor = Vec::new();
+        ciborium::into_writer(&value, &mut cbor).unwrap();
+        let flat: FlatRecord = ciborium::from_reader(cbor.as_slice()).unwrap();
+        let Record::Event(back) = flat.into_record().unwrap() else {
+            panic!("not an event");
+        };
+        let expected = EventKind::Lost {
+            count: 5,
+            until: 20,
+            cause: LossCause::Unknown,
+        };
+        assert_eq!(back.kind, expected);
+
+        let mut json = serde_json::to_value(&lost).unwrap();
+        json["cause"] = "a_cause_from_later".into();
+        let back: Event = serde_json::from_value(json).unwrap();
+        assert_eq!(back.kind, expected);
+    }
 }
