@@ -64,7 +64,7 @@ pub fn episode_mark(ts: u64) -> u8 {
 #[inline(always)]
 pub fn note_episode(at: Option<*mut u8>, old: u8, ts: u64) {
     let Some(p) = at else { return };
-    let mark_at = unsafe { p.add(FLAG_CHUNK) };
+    let mark_at = mark_of(p);
     // 0xff when this submission starts an episode, else 0; kept from
     // LLVM, which would turn the masking below into a select (a branch).
     let starts = core::hint::black_box((old & flag::EPISODE).wrapping_sub(1));
@@ -85,10 +85,14 @@ pub fn note_episode(at: Option<*mut u8>, old: u8, ts: u64) {
 /// false one).
 #[inline(always)]
 pub fn episode_began_since(at: Option<*mut u8>, started: u64) -> bool {
-    at.is_some_and(|p| {
-        let mark = unsafe { core::ptr::read_volatile(p.add(FLAG_CHUNK)) };
-        mark != episode_mark(started)
-    })
+    at.is_some_and(|p| unsafe { core::ptr::read_volatile(mark_of(p)) } != episode_mark(started))
+}
+
+/// Where the episode mark of the thread whose flags are at `flags_at`
+/// lives: the same index in the entry's second half.
+#[inline(always)]
+fn mark_of(flags_at: *mut u8) -> *mut u8 {
+    unsafe { flags_at.add(FLAG_CHUNK) }
 }
 
 /// Sets `bits` in `tid`'s flags.

@@ -52,11 +52,11 @@ pub fn measure(plan: &Plan, bin: &DetectorBin, dir: &Path) -> Result<Vec<Row>> {
             break;
         }
     }
-    let best = steps
+    let busiest = steps
         .iter()
         .filter(|s| s.lost == 0)
-        .map(|s| s.events_per_s)
-        .fold(f64::NAN, f64::max);
+        .max_by(|a, b| a.events_per_s.total_cmp(&b.events_per_s));
+    let best = busiest.map_or(f64::NAN, |s| s.events_per_s);
     let first_loss = steps.iter().find(|s| s.lost > 0);
     let text = match first_loss {
         Some(s) => format!(
@@ -75,7 +75,7 @@ pub fn measure(plan: &Plan, bin: &DetectorBin, dir: &Path) -> Result<Vec<Row>> {
         ),
     };
     Ok(vec![
-        cpu_per_event_row(&steps),
+        cpu_per_event_row(busiest),
         Row::new(
             "highest sustained event rate with zero loss (default 16 MiB ring buffer, `--full`)",
             best,
@@ -84,14 +84,10 @@ pub fn measure(plan: &Plan, bin: &DetectorBin, dir: &Path) -> Result<Vec<Row>> {
     ])
 }
 
-/// The cost per shipped event in the step that shipped the most without
-/// loss: the reader's fixed costs (its wakeups, the loss poll) weigh
-/// least there.
-fn cpu_per_event_row(steps: &[Step]) -> Row {
-    let busiest = steps
-        .iter()
-        .filter(|s| s.lost == 0)
-        .max_by(|a, b| a.events_per_s.total_cmp(&b.events_per_s));
+/// The cost per shipped event in `busiest`, the step that shipped the
+/// most without loss: the reader's fixed costs (its wakeups, the loss
+/// poll) weigh least there.
+fn cpu_per_event_row(busiest: Option<&Step>) -> Row {
     let (cpu, rate) = busiest.map_or((f64::NAN, f64::NAN), |s| {
         (s.cpu_ns_per_event, s.events_per_s)
     });
