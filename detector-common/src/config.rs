@@ -201,14 +201,41 @@ pub const IO_BUCKET_NS: [u64; 16] = [
     30_000_000_000,
 ];
 
-/// Bios the programs hold at once at most (`HELD_BIOS`); past it
-/// submissions are shipped at once.
-pub const HELD_BIOS_ENTRIES: u32 = 8192;
+/// Slots of the held-submission table (`HELD_SLOTS`), a power of two.
+/// Each bio may be held in one of two ([`held_slots`]); a submission
+/// whose two are taken is shipped at once.
+pub const HELD_SLOTS: u32 = 8192;
+
+/// The two slots of the held-submission table where `bio`'s submission
+/// may be held: a multiplicative hash of its address (slab objects, so
+/// the low bits say little), two windows of the product's high bits, the
+/// second moved off the first when they meet. Two choices keep a clash
+/// rare at the depths a busy host keeps in flight (a new bio finds both
+/// taken with odds of about (held / slots) squared).
+pub const fn held_slots(bio: u64) -> [u32; 2] {
+    const BITS: u32 = HELD_SLOTS.trailing_zeros();
+    const MASK: u64 = HELD_SLOTS as u64 - 1;
+    let h = (bio >> 4).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    let first = (h >> (64 - BITS)) as u32;
+    let mut second = ((h >> (64 - 2 * BITS)) & MASK) as u32;
+    if second == first {
+        second ^= 1;
+    }
+    [first, second]
+}
+
+/// A held-submission slot's `state`: empty, or owned for a moment by
+/// whoever writes or reads its record (a program or the reader), or else
+/// the address of the bio whose submission it holds (never 0 or 1).
+pub mod held_state {
+    pub const EMPTY: u64 = 0;
+    pub const BUSY: u64 = 1;
+}
 
 /// Held submissions are counted by age (`HELD_AGES`): in and out per
 /// slot of `1 << HELD_AGE_SHIFT` ns (2.1 ms) of their submission time,
 /// over [`HELD_AGE_SLOTS`] slots that wrap (34 ms), so that the reader
-/// looks through `HELD_BIOS` only when some entry may be old.
+/// looks through `HELD_SLOTS` only when some entry may be old.
 pub const HELD_AGE_SHIFT: u32 = 21;
 pub const HELD_AGE_SLOTS: usize = 16;
 

@@ -193,6 +193,17 @@ pub struct BioQueue {
     pub opf: u32,
 }
 
+/// A slot of the held-submission table (`HELD_SLOTS`, shared with the
+/// reader through `mmap`): `state` (`config::held_state`) says whose
+/// `record` is; only its owner of the moment (`BUSY`, set by compare and
+/// exchange) reads or writes the record.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HeldSlot {
+    pub state: u64,
+    pub record: BioQueue,
+}
+
 /// `RQ_COMPLETE`: `nr_bytes` from `sector` on `disk_dev` are done.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -370,6 +381,7 @@ pub type TaskExit = Header;
 
 const _: () = assert!(core::mem::size_of::<Header>() == 64);
 const _: () = assert!(core::mem::size_of::<BioQueue>() == 112);
+const _: () = assert!(core::mem::size_of::<HeldSlot>() == 120);
 const _: () = assert!(core::mem::size_of::<RqComplete>() == 64 + 32 + 8 * RQ_MAX_BIOS);
 const _: () = assert!(core::mem::size_of::<BioComplete>() == 96);
 const _: () = assert!(core::mem::size_of::<BioEndio>() == 128);
@@ -436,11 +448,11 @@ pub mod counter {
     /// neither was shipped (`ProbeConfig::pair_bios`): a healthy I/O no
     /// rule could quote. Left out by design, not lost.
     pub const BIOS_PAIRED: u32 = 7;
-    /// The map of held submissions refused one (full, or busy: an
-    /// interrupt's program held the bucket): it was shipped at once
-    /// instead. Costs events, loses none. (A refusal because an earlier
-    /// submission of the bio is still held ships that one first, and is
-    /// not counted.)
+    /// A submission to be held found both its slots of the held table
+    /// taken (by other bios, or for a moment by whoever reads or writes
+    /// them): it was shipped at once instead. Costs events, loses none.
+    /// (An earlier submission of the bio still held is shipped first, and
+    /// is not counted.) The name is older than the table.
     pub const HELD_MAP_FULL: u32 = 8;
     /// Number of counters the programs keep (entries of `COUNTERS`).
     pub const COUNT: u32 = 9;

@@ -1,7 +1,7 @@
 //! Reading kernel memory through the offsets userspace found in BTF.
 
 use aya_ebpf::helpers::{bpf_get_current_task, bpf_get_current_task_btf, bpf_probe_read_kernel};
-use core::intrinsics::{AtomicOrdering, atomic_xadd};
+use core::intrinsics::{AtomicOrdering, atomic_cxchg, atomic_xadd, atomic_xchg};
 use detector_common::{
     ProbeConfig,
     config::{BIO_REGION_BYTES, NO_OFFSET, SMALL_REGION_BYTES},
@@ -89,6 +89,37 @@ pub fn bump(index: u32) {
 #[inline(always)]
 pub fn atomic_add(slot: *mut u64) {
     unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(slot, 1) };
+}
+
+/// Sets `*slot` to `new` if it holds `old`, atomically; returns what it
+/// held. BPF's `cmpxchg` (5.12+, a full barrier): only on a path that
+/// [`held_table_usable`] guards, so that older verifiers never see it.
+#[inline(always)]
+pub fn compare_exchange(slot: *mut u64, old: u64, new: u64) -> u64 {
+    unsafe {
+        atomic_cxchg::<u64, { AtomicOrdering::SeqCst }, { AtomicOrdering::SeqCst }>(slot, old, new)
+            .0
+    }
+}
+
+/// Stores `new` in `*slot` atomically (BPF's `xchg`, 5.12+, a full
+/// barrier: what was written before is seen before it); returns what it
+/// held. Guarded as [`compare_exchange`] is.
+#[inline(always)]
+pub fn exchange(slot: *mut u64, new: u64) -> u64 {
+    unsafe { atomic_xchg::<u64, { AtomicOrdering::SeqCst }>(slot, new) }
+}
+
+/// Whether this kernel's verifier knows BPF's atomic exchanges (5.12+),
+/// which the held-submission table needs. Read-only, set by the loader:
+/// the verifier reads it as a constant and, where it is 0, never walks
+/// (nor rejects) the paths that use them.
+#[unsafe(no_mangle)]
+static HELD_TABLE_USABLE: u32 = 0;
+
+#[inline(always)]
+pub fn held_table_usable() -> bool {
+    loaded(&HELD_TABLE_USABLE) != 0
 }
 
 /// Counts a healthy event (a bio paired in the kernel) with a plain add:

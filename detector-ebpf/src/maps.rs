@@ -6,8 +6,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, PerCpuArray, StackTrace},
 };
 use detector_common::{
-    BioQueue, ProbeConfig,
-    config::{HELD_AGE_SLOTS, HELD_BIOS_ENTRIES, PAIRED_TIME_SLOTS, held_age_row},
+    HeldSlot, ProbeConfig,
+    config::{HELD_AGE_SLOTS, HELD_SLOTS as HELD_SLOT_COUNT, PAIRED_TIME_SLOTS, held_age_row},
     counter,
 };
 
@@ -64,15 +64,16 @@ pub const FLAG_CHUNK: usize = 4096;
 /// Racing writers may lose a bit: a lost set costs events a rule wanted
 /// (fewer findings, never a false one), a lost clear costs extra events.
 ///
-/// Each entry's second half holds the threads' episode marks, at the
-/// same index plus `FLAG_CHUNK`: when each thread's current episode began
-/// (`tasks::episode_mark` of the time stamp of the submission that started
-/// it, written by that submission). A completion whose submitter is in an
-/// episode (`flag::EPISODE`) reads it to tell whether that is still the
-/// episode of the bio it completes (see `pairing`). In the same entry as
-/// the flags, a mark costs no lookup of its own: a second map's lookup
-/// and null check in `note_submitter` took the fentry submission program
-/// on 6.1 past the verifier's million instructions.
+/// Each thread's flags byte is followed by its episode mark (a thread's
+/// two bytes at twice its index in the entry): when its current episode
+/// began (`tasks::episode_mark` of the time stamp of the submission that
+/// started it, written by that submission). A completion whose submitter
+/// is in an episode (`flag::EPISODE`) reads it to tell whether that is
+/// still the episode of the bio it completes (see `pairing`). In the same
+/// entry as the flags, a mark costs no lookup of its own (a second map's
+/// lookup and null check in `note_submitter` took the fentry submission
+/// program on 6.1 past the verifier's million instructions), and next to
+/// them no cache line of its own.
 #[map]
 pub static TASK_FLAGS: Array<[u8; 2 * FLAG_CHUNK]> = Array::with_max_entries(1024, 0);
 
@@ -140,16 +141,22 @@ pub static ENTRY_ARGS: HashMap<u64, u64> = HashMap::with_max_entries(65536, 0);
 #[map]
 pub static MD_WRITES: HashMap<u64, u64> = HashMap::with_max_entries(4096, 0);
 
-/// Submissions held back by `pairing` (`ProbeConfig::pair_bios`), by bio
-/// address: the completion that finds its bio here takes it out and ships
-/// neither record when nothing about the I/O can matter to a rule.
-/// Userspace takes out (and ships) what stays longer than its age limit,
-/// and what a completion flagged `SUBMISSIONS_HELD` names; whoever deletes
-/// an entry owns it, so a submission is shipped once or not at all.
+/// Submissions held back by `pairing` (`ProbeConfig::pair_bios`), each in
+/// one of its bio's two slots (`detector_common::config::held_slots`): the
+/// completion that finds its bio here takes it out and ships neither
+/// record when nothing about the I/O can matter to a rule. A table
+/// rather than a hash map: a hash map's insert and delete take a bucket
+/// lock and a per-CPU free list, some 200 ns each here, more than the
+/// budget of a whole bio hook; a slot is claimed with one compare and
+/// exchange. The reader maps it (`BPF_F_MMAPABLE`), ships what stays
+/// longer than its age limit and what a completion flagged
+/// `SUBMISSIONS_HELD` names, claiming a slot the same way: whoever claims
+/// a record owns it, so a submission is shipped once or not at all.
 #[map]
-pub static HELD_BIOS: HashMap<u64, BioQueue> = HashMap::with_max_entries(HELD_BIOS_ENTRIES, 0);
+pub static HELD_SLOTS: Array<HeldSlot> =
+    Array::with_max_entries(HELD_SLOT_COUNT, aya_ebpf::bindings::BPF_F_MMAPABLE);
 
-/// `HELD_BIOS` entries by the slot of their submission time
+/// `HELD_SLOTS` entries by the slot of their submission time
 /// (`detector_common::config::held_age_slot`), per CPU, in a row per
 /// program (`held_age_row`): those held, and those each program took out
 /// again. Summed with what it took itself, the reader knows whether any

@@ -3,7 +3,7 @@
 //! Under asynchronous load every I/O shipped two records (its submission
 //! and its request's completion), and each cost a record's emission here
 //! and several hundred ns in userspace, for an I/O no rule will quote. A
-//! submission that nothing marks as interesting is held in `HELD_BIOS`
+//! submission that nothing marks as interesting is held in `HELD_SLOTS`
 //! instead of the ring; its completion takes it out and ships neither when
 //! the I/O ended cleanly and nothing about it can matter to a rule.
 //!
@@ -30,20 +30,23 @@
 //! Nothing stays held long: userspace ships what is older than a few
 //! milliseconds, well inside the engine's reorder window, so a bio that
 //! never completes (lost-io) or is in flight at a teardown is seen as
-//! before. Whoever deletes an entry (a completion here, or userspace)
+//! before. Whoever claims an entry (a completion here, or userspace)
 //! owns it: a submission is shipped once, or not at all.
 
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use detector_common::{
-    BioQueue, ProbeConfig,
-    config::{HELD_AGE_SLOTS, IO_BUCKET_NS, PAIRED_TIME_SLOTS, held_age_row, held_age_slot},
+    BioQueue, HeldSlot, ProbeConfig,
+    config::{
+        HELD_AGE_SLOTS, IO_BUCKET_NS, PAIRED_TIME_SLOTS, held_age_row, held_age_slot, held_slots,
+        held_state,
+    },
     counter, header_flag,
 };
 
 use crate::{
     emit::{reserve_uncounted, submit_unnamed},
-    kernel::{atomic_add, bump, tally},
-    maps::{DISKS, HELD_AGES, HELD_BIOS, PAIRED_TIMES, disk, flag},
+    kernel::{atomic_add, bump, compare_exchange, exchange, held_table_usable, tally},
+    maps::{DISKS, HELD_AGES, HELD_SLOTS, PAIRED_TIMES, disk, flag},
     tasks::{episode_began_since, flags_of},
     words,
 };
@@ -52,6 +55,13 @@ use crate::{
 /// episode (a submission at once, a completion with its submission):
 /// asleep uninterruptibly, or owning on-stack frames.
 const SUBMITTER_WATCHED: u8 = flag::SLEEPING | flag::ONSTACK | flag::FRAMES;
+
+/// Whether bios are paired: asked for (`ProbeConfig::pair_bios`) and
+/// possible on this kernel (the table's atomics).
+#[inline(always)]
+fn pairing_on(cfg: &ProbeConfig) -> bool {
+    held_table_usable() && cfg.pair_bios != 0
+}
 
 /// Whether a submission may be held rather than shipped: pairing is on,
 /// it starts its submitter's episode, it is a plain read or write (no
@@ -67,7 +77,7 @@ const SUBMITTER_WATCHED: u8 = flag::SLEEPING | flag::ONSTACK | flag::FRAMES;
 pub fn may_hold(cfg: &ProbeConfig, record: &BioQueue, submitter_flags: u8, watched: bool) -> bool {
     const REQ_OP_MASK: u32 = 0xff;
     const REQ_OP_WRITE: u32 = 1;
-    cfg.pair_bios != 0
+    pairing_on(cfg)
         && record.header.flags & header_flag::EPISODE_START != 0
         && record.opf & REQ_OP_MASK <= REQ_OP_WRITE
         && record.opf & cfg.req_flush_fua_mask == 0
@@ -75,46 +85,164 @@ pub fn may_hold(cfg: &ProbeConfig, record: &BioQueue, submitter_flags: u8, watch
         && submitter_flags & SUBMITTER_WATCHED == 0
 }
 
-/// Holds `record` until its completion; false (ship it now) when the map
-/// refuses it (full; busy: an interrupt's program holds the bucket; or an
-/// earlier submission of the bio is still held: that one is shipped
-/// first). The insert itself finds an earlier entry: no lookup before it.
+/// Holds `record` until its completion in a free slot of its two; false
+/// (ship it now) when both are taken, or when an earlier submission of
+/// the bio is still held (that one is shipped first).
+///
+/// Each slot is tried with a compare and exchange straight away: a plain
+/// read first would fetch the line (last written by the CPU that
+/// completed its previous bio) once to read and again to write.
 #[inline(always)]
 pub fn hold(cfg: &ProbeConfig, record: &BioQueue) -> bool {
-    const NOEXIST: u64 = aya_ebpf::bindings::BPF_NOEXIST as u64;
-    // Counted before it is in the map, and counted out again if it is
+    // Counted before it is in the table, and counted out again if it is
     // not: while a program runs between the two steps (preemptible under
     // fentry), the counts may show an entry that is not there, never miss
     // one that is.
     let queued_at = record.header.ts_ns;
     count_age(queued_at, held_age_row::HELD);
-    if HELD_BIOS.insert(record.bio, record, NOEXIST).is_ok() {
-        return true;
+    let bio = record.bio;
+    let [first, second] = held_slots(bio);
+    if let (Some(first), Some(second)) = (
+        HELD_SLOTS.get_ptr_mut(first),
+        HELD_SLOTS.get_ptr_mut(second),
+    ) {
+        match try_slot(cfg, first, record, Some(second)) {
+            Tried::Held => return true,
+            Tried::Taken => match try_slot(cfg, second, record, None) {
+                Tried::Held => return true,
+                Tried::Taken => bump(counter::HELD_MAP_FULL),
+                Tried::EarlierShipped => {}
+            },
+            Tried::EarlierShipped => {}
+        }
     }
     count_age(queued_at, held_age_row::OUT_BY_SUBMISSION);
-    if !ship_earlier(cfg, record.bio) {
-        bump(counter::HELD_MAP_FULL);
-    }
     false
 }
 
-/// For a submission that is not held while pairing is on: an earlier
-/// submission of the same bio still held (a split remainder or a requeue
-/// submitted again, or an entry a completion could not take out) is
-/// shipped first, so that it is neither lost nor paired with a later
-/// life's completion. Returns whether there was one.
+/// What holding a record in one slot came to.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Tried {
+    /// The record is in the slot.
+    Held,
+    /// The slot held an earlier submission of the bio, now shipped (or
+    /// left to userspace): the record must be shipped after it.
+    EarlierShipped,
+    /// Another bio's.
+    Taken,
+}
+
+/// Holds `record` in `slot` if it is empty. `other`: the bio's other slot
+/// where the slot was empty, which may then hold an earlier submission
+/// of it (held while this one was taken): that one is shipped instead,
+/// so that a bio is never held twice.
+#[inline(always)]
+fn try_slot(
+    cfg: &ProbeConfig,
+    slot: *mut HeldSlot,
+    record: &BioQueue,
+    other: Option<*mut HeldSlot>,
+) -> Tried {
+    let bio = record.bio;
+    let was = compare_exchange(
+        unsafe { &raw mut (*slot).state },
+        held_state::EMPTY,
+        held_state::BUSY,
+    );
+    if was == held_state::EMPTY {
+        if let Some(other) = other
+            && state_of(other) == bio
+        {
+            publish(slot, held_state::EMPTY);
+            if claim(other, bio) {
+                ship_claimed(cfg, bio, other, held_age_row::OUT_BY_SUBMISSION);
+            }
+            return Tried::EarlierShipped;
+        }
+        unsafe { (*slot).record = *record };
+        publish(slot, bio);
+        return Tried::Held;
+    }
+    if was == bio {
+        if claim(slot, bio) {
+            ship_claimed(cfg, bio, slot, held_age_row::OUT_BY_SUBMISSION);
+        }
+        return Tried::EarlierShipped;
+    }
+    Tried::Taken
+}
+
+/// A slot's state, read plainly (a claim decides).
+#[inline(always)]
+fn state_of(slot: *mut HeldSlot) -> u64 {
+    unsafe { core::ptr::read_volatile(&raw const (*slot).state) }
+}
+
+/// For a submission while pairing is on: an earlier submission of the
+/// same bio still held (a split remainder or a requeue submitted again,
+/// or an entry a completion could not ship) is shipped first, so that it
+/// is neither lost nor paired with a later life's completion. Returns
+/// whether there was one.
 #[inline(always)]
 pub fn ship_earlier(cfg: &ProbeConfig, bio: u64) -> bool {
-    if cfg.pair_bios == 0 {
+    if !pairing_on(cfg) {
         return false;
     }
-    match HELD_BIOS.get_ptr_mut(bio) {
-        Some(held) => {
-            release(cfg, bio, held, held_age_row::OUT_BY_SUBMISSION);
+    match held_slot(bio) {
+        Some(slot) => {
+            if claim(slot, bio) {
+                ship_claimed(cfg, bio, slot, held_age_row::OUT_BY_SUBMISSION);
+            }
             true
         }
         None => false,
     }
+}
+
+/// The slot that holds `bio`'s submission, if one does (a plain read: a
+/// claim decides).
+#[inline(always)]
+fn held_slot(bio: u64) -> Option<*mut HeldSlot> {
+    for at in held_slots(bio) {
+        let slot = HELD_SLOTS.get_ptr_mut(at)?;
+        if state_of(slot) == bio {
+            return Some(slot);
+        }
+    }
+    None
+}
+
+/// Claims the slot that holds `bio`'s submission, if one does: the first
+/// with a compare and exchange straight away (one fetch of its line, where
+/// a read before would take two; a completion finds its bio there unless
+/// that slot was taken when it was held), the second only if it holds it.
+#[inline(always)]
+fn claim_held(bio: u64) -> Option<*mut HeldSlot> {
+    let [first, second] = held_slots(bio);
+    let first = HELD_SLOTS.get_ptr_mut(first)?;
+    if claim(first, bio) {
+        return Some(first);
+    }
+    let second = HELD_SLOTS.get_ptr_mut(second)?;
+    (state_of(second) == bio && claim(second, bio)).then_some(second)
+}
+
+/// Makes `slot` ours (`BUSY`) if its state is `expected`.
+#[inline(always)]
+fn claim(slot: *mut HeldSlot, expected: u64) -> bool {
+    compare_exchange(
+        unsafe { &raw mut (*slot).state },
+        expected,
+        held_state::BUSY,
+    ) == expected
+}
+
+/// Hands a claimed `slot` on: `state` is the bio it now holds, or
+/// `EMPTY`. The exchange is a full barrier: the record written or read
+/// before it is done before anyone can claim the slot.
+#[inline(always)]
+fn publish(slot: *mut HeldSlot, state: u64) {
+    exchange(unsafe { &raw mut (*slot).state }, state);
 }
 
 /// The request a completion covers, to check it against a held
@@ -131,7 +259,7 @@ pub enum Pairing {
     /// Paired: neither record is shipped.
     Paired,
     /// The completion is shipped; a held submission of its first bio was
-    /// shipped ahead of it (or was not held, or could not be taken out:
+    /// shipped ahead of it (or was not held, or could not be shipped:
     /// then userspace ships it).
     Ship,
     /// As `Ship`, and it would have paired but its disk has shown no
@@ -154,14 +282,16 @@ pub fn pair(
     gendisk: u64,
     row: usize,
 ) -> Pairing {
-    if cfg.pair_bios == 0 {
+    if !pairing_on(cfg) {
         return Pairing::Ship;
     }
-    let Some(held) = HELD_BIOS.get_ptr_mut(bio) else {
+    // Not held, or userspace claimed it first (then it ships the
+    // submission, and the completion must follow).
+    let Some(slot) = claim_held(bio) else {
         return Pairing::Ship;
     };
     let (submitter, queued_at, size, sector, stale) = unsafe {
-        let h = &*held;
+        let h = &(*slot).record;
         (
             h.header.tid,
             h.header.ts_ns,
@@ -181,60 +311,43 @@ pub fn pair(
         }
     };
     if let Some(pairing) = shipped {
-        release(cfg, bio, held, row);
+        ship_claimed(cfg, bio, slot, row);
         return pairing;
     }
-    // Userspace may have taken it since the lookup (then it shipped the
-    // submission, and the completion must follow), or an interrupt's
-    // program holds the bucket (then userspace ships it later).
-    if HELD_BIOS.remove(bio).is_err() {
-        return Pairing::Ship;
-    }
+    publish(slot, held_state::EMPTY);
     count_age(queued_at, row);
     tally(counter::BIOS_PAIRED);
     count_time(unsafe { bpf_ktime_get_ns() }.saturating_sub(queued_at));
     Pairing::Paired
 }
 
-/// Ships the held submission at `held` (of `bio`) now, ahead of its
-/// completion, unless userspace took it out first. Its task is not
-/// marked named: this runs in the completion's context, not the task's.
-/// Where it cannot (no room, the bucket busy) it stays held, marked
-/// stale, and userspace ships it once it is old or a completion names it:
-/// the bio may meanwhile be reused, and its next completion must not be
-/// paired with this record.
+/// Ships the record in `slot` (of `bio`, claimed by this program) now,
+/// ahead of its completion, and empties the slot. Its task is not marked
+/// named: this runs in the completion's context, not the task's. Where
+/// the ring has no room it stays held, marked stale, and userspace ships
+/// it once it is old or a completion names it: the bio may meanwhile be
+/// reused, and its next completion must not be paired with this record.
 #[inline(always)]
-fn release(cfg: &ProbeConfig, bio: u64, held: *mut BioQueue, row: usize) {
+fn ship_claimed(cfg: &ProbeConfig, bio: u64, slot: *mut HeldSlot, row: usize) {
     const WORDS: usize = core::mem::size_of::<BioQueue>() / 8;
     let Some(mut entry) = reserve_uncounted::<BioQueue>() else {
-        mark_stale(held);
+        unsafe { (*slot).record.header._pad1 = 1 };
+        publish(slot, bio);
         return;
     };
-    unsafe { words::copy::<WORDS>(entry.as_mut_ptr().cast(), held.cast()) };
+    let record = unsafe { &raw const (*slot).record };
+    unsafe { words::copy::<WORDS>(entry.as_mut_ptr().cast(), record.cast()) };
     let queued_at = unsafe { (*entry.as_ptr()).header.ts_ns };
-    if HELD_BIOS.remove(bio).is_ok() {
-        count_age(queued_at, row);
-        submit_unnamed(entry, cfg);
-    } else {
-        // Taken by userspace (then `held` may already be another bio's
-        // record: marking it only keeps that one from pairing), or busy.
-        entry.discard(0);
-        mark_stale(held);
-    }
-}
-
-/// Marks a held record as one no completion may pair with (in the
-/// header's padding, which the reader ignores).
-#[inline(always)]
-fn mark_stale(held: *mut BioQueue) {
-    unsafe { core::ptr::write_volatile(&raw mut (*held).header._pad1, 1) };
+    publish(slot, held_state::EMPTY);
+    count_age(queued_at, row);
+    submit_unnamed(entry, cfg);
 }
 
 /// Whether `bio`'s submission is held (for a completion about to be
 /// shipped: userspace takes it out and ships it first).
 #[inline(always)]
 pub fn is_held(bio: u64) -> bool {
-    unsafe { HELD_BIOS.get(bio) }.is_some()
+    held_slot(bio).is_some()
 }
 
 /// Whether the submitter of a bio whose episode began at `started` (its

@@ -9,7 +9,7 @@ use aya::programs::Program;
 use aya::programs::raw_trace_point::RawTracePointLinkId;
 use aya::programs::tp_btf::BtfTracePointLinkId;
 use aya::{Ebpf, EbpfLoader};
-use detector_common::config::{HELD_BIOS_ENTRIES, NO_OFFSET, SMALL_REGION_BYTES, region_span};
+use detector_common::config::{NO_OFFSET, SMALL_REGION_BYTES, region_span};
 use detector_common::{ProbeConfig, counter};
 use serde::Serialize;
 
@@ -345,6 +345,7 @@ impl Probes {
             .override_global("TASK_STACK_OFFSET", &config.task.stack, true)
             .override_global("BDEV_SPAN", &bdev_span(&config), true)
             .override_global("DISK_DEV_PAIR", &disk_dev_pair(&config), true)
+            .override_global("HELD_TABLE_USABLE", &u32::from(held_table_usable()), true)
             .map_max_entries("EVENTS", cpus)
             .map_max_entries("STACKS", opts.stack_entries)
             .map_max_entries("FRAMES", opts.task_map_entries)
@@ -723,12 +724,12 @@ impl Probes {
         PerCpuArray::try_from(map).ok().map(PairedTimesMap)
     }
 
-    /// The held-submission map, where the programs may pair bios: not
+    /// The held-submission table, where the programs may pair bios: not
     /// under `--full` (everything is shipped), nor where `bio_endio` is
     /// hooked (a double completion is only seen when every life's
-    /// completions are), nor on a kernel that cannot take an entry out
-    /// of a hash map in one step or read one in batches, or whose
-    /// request queues do not name their disk (before 5.15).
+    /// completions are), nor on a kernel without BPF's atomic exchanges
+    /// (before 5.12), or whose request queues do not name their disk
+    /// (before 5.15).
     fn held_bios(&mut self) -> Option<HeldBios> {
         // Completions find their disk through `request_queue.disk` (5.15+),
         // and flush sequences must be told apart.
@@ -737,14 +738,17 @@ impl Probes {
         if self.opts.full || self.is_attached("bio_endio") || !knows_disks || !knows_flushes {
             return None;
         }
-        let Map::HashMap(map) = self.ebpf.take_map("HELD_BIOS")? else {
+        if !held_table_usable() {
+            return None;
+        }
+        let Map::Array(map) = self.ebpf.take_map("HELD_SLOTS")? else {
             return None;
         };
         let ages = self
             .ebpf
             .take_map("HELD_AGES")
             .and_then(|m| PerCpuArray::try_from(m).ok());
-        HeldBios::new(map, ages, HELD_BIOS_ENTRIES as usize)
+        HeldBios::new(map, ages)
     }
 
     /// Takes the per-task maps (once), for pruning.
@@ -883,4 +887,12 @@ fn raise_memlock_limit() {
     // SAFETY: setrlimit reads a valid struct; failure only matters on old
     // kernels, where the load error then explains itself.
     unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) };
+}
+
+/// Whether the programs may use the held-submission table: its slots are
+/// claimed with BPF's atomic compare and exchange, which verifiers know
+/// from 5.12. The loader tells the programs (`HELD_TABLE_USABLE`), so that
+/// an older verifier never walks the code that uses it.
+fn held_table_usable() -> bool {
+    aya::util::KernelVersion::current().is_ok_and(|v| v >= aya::util::KernelVersion::new(5, 12, 0))
 }

@@ -1,30 +1,34 @@
-//! Submissions the programs hold back (`HELD_BIOS`, detector-ebpf's
+//! Submissions the programs hold back (`HELD_SLOTS`, detector-ebpf's
 //! `pairing`): the reader ships each one that is older than [`HOLD_AGE_NS`],
 //! and each one a shipped completion says it may still hold
 //! (`SUBMISSIONS_HELD`), before that completion.
 //!
-//! A completion in the kernel and the reader may go for one entry at the
-//! same moment: whoever deletes it owns it. The reader takes entries out
-//! with `BPF_MAP_LOOKUP_AND_DELETE_ELEM`, which reads and deletes under the
-//! bucket's lock (hash maps: 5.14+), so a submission is shipped once, or
-//! paired away in the kernel, never both.
+//! The table is mapped into this process (`BPF_F_MMAPABLE`). A completion
+//! in the kernel and the reader may go for one entry at the same moment:
+//! each claims the slot first, with a compare and exchange of its `state`
+//! from the bio to `BUSY` (`detector_common::config::held_state`), and
+//! only the one that succeeds reads the record and empties the slot, so a
+//! submission is shipped once, or paired away in the kernel, never both.
 //!
-//! Looking through the map walks every bucket (some 40 µs for 8192), so
-//! the reader first asks `HELD_AGES` whether any entry may be old: the
+//! Looking through the table reads all of its states (a megabyte), so the
+//! reader first asks `HELD_AGES` whether any entry may be old: the
 //! programs count the entries they hold and take out by the slot of their
 //! submission time, the reader counts what it took, and only a slot old
 //! enough to hold an entry past [`HOLD_AGE_NS`] with some entry left in it
 //! makes it look. The counts err towards an entry: the programs count a
-//! hold before the insert and a take-out after the delete. Once a second
-//! the reader looks anyway, a bound on the delay of an entry the counts
-//! would ever miss.
+//! hold before the slot is theirs and a take-out after it is empty. Once
+//! a second the reader looks anyway, a bound on the delay of an entry the
+//! counts would ever miss.
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd};
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use aya::maps::{MapData, PerCpuArray};
 use detector_common::config::{
-    HELD_AGE_SHIFT, HELD_AGE_SLOTS, PAIRED_TIME_SLOTS, held_age_row, held_age_slot,
+    HELD_AGE_SHIFT, HELD_AGE_SLOTS, HELD_SLOTS, PAIRED_TIME_SLOTS, held_age_row, held_age_slot,
+    held_slots, held_state,
 };
 use detector_common::wire;
 
@@ -34,51 +38,12 @@ use detector_common::wire;
 /// solid-state storage, so most pairs complete before.
 pub const HOLD_AGE_NS: u64 = 5_000_000;
 
-/// How often the reader looks through the map at most.
+/// How often the reader looks through the table at most.
 const SWEEP_EVERY_NS: u64 = 4_000_000;
 
-/// How often the reader looks through the map whatever the counts say: a
-/// bound on how late an entry the counts did not show would be shipped.
+/// How often the reader looks through the table whatever the counts say:
+/// a bound on how late an entry the counts did not show would be shipped.
 const LOOK_ANYWAY_EVERY_NS: u64 = 1_000_000_000;
-
-const BPF_MAP_LOOKUP_AND_DELETE_ELEM: libc::c_long = 21;
-const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
-
-/// `union bpf_attr` for the element commands.
-#[repr(C)]
-#[derive(Default)]
-struct ElemAttr {
-    map_fd: u32,
-    _pad: u32,
-    key: u64,
-    value: u64,
-    flags: u64,
-}
-
-/// `union bpf_attr` for the batch commands.
-#[repr(C)]
-#[derive(Default)]
-struct BatchAttr {
-    in_batch: u64,
-    out_batch: u64,
-    keys: u64,
-    values: u64,
-    count: u32,
-    map_fd: u32,
-    elem_flags: u64,
-    flags: u64,
-}
-
-fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<()> {
-    // SAFETY: `attr` is a valid, initialised `union bpf_attr` prefix of
-    // the size given; the kernel zero-extends the rest.
-    let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *mut T, std::mem::size_of::<T>()) };
-    if rc < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
-    }
-}
 
 const VALUE_BYTES: usize = std::mem::size_of::<wire::BioQueue>();
 
@@ -86,65 +51,152 @@ const VALUE_BYTES: usize = std::mem::size_of::<wire::BioQueue>();
 /// the slot of their submission time, a row per program.
 pub type HeldAgesMap = PerCpuArray<MapData, [u64; held_age_row::COUNT * HELD_AGE_SLOTS]>;
 
-/// The reader's side of `HELD_BIOS`.
+/// `HELD_SLOTS`, mapped shared into this process.
+struct SlotTable {
+    base: NonNull<wire::HeldSlot>,
+    backing: Backing,
+}
+
+/// What a [`SlotTable`]'s slots live in.
+enum Backing {
+    /// The map's memory, mapped: `bytes` long; the map is kept alive.
+    Mapped { bytes: usize, _map: MapData },
+    /// A table of this process's own, for tests (kept alive here).
+    #[cfg(test)]
+    Owned(#[allow(dead_code)] Box<[wire::HeldSlot]>),
+}
+
+// SAFETY: the mapping is shared memory that the kernel's programs write
+// concurrently anyway; every access to a slot's state is atomic, and a
+// record is read only by the slot's claimant.
+unsafe impl Send for SlotTable {}
+// SAFETY: as for `Send`: shared use goes through atomics and claims.
+unsafe impl Sync for SlotTable {}
+
+impl SlotTable {
+    fn map(map: MapData) -> io::Result<Self> {
+        let page = super::layout::page_size() as usize;
+        let bytes =
+            (HELD_SLOTS as usize * std::mem::size_of::<wire::HeldSlot>()).div_ceil(page) * page;
+        // SAFETY: a fresh shared mapping of the map's fd, of the size the
+        // kernel maps for an mmapable array of HELD_SLOTS values.
+        let at = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                bytes,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                map.fd().as_fd().as_raw_fd(),
+                0,
+            )
+        };
+        if at == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let base = NonNull::new(at.cast()).ok_or_else(|| io::Error::other("mmap gave null"))?;
+        Ok(Self {
+            base,
+            backing: Backing::Mapped { bytes, _map: map },
+        })
+    }
+
+    /// An empty table in this process's memory.
+    #[cfg(test)]
+    fn owned() -> Self {
+        // SAFETY: a slot is integers and byte arrays: all zeroes is one.
+        let empty: wire::HeldSlot = unsafe { std::mem::zeroed() };
+        let mut slots = vec![empty; HELD_SLOTS as usize].into_boxed_slice();
+        let base = NonNull::new(slots.as_mut_ptr()).expect("a box is never null");
+        Self {
+            base,
+            backing: Backing::Owned(slots),
+        }
+    }
+
+    fn slot(&self, at: u32) -> *mut wire::HeldSlot {
+        debug_assert!(at < HELD_SLOTS);
+        // SAFETY: `at` is below HELD_SLOTS, all of which are mapped.
+        unsafe { self.base.as_ptr().add((at % HELD_SLOTS) as usize) }
+    }
+
+    fn state(&self, at: u32) -> &AtomicU64 {
+        // SAFETY: the state is the slot's first word, 8-byte aligned in a
+        // page-aligned mapping, and only ever accessed atomically.
+        unsafe { AtomicU64::from_ptr(&raw mut (*self.slot(at)).state) }
+    }
+
+    /// The record in slot `at`: only its claimant may rely on it; anyone
+    /// else reads a hint (it may change under the read).
+    fn record(&self, at: u32) -> [u8; VALUE_BYTES] {
+        // SAFETY: the record lies in the mapping; a volatile read of
+        // plain bytes, whatever is being written meanwhile.
+        unsafe { std::ptr::read_volatile((&raw const (*self.slot(at)).record).cast()) }
+    }
+
+    /// Takes `bio`'s record out of slot `at` if the slot holds it.
+    fn take(&self, at: u32, bio: u64) -> Option<[u8; VALUE_BYTES]> {
+        let state = self.state(at);
+        state
+            .compare_exchange(bio, held_state::BUSY, Ordering::AcqRel, Ordering::Relaxed)
+            .ok()?;
+        let record = self.record(at);
+        state.store(held_state::EMPTY, Ordering::Release);
+        Some(record)
+    }
+}
+
+impl Drop for SlotTable {
+    fn drop(&mut self) {
+        #[allow(irrefutable_let_patterns)] // refutable in tests
+        if let Backing::Mapped { bytes, .. } = self.backing {
+            // SAFETY: unmaps exactly what `map` mapped.
+            unsafe { libc::munmap(self.base.as_ptr().cast(), bytes) };
+        }
+    }
+}
+
+/// The reader's side of `HELD_SLOTS`.
 pub struct HeldBios {
-    map: MapData,
-    /// `None`: look through the map at every sweep.
+    table: SlotTable,
+    /// `None`: look through the table at every sweep.
     ages: Option<HeldAgesMap>,
     /// Entries the reader took out, by the slot of their submission time.
     taken: [u64; HELD_AGE_SLOTS],
-    /// Room for one look through the whole map.
-    keys: Vec<u64>,
-    values: Vec<u8>,
     last_sweep: u64,
     last_look: u64,
-    /// Where the batch read in progress goes on from.
-    token: Option<u32>,
     /// Submissions taken out and shipped, by why.
     pub swept: u64,
     pub released: u64,
 }
 
 impl HeldBios {
-    /// `entries`: the map's size. `None` when this kernel cannot read the
-    /// map in batches or look up and delete one of its entries in one step
-    /// (before 5.14): then the programs must not hold anything.
-    pub fn new(map: MapData, ages: Option<HeldAgesMap>, entries: usize) -> Option<Self> {
-        let mut held = Self {
-            map,
+    /// `None` when the table cannot be mapped: then the programs must
+    /// not hold anything.
+    pub fn new(map: MapData, ages: Option<HeldAgesMap>) -> Option<Self> {
+        let table = SlotTable::map(map)
+            .inspect_err(|e| tracing::debug!("held submissions' table not mapped: {e}"))
+            .ok()?;
+        Some(Self::over(table, ages))
+    }
+
+    fn over(table: SlotTable, ages: Option<HeldAgesMap>) -> Self {
+        Self {
+            table,
             ages,
             taken: [0; HELD_AGE_SLOTS],
-            keys: vec![0; entries],
-            values: vec![0; entries * VALUE_BYTES],
             last_sweep: 0,
             last_look: 0,
-            token: None,
             swept: 0,
             released: 0,
-        };
-        let batches = held.look_batch(0, 1).is_ok();
-        (batches && held.take(0).is_ok()).then_some(held)
-    }
-
-    fn fd(&self) -> BorrowedFd<'_> {
-        self.map.fd().as_fd()
-    }
-
-    /// Takes `bio`'s entry out: `Ok(None)` when there is none (paired in
-    /// the kernel, or shipped already).
-    fn take(&self, bio: u64) -> io::Result<Option<[u8; VALUE_BYTES]>> {
-        let mut value = [0u8; VALUE_BYTES];
-        let mut attr = ElemAttr {
-            map_fd: self.fd().as_raw_fd() as u32,
-            key: &bio as *const u64 as u64,
-            value: value.as_mut_ptr() as u64,
-            ..ElemAttr::default()
-        };
-        match bpf(BPF_MAP_LOOKUP_AND_DELETE_ELEM, &mut attr) {
-            Ok(()) => Ok(Some(value)),
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
-            Err(e) => Err(e),
         }
+    }
+
+    /// Takes `bio`'s entry out: `None` when there is none (paired in the
+    /// kernel, or shipped already).
+    fn take(&self, bio: u64) -> Option<[u8; VALUE_BYTES]> {
+        held_slots(bio)
+            .into_iter()
+            .find_map(|at| self.table.take(at, bio))
     }
 
     /// Ships `bio`'s held submission, if any, through `ship`; returns
@@ -158,12 +210,12 @@ impl HeldBios {
     /// Takes `bio`'s entry out and ships it; whether there was one.
     fn ship_taken(&mut self, bio: u64, ship: &mut impl FnMut(&[u8])) -> bool {
         match self.take(bio) {
-            Ok(Some(value)) => {
+            Some(value) => {
                 self.taken[held_age_slot(queued_at(&value))] += 1;
                 ship(&value);
                 true
             }
-            _ => false,
+            None => false,
         }
     }
 
@@ -196,30 +248,12 @@ impl HeldBios {
         shipped
     }
 
-    /// Every entry's bio and submission time, in one pass of
-    /// `BPF_MAP_LOOKUP_BATCH` calls (a call per entry would cost more than
-    /// the records the map saves).
-    fn look(&mut self) -> impl Iterator<Item = (u64, u64)> + '_ {
-        let mut filled = 0usize;
-        while filled < self.keys.len() {
-            match self.look_batch(filled, self.keys.len() - filled) {
-                Ok((count, next)) => {
-                    filled += count;
-                    self.token = next;
-                    if next.is_none() {
-                        break;
-                    }
-                }
-                Err(e) => {
-                    tracing::debug!("held bios not looked through: {e}");
-                    break;
-                }
-            }
-        }
-        self.token = None;
-        (0..filled).map(move |i| {
-            let value = &self.values[i * VALUE_BYTES..(i + 1) * VALUE_BYTES];
-            (self.keys[i], queued_at(value))
+    /// Every held entry's bio and submission time (the time a hint: the
+    /// entry may change while it is read).
+    fn look(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        (0..HELD_SLOTS).filter_map(|at| {
+            let bio = self.table.state(at).load(Ordering::Acquire);
+            (bio > held_state::BUSY).then(|| (bio, queued_at(&self.table.record(at))))
         })
     }
 
@@ -244,27 +278,6 @@ impl HeldBios {
             }
         }
         old_slot_occupied(&held, &out, &self.taken, now)
-    }
-
-    /// One `BPF_MAP_LOOKUP_BATCH` into the room from entry `at`, for at
-    /// most `room` entries, going on from `self.token`: the entries read,
-    /// and the token to go on from (`None`: the map was read to its end).
-    fn look_batch(&mut self, at: usize, room: usize) -> io::Result<(usize, Option<u32>)> {
-        let mut next = 0u32;
-        let mut attr = BatchAttr {
-            in_batch: self.token.as_ref().map_or(0, |t| t as *const u32 as u64),
-            out_batch: &mut next as *mut u32 as u64,
-            keys: self.keys[at..].as_mut_ptr() as u64,
-            values: self.values[at * VALUE_BYTES..].as_mut_ptr() as u64,
-            count: room as u32,
-            map_fd: self.fd().as_raw_fd() as u32,
-            ..BatchAttr::default()
-        };
-        match bpf(BPF_MAP_LOOKUP_BATCH, &mut attr) {
-            Ok(()) => Ok((attr.count as usize, Some(next))),
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok((attr.count as usize, None)),
-            Err(e) => Err(e),
-        }
     }
 }
 
@@ -394,6 +407,127 @@ mod tests {
         assert!(old_slot_occupied(&held, &out, &NONE, now));
         held[held_age_slot(old)] = 0;
         assert!(!old_slot_occupied(&held, &out, &NONE, now));
+    }
+
+    /// A held record of `bio`, submitted at `ts`.
+    fn record(bio: u64, ts: u64) -> wire::BioQueue {
+        // SAFETY: a record is integers and byte arrays: all zeroes is one.
+        let mut record: wire::BioQueue = unsafe { std::mem::zeroed() };
+        record.bio = bio;
+        record.header.ts_ns = ts;
+        record
+    }
+
+    /// Holds `bio`'s record in slot `at` as the programs do.
+    fn hold(table: &SlotTable, at: u32, bio: u64, ts: u64) {
+        // SAFETY: slot `at` is in the table, and no one else uses it.
+        unsafe { (*table.slot(at)).record = record(bio, ts) };
+        table.state(at).store(bio, Ordering::Release);
+    }
+
+    fn shipped_bios(
+        held: &mut HeldBios,
+        f: impl FnOnce(&mut HeldBios, &mut dyn FnMut(&[u8])),
+    ) -> Vec<u64> {
+        let mut bios = Vec::new();
+        f(held, &mut |bytes: &[u8]| {
+            let at = std::mem::offset_of!(wire::BioQueue, bio);
+            bios.push(u64::from_ne_bytes(bytes[at..at + 8].try_into().unwrap()));
+        });
+        bios
+    }
+
+    #[test]
+    fn a_bio_has_two_different_slots_in_the_table() {
+        for bio in (0..100_000u64).map(|i| 0xffff_8880_0000_0000 + i * 0x100) {
+            let [a, b] = held_slots(bio);
+            assert!(
+                a < HELD_SLOTS && b < HELD_SLOTS && a != b,
+                "{bio:x}: {a} {b}"
+            );
+            assert_eq!(held_slots(bio), [a, b]);
+        }
+    }
+
+    #[test]
+    fn bios_from_one_slab_spread_over_the_table() {
+        // 256 bios of a slab page run, 256 bytes apart: their first slots
+        // should be nearly all different (a clash ships a submission).
+        let firsts: std::collections::HashSet<u32> = (0..256u64)
+            .map(|i| held_slots(0xffff_8880_1234_0000 + i * 256)[0])
+            .collect();
+        assert!(firsts.len() >= 250, "{} distinct of 256", firsts.len());
+    }
+
+    #[test]
+    fn a_release_takes_the_bio_from_either_slot_once() {
+        let mut held = HeldBios::over(SlotTable::owned(), None);
+        let (bio, other) = (0xffff_8880_0000_1000, 0xffff_8880_0000_2000);
+        let [first, second] = held_slots(bio);
+        hold(&held.table, first, other, 1);
+        hold(&held.table, second, bio, 2);
+        let shipped = shipped_bios(&mut held, |h, ship| {
+            assert!(h.release(bio, &mut |b| ship(b)));
+            assert!(!h.release(bio, &mut |b| ship(b)), "shipped twice");
+        });
+        assert_eq!(shipped, [bio]);
+        assert_eq!(
+            held.table.state(second).load(Ordering::Acquire),
+            held_state::EMPTY
+        );
+        assert_eq!(
+            held.table.state(first).load(Ordering::Acquire),
+            other,
+            "another bio's slot"
+        );
+        assert_eq!(held.released, 1);
+    }
+
+    #[test]
+    fn a_slot_a_program_owns_is_left_alone() {
+        let mut held = HeldBios::over(SlotTable::owned(), None);
+        let bio = 0xffff_8880_0000_1000;
+        let [first, _] = held_slots(bio);
+        hold(&held.table, first, bio, 1);
+        // A completion claimed it: it pairs or ships the record itself.
+        held.table
+            .state(first)
+            .store(held_state::BUSY, Ordering::Release);
+        let shipped = shipped_bios(&mut held, |h, ship| {
+            assert!(!h.release(bio, &mut |b| ship(b)));
+            assert!(!h.sweep(10 * HOLD_AGE_NS, true, &mut |b| ship(b)));
+        });
+        assert!(shipped.is_empty());
+        assert_eq!(
+            held.table.state(first).load(Ordering::Acquire),
+            held_state::BUSY
+        );
+    }
+
+    #[test]
+    fn a_sweep_ships_what_is_old_and_leaves_what_is_young() {
+        let mut held = HeldBios::over(SlotTable::owned(), None);
+        let now = 100 * HOLD_AGE_NS;
+        let (old, young) = (0xffff_8880_0000_1000, 0xffff_8880_0000_2000);
+        hold(&held.table, held_slots(old)[0], old, now - HOLD_AGE_NS);
+        hold(
+            &held.table,
+            held_slots(young)[1],
+            young,
+            now - HOLD_AGE_NS / 2,
+        );
+        let shipped = shipped_bios(&mut held, |h, ship| {
+            assert!(h.sweep(now, false, &mut |b| ship(b)));
+        });
+        assert_eq!(shipped, [old]);
+        assert_eq!(held.swept, 1);
+        // Too soon for another look; then, at the end, everything goes.
+        let shipped = shipped_bios(&mut held, |h, ship| {
+            assert!(!h.sweep(now + 1, false, &mut |b| ship(b)));
+            assert!(h.sweep(now + 2, true, &mut |b| ship(b)));
+        });
+        assert_eq!(shipped, [young]);
+        assert!(held.look().next().is_none());
     }
 
     #[test]
