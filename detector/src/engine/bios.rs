@@ -283,6 +283,8 @@ struct Queue {
 pub struct Bios {
     max_inflight: usize,
     max_disks: usize,
+    /// The disk table's size that makes room in it (`evict_idle_disks`).
+    disk_room: usize,
     max_completed: usize,
     /// Keep completed bios (to recognise a second completion): only worth
     /// it when `bio_endio` is hooked, the only source that can show one.
@@ -326,6 +328,7 @@ impl Bios {
         Self {
             max_inflight: max_inflight.max(1),
             max_disks: max_disks.max(1),
+            disk_room: max_disks.max(1),
             max_completed,
             keep_completed: false,
             index_sectors: true,
@@ -450,15 +453,32 @@ impl Bios {
         });
         self.compact_queue();
         self.inflight += 1;
-        if self.disks.len() >= self.max_disks && !self.disks.contains_key(&sub.disk) {
-            // Idle disks only lose their history (whether completions were
-            // seen there); busy ones are still counted.
-            let before = self.disks.len();
-            self.disks.retain(|_, d| d.inflight > 0);
-            self.evicted_disks += (before - self.disks.len()) as u64;
+        if self.disks.len() >= self.disk_room && !self.disks.contains_key(&sub.disk) {
+            self.evict_idle_disks();
         }
         self.disks.entry(sub.disk).or_default().inflight += 1;
         Queued::New(bio)
+    }
+
+    /// Makes room in the disk table: idle disks go, busy ones are still
+    /// counted. An idle disk that showed a completion stays while the
+    /// table is within twice its bound (so at most four times, with the
+    /// room made after): with bios paired in the
+    /// kernel, a disk's completion is shipped only until one reached the
+    /// reader (the kernel marks the disk), so a disk forgotten here would
+    /// never show one again and lost-io would stop judging it. Past that,
+    /// those go too (counted as evicted disks).
+    fn evict_idle_disks(&mut self) {
+        let before = self.disks.len();
+        self.disks
+            .retain(|_, d| d.inflight > 0 || d.completions_seen);
+        if self.disks.len() >= 2 * self.max_disks {
+            self.disks.retain(|_, d| d.inflight > 0);
+        }
+        self.evicted_disks += (before - self.disks.len()) as u64;
+        // As much room again as is kept: a table full of disks that
+        // showed completions is not looked through at every new disk.
+        self.disk_room = (2 * self.disks.len()).max(self.max_disks);
     }
 
     /// Whether a queue entry still stands for its life's latest submission.

@@ -279,6 +279,81 @@ fn tracked_objects_are_bounded_and_evictions_counted() {
     assert!(found.is_empty(), "{found:#?}");
 }
 
+/// A submission of `bio` to disk `8:minor`.
+fn queue_on(ts: u64, bio: u64, minor: u32) -> Event {
+    let mut event = queue(ts, bio);
+    if let EventKind::BioQueue { dev, disk, .. } = &mut event.kind {
+        *dev = Dev::new(8, minor);
+        *disk = Dev::new(8, minor);
+    }
+    event
+}
+
+/// `block_bio_complete` of `bio` on disk `8:minor`.
+fn bio_complete_on(ts: u64, bio: u64, minor: u32) -> Event {
+    interrupt(
+        ts,
+        EventKind::BioComplete {
+            bio: Addr(bio),
+            dev: Dev::new(8, minor),
+            disk: Dev::new(8, minor),
+            sector: 8,
+            size: 4096,
+            error: 0,
+        },
+    )
+}
+
+#[test]
+fn a_disk_that_showed_completions_is_still_judged_past_the_disk_bound() {
+    // With bios paired in the kernel, a disk's completions reach the
+    // engine only until the first one did: forgetting that it showed one
+    // would blind lost-io to it for good.
+    let cfg = EngineConfig {
+        max_disks: 2,
+        lost_io_after_ns: S,
+        ..EngineConfig::default()
+    };
+    let mut engine = Engine::new(cfg);
+    let mut found = Vec::new();
+    let mut ts = T0;
+    for minor in 0..3u32 {
+        let bio = 0xffff_8880_0400_0000 + u64::from(minor) * 0x100;
+        found.extend(engine.push(queue_on(ts, bio, minor * 16)));
+        found.extend(engine.push(bio_complete_on(ts + 50 * US, bio, minor * 16)));
+        ts += MS;
+    }
+    let lost = 0xffff_8880_0500_0000;
+    found.extend(engine.push(queue_on(ts, lost, 0)));
+    found.extend(engine.advance(ts + 2 * S));
+    found.extend(engine.finish());
+    let lost_io: Vec<_> = found
+        .iter()
+        .filter(|f| f.kind == FindingKind::LostIoCompletion)
+        .collect();
+    assert_eq!(lost_io.len(), 1, "{found:#?}");
+    assert!(engine.stats().live.disks <= 4 * 2);
+}
+
+#[test]
+fn the_disk_table_stays_bounded_when_every_disk_showed_completions() {
+    let cfg = EngineConfig {
+        max_disks: 4,
+        ..EngineConfig::default()
+    };
+    let mut engine = Engine::new(cfg);
+    for i in 0..1000u64 {
+        let bio = 0xffff_8880_0400_0000 + i * 0x100;
+        let minor = i as u32;
+        engine.push(queue_on(T0 + i * 10 * US, bio, minor));
+        engine.push(bio_complete_on(T0 + i * 10 * US + 5 * US, bio, minor));
+    }
+    engine.finish();
+    let stats = engine.stats();
+    assert!(stats.live.disks <= 4 * 4, "{stats:?}");
+    assert!(stats.evictions.disks >= 1000 - 4 * 4, "{stats:?}");
+}
+
 #[test]
 fn completed_bios_kept_for_double_completion_are_bounded() {
     let cfg = EngineConfig {
