@@ -196,7 +196,8 @@ pub struct BioQueue {
 /// A slot of the held-submission table (`HELD_SLOTS`, shared with the
 /// reader through `mmap`): `state` (`config::held_state`) says whose
 /// `record` is; only its owner of the moment (`BUSY`, set by compare and
-/// exchange) reads or writes the record.
+/// exchange) writes the record or relies on what it reads there (the
+/// reader glances at unowned records' times, as hints).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct HeldSlot {

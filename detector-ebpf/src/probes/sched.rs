@@ -154,8 +154,8 @@ fn try_sched_switch<C: Hooked>(ctx: &C) -> Option<()> {
 /// space, so its episode never ends in the kernel's view and each of its
 /// sleeps is reported. Under fio on a loop device whose worker was such
 /// a kworker, its idle sleeps with a stack each made `sched_switch` cost
-/// 140 ns a run instead of 50; without the stacks, 70-80 (the records
-/// themselves remain).
+/// 133-142 ns a run instead of about 50; without the stacks, 68-78 (the
+/// records themselves remain).
 #[inline(always)]
 fn sleep_stack_quotable(cfg: &ProbeConfig, prev_flags: u8, in_iowait: bool) -> bool {
     in_iowait || prev_flags & flag::ONSTACK != 0 || cfg.task.in_iowait_byte == NO_OFFSET

@@ -345,7 +345,11 @@ impl Probes {
             .override_global("TASK_STACK_OFFSET", &config.task.stack, true)
             .override_global("BDEV_SPAN", &bdev_span(&config), true)
             .override_global("DISK_DEV_PAIR", &disk_dev_pair(&config), true)
-            .override_global("HELD_TABLE_USABLE", &u32::from(held_table_usable()), true)
+            .override_global(
+                "HELD_TABLE_USABLE",
+                &u32::from(may_pair(&opts, &config, &facts.machine)),
+                true,
+            )
             .map_max_entries("EVENTS", cpus)
             .map_max_entries("STACKS", opts.stack_entries)
             .map_max_entries("FRAMES", opts.task_map_entries)
@@ -728,17 +732,11 @@ impl Probes {
     /// under `--full` (everything is shipped), nor where `bio_endio` is
     /// hooked (a double completion is only seen when every life's
     /// completions are), nor on a kernel without BPF's atomic exchanges
-    /// (before 5.12), or whose request queues do not name their disk
-    /// (before 5.15).
+    /// (before 5.12; arm64: 5.18), or whose request queues do not name
+    /// their disk (before 5.15): see `may_pair`.
     fn held_bios(&mut self) -> Option<HeldBios> {
-        // Completions find their disk through `request_queue.disk` (5.15+),
-        // and flush sequences must be told apart.
-        let knows_disks = self.config.block.q_disk != NO_OFFSET;
-        let knows_flushes = self.config.req_flush_fua_mask != 0;
-        if self.opts.full || self.is_attached("bio_endio") || !knows_disks || !knows_flushes {
-            return None;
-        }
-        if !held_table_usable() {
+        if !may_pair(&self.opts, &self.config, &self.facts.machine) || self.is_attached("bio_endio")
+        {
             return None;
         }
         let Map::Array(map) = self.ebpf.take_map("HELD_SLOTS")? else {
@@ -889,10 +887,29 @@ fn raise_memlock_limit() {
     unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) };
 }
 
-/// Whether the programs may use the held-submission table: its slots are
-/// claimed with BPF's atomic compare and exchange, which verifiers know
-/// from 5.12. The loader tells the programs (`HELD_TABLE_USABLE`), so that
-/// an older verifier never walks the code that uses it.
-fn held_table_usable() -> bool {
-    aya::util::KernelVersion::current().is_ok_and(|v| v >= aya::util::KernelVersion::new(5, 12, 0))
+/// Whether the programs may pair bios, as far as is known before they
+/// are loaded: not under `--full`; where completions find their disk
+/// through `request_queue.disk` (5.15+) and flush sequences can be told
+/// apart; and where the held table's atomics work. The loader tells the
+/// programs (`HELD_TABLE_USABLE`): the verifier reads it as a constant and,
+/// where it is 0, never walks the code that pairs (which older verifiers
+/// would reject, and which costs every verifier time).
+fn may_pair(opts: &LoadOptions, config: &ProbeConfig, machine: &str) -> bool {
+    let knows_disks = config.block.q_disk != NO_OFFSET;
+    let knows_flushes = config.req_flush_fua_mask != 0;
+    !opts.full && knows_disks && knows_flushes && held_table_usable(machine)
+}
+
+/// Whether this kernel runs the held table's atomic compare and exchange
+/// and exchange on BPF map values: verifier and x86-64 JIT from 5.12, the
+/// arm64 JIT from 5.18 (a program its JIT cannot translate fails to load
+/// where the JIT is always on, and with it every bio hook).
+fn held_table_usable(machine: &str) -> bool {
+    use aya::util::KernelVersion;
+    let since = match machine {
+        "x86_64" => KernelVersion::new(5, 12, 0),
+        "aarch64" => KernelVersion::new(5, 18, 0),
+        _ => return false,
+    };
+    KernelVersion::current().is_ok_and(|v| v >= since)
 }
