@@ -93,7 +93,7 @@ pub fn atomic_add(slot: *mut u64) {
 
 /// Sets `*slot` to `new` if it holds `old`, atomically; returns what it
 /// held. BPF's `cmpxchg` (5.12+, a full barrier): only on a path that
-/// [`held_table_usable`] guards, so that older verifiers never see it.
+/// [`held_table_usable`] guards, so that older kernels never see it.
 #[inline(always)]
 pub fn compare_exchange(slot: *mut u64, old: u64, new: u64) -> u64 {
     unsafe {
@@ -110,10 +110,12 @@ pub fn exchange(slot: *mut u64, new: u64) -> u64 {
     unsafe { atomic_xchg::<u64, { AtomicOrdering::SeqCst }>(slot, new) }
 }
 
-/// Whether this kernel's verifier knows BPF's atomic exchanges (5.12+),
-/// which the held-submission table needs. Read-only, set by the loader:
-/// the verifier reads it as a constant and, where it is 0, never walks
-/// (nor rejects) the paths that use them.
+/// Whether bios may be paired in this session at all: the kernel runs
+/// BPF's atomic exchanges, which the held-submission table needs (5.12+;
+/// arm64's JIT 5.18+), and nothing known at load rules pairing out
+/// (userspace's `may_pair`). Read-only, set by the loader: the verifier
+/// reads it as a constant and, where it is 0, never walks (nor rejects)
+/// the paths that use them.
 #[unsafe(no_mangle)]
 static HELD_TABLE_USABLE: u32 = 0;
 

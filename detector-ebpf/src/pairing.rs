@@ -56,8 +56,9 @@ use crate::{
 /// asleep uninterruptibly, or owning on-stack frames.
 const SUBMITTER_WATCHED: u8 = flag::SLEEPING | flag::ONSTACK | flag::FRAMES;
 
-/// Whether bios are paired: asked for (`ProbeConfig::pair_bios`) and
-/// possible on this kernel (the table's atomics).
+/// Whether bios are paired: possible in this session (the loader's
+/// `HELD_TABLE_USABLE`) and on (`ProbeConfig::pair_bios`, once the hooks
+/// are attached).
 #[inline(always)]
 fn pairing_on(cfg: &ProbeConfig) -> bool {
     held_table_usable() && cfg.pair_bios != 0
@@ -106,14 +107,20 @@ pub fn hold(cfg: &ProbeConfig, record: &BioQueue) -> bool {
         HELD_SLOTS.get_ptr_mut(first),
         HELD_SLOTS.get_ptr_mut(second),
     ) {
-        match try_slot(cfg, first, record, Some(second)) {
+        let earlier = match try_slot(first, record, Some(second)) {
             Tried::Held => return true,
-            Tried::Taken => match try_slot(cfg, second, record, None) {
+            Tried::Earlier(slot) => Some(slot),
+            Tried::Taken => match try_slot(second, record, None) {
                 Tried::Held => return true,
-                Tried::Taken => bump(counter::HELD_MAP_FULL),
-                Tried::EarlierShipped => {}
+                Tried::Earlier(slot) => Some(slot),
+                Tried::Taken => {
+                    bump(counter::HELD_MAP_FULL);
+                    None
+                }
             },
-            Tried::EarlierShipped => {}
+        };
+        if let Some(slot) = earlier {
+            ship_if_claimed(cfg, bio, slot);
         }
     }
     count_age(queued_at, held_age_row::OUT_BY_SUBMISSION);
@@ -125,24 +132,19 @@ pub fn hold(cfg: &ProbeConfig, record: &BioQueue) -> bool {
 enum Tried {
     /// The record is in the slot.
     Held,
-    /// The slot held an earlier submission of the bio, now shipped (or
-    /// left to userspace): the record must be shipped after it.
-    EarlierShipped,
+    /// This slot, or the other one, holds an earlier submission of the
+    /// bio: that one must be shipped first, and the record after it.
+    Earlier(*mut HeldSlot),
     /// Another bio's.
     Taken,
 }
 
 /// Holds `record` in `slot` if it is empty. `other`: the bio's other slot
 /// where the slot was empty, which may then hold an earlier submission
-/// of it (held while this one was taken): that one is shipped instead,
-/// so that a bio is never held twice.
+/// of it (held while this one was taken): the slot is let go again, so
+/// that a bio is never held twice.
 #[inline(always)]
-fn try_slot(
-    cfg: &ProbeConfig,
-    slot: *mut HeldSlot,
-    record: &BioQueue,
-    other: Option<*mut HeldSlot>,
-) -> Tried {
+fn try_slot(slot: *mut HeldSlot, record: &BioQueue, other: Option<*mut HeldSlot>) -> Tried {
     let bio = record.bio;
     let was = compare_exchange(
         unsafe { &raw mut (*slot).state },
@@ -154,22 +156,26 @@ fn try_slot(
             && state_of(other) == bio
         {
             publish(slot, held_state::EMPTY);
-            if claim(other, bio) {
-                ship_claimed(cfg, bio, other, held_age_row::OUT_BY_SUBMISSION);
-            }
-            return Tried::EarlierShipped;
+            return Tried::Earlier(other);
         }
         unsafe { (*slot).record = *record };
         publish(slot, bio);
         return Tried::Held;
     }
     if was == bio {
-        if claim(slot, bio) {
-            ship_claimed(cfg, bio, slot, held_age_row::OUT_BY_SUBMISSION);
-        }
-        return Tried::EarlierShipped;
+        return Tried::Earlier(slot);
     }
     Tried::Taken
+}
+
+/// Ships the earlier submission of `bio` held in `slot`, for a new
+/// submission of it, unless someone claimed it first (a completion or
+/// userspace: then they ship it).
+#[inline(always)]
+fn ship_if_claimed(cfg: &ProbeConfig, bio: u64, slot: *mut HeldSlot) {
+    if claim(slot, bio) {
+        ship_claimed(cfg, bio, slot, held_age_row::OUT_BY_SUBMISSION);
+    }
 }
 
 /// A slot's state, read plainly (a claim decides).
@@ -190,9 +196,7 @@ pub fn ship_earlier(cfg: &ProbeConfig, bio: u64) -> bool {
     }
     match held_slot(bio) {
         Some(slot) => {
-            if claim(slot, bio) {
-                ship_claimed(cfg, bio, slot, held_age_row::OUT_BY_SUBMISSION);
-            }
+            ship_if_claimed(cfg, bio, slot);
             true
         }
         None => false,
