@@ -133,9 +133,21 @@ impl SlotTable {
         unsafe { std::ptr::read_volatile((&raw const (*self.slot(at)).record).cast()) }
     }
 
-    /// Takes `bio`'s record out of slot `at` if the slot holds it.
+    /// When the record in slot `at` was submitted: a hint, as
+    /// [`Self::record`] is.
+    fn queued_at(&self, at: u32) -> u64 {
+        // SAFETY: the time stamp lies in the mapping, 8-byte aligned.
+        unsafe { std::ptr::read_volatile(&raw const (*self.slot(at)).record.header.ts_ns) }
+    }
+
+    /// Takes `bio`'s record out of slot `at` if the slot holds it. Read
+    /// first: a compare and exchange that fails still takes the line from
+    /// the CPU whose program uses it.
     fn take(&self, at: u32, bio: u64) -> Option<[u8; VALUE_BYTES]> {
         let state = self.state(at);
+        if state.load(Ordering::Relaxed) != bio {
+            return None;
+        }
         state
             .compare_exchange(bio, held_state::BUSY, Ordering::AcqRel, Ordering::Relaxed)
             .ok()?;
@@ -202,21 +214,25 @@ impl HeldBios {
     /// Ships `bio`'s held submission, if any, through `ship`; returns
     /// whether there was one.
     pub fn release(&mut self, bio: u64, ship: &mut impl FnMut(&[u8])) -> bool {
-        let shipped = self.ship_taken(bio, ship);
+        let taken = self.take(bio);
+        let shipped = self.ship_taken(taken, ship);
         self.released += u64::from(shipped);
         shipped
     }
 
-    /// Takes `bio`'s entry out and ships it; whether there was one.
-    fn ship_taken(&mut self, bio: u64, ship: &mut impl FnMut(&[u8])) -> bool {
-        match self.take(bio) {
-            Some(value) => {
-                self.taken[held_age_slot(queued_at(&value))] += 1;
-                ship(&value);
-                true
-            }
-            None => false,
-        }
+    /// Ships an entry taken out, if there is one, and counts it; whether
+    /// there was one.
+    fn ship_taken(
+        &mut self,
+        taken: Option<[u8; VALUE_BYTES]>,
+        ship: &mut impl FnMut(&[u8]),
+    ) -> bool {
+        let Some(value) = taken else {
+            return false;
+        };
+        self.taken[held_age_slot(queued_at(&value))] += 1;
+        ship(&value);
+        true
     }
 
     /// Ships every held submission older than [`HOLD_AGE_NS`] at `now`
@@ -233,14 +249,15 @@ impl HeldBios {
             return false;
         }
         self.last_look = now;
-        let old: Vec<u64> = self
+        let old: Vec<(u32, u64)> = self
             .look()
-            .filter(|&(_, queued)| all || now.saturating_sub(queued) >= HOLD_AGE_NS)
-            .map(|(bio, _)| bio)
+            .filter(|&(_, _, queued)| all || now.saturating_sub(queued) >= HOLD_AGE_NS)
+            .map(|(at, bio, _)| (at, bio))
             .collect();
         let mut shipped = false;
-        for bio in old {
-            if self.ship_taken(bio, ship) {
+        for (at, bio) in old {
+            let taken = self.table.take(at, bio);
+            if self.ship_taken(taken, ship) {
                 self.swept += 1;
                 shipped = true;
             }
@@ -248,12 +265,12 @@ impl HeldBios {
         shipped
     }
 
-    /// Every held entry's bio and submission time (the time a hint: the
-    /// entry may change while it is read).
-    fn look(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+    /// Every held entry's slot, bio and submission time (the time a hint:
+    /// the entry may change while it is read).
+    fn look(&self) -> impl Iterator<Item = (u32, u64, u64)> + '_ {
         (0..HELD_SLOTS).filter_map(|at| {
             let bio = self.table.state(at).load(Ordering::Acquire);
-            (bio > held_state::BUSY).then(|| (bio, queued_at(&self.table.record(at))))
+            (bio > held_state::BUSY).then(|| (at, bio, self.table.queued_at(at)))
         })
     }
 
