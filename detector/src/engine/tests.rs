@@ -304,6 +304,14 @@ fn bio_complete_on(ts: u64, bio: u64, minor: u32) -> Event {
     )
 }
 
+/// `bio` submitted to disk `8:minor` at `ts` and completed 5 µs later.
+fn io_on(ts: u64, bio: u64, minor: u32) -> [Event; 2] {
+    [
+        queue_on(ts, bio, minor),
+        bio_complete_on(ts + 5 * US, bio, minor),
+    ]
+}
+
 #[test]
 fn a_disk_that_showed_completions_is_still_judged_past_the_disk_bound() {
     // With bios paired in the kernel, a disk's completions reach the
@@ -319,8 +327,9 @@ fn a_disk_that_showed_completions_is_still_judged_past_the_disk_bound() {
     let mut ts = T0;
     for minor in 0..3u32 {
         let bio = 0xffff_8880_0400_0000 + u64::from(minor) * 0x100;
-        found.extend(engine.push(queue_on(ts, bio, minor * 16)));
-        found.extend(engine.push(bio_complete_on(ts + 50 * US, bio, minor * 16)));
+        for event in io_on(ts, bio, minor * 16) {
+            found.extend(engine.push(event));
+        }
         ts += MS;
     }
     let lost = 0xffff_8880_0500_0000;
@@ -344,9 +353,9 @@ fn the_disk_table_stays_bounded_when_every_disk_showed_completions() {
     let mut engine = Engine::new(cfg);
     for i in 0..1000u64 {
         let bio = 0xffff_8880_0400_0000 + i * 0x100;
-        let minor = i as u32;
-        engine.push(queue_on(T0 + i * 10 * US, bio, minor));
-        engine.push(bio_complete_on(T0 + i * 10 * US + 5 * US, bio, minor));
+        for event in io_on(T0 + i * 10 * US, bio, i as u32) {
+            engine.push(event);
+        }
     }
     engine.finish();
     let stats = engine.stats();
