@@ -83,9 +83,15 @@ macro_rules! stack_id_via_helper {
 /// no comparisons in some kernels). Handlers only ever pass these values to
 /// `bpf_probe_read_kernel` or compare them as numbers, so they read them
 /// through the helper, which yields an untyped scalar.
+///
+/// The context's address goes through `black_box`: otherwise the compiler
+/// shares `ctx + 8n` between this helper call and a typed load of the same
+/// argument ([`Hooked::task_tid`] on tp_btf), and the verifier refuses the
+/// load through the sum ("dereference of modified ctx ptr").
 #[inline(always)]
 fn word(ctx: &(impl EbpfContext + ?Sized), n: usize) -> u64 {
-    let at = (ctx.as_ptr() as *const u64).wrapping_add(n);
+    let base = core::hint::black_box(ctx.as_ptr() as *const u64);
+    let at = base.wrapping_add(n);
     unsafe { aya_ebpf::helpers::bpf_probe_read_kernel(at) }.unwrap_or(0)
 }
 
@@ -121,16 +127,13 @@ args_on_stack!(BtfTracePointContext, hook::TP_BTF, {
 
     /// Loaded straight from the typed pointer, at the offset the loader
     /// made a constant (`kernel::task_pid_offset`): no helper call. The
-    /// kernel handles a fault in such a load (the value reads 0).
-    ///
-    /// Only for the first argument: the helper that reads any other as a
-    /// number ([`word`]) is handed `ctx + 8n`, and the compiler then loads
-    /// the typed pointer through that same sum, which the verifier refuses
-    /// ("dereference of modified ctx ptr").
+    /// kernel handles a fault in such a load (the value reads 0). `n` must
+    /// be a constant: the verifier allows only constant offsets into the
+    /// context.
     #[inline(always)]
     fn task_tid(&self, n: usize, cfg: &ProbeConfig) -> u32 {
         let offset = task_pid_offset();
-        if n != 0 || offset == NO_OFFSET {
+        if offset == NO_OFFSET {
             return read::<i32>(word(self, n), cfg.task.pid) as u32;
         }
         // The argument as the typed pointer the verifier knows it for.

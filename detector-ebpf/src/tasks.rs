@@ -1,6 +1,8 @@
 //! Which tasks a rule needs to hear about (`TASK_FLAGS`, `FRAMES`) and
 //! which kernel stacks userspace knows of (`STACK_RANGE`).
 
+use core::ptr::NonNull;
+
 use detector_common::{ProbeConfig, counter};
 
 use crate::{
@@ -8,27 +10,36 @@ use crate::{
     maps::{FLAG_CHUNK, FRAMES, STACK_RANGE, TASK_FLAGS, flag},
 };
 
+/// Where a thread's flags byte lives, `None` beyond the array.
+///
+/// `NonNull`, so that `None` is the null pointer: with a separate tag,
+/// LLVM leaves the pointer undefined in the `None` case and may still copy
+/// it between registers, which the verifier refuses ("!read_ok").
+pub type FlagsAt = Option<NonNull<u8>>;
+
 /// The flags byte of thread `tid`, or `None` beyond the array (counted:
 /// such a task is reported unfiltered).
 #[inline(always)]
-fn flags_ptr(tid: u32) -> Option<*mut u8> {
+fn flags_ptr(tid: u32) -> FlagsAt {
     let Some(chunk) = TASK_FLAGS.get_ptr_mut(tid / FLAG_CHUNK as u32) else {
         bump(counter::TASKS_UNFILTERED);
         return None;
     };
-    Some(unsafe {
+    let at = unsafe {
         chunk
             .cast::<u8>()
             .add(2 * (tid as usize & (FLAG_CHUNK - 1)))
-    })
+    };
+    // A map value's address is never null.
+    Some(unsafe { NonNull::new_unchecked(at) })
 }
 
 /// The flags of `tid` (all of them for a thread beyond the array) and
 /// where they live.
 #[inline(always)]
-pub fn flags_of(tid: u32) -> (Option<*mut u8>, u8) {
+pub fn flags_of(tid: u32) -> (FlagsAt, u8) {
     match flags_ptr(tid) {
-        Some(p) => (Some(p), unsafe { *p }),
+        Some(p) => (Some(p), unsafe { *p.as_ptr() }),
         None => (None, flag::UNKNOWN),
     }
 }
@@ -36,11 +47,11 @@ pub fn flags_of(tid: u32) -> (Option<*mut u8>, u8) {
 /// Writes `new` over `old` at `at`; no store when nothing changed (the
 /// byte's cache line is shared with 31 other threads' flags).
 #[inline(always)]
-pub fn set_flags(at: Option<*mut u8>, old: u8, new: u8) {
+pub fn set_flags(at: FlagsAt, old: u8, new: u8) {
     if let Some(p) = at
         && new != old
     {
-        unsafe { *p = new };
+        unsafe { *p.as_ptr() = new };
     }
 }
 
@@ -66,9 +77,9 @@ pub fn episode_mark(ts: u64) -> u8 {
 /// its fentry version on 6.1 past the million instructions. One byte
 /// store: a reader on another CPU sees the old mark or the new one.
 #[inline(always)]
-pub fn note_episode(at: Option<*mut u8>, old: u8, ts: u64) {
+pub fn note_episode(at: FlagsAt, old: u8, ts: u64) {
     let Some(p) = at else { return };
-    let mark_at = mark_of(p);
+    let mark_at = mark_of(p.as_ptr());
     // 0xff when this submission starts an episode, else 0; kept from
     // LLVM, which would turn the masking below into a select (a branch).
     let starts = core::hint::black_box((old & flag::EPISODE).wrapping_sub(1));
@@ -88,8 +99,11 @@ pub fn note_episode(at: Option<*mut u8>, old: u8, ts: u64) {
 /// like a lost set before, that costs events (fewer findings, never a
 /// false one).
 #[inline(always)]
-pub fn episode_began_since(at: Option<*mut u8>, started: u64) -> bool {
-    at.is_some_and(|p| unsafe { core::ptr::read_volatile(mark_of(p)) } != episode_mark(started))
+pub fn episode_began_since(at: FlagsAt, started: u64) -> bool {
+    at.is_some_and(|p| {
+        let mark = unsafe { core::ptr::read_volatile(mark_of(p.as_ptr())) };
+        mark != episode_mark(started)
+    })
 }
 
 /// Where the episode mark of the thread whose flags are at `flags_at`

@@ -148,9 +148,10 @@ macro_rules! tracepoint {
     };
 }
 
-/// A tracepoint whose program, as tp_btf, loads the pid of the task its
-/// first argument points to straight from the typed pointer (no helper
-/// call, `Hooked::task_tid`): tp_btf first.
+/// A tracepoint whose program, as tp_btf, loads the pid of a task an
+/// argument points to straight from the typed pointer (no helper call,
+/// `Hooked::task_tid`), where a raw tracepoint must copy it out through
+/// `bpf_probe_read_kernel`: tp_btf first.
 macro_rules! task_tracepoint {
     ($name:literal, $tp:literal, $what:literal) => {
         HookSpec {
@@ -322,7 +323,7 @@ pub fn hooks() -> &'static [HookSpec] {
                 "kprobe_init_swait_queue_head",
                 "a completion is (re)initialised"
             ),
-            tracepoint!(
+            task_tracepoint!(
                 "sched_switch",
                 "sched_switch",
                 "a task switches out (sleep state, stack depth)"
@@ -621,7 +622,7 @@ mod tests {
     /// argument (the wakeups).
     #[test]
     fn candidates_prefer_function_hooks() {
-        let typed_first = ["sched_waking", "sched_wakeup"];
+        let typed_first = ["sched_switch", "sched_waking", "sched_wakeup"];
         for h in hooks() {
             let typed = typed_first.contains(&h.name);
             let rank = |m: Mechanism| match m {
