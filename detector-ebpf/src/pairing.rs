@@ -17,8 +17,9 @@
 //! completions, and each of those happened while the task was in the
 //! episode, so each was shipped. Synchronous I/O therefore ships as
 //! before; what is paired away is asynchronous I/O (libaio, io_uring)
-//! completing after its syscall returned. Kernel threads never return,
-//! and their I/O is always shipped.
+//! completing after its syscall returned. Kernel threads never return:
+//! their episode ends at an idle sleep (a worker out of work,
+//! `probes::sched`), and only the first submission of each may be held.
 //!
 //! Also shipped whole (docs/rules.md): a submission whose `bi_private`
 //! lies on its submitter's stack (onstack) or that is an md superblock
@@ -72,8 +73,9 @@ fn pairing_on(cfg: &ProbeConfig) -> bool {
 ///
 /// Only an episode's first submission is held: an asynchronous submitter
 /// (libaio, io_uring) submits one or a few per syscall, while a kernel
-/// thread, which never returns, would only have its bios held and
-/// shipped later at a higher cost.
+/// thread, whose episode lasts from its first submission after an idle
+/// sleep to the next idle sleep, may submit many: the later ones would
+/// only be held and shipped later at a higher cost.
 #[inline(always)]
 pub fn may_hold(cfg: &ProbeConfig, record: &BioQueue, submitter_flags: u8, watched: bool) -> bool {
     const REQ_OP_MASK: u32 = 0xff;

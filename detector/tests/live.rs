@@ -451,6 +451,89 @@ fn tasks_no_rule_follows_are_left_out_unless_full() {
     );
 }
 
+/// Buffered writes of `mib` MiB to `file`, then `sync(2)`: the page cache's
+/// writeback is submitted by a kworker (the flusher), not by this process.
+fn write_back(file: &Path, mib: usize) {
+    let chunk = vec![0x5a_u8; 1 << 20];
+    let mut f = std::fs::File::create(file).unwrap();
+    for _ in 0..mib {
+        std::io::Write::write_all(&mut f, &chunk).unwrap();
+    }
+    drop(f);
+    // SAFETY: sync(2) takes no arguments.
+    unsafe { libc::sync() };
+}
+
+/// A kernel thread never returns to user space: its episode ends at an
+/// idle sleep (`TASK_IDLE`, a worker out of work), or every idle sleep of
+/// a kworker that once submitted a bio would be reported. With `--full`
+/// every switch is reported, so each such sleep can be checked: the
+/// flusher's idle sleeps after its writeback say its episode is over.
+/// (The owner of an on-stack completion keeps its sleeps watched.)
+#[test]
+#[ignore = "needs root and a live kernel; run by cargo xtask test"]
+fn a_kernel_threads_idle_sleep_ends_its_episode() {
+    const TASK_IDLE: u64 = 0x402;
+    let scratch = scratch_dir();
+    let trace = Trace::start(&["--json", "--full"]);
+    for round in 0..3 {
+        write_back(&scratch.path().join(format!("data{round}")), 4);
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let out = trace.stop();
+    let lines = json_lines(&out.stdout);
+    let text = |l: &Value, k: &str| l.get(k).and_then(Value::as_str).unwrap_or("").to_owned();
+    let num = |l: &Value, k: &str| l.get(k).and_then(Value::as_u64).unwrap_or(0);
+    let flag = |l: &Value, k: &str| l.get(k).and_then(Value::as_bool).unwrap_or(false);
+    let addr = |l: &Value, k: &str| u64::from_str_radix(text(l, k).trim_start_matches("0x"), 16);
+    // A bio whose `bi_private` lies on (or near) its submitter's stack:
+    // the owner of an on-stack completion, whose sleeps stay watched.
+    let on_stack = |l: &Value| match (addr(l, "private"), addr(l, "stack_base")) {
+        (Ok(private), Ok(base)) => private >= base && private - base < 64 << 10,
+        _ => true,
+    };
+    // Each kworker that submitted, from its first submission on.
+    let mut submitted: BTreeMap<u64, u64> = BTreeMap::new();
+    let mut onstack_owners = std::collections::BTreeSet::new();
+    let mut idle_sleeps = Vec::new();
+    for l in &lines {
+        let (tid, ts) = (num(l, "tid"), num(l, "ts"));
+        match text(l, "event").as_str() {
+            "bio_queue" if text(l, "comm").starts_with("kworker") => {
+                submitted.entry(tid).or_insert(ts);
+                if on_stack(l) {
+                    onstack_owners.insert(tid);
+                }
+            }
+            "sched_switch"
+                if submitted.get(&tid).is_some_and(|&first| ts > first)
+                    && !onstack_owners.contains(&tid)
+                    && num(l, "prev_state") & TASK_IDLE == TASK_IDLE
+                    && !flag(l, "preempt")
+                    && !flag(l, "prev_in_iowait") =>
+            {
+                idle_sleeps.push((tid, flag(l, "prev_episode_over")));
+            }
+            _ => {}
+        }
+    }
+    assert!(
+        !submitted.is_empty(),
+        "no kworker submitted the writeback: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !idle_sleeps.is_empty(),
+        "kworkers {submitted:?} submitted writeback but never went idle \
+         (on-stack owners, not checked: {onstack_owners:?})"
+    );
+    let still_in_episode: Vec<_> = idle_sleeps.iter().filter(|(_, over)| !over).collect();
+    assert!(
+        still_in_episode.is_empty(),
+        "idle sleeps of kworkers left in their episode: {still_in_episode:?} of {idle_sleeps:?}"
+    );
+}
+
 /// Tracepoints the process `pid` holds a BPF link on, from its fds'
 /// `fdinfo` (what the kernel has attached, not what detector says).
 fn linked_tracepoints(pid: u32) -> Vec<String> {

@@ -14,7 +14,7 @@ use super::done;
 use crate::{
     context::Hooked,
     emit::{Stack, header, reserve, submit, submit_unnamed},
-    kernel::{config, read},
+    kernel::{config, current_task, read},
     maps::flag,
     tasks::{above_frames, flags_of, forget_frames, set_flags, widen_stack_range},
     words,
@@ -78,7 +78,14 @@ fn try_sched_switch<C: Hooked>(ctx: &C) -> Option<()> {
     } else {
         0
     };
-    let watched_sleep = may_watch && prev_state & TASK_UNINTERRUPTIBLE != 0;
+    let ends_episode = may_watch && idle_kernel_thread(cfg, prev_state, prev_flags);
+    // prev's flags as this switch leaves them, before what a report adds.
+    let kept = if ends_episode {
+        prev_flags & !flag::EPISODE
+    } else {
+        prev_flags
+    };
+    let watched_sleep = may_watch && !ends_episode && prev_state & TASK_UNINTERRUPTIBLE != 0;
     let wanted = cfg.full != 0
         || watched_sleep
         || prev_flags & (flag::FRAMES | flag::HANDLER_MASK) != 0
@@ -87,6 +94,9 @@ fn try_sched_switch<C: Hooked>(ctx: &C) -> Option<()> {
         set_flags(next_at, next_flags, next_flags & !flag::SLEEPING);
     }
     if !wanted {
+        if tid != 0 {
+            set_flags(prev_at, prev_flags, kept);
+        }
         return None;
     }
     if !may_watch {
@@ -98,7 +108,7 @@ fn try_sched_switch<C: Hooked>(ctx: &C) -> Option<()> {
     let sleeps = preempt == 0 && prev_state & TASK_UNINTERRUPTIBLE != 0;
     let sp = ctx.sp();
     if tid != 0 {
-        let mut new = prev_flags;
+        let mut new = kept;
         if watched_sleep {
             new |= flag::SLEEPING;
         }
@@ -118,9 +128,10 @@ fn try_sched_switch<C: Hooked>(ctx: &C) -> Option<()> {
         Stack::Skip
     };
     let mut header = header(ctx, cfg, kind::SCHED_SWITCH, stack);
-    // Its return to user space went unreported: say here that what it
-    // submitted before belongs to an episode that is over.
-    if tid != 0 && prev_flags & flag::EPISODE == 0 {
+    // Its return to user space went unreported, or this idle sleep ends a
+    // kernel thread's episode: say here that what it submitted before
+    // belongs to an episode that is over.
+    if tid != 0 && kept & flag::EPISODE == 0 {
         header.flags |= header_flag::EPISODE_OVER;
     }
     let next_stack_base = read(next, cfg.task.stack);
@@ -149,16 +160,42 @@ fn try_sched_switch<C: Hooked>(ctx: &C) -> Option<()> {
 /// `io_schedule()` (`in_iowait`: lost-wakeup judges only those, and ties
 /// each to its I/O by that stack), or of a task that owns an on-stack
 /// completion (its wait is the other side of the race). Every stack where
-/// `in_iowait` cannot be read. Not the idle sleeps (`TASK_IDLE`) of a
-/// kworker that once submitted I/O: a kernel thread never returns to user
-/// space, so its episode never ends in the kernel's view and each of its
-/// sleeps is reported. Under fio on a loop device whose worker was such
-/// a kworker, its idle sleeps with a stack each made `sched_switch` cost
-/// 133-142 ns a run instead of about 50; without the stacks, 68-78 (the
-/// records themselves remain).
+/// `in_iowait` cannot be read. Not the other uninterruptible sleeps of a
+/// task in its episode: under fio on a loop device whose worker was a
+/// kworker in an episode, its idle sleeps with a stack each made
+/// `sched_switch` cost 133-142 ns a run instead of about 50 (such sleeps
+/// now end a kernel thread's episode: [`idle_kernel_thread`]).
 #[inline(always)]
 fn sleep_stack_quotable(cfg: &ProbeConfig, prev_flags: u8, in_iowait: bool) -> bool {
     in_iowait || prev_flags & flag::ONSTACK != 0 || cfg.task.in_iowait_byte == NO_OFFSET
+}
+
+/// `TASK_IDLE`: `TASK_UNINTERRUPTIBLE | TASK_NOLOAD`.
+const TASK_IDLE: u32 = 0x402;
+
+/// Whether prev, in its episode, is a kernel thread (no `mm`) going to an
+/// idle sleep (`TASK_IDLE`, not in iowait): a workqueue worker that ran
+/// out of work. That ends its episode, as a return to user space ends a
+/// user task's: what it waits for from here is new work, not its I/O. A
+/// kernel thread never returns, so without this its episode would never
+/// end, and every idle sleep of a kworker that once submitted a bio would
+/// be reported (and its wakeup): 100k-175k records in a 5 s fio run whose
+/// loop device's worker was such a kworker, which made `sched_switch`
+/// cost 67-190 ns a run instead of about 50. An on-stack completion's
+/// owner keeps its sleeps watched. Read only for a watched sleep.
+#[inline(always)]
+fn idle_kernel_thread(cfg: &ProbeConfig, prev_state: u32, prev_flags: u8) -> bool {
+    if prev_state & TASK_IDLE != TASK_IDLE
+        || prev_flags & (flag::EPISODE | flag::ONSTACK) != flag::EPISODE
+        || cfg.task.mm == NO_OFFSET
+        || cfg.task.in_iowait_byte == NO_OFFSET
+    {
+        return false;
+    }
+    let prev = current_task();
+    let mm: u64 = read(prev, cfg.task.mm);
+    let iowait: u8 = read(prev, cfg.task.in_iowait_byte);
+    mm == 0 && iowait as u32 & cfg.task.in_iowait_mask == 0
 }
 
 /// `prev_state`: an argument of `sched_switch` since 5.18, `prev->__state`
