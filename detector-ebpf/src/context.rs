@@ -83,16 +83,24 @@ macro_rules! stack_id_via_helper {
 /// no comparisons in some kernels). Handlers only ever pass these values to
 /// `bpf_probe_read_kernel` or compare them as numbers, so they read them
 /// through the helper, which yields an untyped scalar.
-///
-/// The context's address goes through `black_box`: otherwise the compiler
-/// shares `ctx + 8n` between this helper call and a typed load of the same
-/// argument ([`Hooked::task_tid`] on tp_btf), and the verifier refuses the
-/// load through the sum ("dereference of modified ctx ptr").
 #[inline(always)]
 fn word(ctx: &(impl EbpfContext + ?Sized), n: usize) -> u64 {
-    let base = core::hint::black_box(ctx.as_ptr() as *const u64);
-    let at = base.wrapping_add(n);
-    unsafe { aya_ebpf::helpers::bpf_probe_read_kernel(at) }.unwrap_or(0)
+    word_at(ctx.as_ptr() as *const u64, n)
+}
+
+#[inline(always)]
+fn word_at(args: *const u64, n: usize) -> u64 {
+    unsafe { aya_ebpf::helpers::bpf_probe_read_kernel(args.wrapping_add(n)) }.unwrap_or(0)
+}
+
+/// [`word`] for a context that also loads typed pointers straight from
+/// its arguments (tp_btf, [`Hooked::task_tid`]): its address goes through
+/// `black_box`, or the compiler shares `ctx + 8n` between the helper call
+/// and the typed load of the same argument, and the verifier refuses the
+/// load through the sum ("dereference of modified ctx ptr").
+#[inline(always)]
+fn word_apart(ctx: &(impl EbpfContext + ?Sized), n: usize) -> u64 {
+    word_at(core::hint::black_box(ctx.as_ptr() as *const u64), n)
 }
 
 // For BTF-typed and raw tracepoints, fentry and fexit the context is the
@@ -119,6 +127,11 @@ macro_rules! args_on_stack {
 }
 
 args_on_stack!(BtfTracePointContext, hook::TP_BTF, {
+    #[inline(always)]
+    fn arg_u64(&self, n: usize) -> u64 {
+        word_apart(self, n)
+    }
+
     /// A scalar argument is a plain number to the verifier too.
     #[inline(always)]
     fn scalar_arg(&self, n: usize) -> u64 {
@@ -134,7 +147,7 @@ args_on_stack!(BtfTracePointContext, hook::TP_BTF, {
     fn task_tid(&self, n: usize, cfg: &ProbeConfig) -> u32 {
         let offset = task_pid_offset();
         if offset == NO_OFFSET {
-            return read::<i32>(word(self, n), cfg.task.pid) as u32;
+            return read::<i32>(word_apart(self, n), cfg.task.pid) as u32;
         }
         // The argument as the typed pointer the verifier knows it for.
         let task = self.arg::<*const u8>(n);

@@ -80,8 +80,9 @@ pub static TASK_FLAGS: Array<[u8; 2 * FLAG_CHUNK]> = Array::with_max_entries(102
 /// `TASK_FLAGS` bits.
 pub mod flag {
     /// It submitted I/O in task context since it last returned to user
-    /// space: its uninterruptible sleeps may be waits for that I/O
-    /// (lost-wakeup). Its return is not reported for this; while the bit
+    /// space (a kernel thread: since its last idle sleep, see
+    /// `probes::sched`): its uninterruptible sleeps may be waits for that
+    /// I/O (lost-wakeup). Its return is not reported for this; while the bit
     /// is clear, its submissions carry `EPISODE_START` and its reported
     /// switches `EPISODE_OVER`, which end the engine's episode instead.
     pub const EPISODE: u8 = 0x01;
@@ -96,7 +97,8 @@ pub mod flag {
     /// the address kept in `FRAMES`): every switch says where its stack is.
     pub const FRAMES: u8 = 0x08;
     /// Seen going to sleep uninterruptibly while it had `EPISODE` or
-    /// `ONSTACK`: its wakeup is reported.
+    /// `ONSTACK` (not the idle sleep that ends a kernel thread's episode):
+    /// its wakeup is reported.
     pub const SLEEPING: u8 = 0x10;
     /// Open `bio_endio` calls (two bits). At 3 it sticks until the task
     /// returns to user space: counting down from a saturated count would

@@ -8,8 +8,9 @@
 //! the I/O ended cleanly and nothing about it can matter to a rule.
 //!
 //! When a pair may go: the submitter has returned to user space since it
-//! submitted the bio (`flag::EPISODE` clear: `sys_exit` clears it; or set
-//! by a later episode, whose start left another mark: `tasks::episode_mark`),
+//! submitted the bio, or gone to an idle sleep as a kernel thread
+//! (`flag::EPISODE` clear: `sys_exit` or that sleep clears it; or set by a
+//! later episode, whose start left another mark: `tasks::episode_mark`),
 //! is not asleep uninterruptibly, and owns no on-stack completion. Then the
 //! bio's episode is over, and every sleep of it was woken (a sleep that
 //! was not is still going on, and keeps the task in its episode):

@@ -486,24 +486,26 @@ fn a_kernel_threads_idle_sleep_ends_its_episode() {
     let num = |l: &Value, k: &str| l.get(k).and_then(Value::as_u64).unwrap_or(0);
     let flag = |l: &Value, k: &str| l.get(k).and_then(Value::as_bool).unwrap_or(false);
     let addr = |l: &Value, k: &str| u64::from_str_radix(text(l, k).trim_start_matches("0x"), 16);
-    // A bio whose `bi_private` lies on (or near) its submitter's stack:
-    // the owner of an on-stack completion, whose sleeps stay watched.
-    let on_stack = |l: &Value| match (addr(l, "private"), addr(l, "stack_base")) {
-        (Ok(private), Ok(base)) => private >= base && private - base < 64 << 10,
-        _ => true,
+    // Whether the address `k` lies on (or near) the stack the event ran on.
+    let on_stack = |l: &Value, k: &str| match (addr(l, k), addr(l, "stack_base")) {
+        (Ok(at), Ok(base)) => at >= base && at - base < 64 << 10,
+        _ => false,
     };
-    // Each kworker that submitted, from its first submission on.
+    // Each kworker that submitted in task context (not an interrupt over
+    // it), from its first submission on.
     let mut submitted: BTreeMap<u64, u64> = BTreeMap::new();
+    // Owners of an on-stack completion (a bio's `bi_private` or a
+    // completion on their stack), whose sleeps stay watched.
     let mut onstack_owners = std::collections::BTreeSet::new();
     let mut idle_sleeps = Vec::new();
     for l in &lines {
         let (tid, ts) = (num(l, "tid"), num(l, "ts"));
+        if flag(l, "on_own_stack") || text(l, "event") == "bio_queue" && on_stack(l, "private") {
+            onstack_owners.insert(tid);
+        }
         match text(l, "event").as_str() {
-            "bio_queue" if text(l, "comm").starts_with("kworker") => {
+            "bio_queue" if text(l, "comm").starts_with("kworker") && on_stack(l, "sp") => {
                 submitted.entry(tid).or_insert(ts);
-                if on_stack(l) {
-                    onstack_owners.insert(tid);
-                }
             }
             "sched_switch"
                 if submitted.get(&tid).is_some_and(|&first| ts > first)

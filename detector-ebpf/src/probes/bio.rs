@@ -151,8 +151,9 @@ fn note_submitter(cfg: &ProbeConfig, header: &Header, private: u64) -> Submitter
         };
     }
     let (at, old) = flags_of(header.tid);
-    // `sys_exit` cleared the bit, unreported unless the task also owned an
-    // on-stack completion: the engine learns of the new episode from here.
+    // `sys_exit` (or a kernel thread's idle sleep) cleared the bit,
+    // unreported unless the task also owned an on-stack completion: the
+    // engine learns of the new episode from here.
     let starts = if old & flag::EPISODE == 0 {
         header_flag::EPISODE_START
     } else {

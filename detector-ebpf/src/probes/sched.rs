@@ -173,16 +173,18 @@ fn sleep_stack_quotable(cfg: &ProbeConfig, prev_flags: u8, in_iowait: bool) -> b
 /// `TASK_IDLE`: `TASK_UNINTERRUPTIBLE | TASK_NOLOAD`.
 const TASK_IDLE: u32 = 0x402;
 
-/// Whether prev, in its episode, is a kernel thread (no `mm`) going to an
-/// idle sleep (`TASK_IDLE`, not in iowait): a workqueue worker that ran
-/// out of work. That ends its episode, as a return to user space ends a
+/// Whether prev, in its episode, is a kernel thread (no `mm`; or a task
+/// past `exit_mm`, which returns nowhere either) going to an idle sleep
+/// (`TASK_IDLE`, not in iowait): a workqueue worker that ran out of work,
+/// or another kernel thread waiting for some. That ends its episode, as a return to user space ends a
 /// user task's: what it waits for from here is new work, not its I/O. A
 /// kernel thread never returns, so without this its episode would never
 /// end, and every idle sleep of a kworker that once submitted a bio would
 /// be reported (and its wakeup): 100k-175k records in a 5 s fio run whose
 /// loop device's worker was such a kworker, which made `sched_switch`
-/// cost 67-190 ns a run instead of about 50. An on-stack completion's
-/// owner keeps its sleeps watched. Read only for a watched sleep.
+/// cost 67-190 ns a run instead of about 50. A task that owned an
+/// on-stack completion (`ONSTACK`, which a kernel thread keeps) keeps its
+/// sleeps watched. Read only for a watched sleep.
 #[inline(always)]
 fn idle_kernel_thread(cfg: &ProbeConfig, prev_state: u32, prev_flags: u8) -> bool {
     if prev_state & TASK_IDLE != TASK_IDLE

@@ -247,8 +247,9 @@ pub enum EventKind {
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         disk_relative: bool,
         /// The submitter's first bio in task context since it last
-        /// returned to user space: its earlier episode is over (the
-        /// return itself is not reported unless a rule needs it).
+        /// returned to user space (a kernel thread: went to an idle
+        /// sleep): its earlier episode is over (the return itself is not
+        /// reported unless a rule needs it).
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         episode_start: bool,
         /// Submitted by a user task while the syscall hooks were detached:
@@ -412,8 +413,9 @@ pub enum EventKind {
         next_stack_base: Addr,
         /// Where the incoming task's stack was when it last switched out.
         next_saved_sp: Addr,
-        /// prev has submitted no I/O since it last returned to user space
-        /// (a return that is not reported unless a rule needs it).
+        /// prev has submitted no I/O since it last returned to user space,
+        /// or, a kernel thread, went to an idle sleep (a return is not
+        /// reported unless a rule needs it; such a sleep, never).
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         prev_episode_over: bool,
     },

@@ -14,8 +14,9 @@
 //!    (`io_schedule()`); it was not woken (no `sched_waking`/`sched_wakeup`
 //!    for it, not switched in, no event as current).
 //! 2. Since T last left the kernel (syscall return; kernel threads: since a
-//!    wakeup that came after all their I/O had completed, or an idle sleep
-//!    the kernel side reported as the episode's end), T submitted at
+//!    wakeup that came after all their I/O had completed, or an idle sleep,
+//!    whose end of the episode the kernel side says on T's next
+//!    submission or reported switch), T submitted at
 //!    least one bio, and every one of them has completed, each named by its
 //!    completion (a completion inferred from a request's sector range could
 //!    belong to an overlapping bio, and an evicted or re-initialised bio is
