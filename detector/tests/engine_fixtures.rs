@@ -57,6 +57,8 @@ const EXPECTED: &[(&str, &[FindingKind])] = &[
     ("lost_wakeup_new_syscall_sleep_full", &[]),
     ("lost_wakeup_new_syscall_sleep", &[]),
     ("lost_wakeup_seed004_after_async_io", &[LostWakeup]),
+    ("lost_wakeup_kthread_after_idle", &[LostWakeup]),
+    ("lost_wakeup_kthread_after_idle_same_disk", &[]),
     ("lost_wakeup_seed004_submitted_unwatched", &[]),
     ("lost_wakeup_seed004_detached_before_sleep", &[]),
     ("lost_wakeup_seed004_detached_while_asleep", &[LostWakeup]),
