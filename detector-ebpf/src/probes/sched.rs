@@ -176,8 +176,9 @@ const TASK_IDLE: u32 = 0x402;
 /// Whether prev, in its episode, is a kernel thread (no `mm`; or a task
 /// past `exit_mm`, which returns nowhere either) going to an idle sleep
 /// (`TASK_IDLE`, not in iowait): a workqueue worker that ran out of work,
-/// or another kernel thread waiting for some. That ends its episode, as a return to user space ends a
-/// user task's: what it waits for from here is new work, not its I/O. A
+/// or another kernel thread waiting for some. That ends its episode, as a
+/// return to user space ends a user task's: what it waits for from here is
+/// new work, not its I/O. A
 /// kernel thread never returns, so without this its episode would never
 /// end, and every idle sleep of a kworker that once submitted a bio would
 /// be reported (and its wakeup): 100k-175k records in a 5 s fio run whose

@@ -12,10 +12,18 @@ use crate::event::{Event, EventKind};
 /// missed afterwards is read from `/proc`.
 const MAX_NAMES: usize = 1 << 16;
 
+/// How long an exited thread's name is kept for its own records that
+/// come later (from another CPU's ring buffer, read in a later drain).
+const EXITED_KEPT_NS: u64 = 2_000_000_000;
+
 /// The last name each thread's records carried.
 #[derive(Debug, Default)]
 pub struct TaskNames {
     by_tid: FastMap<u32, CompactString>,
+    /// Threads that exited: the name and the exit's time, for records of
+    /// theirs made before it that arrive after it. A record made after
+    /// it is a new thread's (the id reused), and is not given the name.
+    exited: FastMap<u32, (CompactString, u64)>,
     /// Records that left their name out.
     pub filled: u64,
     /// Names not in the table, read from `/proc` instead.
@@ -27,19 +35,37 @@ pub struct TaskNames {
 impl TaskNames {
     /// Completes `event` when its record left the name out, and learns the
     /// name when it did not. A thread's exit ends its name: its thread id
-    /// may go to a new task, whose first record names it.
+    /// may go to a new task, whose first record names it. Records the
+    /// thread made before its exit still get it when they come after.
     pub fn complete(&mut self, event: &mut Event, omitted: bool) {
         if omitted {
             self.filled += 1;
             event.comm = match self.by_tid.get(&event.tid) {
                 Some(name) => name.clone(),
-                None => self.look_up(event.pid, event.tid),
+                None => match self.exited.get(&event.tid) {
+                    Some((name, exit_ts)) if event.ts <= *exit_ts => name.clone(),
+                    _ => self.look_up(event.pid, event.tid),
+                },
             };
         } else if self.by_tid.get(&event.tid) != Some(&event.comm) {
             self.remember(event.tid, event.comm.clone());
         }
-        if matches!(event.kind, EventKind::TaskExit) {
-            self.by_tid.remove(&event.tid);
+        if matches!(event.kind, EventKind::TaskExit)
+            && let Some(name) = self.by_tid.remove(&event.tid)
+        {
+            self.forget_exited_before(event.ts.saturating_sub(EXITED_KEPT_NS));
+            self.exited.insert(event.tid, (name, event.ts));
+        }
+    }
+
+    /// Drops the exited threads' names kept since before `ts`, once there
+    /// are a good many (a scan per exit would cost more than it frees).
+    fn forget_exited_before(&mut self, ts: u64) {
+        if self.exited.len() >= 1024 {
+            self.exited.retain(|_, (_, exit_ts)| *exit_ts >= ts);
+            if self.exited.len() >= MAX_NAMES {
+                self.exited.clear();
+            }
         }
     }
 
@@ -106,10 +132,20 @@ mod tests {
             false,
         );
         let mut exit = named(u32::MAX - 1, "", EventKind::TaskExit);
+        exit.ts = 1_000;
         names.complete(&mut exit, true);
         assert_eq!(exit.comm, "old");
-        // No such thread in /proc either: said, not guessed.
+        // Its own record from before the exit, read after it (another
+        // CPU's ring buffer): still its name.
+        let mut late = named(u32::MAX - 1, "", EventKind::SysEnter { nr: 0 });
+        late.ts = 900;
+        names.complete(&mut late, true);
+        assert_eq!(late.comm, "old");
+        // A record from after the exit is a new thread's whose naming
+        // record was lost. No such thread in /proc either: said, not
+        // guessed.
         let mut reused = named(u32::MAX - 1, "", EventKind::SysEnter { nr: 0 });
+        reused.ts = 1_100;
         names.complete(&mut reused, true);
         assert_eq!(reused.comm, "?");
         assert_eq!(names.unknown, 1);
