@@ -120,8 +120,7 @@ fn try_sched_switch<C: Hooked>(ctx: &C) -> Option<()> {
         }
         set_flags(prev_at, prev_flags, new);
     }
-    let iowait: u8 = read(prev, cfg.task.in_iowait_byte);
-    let in_iowait = iowait as u32 & cfg.task.in_iowait_mask != 0;
+    let in_iowait = in_iowait(cfg, prev);
     let stack = if sleeps && sleep_stack_quotable(cfg, prev_flags, in_iowait) {
         Stack::Take
     } else {
@@ -178,12 +177,12 @@ const TASK_IDLE: u32 = 0x402;
 /// (`TASK_IDLE`, not in iowait): a workqueue worker that ran out of work,
 /// or another kernel thread waiting for some. That ends its episode, as a
 /// return to user space ends a user task's: what it waits for from here is
-/// new work, not its I/O. A
-/// kernel thread never returns, so without this its episode would never
-/// end, and every idle sleep of a kworker that once submitted a bio would
-/// be reported (and its wakeup): 100k-175k records in a 5 s fio run whose
-/// loop device's worker was such a kworker, which made `sched_switch`
-/// cost 67-190 ns a run instead of about 50. A task that owned an
+/// new work, not its I/O. A kernel thread never returns, so without this
+/// its episode would never end, and every idle sleep of a kworker that
+/// once submitted a bio would be reported (and its wakeup): 100k-175k
+/// records in a 5 s fio run whose loop device's worker was such a
+/// kworker, which made `sched_switch` cost 67-190 ns a run instead of
+/// about 50. A task that owned an
 /// on-stack completion (`ONSTACK`, which a kernel thread keeps) keeps its
 /// sleeps watched. Read only for a watched sleep.
 #[inline(always)]
@@ -197,8 +196,14 @@ fn idle_kernel_thread(cfg: &ProbeConfig, prev_state: u32, prev_flags: u8) -> boo
     }
     let prev = current_task();
     let mm: u64 = read(prev, cfg.task.mm);
-    let iowait: u8 = read(prev, cfg.task.in_iowait_byte);
-    mm == 0 && iowait as u32 & cfg.task.in_iowait_mask == 0
+    mm == 0 && !in_iowait(cfg, prev)
+}
+
+/// Whether `task` sleeps in `io_schedule()` (its `in_iowait` bit).
+#[inline(always)]
+fn in_iowait(cfg: &ProbeConfig, task: u64) -> bool {
+    let byte: u8 = read(task, cfg.task.in_iowait_byte);
+    byte as u32 & cfg.task.in_iowait_mask != 0
 }
 
 /// `prev_state`: an argument of `sched_switch` since 5.18, `prev->__state`

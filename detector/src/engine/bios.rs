@@ -463,11 +463,11 @@ impl Bios {
     /// Makes room in the disk table: idle disks go, busy ones are still
     /// counted. An idle disk that showed a completion stays while the
     /// table is within twice its bound (so at most four times, with the
-    /// room made after): with bios paired in the
-    /// kernel, a disk's completion is shipped only until one reached the
-    /// reader (the kernel marks the disk), so a disk forgotten here would
-    /// never show one again and lost-io would stop judging it. Past that,
-    /// those go too (counted as evicted disks).
+    /// room made after): with bios paired in the kernel, a disk's
+    /// completion is shipped only until one reached the reader (the kernel
+    /// marks the disk), so a disk forgotten here would never show one
+    /// again and lost-io would stop judging it. Past that, those go too
+    /// (counted as evicted disks).
     fn evict_idle_disks(&mut self) {
         let before = self.disks.len();
         self.disks
